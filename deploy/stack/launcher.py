@@ -1,0 +1,181 @@
+"""Bring the whole stack up (idempotently), report its health, and take it down."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+
+from .context import (
+    CLI_CLIENT_ID,
+    INSTITUTION_A,
+    INSTITUTION_B,
+    REALM,
+    S3_BUCKET,
+    StackContext,
+)
+from .errors import PortInUse, StackError
+from .pki import ensure_pki
+from .ports import allocate, port_is_free
+from .processes import stop
+from .secrets_store import ensure_secrets
+from .services.base import Service
+from .services.gateway import Gateway
+from .services.indexer import Indexer
+from .services.keycloak import Keycloak
+from .services.orthanc import CentralOrthanc, EdgeA, EdgeB
+from .services.postgres import Postgres
+from .services.seaweedfs import SeaweedFS
+from .settings import StackSettings
+
+# Start order; stop is the reverse.
+SERVICE_CLASSES: tuple[type[Service], ...] = (
+    Postgres, SeaweedFS, Keycloak, CentralOrthanc, EdgeA, EdgeB, Indexer, Gateway,
+)
+
+
+def load_context(settings: StackSettings) -> StackContext:
+    """Ports, secrets and certificates of a stack (created on first use)."""
+    for path in (settings.state_dir, settings.log_dir, settings.run_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return StackContext(
+        settings=settings,
+        ports=allocate(settings.state_dir / "ports.json"),
+        secrets=ensure_secrets(settings.state_dir / "secrets.json"),
+        pki=ensure_pki(settings.state_dir / "pki"),
+    )
+
+
+def services(ctx: StackContext) -> list[Service]:
+    return [cls(ctx) for cls in SERVICE_CLASSES]
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int | None
+    problem: str | None
+
+    @property
+    def healthy(self) -> bool:
+        return self.pid is not None and self.problem is None
+
+
+def status(ctx: StackContext) -> list[ServiceStatus]:
+    result = []
+    for svc in services(ctx):
+        pid = svc.pid()
+        result.append(ServiceStatus(svc.name, pid, "not running" if pid is None else svc.health()))
+    return result
+
+
+def up(ctx: StackContext, say=print) -> None:  # noqa: ANN001
+    """Start every service that is not already running and healthy; write stack.env.
+
+    On any failure, everything is stopped again and the StackError propagates.
+    """
+    try:
+        for svc in services(ctx):
+            pid = svc.pid()
+            if pid is not None and svc.health() is None:
+                say(f"  {svc.name:<10} already running (pid {pid})")
+                continue
+            if pid is None:
+                for port_name in svc.ports:
+                    port = ctx.ports[port_name]
+                    if not port_is_free(port):
+                        raise PortInUse(
+                            svc.name, f"port {port} ({port_name}) is in use by another program"
+                        )
+                svc.prepare()
+                started = time.monotonic()
+                svc.start()
+            else:
+                started = time.monotonic()
+            svc.wait_healthy(ctx.settings.start_timeout_s)
+            svc.after_healthy()
+            say(f"  {svc.name:<10} healthy in {time.monotonic() - started:.1f} s")
+        write_stack_env(ctx)
+    except StackError:
+        down(ctx, say=lambda _msg: None)
+        raise
+    except Exception as exc:
+        down(ctx, say=lambda _msg: None)
+        raise StackError("launcher", f"{type(exc).__name__}: {exc}") from exc
+
+
+def down(ctx: StackContext, say=print) -> None:  # noqa: ANN001
+    for svc in reversed(services(ctx)):
+        if stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal,
+                timeout_s=svc.stop_timeout_s):
+            say(f"  {svc.name:<10} stopped")
+
+
+def clean(settings: StackSettings) -> None:
+    """Remove the state directory (keeping the download cache if it lives inside it)."""
+    state = settings.state_dir
+    if not state.exists():
+        return
+    for child in state.iterdir():
+        if child.resolve() == settings.cache_dir:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def stack_env(ctx: StackContext) -> dict[str, str]:
+    """The launcher contract: what tools, tests and benchmarks read from var/stack.env."""
+    s, p = ctx.secrets, ctx.ports
+    env = {
+        "STACK_DIR": str(ctx.state),
+        "GATEWAY_URL": ctx.gateway_url,
+        "CA_CERT": str(ctx.pki["ca_cert"]),
+        "KEYCLOAK_URL": ctx.keycloak_public_url,
+        "KEYCLOAK_INTERNAL_URL": ctx.keycloak_internal_url,
+        "KEYCLOAK_REALM": REALM,
+        "OIDC_CLI_CLIENT_ID": CLI_CLIENT_ID,
+        "CENTRAL_ORTHANC_URL": ctx.http("central_http"),
+        "CENTRAL_ORTHANC_USER": "central-admin",
+        "CENTRAL_ORTHANC_PASSWORD": s["central_orthanc"],
+        "INDEXER_URL": ctx.http("indexer"),
+        "S3_ENDPOINT": ctx.http("weed_s3"),
+        "S3_BUCKET": S3_BUCKET,
+        "S3_ACCESS_KEY": s["s3_access_key"],
+        "S3_SECRET_KEY": s["s3_secret_key"],
+        "POSTGRES_PORT": str(p["postgres"]),
+        "DEMO_RADIOLOGIST_A_USER": "radiologist.a",
+        "DEMO_RADIOLOGIST_A_PASSWORD": s["demo_radiologist_a"],
+        "DEMO_RADIOLOGIST_B_USER": "radiologist.b",
+        "DEMO_RADIOLOGIST_B_PASSWORD": s["demo_radiologist_b"],
+        "DEMO_ADMIN_USER": "platform.admin",
+        "DEMO_ADMIN_PASSWORD": s["demo_admin"],
+    }
+    for letter, institution in (("A", INSTITUTION_A), ("B", INSTITUTION_B)):
+        low = letter.lower()
+        env |= {
+            f"EDGE_{letter}_URL": ctx.http(f"edge_{low}_http"),
+            f"EDGE_{letter}_USER": f"edge-{low}-admin",
+            f"EDGE_{letter}_PASSWORD": s[f"edge_{low}_orthanc"],
+            f"EDGE_{letter}_AET": f"EDGE_{institution}",
+            f"EDGE_{letter}_DICOM_PORT": str(p[f"edge_{low}_dicom"]),
+            f"EDGE_{letter}_INSTITUTION": institution,
+        }
+    return env
+
+
+def write_stack_env(ctx: StackContext) -> None:
+    path = ctx.settings.stack_env
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in stack_env(ctx).items()))
+
+
+def read_stack_env(path) -> dict[str, str]:  # noqa: ANN001
+    """Parse a stack.env file (KEY=VALUE lines)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key] = value
+    return env

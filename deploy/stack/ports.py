@@ -1,0 +1,70 @@
+"""Free loopback ports, picked once per state directory and kept in ports.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+# Every port the stack listens on. IMGCLOUD_PORT_<NAME> (upper case) fixes one.
+PORT_NAMES = (
+    "postgres",
+    "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
+    "weed_filer", "weed_filer_grpc", "weed_s3", "weed_s3_grpc",
+    "keycloak", "keycloak_mgmt",
+    "central_http", "central_dicom",
+    "edge_a_http", "edge_a_dicom", "edge_b_http", "edge_b_dicom",
+    "indexer", "gateway",
+)
+
+
+def port_is_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:port (and we may bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a TIME_WAIT left by the previous run must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_free(count: int, avoid: Iterable[int]) -> list[int]:
+    held: list[socket.socket] = []
+    picked: list[int] = []
+    taken = set(avoid)
+    try:
+        while len(picked) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+            port = sock.getsockname()[1]
+            if port not in taken:
+                taken.add(port)
+                picked.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return picked
+
+
+def allocate(path: Path) -> dict[str, int]:
+    """Ports for this stack: the recorded ones, else the environment's, else free ones."""
+    if path.exists():
+        ports = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+        if set(PORT_NAMES) <= set(ports):
+            return ports
+    fixed = {
+        name: int(os.environ[f"IMGCLOUD_PORT_{name.upper()}"])
+        for name in PORT_NAMES
+        if os.environ.get(f"IMGCLOUD_PORT_{name.upper()}")
+    }
+    wanted = [n for n in PORT_NAMES if n not in fixed]
+    ports = dict(fixed)
+    ports.update(zip(wanted, _pick_free(len(wanted), fixed.values()), strict=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ports, indent=1))
+    return ports

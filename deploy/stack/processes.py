@@ -1,0 +1,131 @@
+"""Start, track (PID files) and stop the stack's native processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def pid_file(run_dir: Path, service: str) -> Path:
+    return run_dir / f"{service}.pid"
+
+
+def read_pid(run_dir: Path, service: str) -> int | None:
+    """The recorded PID of a service if that process is still alive."""
+    path = pid_file(run_dir, service)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie or a recycled PID: check the recorded start marker still matches.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    if ") Z " in stat:
+        return None
+    return pid
+
+
+def spawn(
+    service: str,
+    argv: Sequence[str],
+    *,
+    run_dir: Path,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> int:
+    """Start a process in its own session (so its children stop with it); record its PID."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    with open(log, "ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {argv[0]}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(  # noqa: S603 - argv built by the launcher, no shell
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+            user=user,
+            group=user,
+        )
+    pid_file(run_dir, service).write_text(str(proc.pid))
+    return proc.pid
+
+
+def exited(pid: int) -> bool:
+    """True if the process has exited (reaping it if it is our child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return ") Z " in Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def stop(
+    run_dir: Path,
+    service: str,
+    *,
+    sig: int = signal.SIGTERM,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Stop a recorded service: `sig` to its process group, then SIGKILL after timeout_s.
+
+    Returns True if something was running.
+    """
+    pid = read_pid(run_dir, service)
+    path = pid_file(run_dir, service)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if exited(pid):
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not exited(pid):
+            time.sleep(0.1)
+    # The group may hold helpers that outlived the leader (e.g. Keycloak's JVM under kc.sh).
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    path.unlink(missing_ok=True)
+    return True

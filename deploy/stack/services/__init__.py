@@ -1,0 +1,1 @@
+"""One module per component of the stack, each a `Service` the launcher drives."""

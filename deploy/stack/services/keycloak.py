@@ -1,0 +1,60 @@
+"""Keycloak, pre-built for PostgreSQL and the /auth path, behind the gateway."""
+
+from __future__ import annotations
+
+from auth.provision import ProvisioningError, load_demo_users, load_realm, provision
+
+from ..errors import PrerequisiteMissing, StackError
+from .base import Service, http_health
+
+ADMIN_USER = "bootstrap-admin"
+
+
+class Keycloak(Service):
+    name = "keycloak"
+    ports = ("keycloak", "keycloak_mgmt")
+    stop_timeout_s = 30.0
+
+    def prepare(self) -> None:
+        kc = self.ctx.settings.keycloak_home / "bin" / "kc.sh"
+        if not kc.exists() or not (self.ctx.settings.keycloak_home / ".built").exists():
+            raise PrerequisiteMissing(self.name, f"{kc} not installed/built: run make install")
+
+    def argv(self) -> list[str]:
+        p = self.ctx.ports
+        return [
+            str(self.ctx.settings.keycloak_home / "bin" / "kc.sh"), "start", "--optimized",
+            f"--db-url=jdbc:postgresql://127.0.0.1:{p['postgres']}/keycloak",
+            "--db-username=keycloak",
+            "--http-enabled=true", "--http-host=127.0.0.1", f"--http-port={p['keycloak']}",
+            f"--http-management-port={p['keycloak_mgmt']}",
+            # Browsers and tokens see the gateway's URL; services may talk to Keycloak directly.
+            f"--hostname={self.ctx.keycloak_public_url}",
+            "--hostname-backchannel-dynamic=true",
+            "--proxy-headers=xforwarded",
+            "--cache=local",  # one node here: no JGroups cluster listening on the network
+            "--log-level=WARN",
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {
+            # Secrets by environment, so they do not show in `ps`.
+            "KC_DB_PASSWORD": self.ctx.secrets["db_keycloak"],
+            "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
+            "KC_BOOTSTRAP_ADMIN_PASSWORD": self.ctx.secrets["keycloak_admin"],
+            "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx640m -XX:MaxMetaspaceSize=256m",
+        }
+
+    def health(self) -> str | None:
+        return http_health(f"http://127.0.0.1:{self.ctx.ports['keycloak_mgmt']}/auth/health/ready")
+
+    def after_healthy(self) -> None:
+        realm = load_realm(self.ctx.gateway_url, local_dev=True)
+        users = load_demo_users(self.ctx.secrets)
+        try:
+            provision(
+                self.ctx.keycloak_internal_url, ADMIN_USER, self.ctx.secrets["keycloak_admin"],
+                realm, users,
+            )
+        except ProvisioningError as exc:
+            raise StackError(self.name, str(exc), self.log) from exc

@@ -1,0 +1,180 @@
+"""Orthanc processes: the central archive and one edge per hospital.
+
+Each process's configuration is the repo's static file (`central-orthanc/orthanc.json`,
+`edge-orthanc/orthanc.json`) merged with what this stack decides at run time (ports,
+paths, credentials, peers), written to the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..context import INSTITUTION_A, INSTITUTION_B, StackContext
+from ..errors import PrerequisiteMissing
+from .base import Service, http_health
+
+ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
+# Calling AE titles a hospital's edge accepts C-STORE from in the local stack: the demo
+# modality simulator and a stand-in for the hospital PACS (both on loopback).
+LOCAL_MODALITIES = {
+    "demo-ct": ["DEMO_CT", "127.0.0.1", 11112],
+    "hospital-pacs": ["HOSP_PACS", "127.0.0.1", 11113],
+}
+EDGE_STABLE_AGE_S = 3  # the static config's 60 s suits hospitals; the local stack is faster.
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge extra into a copy of base (extra wins)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class OrthancService(Service):
+    static_config: str = ""
+    http_port: str = ""
+    http_user: str = ""
+    password_key: str = ""
+
+    @property
+    def home(self) -> Path:
+        return self.ctx.state / self.name
+
+    @property
+    def url(self) -> str:
+        return self.ctx.http(self.http_port)
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        return (self.http_user, self.ctx.secrets[self.password_key])
+
+    def runtime_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        for path in (ORTHANC_BIN, PLUGIN_DIR / "libOrthancPython.so"):
+            if not path.exists():
+                raise PrerequisiteMissing(self.name, f"{path} not found: run make install")
+        if not self.ctx.settings.bind_shim.exists():
+            raise PrerequisiteMissing(
+                self.name, f"{self.ctx.settings.bind_shim} not built: run make install"
+            )
+        (self.home / "storage").mkdir(parents=True, exist_ok=True)
+        static = json.loads((self.ctx.settings.repo_root / self.static_config).read_text())
+        config = deep_merge(static, self.runtime_config())
+        path = self.home / "orthanc.json"
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+
+    def argv(self) -> list[str]:
+        return [str(ORTHANC_BIN), str(self.home / "orthanc.json")]
+
+    def env(self) -> dict[str, str]:
+        root = self.ctx.settings.repo_root
+        site = root / ".venv" / "lib" / "python3.11" / "site-packages"
+        return {
+            "LD_PRELOAD": str(self.ctx.settings.bind_shim),
+            "PYTHONPATH": f"{root / 'orthanc-plugins'}:{site}",
+        }
+
+    def common_runtime(self) -> dict[str, Any]:
+        return {
+            "HttpPort": self.ctx.ports[self.http_port],
+            "StorageDirectory": str(self.home / "storage"),
+            "IndexDirectory": str(self.home / "storage"),
+            "RegisteredUsers": {self.http_user: self.ctx.secrets[self.password_key]},
+            "PythonVerbose": False,
+        }
+
+    def health(self) -> str | None:
+        def plugin_loaded(response) -> str | None:  # noqa: ANN001
+            role = response.json().get("role")
+            expected = "central" if self.name == "central" else "edge"
+            return None if role == expected else f"plugin role {role!r}"
+
+        return http_health(
+            f"{self.url}/imaging-cloud/status", auth=self.credentials, check=plugin_loaded
+        )
+
+
+class CentralOrthanc(OrthancService):
+    name = "central"
+    ports = ("central_http",)
+    static_config = "central-orthanc/orthanc.json"
+    http_port = "central_http"
+    http_user = "central-admin"
+    password_key = "central_orthanc"
+
+    def runtime_config(self) -> dict[str, Any]:
+        plugins = PLUGIN_DIR
+        return self.common_runtime() | {
+            "Name": "imaging-cloud-central",
+            "Plugins": [
+                str(plugins / "libOrthancPython.so"),
+                str(plugins / "libOrthancDicomWeb.so"),
+                str(plugins / "libOrthancPostgreSQLIndex.so"),
+            ],
+            "PythonScript": str(self.ctx.settings.repo_root / "orthanc-plugins/central_plugin.py"),
+            "PostgreSQL": {
+                "Host": "127.0.0.1",
+                "Port": self.ctx.ports["postgres"],
+                "Password": self.ctx.secrets["db_central"],
+            },
+        }
+
+
+class EdgeOrthanc(OrthancService):
+    static_config = "edge-orthanc/orthanc.json"
+    institution: str = ""
+    letter: str = ""
+
+    def __init__(self, ctx: StackContext) -> None:
+        super().__init__(ctx)
+        self.name = f"edge-{self.letter.lower()}"
+        self.http_port = f"edge_{self.letter.lower()}_http"
+        self.dicom_port = f"edge_{self.letter.lower()}_dicom"
+        self.ports = (self.http_port, self.dicom_port)
+        self.http_user = f"edge-{self.letter.lower()}-admin"
+        self.password_key = f"edge_{self.letter.lower()}_orthanc"
+
+    @property
+    def aet(self) -> str:
+        return f"EDGE_{self.institution}"
+
+    def runtime_config(self) -> dict[str, Any]:
+        plugins = PLUGIN_DIR
+        central = CentralOrthanc(self.ctx)
+        user, password = central.credentials
+        return self.common_runtime() | {
+            "Name": f"imaging-cloud-edge-{self.institution}",
+            "DicomAet": self.aet,
+            "DicomPort": self.ctx.ports[self.dicom_port],
+            "StableAge": EDGE_STABLE_AGE_S,
+            "Plugins": [
+                str(plugins / "libOrthancPython.so"),
+                str(plugins / "libOrthancDicomWeb.so"),
+            ],
+            "PythonScript": str(self.ctx.settings.repo_root / "orthanc-plugins/edge_plugin.py"),
+            "DicomModalities": LOCAL_MODALITIES,
+            "OrthancPeers": {
+                "central": {"Url": central.url + "/", "Username": user, "Password": password}
+            },
+            "ImagingCloud": {"Institution": self.institution},
+        }
+
+
+class EdgeA(EdgeOrthanc):
+    institution = INSTITUTION_A
+    letter = "A"
+
+
+class EdgeB(EdgeOrthanc):
+    institution = INSTITUTION_B
+    letter = "B"

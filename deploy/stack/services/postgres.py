@@ -1,0 +1,126 @@
+"""PostgreSQL: one cluster for the stack, with a database each for central Orthanc, the
+indexer and Keycloak."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ..errors import PrerequisiteMissing, StackError
+from .base import Service
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# database name -> (owner role, secret holding its password)
+DATABASES = {
+    "orthanc_central": ("orthanc_central", "db_central"),
+    "indexer": ("indexer", "db_indexer"),
+    "keycloak": ("keycloak", "db_keycloak"),
+}
+
+
+class Postgres(Service):
+    name = "postgres"
+    ports = ("postgres",)
+    # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to disconnect.
+    stop_signal = signal.SIGINT
+
+    @property
+    def data_dir(self) -> Path:
+        return self.ctx.state / "pg" / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.ctx.state / "pg" / "run"
+
+    def user(self) -> str:
+        return "postgres"
+
+    def prepare(self) -> None:
+        if not (PG_BIN / "postgres").exists():
+            raise PrerequisiteMissing(self.name, f"{PG_BIN}/postgres not found: run make install")
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise PrerequisiteMissing(self.name, "system user 'postgres' missing") from exc
+        top = self.ctx.state / "pg"
+        for path in (top, self.socket_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)  # a half-made cluster from an interrupted initdb
+        pwfile = top / "initdb.pw"
+        pwfile.write_text(self.ctx.secrets["postgres_superuser"])
+        os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+        pwfile.chmod(0o600)
+        try:
+            subprocess.run(  # noqa: S603
+                [
+                    str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                    "--auth-local=peer", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+                    "-E", "UTF8", "--locale=C.UTF-8",
+                ],
+                check=True, user="postgres", group="postgres", timeout=120,
+                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise StackError(self.name, f"initdb failed: {exc}", self.log) from exc
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def argv(self) -> list[str]:
+        return [
+            str(PG_BIN / "postgres"), "-D", str(self.data_dir),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"port={self.ctx.ports['postgres']}",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "max_connections=200",
+            "-c", "shared_buffers=128MB",
+            "-c", "log_min_messages=warning",
+        ]
+
+    def _connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(
+            host="127.0.0.1", port=self.ctx.ports["postgres"], user="postgres",
+            password=self.ctx.secrets["postgres_superuser"], dbname=dbname,
+            connect_timeout=3, autocommit=True,
+        )
+
+    def health(self) -> str | None:
+        try:
+            with self._connect() as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            return f"connect: {type(exc).__name__}"
+        return None
+
+    def after_healthy(self) -> None:
+        """Create each component's role and database (idempotent)."""
+        with self._connect() as conn:
+            for database, (role, secret) in DATABASES.items():
+                password = self.ctx.secrets[secret]
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)
+                ).fetchone()
+                verb = "ALTER" if exists else "CREATE"
+                conn.execute(
+                    sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(role), sql.Literal(password)
+                    )
+                )
+                if not conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+                ).fetchone():
+                    conn.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(database), sql.Identifier(role)
+                        )
+                    )

@@ -1,0 +1,72 @@
+"""Where the stack lives on disk and which pinned versions it runs (one settings object)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _read_versions(path: Path) -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        versions[key.strip()] = value.strip().strip('"')
+    return versions
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Paths and versions for one stack. STACK_DIR picks the state directory (default var/)."""
+
+    state_dir: Path
+    cache_dir: Path
+    repo_root: Path = REPO_ROOT
+    versions: dict[str, str] = field(default_factory=dict)
+    # How long each service may take to become healthy before `up` gives up.
+    start_timeout_s: float = 180.0
+
+    @classmethod
+    def from_env(cls, state_dir: str | None = None) -> StackSettings:
+        """Build settings from the environment (STACK_DIR, STACK_CACHE_DIR)."""
+        state = Path(state_dir or os.environ.get("STACK_DIR") or REPO_ROOT / "var").resolve()
+        cache = Path(os.environ.get("STACK_CACHE_DIR") or REPO_ROOT / "var" / "cache").resolve()
+        versions = _read_versions(REPO_ROOT / "deploy" / "versions.env")
+        timeout = float(os.environ.get("STACK_START_TIMEOUT", "180"))
+        return cls(state_dir=state, cache_dir=cache, versions=versions, start_timeout_s=timeout)
+
+    @property
+    def venv_bin(self) -> Path:
+        return self.repo_root / ".venv" / "bin"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def stack_env(self) -> Path:
+        return self.state_dir / "stack.env"
+
+    @property
+    def keycloak_home(self) -> Path:
+        return self.cache_dir / f"keycloak-{self.versions['KEYCLOAK_VERSION']}"
+
+    @property
+    def ohif_dist(self) -> Path:
+        return self.cache_dir / f"ohif-{self.versions['OHIF_VERSION']}"
+
+    @property
+    def bind_shim(self) -> Path:
+        return self.cache_dir / "bindlo.so"
+
+    def log(self, service: str) -> Path:
+        return self.log_dir / f"{service}.log"

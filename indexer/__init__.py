@@ -1,0 +1,1 @@
+"""The indexer: structured data (patients, exams, reports) and the master patient index."""

@@ -1,0 +1,49 @@
+"""The `ImagingCloud` section of an Orthanc configuration, validated once at load."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+_INSTITUTION = re.compile(r"^[A-Z0-9]{2,16}$")
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    role: str
+    institution: str | None
+    forward_peer: str | None
+    forward_retry_max_s: float
+
+    @classmethod
+    def from_orthanc(cls, configuration: dict[str, Any]) -> PluginConfig:
+        """Validate the ImagingCloud section; raise ConfigurationError naming the setting."""
+        section = configuration.get("ImagingCloud")
+        if not isinstance(section, dict):
+            raise ConfigurationError("ImagingCloud: section missing from the configuration")
+        role = section.get("Role")
+        if role not in ("edge", "central"):
+            raise ConfigurationError("ImagingCloud.Role: must be 'edge' or 'central'")
+        institution = section.get("Institution")
+        peer = section.get("ForwardPeer")
+        if role == "edge":
+            if not isinstance(institution, str) or not _INSTITUTION.match(institution):
+                raise ConfigurationError(
+                    "ImagingCloud.Institution: an edge needs its institution code "
+                    "(2-16 upper-case letters or digits)"
+                )
+            peers = configuration.get("OrthancPeers") or {}
+            if not isinstance(peer, str) or peer not in peers:
+                raise ConfigurationError(
+                    "ImagingCloud.ForwardPeer: must name an entry of OrthancPeers"
+                )
+        retry = section.get("ForwardRetryMaxSeconds", 300)
+        if not isinstance(retry, int | float) or retry <= 0:
+            raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")
+        return cls(
+            role=role, institution=institution, forward_peer=peer,
+            forward_retry_max_s=float(retry),
+        )
