@@ -54,8 +54,11 @@ def load_demo_users(passwords: Mapping[str, str]) -> list[DemoUser]:
     users = json.loads((REALM_DIR / "demo-users.json").read_text())
     return [
         DemoUser(
-            username=u["username"], password=passwords[u["key"]], institution=u["institution"],
-            roles=tuple(u["roles"]), first_name=u.get("firstName", ""),
+            username=u["username"],
+            password=passwords[u["key"]],
+            institution=u["institution"],
+            roles=tuple(u["roles"]),
+            first_name=u.get("firstName", ""),
             last_name=u.get("lastName", ""),
         )
         for u in users
@@ -91,8 +94,12 @@ def provision(
     name = realm["realm"]
     try:
         admin = KeycloakAdmin(
-            server_url=server_url.rstrip("/") + "/", username=admin_user,
-            password=admin_password, realm_name="master", user_realm_name="master", timeout=30,
+            server_url=server_url.rstrip("/") + "/",
+            username=admin_user,
+            password=admin_password,
+            realm_name="master",
+            user_realm_name="master",
+            timeout=30,
         )
         existing = {r["realm"] for r in admin.get_realms()}
         settings = {k: v for k, v in realm.items() if k not in ("clients", "roles")}
@@ -110,14 +117,15 @@ def provision(
         if users:
             payload["users"] = [
                 {
-                    "username": u.username, "enabled": True, "emailVerified": True,
-                    "firstName": u.first_name, "lastName": u.last_name,
+                    "username": u.username,
+                    "enabled": True,
+                    "emailVerified": True,
+                    "firstName": u.first_name,
+                    "lastName": u.last_name,
                     "email": f"{u.username}@example.invalid",
                     "attributes": {"institution": [u.institution]},
                     "realmRoles": list(u.roles),
-                    "credentials": [
-                        {"type": "password", "value": u.password, "temporary": False}
-                    ],
+                    "credentials": [{"type": "password", "value": u.password, "temporary": False}],
                     "requiredActions": [],
                 }
                 for u in users

@@ -7,7 +7,6 @@ encrypted S3 storage area arrives with the archive issue.
 import json
 
 import orthanc  # type: ignore[import-not-found]
-
 from imgcloud import __version__
 from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError
@@ -19,7 +18,7 @@ except ConfigurationError as exc:
     raise
 
 
-def _status(output, uri, **request):  # noqa: ANN001, ANN202
+def _status(output, uri, **request):
     if request["method"] != "GET":
         output.SendMethodNotAllowed("GET")
         return

@@ -6,7 +6,6 @@ The only edge module that imports `orthanc`; the logic lives in the `imgcloud` p
 import json
 
 import orthanc  # type: ignore[import-not-found]
-
 from imgcloud import __version__
 from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError, ForwardingError
@@ -30,7 +29,7 @@ def _send(study_id: str) -> None:
 FORWARDER = StudyForwarder(send=_send, retry_max_s=CONFIG.forward_retry_max_s)
 
 
-def _on_change(change_type, level, resource_id):  # noqa: ANN001, ANN202
+def _on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.STABLE_STUDY:
         FORWARDER.enqueue(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
@@ -39,7 +38,7 @@ def _on_change(change_type, level, resource_id):  # noqa: ANN001, ANN202
         FORWARDER.stop()
 
 
-def _status(output, uri, **request):  # noqa: ANN001, ANN202
+def _status(output, uri, **request):
     if request["method"] != "GET":
         output.SendMethodNotAllowed("GET")
         return

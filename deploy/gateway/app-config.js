@@ -1,4 +1,7 @@
-/** OHIF viewer configuration for the imaging cloud (written by the launcher: ${...} filled in). */
+/** OHIF viewer configuration for the imaging cloud. The viewer is served by the HTTPS
+ * gateway, so DICOMweb lives on the same origin: no host names are baked in. */
+const gatewayOrigin = window.location.origin;
+
 window.config = {
   name: 'imaging-cloud',
   routerBasename: '/',
@@ -21,9 +24,9 @@ window.config = {
       configuration: {
         friendlyName: 'Regional imaging cloud (central archive)',
         name: 'imaging-cloud',
-        wadoUriRoot: '${GATEWAY_URL}/dicom-web',
-        qidoRoot: '${GATEWAY_URL}/dicom-web',
-        wadoRoot: '${GATEWAY_URL}/dicom-web',
+        wadoUriRoot: gatewayOrigin + '/dicom-web',
+        qidoRoot: gatewayOrigin + '/dicom-web',
+        wadoRoot: gatewayOrigin + '/dicom-web',
         qidoSupportsIncludeField: false,
         imageRendering: 'wadors',
         thumbnailRendering: 'wadors',

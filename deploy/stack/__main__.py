@@ -10,8 +10,7 @@ from .errors import StackError
 from .launcher import clean, down, load_context, status, up
 from .settings import StackSettings
 
-
-print = functools.partial(print, flush=True)  # noqa: A001 - progress lines, in order
+print = functools.partial(print, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

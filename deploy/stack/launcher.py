@@ -30,7 +30,14 @@ from .settings import StackSettings
 
 # Start order; stop is the reverse.
 SERVICE_CLASSES: tuple[type[Service], ...] = (
-    Postgres, SeaweedFS, Keycloak, CentralOrthanc, EdgeA, EdgeB, Indexer, Gateway,
+    Postgres,
+    SeaweedFS,
+    Keycloak,
+    CentralOrthanc,
+    EdgeA,
+    EdgeB,
+    Indexer,
+    Gateway,
 )
 
 
@@ -69,7 +76,7 @@ def status(ctx: StackContext) -> list[ServiceStatus]:
     return result
 
 
-def up(ctx: StackContext, say=print) -> None:  # noqa: ANN001
+def up(ctx: StackContext, say=print) -> None:
     """Start every service that is not already running and healthy; write stack.env.
 
     On any failure, everything is stopped again and the StackError propagates.
@@ -104,10 +111,9 @@ def up(ctx: StackContext, say=print) -> None:  # noqa: ANN001
         raise StackError("launcher", f"{type(exc).__name__}: {exc}") from exc
 
 
-def down(ctx: StackContext, say=print) -> None:  # noqa: ANN001
+def down(ctx: StackContext, say=print) -> None:
     for svc in reversed(services(ctx)):
-        if stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal,
-                timeout_s=svc.stop_timeout_s):
+        if stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=svc.stop_timeout_s):
             say(f"  {svc.name:<10} stopped")
 
 
@@ -171,7 +177,7 @@ def write_stack_env(ctx: StackContext) -> None:
     path.write_text("".join(f"{k}={v}\n" for k, v in stack_env(ctx).items()))
 
 
-def read_stack_env(path) -> dict[str, str]:  # noqa: ANN001
+def read_stack_env(path) -> dict[str, str]:
     """Parse a stack.env file (KEY=VALUE lines)."""
     env = {}
     for line in path.read_text().splitlines():

@@ -11,12 +11,24 @@ from pathlib import Path
 # Every port the stack listens on. IMGCLOUD_PORT_<NAME> (upper case) fixes one.
 PORT_NAMES = (
     "postgres",
-    "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
-    "weed_filer", "weed_filer_grpc", "weed_s3", "weed_s3_grpc",
-    "keycloak", "keycloak_mgmt",
-    "central_http", "central_dicom",
-    "edge_a_http", "edge_a_dicom", "edge_b_http", "edge_b_dicom",
-    "indexer", "gateway",
+    "weed_master",
+    "weed_master_grpc",
+    "weed_volume",
+    "weed_volume_grpc",
+    "weed_filer",
+    "weed_filer_grpc",
+    "weed_s3",
+    "weed_s3_grpc",
+    "keycloak",
+    "keycloak_mgmt",
+    "central_http",
+    "central_dicom",
+    "edge_a_http",
+    "edge_a_dicom",
+    "edge_b_http",
+    "edge_b_dicom",
+    "indexer",
+    "gateway",
 )
 
 

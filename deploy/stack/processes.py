@@ -56,7 +56,7 @@ def spawn(
     with open(log, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {argv[0]}\n".encode())
         out.flush()
-        proc = subprocess.Popen(  # noqa: S603 - argv built by the launcher, no shell
+        proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,

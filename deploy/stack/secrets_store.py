@@ -7,11 +7,19 @@ import secrets
 from pathlib import Path
 
 SECRET_NAMES = (
-    "postgres_superuser", "db_central", "db_indexer", "db_keycloak",
-    "central_orthanc", "edge_a_orthanc", "edge_b_orthanc",
-    "s3_access_key", "s3_secret_key",
+    "postgres_superuser",
+    "db_central",
+    "db_indexer",
+    "db_keycloak",
+    "central_orthanc",
+    "edge_a_orthanc",
+    "edge_b_orthanc",
+    "s3_access_key",
+    "s3_secret_key",
     "keycloak_admin",
-    "demo_radiologist_a", "demo_radiologist_b", "demo_admin",
+    "demo_radiologist_a",
+    "demo_radiologist_b",
+    "demo_admin",
 )
 
 
@@ -22,8 +30,10 @@ def ensure_secrets(path: Path) -> dict[str, str]:
     for name in SECRET_NAMES:
         if name not in known:
             # URL-safe and free of characters that need quoting in configs or DSNs.
-            known[name] = secrets.token_hex(16) if name != "s3_access_key" else (
-                "AK" + secrets.token_hex(9).upper()
+            known[name] = (
+                secrets.token_hex(16)
+                if name != "s3_access_key"
+                else ("AK" + secrets.token_hex(9).upper())
             )
             changed = True
     if changed:

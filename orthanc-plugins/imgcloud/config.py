@@ -44,6 +44,8 @@ class PluginConfig:
         if not isinstance(retry, int | float) or retry <= 0:
             raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")
         return cls(
-            role=role, institution=institution, forward_peer=peer,
+            role=role,
+            institution=institution,
+            forward_peer=peer,
             forward_retry_max_s=float(retry),
         )

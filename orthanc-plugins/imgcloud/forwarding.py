@@ -68,8 +68,9 @@ class StudyForwarder:
             entry.attempts += 1
             entry.not_before = self.clock() + self.backoff(entry.attempts)
             self.failures += 1
-            log.warning("forwarding study %s failed (attempt %d): %s",
-                        entry.study_id, entry.attempts, exc)
+            log.warning(
+                "forwarding study %s failed (attempt %d): %s", entry.study_id, entry.attempts, exc
+            )
             with self._lock:
                 self._queue.append(entry)
             return True

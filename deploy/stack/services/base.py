@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import ssl
 import time
 from collections.abc import Callable
 
@@ -25,7 +26,7 @@ class Service:
         self.ctx = ctx
 
     @property
-    def log(self):  # noqa: ANN201 - Path
+    def log(self):
         return self.ctx.settings.log(self.name)
 
     def prepare(self) -> None:
@@ -42,8 +43,13 @@ class Service:
 
     def start(self) -> int:
         return spawn(
-            self.name, self.argv(), run_dir=self.ctx.settings.run_dir, log=self.log,
-            env=self.env(), cwd=self.ctx.state, user=self.user(),
+            self.name,
+            self.argv(),
+            run_dir=self.ctx.settings.run_dir,
+            log=self.log,
+            env=self.env(),
+            cwd=self.ctx.state,
+            user=self.user(),
         )
 
     def health(self) -> str | None:
@@ -77,7 +83,7 @@ def http_health(
     url: str,
     *,
     auth: tuple[str, str] | None = None,
-    verify: bool | str = True,
+    verify: bool | ssl.SSLContext = True,
     check: Callable[[httpx.Response], str | None] | None = None,
 ) -> str | None:
     """GET url with a short timeout; None if it answers 200 (and `check` passes)."""

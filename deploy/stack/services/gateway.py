@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import base64
-import json
+import re
 import shutil
 import signal
+import ssl
 from pathlib import Path
-from string import Template
 
-from ..context import REALM
 from ..errors import PrerequisiteMissing
 from .base import Service, http_health
 
 NGINX = Path("/usr/sbin/nginx")
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def render_template(text: str, values: dict[str, str]) -> str:
+    """Fill ${NAME} placeholders as envsubst does in the nginx image; nginx's own $vars stay.
+
+    Every placeholder must have a value: a typo fails here, not as a broken nginx config.
+    """
+    missing = sorted({m for m in _PLACEHOLDER.findall(text) if m not in values})
+    if missing:
+        raise ValueError(f"gateway template: no value for {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
 class Gateway(Service):
@@ -34,45 +45,38 @@ class Gateway(Service):
         for sub in ("tmp", "logs"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         shutil.chown(self.home / "tmp", "www-data", "www-data")
-        self._write_viewer_config()
-        central_user = "central-admin"
         basic = base64.b64encode(
-            f"{central_user}:{self.ctx.secrets['central_orthanc']}".encode()
+            f"central-admin:{self.ctx.secrets['central_orthanc']}".encode()
         ).decode()
-        template = Template(
-            (self.ctx.settings.repo_root / "deploy/gateway/nginx.conf.template").read_text()
-        )
-        conf = template.substitute(
-            GATEWAY_PORT=self.ctx.ports["gateway"],
-            HOME=self.home,
-            SERVER_CERT=self.ctx.pki["server_cert"],
-            SERVER_KEY=self.ctx.pki["server_key"],
-            OHIF_DIST=dist,
-            VIEWER_CONFIG=self.home / "app-config.js",
-            CENTRAL=f"127.0.0.1:{self.ctx.ports['central_http']}",
-            CENTRAL_BASIC_AUTH=basic,
-            INDEXER=f"127.0.0.1:{self.ctx.ports['indexer']}",
-            KEYCLOAK=f"127.0.0.1:{self.ctx.ports['keycloak']}",
+        conf = render_template(
+            (self.ctx.settings.repo_root / "deploy/gateway/nginx.conf.template").read_text(),
+            {
+                "GATEWAY_LISTEN": f"127.0.0.1:{self.ctx.ports['gateway']}",
+                "GATEWAY_HOME": str(self.home),
+                "NGINX_USER": "www-data",
+                "SERVER_CERT": str(self.ctx.pki["server_cert"]),
+                "SERVER_KEY": str(self.ctx.pki["server_key"]),
+                "OHIF_DIST": str(dist),
+                "VIEWER_CONFIG": str(self.ctx.settings.repo_root / "deploy/gateway/app-config.js"),
+                "CENTRAL": f"127.0.0.1:{self.ctx.ports['central_http']}",
+                "CENTRAL_BASIC_AUTH": basic,
+                "INDEXER": f"127.0.0.1:{self.ctx.ports['indexer']}",
+                "KEYCLOAK": f"127.0.0.1:{self.ctx.ports['keycloak']}",
+            },
         )
         path = self.home / "nginx.conf"
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(conf)
 
-    def _write_viewer_config(self) -> None:
-        template = (self.ctx.settings.repo_root / "deploy/gateway/app-config.js").read_text()
-        values = {"GATEWAY_URL": self.ctx.gateway_url, "REALM": REALM}
-        js = template
-        for key, value in values.items():
-            js = js.replace("${" + key + "}", json.dumps(value)[1:-1])
-        (self.home / "app-config.js").write_text(js)
-
     def argv(self) -> list[str]:
         return [str(NGINX), "-p", str(self.home), "-c", str(self.home / "nginx.conf")]
 
     def health(self) -> str | None:
-        def is_viewer(response) -> str | None:  # noqa: ANN001
+        def is_viewer(response) -> str | None:
             return None if "<html" in response.text.lower() else "index.html is not HTML"
 
         return http_health(
-            f"{self.ctx.gateway_url}/", verify=str(self.ctx.pki["ca_cert"]), check=is_viewer
+            f"{self.ctx.gateway_url}/",
+            verify=ssl.create_default_context(cafile=str(self.ctx.pki["ca_cert"])),
+            check=is_viewer,
         )

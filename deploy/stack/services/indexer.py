@@ -25,21 +25,38 @@ class Indexer(Service):
 
         root = self.ctx.settings.repo_root
         try:
-            subprocess.run(  # noqa: S603
-                [str(self.ctx.settings.venv_bin / "alembic"), "-c",
-                 str(root / "indexer" / "alembic.ini"), "upgrade", "head"],
-                check=True, timeout=120, env=os.environ | self.env(), cwd=root,
-                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            subprocess.run(
+                [
+                    str(self.ctx.settings.venv_bin / "alembic"),
+                    "-c",
+                    str(root / "indexer" / "alembic.ini"),
+                    "upgrade",
+                    "head",
+                ],
+                check=True,
+                timeout=120,
+                env=os.environ | self.env(),
+                cwd=root,
+                stdout=open(self.log, "ab"),
+                stderr=subprocess.STDOUT,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StackError(self.name, f"alembic upgrade failed: {exc}", self.log) from exc
 
     def argv(self) -> list[str]:
         return [
-            str(self.ctx.settings.venv_bin / "uvicorn"), "indexer.main:app",
-            "--host", "127.0.0.1", "--port", str(self.ctx.ports["indexer"]),
-            "--workers", "1", "--no-access-log", "--proxy-headers",
-            "--forwarded-allow-ips", "127.0.0.1",
+            str(self.ctx.settings.venv_bin / "uvicorn"),
+            "indexer.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.ctx.ports["indexer"]),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "127.0.0.1",
         ]
 
     def health(self) -> str | None:

@@ -23,10 +23,14 @@ class Keycloak(Service):
     def argv(self) -> list[str]:
         p = self.ctx.ports
         return [
-            str(self.ctx.settings.keycloak_home / "bin" / "kc.sh"), "start", "--optimized",
+            str(self.ctx.settings.keycloak_home / "bin" / "kc.sh"),
+            "start",
+            "--optimized",
             f"--db-url=jdbc:postgresql://127.0.0.1:{p['postgres']}/keycloak",
             "--db-username=keycloak",
-            "--http-enabled=true", "--http-host=127.0.0.1", f"--http-port={p['keycloak']}",
+            "--http-enabled=true",
+            "--http-host=127.0.0.1",
+            f"--http-port={p['keycloak']}",
             f"--http-management-port={p['keycloak_mgmt']}",
             # Browsers and tokens see the gateway's URL; services may talk to Keycloak directly.
             f"--hostname={self.ctx.keycloak_public_url}",
@@ -53,8 +57,11 @@ class Keycloak(Service):
         users = load_demo_users(self.ctx.secrets)
         try:
             provision(
-                self.ctx.keycloak_internal_url, ADMIN_USER, self.ctx.secrets["keycloak_admin"],
-                realm, users,
+                self.ctx.keycloak_internal_url,
+                ADMIN_USER,
+                self.ctx.secrets["keycloak_admin"],
+                realm,
+                users,
             )
         except ProvisioningError as exc:
             raise StackError(self.name, str(exc), self.log) from exc

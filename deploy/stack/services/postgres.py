@@ -62,14 +62,26 @@ class Postgres(Service):
         os.chown(pwfile, pw.pw_uid, pw.pw_gid)
         pwfile.chmod(0o600)
         try:
-            subprocess.run(  # noqa: S603
+            subprocess.run(
                 [
-                    str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                    "--auth-local=peer", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-                    "-E", "UTF8", "--locale=C.UTF-8",
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
                 ],
-                check=True, user="postgres", group="postgres", timeout=120,
-                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                check=True,
+                user="postgres",
+                group="postgres",
+                timeout=120,
+                stdout=open(self.log, "ab"),
+                stderr=subprocess.STDOUT,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StackError(self.name, f"initdb failed: {exc}", self.log) from exc
@@ -78,20 +90,32 @@ class Postgres(Service):
 
     def argv(self) -> list[str]:
         return [
-            str(PG_BIN / "postgres"), "-D", str(self.data_dir),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", f"port={self.ctx.ports['postgres']}",
-            "-c", f"unix_socket_directories={self.socket_dir}",
-            "-c", "max_connections=200",
-            "-c", "shared_buffers=128MB",
-            "-c", "log_min_messages=warning",
+            str(PG_BIN / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.ctx.ports['postgres']}",
+            "-c",
+            f"unix_socket_directories={self.socket_dir}",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=128MB",
+            "-c",
+            "log_min_messages=warning",
         ]
 
     def _connect(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(
-            host="127.0.0.1", port=self.ctx.ports["postgres"], user="postgres",
-            password=self.ctx.secrets["postgres_superuser"], dbname=dbname,
-            connect_timeout=3, autocommit=True,
+            host="127.0.0.1",
+            port=self.ctx.ports["postgres"],
+            user="postgres",
+            password=self.ctx.secrets["postgres_superuser"],
+            dbname=dbname,
+            connect_timeout=3,
+            autocommit=True,
         )
 
     def health(self) -> str | None:

@@ -13,7 +13,7 @@ from ..errors import PrerequisiteMissing
 from .base import Service
 
 
-def s3_client(endpoint: str, access_key: str, secret_key: str):  # noqa: ANN201
+def s3_client(endpoint: str, access_key: str, secret_key: str):
     """A boto3 S3 client with path-style addressing and short timeouts."""
     return boto3.client(
         "s3",
@@ -33,8 +33,14 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):  # noqa: ANN201
 class SeaweedFS(Service):
     name = "seaweedfs"
     ports = (
-        "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
-        "weed_filer", "weed_filer_grpc", "weed_s3", "weed_s3_grpc",
+        "weed_master",
+        "weed_master_grpc",
+        "weed_volume",
+        "weed_volume_grpc",
+        "weed_filer",
+        "weed_filer_grpc",
+        "weed_s3",
+        "weed_s3_grpc",
     )
     # `weed server` can take more than 15 s to exit after SIGTERM.
     stop_timeout_s = 40.0
@@ -69,20 +75,30 @@ class SeaweedFS(Service):
     def argv(self) -> list[str]:
         p = self.ctx.ports
         return [
-            str(self.ctx.settings.venv_bin / "weed"), "server",
+            str(self.ctx.settings.venv_bin / "weed"),
+            "server",
             f"-dir={self.ctx.state / 'seaweedfs' / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
-            "-master.volumeSizeLimitMB=512", "-master.telemetry=false",
-            f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['weed_master']}",
+            f"-master.port.grpc={p['weed_master_grpc']}",
+            "-master.volumeSizeLimitMB=512",
+            "-master.telemetry=false",
+            f"-volume.port={p['weed_volume']}",
+            f"-volume.port.grpc={p['weed_volume_grpc']}",
             "-volume.max=0",
-            "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
-            "-s3", f"-s3.port={p['weed_s3']}", f"-s3.port.grpc={p['weed_s3_grpc']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-filer",
+            f"-filer.port={p['weed_filer']}",
+            f"-filer.port.grpc={p['weed_filer_grpc']}",
+            "-s3",
+            f"-s3.port={p['weed_s3']}",
+            f"-s3.port.grpc={p['weed_s3_grpc']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={self.ctx.state / 'seaweedfs' / 's3.json'}",
         ]
 
-    def _client(self):  # noqa: ANN202
+    def _client(self):
         return s3_client(
             self.endpoint, self.ctx.secrets["s3_access_key"], self.ctx.secrets["s3_secret_key"]
         )

@@ -1,0 +1,81 @@
+"""The main job on sample data: a simulated CT modality sends a study to hospital A's edge,
+the edge forwards it to the central archive, and we print where to look.
+
+Run by `make demo` after `make up`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+from deploy.samples import modality
+from deploy.samples.studies import make_study
+from deploy.stack.client import StackClient, wait_for_instances
+from deploy.stack.settings import StackSettings
+
+print = functools.partial(print, flush=True)
+
+DEMO_SEED = 20261127
+DEMO_SLICES = 150
+
+
+def main() -> int:
+    settings = StackSettings.from_env()
+    if not settings.stack_env.exists():
+        print(f"demo: {settings.stack_env} not found: run `make up` first", file=sys.stderr)
+        return 1
+    stack = StackClient.from_file(settings.stack_env)
+    study = make_study(
+        DEMO_SEED, "CT", instances=DEMO_SLICES, institution_code=stack["EDGE_A_INSTITUTION"]
+    )
+    exam = study.exam
+    print(f"demo: CT study of {DEMO_SLICES} slices, accession {exam.exam_no}")
+    started = time.monotonic()
+    result = modality.send(
+        study.instances(),
+        host="127.0.0.1",
+        port=int(stack["EDGE_A_DICOM_PORT"]),
+        called_aet=stack["EDGE_A_AET"],
+        calling_aet="DEMO_CT",
+    )
+    if not result.ok:
+        print(f"demo: edge A refused {len(result.failed)} instances", file=sys.stderr)
+        return 1
+    print(
+        f"demo: C-STORE to edge A ({stack['EDGE_A_AET']}) done in "
+        f"{time.monotonic() - started:.1f} s; waiting for central"
+    )
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        try:
+            wait_for_instances(central, exam.study_instance_uid, DEMO_SLICES, timeout_s=300)
+        except TimeoutError as exc:
+            print(f"demo: the study did not reach central: {exc}", file=sys.stderr)
+            return 1
+    print(
+        f"demo: all {DEMO_SLICES} instances are at central after "
+        f"{time.monotonic() - started:.1f} s\n"
+    )
+    gw = stack["GATEWAY_URL"]
+    print("Where to look:")
+    print(f"  Viewer (OHIF)     {gw}/viewer?StudyInstanceUIDs={exam.study_instance_uid}")
+    print(f"  Study list        {gw}/")
+    print(
+        f"  Demo radiologist  {stack['DEMO_RADIOLOGIST_A_USER']} / "
+        f"{stack['DEMO_RADIOLOGIST_A_PASSWORD']}  (hospital {stack['EDGE_A_INSTITUTION']})"
+    )
+    print(
+        f"  Orthanc Explorer  {stack['CENTRAL_ORTHANC_URL']}/app/explorer.html  "
+        f"({stack['CENTRAL_ORTHANC_USER']} / {stack['CENTRAL_ORTHANC_PASSWORD']})"
+    )
+    print(f"  Keycloak admin    {stack['KEYCLOAK_URL']}/admin/  (realm {stack['KEYCLOAK_REALM']})")
+    print(
+        f"  CA certificate    {stack['CA_CERT']}  (import it in the browser to trust the gateway)"
+    )
+    print(f"  All settings      {settings.stack_env}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Talking to a running stack, as tools, tests and benchmarks do (reads var/stack.env)."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+
+from .launcher import read_stack_env
+
+
+# Orthanc 1.10.1's HTTP server closes an idle keep-alive connection after about 1 s and has
+# no setting for it (KeepAliveTimeout came in 1.11.3): drop pooled connections sooner, or a
+# request races the close and fails with "server disconnected".
+ORTHANC_POOL_LIMITS = httpx.Limits(keepalive_expiry=0.5)
+
+
+class StackClient:
+    """Typed access to the stack.env contract plus a few REST helpers."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    @classmethod
+    def from_file(cls, path: Path) -> StackClient:
+        return cls(read_stack_env(path))
+
+    def ca_context(self) -> ssl.SSLContext:
+        """TLS context trusting the stack's local CA (and nothing else)."""
+        return ssl.create_default_context(cafile=self.env["CA_CERT"])
+
+    def __getitem__(self, key: str) -> str:
+        return self.env[key]
+
+    def orthanc(self, which: str) -> httpx.Client:
+        """An httpx client for 'CENTRAL_ORTHANC', 'EDGE_A' or 'EDGE_B'."""
+        return httpx.Client(
+            base_url=self.env[f"{which}_URL"],
+            auth=(self.env[f"{which}_USER"], self.env[f"{which}_PASSWORD"]),
+            timeout=30.0,
+            limits=ORTHANC_POOL_LIMITS,
+        )
+
+    def gateway(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(
+            base_url=self.env["GATEWAY_URL"],
+            verify=self.ca_context(),
+            timeout=30.0,
+            headers=headers,
+        )
+
+    def password_token(self, user: str, password: str) -> dict:
+        """Tokens for a user from the realm, through the gateway (direct-access grant)."""
+        url = (
+            f"{self.env['KEYCLOAK_URL']}/realms/{self.env['KEYCLOAK_REALM']}"
+            "/protocol/openid-connect/token"
+        )
+        response = httpx.post(
+            url,
+            data={
+                "grant_type": "password",
+                "client_id": self.env["OIDC_CLI_CLIENT_ID"],
+                "username": user,
+                "password": password,
+                "scope": "openid",
+            },
+            verify=self.ca_context(),
+            timeout=30.0,
+        )
+        response.raise_for_status()
+        return response.json()
+
+
+def find_study(orthanc: httpx.Client, study_instance_uid: str) -> str | None:
+    """The Orthanc ID of a study by its Study Instance UID, or None."""
+    response = orthanc.post("/tools/lookup", content=study_instance_uid)
+    response.raise_for_status()
+    for item in response.json():
+        if item["Type"] == "Study":
+            return str(item["ID"])
+    return None
+
+
+def wait_for_instances(
+    orthanc: httpx.Client, study_instance_uid: str, count: int, timeout_s: float = 120.0
+) -> str:
+    """Wait until a study with `count` instances exists; return its Orthanc ID."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        study_id = find_study(orthanc, study_instance_uid)
+        if study_id:
+            seen = len(orthanc.get(f"/studies/{study_id}/instances").json())
+            if seen >= count:
+                return study_id
+        time.sleep(1.0)
+    raise TimeoutError(
+        f"study {study_instance_uid}: {seen} of {count} instances after {timeout_s:.0f} s"
+    )

@@ -1,0 +1,1 @@
+"""Domain services of the indexer (plain Python, no HTTP)."""

@@ -1,0 +1,44 @@
+"""The stack the integration tests run against.
+
+By default a session starts its own stack in a fresh state directory on free ports and
+stops it at the end. STACK_ENV=/path/to/stack.env reuses a running stack instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.stack.client import StackClient
+from deploy.stack.launcher import down, load_context, up
+from deploy.stack.settings import REPO_ROOT, StackSettings
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackClient]:
+    reuse = os.environ.get("STACK_ENV")
+    if reuse:
+        yield StackClient.from_file(Path(reuse))
+        return
+    base = REPO_ROOT / "var"
+    base.mkdir(exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="test-stack-", dir=base))
+    state.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    settings = StackSettings.from_env(str(state))
+    ctx = load_context(settings)
+    try:
+        up(ctx, say=lambda msg: print(msg, flush=True))
+        yield StackClient.from_file(settings.stack_env)
+    finally:
+        down(ctx, say=lambda _msg: None)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack: StackClient) -> StackSettings:
+    return StackSettings.from_env(stack["STACK_DIR"])

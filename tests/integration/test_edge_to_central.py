@@ -1,0 +1,80 @@
+"""A C-STORE to hospital A's edge arrives at central with the same instances and pixels."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from deploy.samples import modality
+from deploy.samples.studies import make_study
+from deploy.stack.client import StackClient, find_study, wait_for_instances
+
+SLICES = 12
+
+
+@pytest.fixture(scope="module")
+def sent_study(stack: StackClient):
+    study = make_study(4242, "CT", instances=SLICES, institution_code=stack["EDGE_A_INSTITUTION"])
+    result = modality.send(
+        study.instances(),
+        host="127.0.0.1",
+        port=int(stack["EDGE_A_DICOM_PORT"]),
+        called_aet=stack["EDGE_A_AET"],
+        calling_aet="DEMO_CT",
+    )
+    assert result.ok, result.failed
+    assert result.sent == SLICES
+    return study
+
+
+def test_study_reaches_central_with_identical_instances(stack: StackClient, sent_study) -> None:
+    uid = sent_study.exam.study_instance_uid
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        study_id = wait_for_instances(central, uid, SLICES, timeout_s=120)
+        instances = central.get(f"/studies/{study_id}/instances").json()
+        received = {}
+        for inst in instances:
+            raw = central.get(f"/instances/{inst['ID']}/file").content
+            ds = pydicom.dcmread(io.BytesIO(raw))
+            received[ds.SOPInstanceUID] = ds
+    assert set(received) == set(sent_study.sop_instance_uids)
+    for original in sent_study.instances():
+        got = received[original.SOPInstanceUID]
+        assert got.PixelData == original.PixelData
+        assert got.AccessionNumber == sent_study.exam.exam_no
+        assert str(got.PatientName) == sent_study.patient.dicom_name
+
+
+def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> None:
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        wait_for_instances(central, sent_study.exam.study_instance_uid, SLICES, timeout_s=120)
+    with stack.orthanc("EDGE_A") as edge:
+        status = edge.get("/imaging-cloud/status").json()
+    assert status["institution"] == stack["EDGE_A_INSTITUTION"]
+    assert status["forwarded_studies"] >= 1
+
+
+def test_edge_b_did_not_receive_hospital_a_study(stack: StackClient, sent_study) -> None:
+    with stack.orthanc("EDGE_B") as edge_b:
+        assert find_study(edge_b, sent_study.exam.study_instance_uid) is None
+
+
+def test_unknown_calling_ae_cannot_store(stack: StackClient) -> None:
+    study = make_study(777, "DX", institution_code=stack["EDGE_A_INSTITUTION"])
+    try:
+        result = modality.send(
+            study.instances(),
+            host="127.0.0.1",
+            port=int(stack["EDGE_A_DICOM_PORT"]),
+            called_aet=stack["EDGE_A_AET"],
+            calling_aet="INTRUDER",
+        )
+    except modality.AssociationRefused:
+        pass
+    else:
+        assert result.sent == 0
+        assert len(result.failed) == 1
+    with stack.orthanc("EDGE_A") as edge:
+        assert find_study(edge, study.exam.study_instance_uid) is None

@@ -1,0 +1,45 @@
+import json
+from pathlib import Path
+from typing import Any
+
+from deploy.stack.services.gateway import render_template
+from deploy.stack.services.orthanc import deep_merge
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_deep_merge_keeps_static_settings_and_lets_runtime_win() -> None:
+    static: dict[str, Any] = {"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 60}
+    merged = deep_merge(static, {"DicomWeb": {"Root": "/dw/"}, "StableAge": 3})
+    assert merged == {"DicomWeb": {"Enable": True, "Root": "/dw/"}, "StableAge": 3}
+    assert static["DicomWeb"]["Root"] == "/dicom-web/"  # the input is not modified
+
+
+def test_static_orthanc_configs_hold_no_secrets_or_ports() -> None:
+    for path in ("central-orthanc/orthanc.json", "edge-orthanc/orthanc.json"):
+        config = json.loads((ROOT / path).read_text())
+        assert "RegisteredUsers" not in config
+        assert "Password" not in json.dumps(config)
+        assert config["AuthenticationEnabled"] is True
+        assert config["ImagingCloud"]["Role"] in ("edge", "central")
+
+
+def test_edge_refuses_unknown_callers_by_default() -> None:
+    edge = json.loads((ROOT / "edge-orthanc/orthanc.json").read_text())
+    assert edge["DicomAlwaysAllowStore"] is False
+    assert edge["DicomCheckModalityHost"] is True
+
+
+def test_gateway_template_fills_placeholders_and_keeps_nginx_variables() -> None:
+    out = render_template("listen ${GATEWAY_LISTEN}; set $x $host;", {"GATEWAY_LISTEN": "1"})
+    assert out == "listen 1; set $x $host;"
+
+
+def test_gateway_template_names_a_missing_value() -> None:
+    text = (ROOT / "deploy/gateway/nginx.conf.template").read_text()
+    try:
+        render_template(text, {})
+    except ValueError as exc:
+        assert "GATEWAY_LISTEN" in str(exc)
+    else:
+        raise AssertionError("a template with unfilled placeholders was accepted")
