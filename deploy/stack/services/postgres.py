@@ -53,6 +53,16 @@ class Postgres(Service):
         for path in (top, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, pw.pw_uid, pw.pw_gid)
+        reachable = subprocess.run(  # noqa: S603
+            ["/usr/bin/test", "-w", str(top)], user="postgres", group="postgres",
+            check=False, timeout=10,
+        )
+        if reachable.returncode != 0:
+            raise PrerequisiteMissing(
+                self.name,
+                f"the 'postgres' user cannot reach {top}: make its parent directories "
+                "traversable (chmod o+x) or set STACK_DIR elsewhere",
+            )
         if (self.data_dir / "PG_VERSION").exists():
             return
         if self.data_dir.exists():
