@@ -28,7 +28,7 @@ demo: up
 # (on free ports, in var/test-stack, stopped at the end). STACK_ENV=var/stack.env reuses
 # a running stack instead.
 test: install
-	@$(PY) -m pytest tests
+	@$(PY) -m pytest
 
 test-unit: install
 	@$(PY) -m pytest tests/unit

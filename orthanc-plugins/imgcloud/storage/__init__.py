@@ -1,0 +1,1 @@
+"""Encrypted attachment storage: envelope encryption, key ring, S3 and filesystem backends."""
