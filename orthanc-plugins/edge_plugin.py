@@ -5,17 +5,14 @@ The only edge module that imports `orthanc`; the logic lives in the `imgcloud` p
 
 import json
 
+import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
-from imgcloud.config import PluginConfig
-from imgcloud.errors import ConfigurationError, ForwardingError
+from imgcloud.errors import ForwardingError
 from imgcloud.forwarding import StudyForwarder
 
-try:
-    CONFIG = PluginConfig.from_orthanc(json.loads(orthanc.GetConfiguration()))
-except ConfigurationError as exc:
-    orthanc.LogError(f"imaging-cloud edge plugin: invalid configuration: {exc}")
-    raise
+CONFIG, CONFIGURATION = glue_common.load("edge")
+STORAGE = glue_common.register_storage("edge", CONFIGURATION)
 
 
 def _send(study_id: str) -> None:
@@ -47,6 +44,7 @@ def _status(output, uri, **request):
             {
                 "role": CONFIG.role,
                 "institution": CONFIG.institution,
+                "storage": STORAGE,
                 "version": __version__,
                 "forward_queue_depth": FORWARDER.depth(),
                 "forwarded_studies": FORWARDER.delivered,
@@ -59,4 +57,6 @@ def _status(output, uri, **request):
 
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
-orthanc.LogWarning(f"imaging-cloud edge plugin {__version__} loaded for {CONFIG.institution}")
+orthanc.LogWarning(
+    f"imaging-cloud edge plugin {__version__} loaded for {CONFIG.institution}, storage {STORAGE}"
+)

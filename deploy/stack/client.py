@@ -10,7 +10,6 @@ import httpx
 
 from .launcher import read_stack_env
 
-
 # Orthanc 1.10.1's HTTP server closes an idle keep-alive connection after about 1 s and has
 # no setting for it (KeepAliveTimeout came in 1.11.3): drop pooled connections sooner, or a
 # request races the close and fails with "server disconnected".

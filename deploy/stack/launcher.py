@@ -111,6 +111,30 @@ def up(ctx: StackContext, say=print) -> None:
         raise StackError("launcher", f"{type(exc).__name__}: {exc}") from exc
 
 
+def service(ctx: StackContext, name: str) -> Service:
+    """One service of the stack by name."""
+    for svc in services(ctx):
+        if svc.name == name:
+            return svc
+    raise KeyError(name)
+
+
+def stop_service(ctx: StackContext, name: str) -> None:
+    """Stop one service (outage drills in tests)."""
+    svc = service(ctx, name)
+    stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=svc.stop_timeout_s)
+
+
+def start_service(ctx: StackContext, name: str) -> None:
+    """Start one stopped service again and wait until it is healthy."""
+    svc = service(ctx, name)
+    if svc.pid() is None:
+        svc.prepare()
+        svc.start()
+    svc.wait_healthy(ctx.settings.start_timeout_s)
+    svc.after_healthy()
+
+
 def down(ctx: StackContext, say=print) -> None:
     for svc in reversed(services(ctx)):
         if stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=svc.stop_timeout_s):

@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..context import INSTITUTION_A, INSTITUTION_B, StackContext
+from imgcloud.storage.keyring import KeyRing, write_key_ring
+
+from ..context import INSTITUTION_A, INSTITUTION_B, S3_BUCKET, StackContext
 from ..errors import PrerequisiteMissing
 from .base import Service, http_health
 
@@ -58,6 +60,18 @@ class OrthancService(Service):
     def runtime_config(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    @property
+    def key_ring_file(self) -> Path:
+        """This Orthanc's master key ring (generated once per stack, mode 0600)."""
+        return self.ctx.state / "keys" / f"{self.name}-keyring.json"
+
+    def ensure_key_ring(self) -> Path:
+        path = self.key_ring_file
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_key_ring(KeyRing.generate("k1"), path)
+        return path
+
     def prepare(self) -> None:
         for path in (ORTHANC_BIN, PLUGIN_DIR / "libOrthancPython.so"):
             if not path.exists():
@@ -67,6 +81,7 @@ class OrthancService(Service):
                 self.name, f"{self.ctx.settings.bind_shim} not built: run make install"
             )
         (self.home / "storage").mkdir(parents=True, exist_ok=True)
+        self.ensure_key_ring()
         static = json.loads((self.ctx.settings.repo_root / self.static_config).read_text())
         config = deep_merge(static, self.runtime_config())
         path = self.home / "orthanc.json"
@@ -127,7 +142,31 @@ class CentralOrthanc(OrthancService):
                 "Port": self.ctx.ports["postgres"],
                 "Password": self.ctx.secrets["db_central"],
             },
+            "ImagingCloud": {
+                "Storage": {
+                    "KeyRingFile": str(self.key_ring_file),
+                    "S3": {
+                        "Endpoint": self.ctx.http("weed_s3"),
+                        "Bucket": S3_BUCKET,
+                        "CredentialsFile": str(self._s3_credentials_file()),
+                    },
+                }
+            },
         }
+
+    def _s3_credentials_file(self) -> Path:
+        path = self.ctx.state / "keys" / "central-s3.json"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "AccessKey": self.ctx.secrets["s3_access_key"],
+                    "SecretKey": self.ctx.secrets["s3_secret_key"],
+                }
+            )
+        )
+        return path
 
 
 class EdgeOrthanc(OrthancService):
@@ -166,7 +205,13 @@ class EdgeOrthanc(OrthancService):
             "OrthancPeers": {
                 "central": {"Url": central.url + "/", "Username": user, "Password": password}
             },
-            "ImagingCloud": {"Institution": self.institution},
+            "ImagingCloud": {
+                "Institution": self.institution,
+                "Storage": {
+                    "KeyRingFile": str(self.key_ring_file),
+                    "Filesystem": {"Root": str(self.home / "objects")},
+                },
+            },
         }
 
 

@@ -53,9 +53,12 @@ class Postgres(Service):
         for path in (top, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, pw.pw_uid, pw.pw_gid)
-        reachable = subprocess.run(  # noqa: S603
-            ["/usr/bin/test", "-w", str(top)], user="postgres", group="postgres",
-            check=False, timeout=10,
+        reachable = subprocess.run(
+            ["/usr/bin/test", "-w", str(top)],
+            user="postgres",
+            group="postgres",
+            check=False,
+            timeout=10,
         )
         if reachable.returncode != 0:
             raise PrerequisiteMissing(

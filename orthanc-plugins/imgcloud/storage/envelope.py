@@ -90,8 +90,14 @@ class Header:
 
     def encode(self) -> bytes:
         kid = self.key_id.encode("ascii")
-        return (MAGIC + struct.pack("BBB", VERSION, self.algorithm, len(kid)) + kid
-                + self.wrap_nonce + struct.pack("B", len(self.wrapped_key)) + self.wrapped_key)
+        return (
+            MAGIC
+            + struct.pack("BBB", VERSION, self.algorithm, len(kid))
+            + kid
+            + self.wrap_nonce
+            + struct.pack("B", len(self.wrapped_key))
+            + self.wrapped_key
+        )
 
 
 def parse_header(blob: bytes, object_key: str) -> Header:
@@ -104,13 +110,13 @@ def parse_header(blob: bytes, object_key: str) -> Header:
             raise IntegrityError(f"object {object_key}: unknown format version {version}")
         algorithm = Algorithm(alg)
         pos = 6
-        key_id = blob[pos:pos + kid_len].decode("ascii")
+        key_id = blob[pos : pos + kid_len].decode("ascii")
         pos += kid_len
-        wrap_nonce = blob[pos:pos + NONCE_BYTES]
+        wrap_nonce = blob[pos : pos + NONCE_BYTES]
         pos += NONCE_BYTES
         (wrapped_len,) = struct.unpack_from("B", blob, pos)
         pos += 1
-        wrapped = blob[pos:pos + wrapped_len]
+        wrapped = blob[pos : pos + wrapped_len]
         pos += wrapped_len
     except (struct.error, ValueError, UnicodeDecodeError):
         raise IntegrityError(f"object {object_key}: truncated or malformed header") from None
@@ -127,17 +133,29 @@ def _wrap_aad(key_id: str, object_key: str) -> bytes:
     return f"{key_id}|{object_key}".encode()
 
 
-def seal(data: bytes, *, object_key: str, attachment_type: int, ring: KeyRing,
-         algorithm: Algorithm = Algorithm.AES_256_GCM) -> bytes:
+def seal(
+    data: bytes,
+    *,
+    object_key: str,
+    attachment_type: int,
+    ring: KeyRing,
+    algorithm: Algorithm = Algorithm.AES_256_GCM,
+) -> bytes:
     """Encrypt one object under a fresh data key wrapped by the ring's current key."""
     data_key = os.urandom(algorithm.data_key_bytes)
     wrap_nonce = os.urandom(NONCE_BYTES)
-    wrapped = _gcm_seal(algorithm, _wrapping_key(algorithm, ring.current), wrap_nonce,
-                        data_key, _wrap_aad(ring.current_id, object_key))
+    wrapped = _gcm_seal(
+        algorithm,
+        _wrapping_key(algorithm, ring.current),
+        wrap_nonce,
+        data_key,
+        _wrap_aad(ring.current_id, object_key),
+    )
     header = Header(algorithm, ring.current_id, wrap_nonce, wrapped, 0).encode()
     nonce = os.urandom(NONCE_BYTES)
-    body = _gcm_seal(algorithm, data_key, nonce, data,
-                     _payload_aad(algorithm, object_key, attachment_type))
+    body = _gcm_seal(
+        algorithm, data_key, nonce, data, _payload_aad(algorithm, object_key, attachment_type)
+    )
     return header + nonce + body
 
 
@@ -149,9 +167,13 @@ def _unwrap(header: Header, ring: KeyRing, object_key: str) -> bytes:
             "which is not in the key ring"
         )
     try:
-        return _gcm_open(header.algorithm, _wrapping_key(header.algorithm, master),
-                         header.wrap_nonce, header.wrapped_key,
-                         _wrap_aad(header.key_id, object_key))
+        return _gcm_open(
+            header.algorithm,
+            _wrapping_key(header.algorithm, master),
+            header.wrap_nonce,
+            header.wrapped_key,
+            _wrap_aad(header.key_id, object_key),
+        )
     except InvalidTag:
         raise IntegrityError(
             f"object {object_key}: data key does not unwrap (wrong key, or tampered header)"
@@ -162,13 +184,18 @@ def open_sealed(blob: bytes, *, object_key: str, attachment_type: int, ring: Key
     """Decrypt and authenticate an object; IntegrityError on any mismatch, never wrong bytes."""
     header = parse_header(blob, object_key)
     data_key = _unwrap(header, ring, object_key)
-    nonce = blob[header.length:header.length + NONCE_BYTES]
-    sealed = blob[header.length + NONCE_BYTES:]
+    nonce = blob[header.length : header.length + NONCE_BYTES]
+    sealed = blob[header.length + NONCE_BYTES :]
     if len(nonce) != NONCE_BYTES:
         raise IntegrityError(f"object {object_key}: truncated body")
     try:
-        return _gcm_open(header.algorithm, data_key, nonce, sealed,
-                         _payload_aad(header.algorithm, object_key, attachment_type))
+        return _gcm_open(
+            header.algorithm,
+            data_key,
+            nonce,
+            sealed,
+            _payload_aad(header.algorithm, object_key, attachment_type),
+        )
     except InvalidTag:
         raise IntegrityError(
             f"object {object_key}: payload fails authentication (tampered, truncated, "
@@ -183,10 +210,15 @@ def rewrap(blob: bytes, *, object_key: str, ring: KeyRing) -> bytes | None:
         return None
     data_key = _unwrap(header, ring, object_key)
     wrap_nonce = os.urandom(NONCE_BYTES)
-    wrapped = _gcm_seal(header.algorithm, _wrapping_key(header.algorithm, ring.current),
-                        wrap_nonce, data_key, _wrap_aad(ring.current_id, object_key))
+    wrapped = _gcm_seal(
+        header.algorithm,
+        _wrapping_key(header.algorithm, ring.current),
+        wrap_nonce,
+        data_key,
+        _wrap_aad(ring.current_id, object_key),
+    )
     new_header = Header(header.algorithm, ring.current_id, wrap_nonce, wrapped, 0).encode()
-    return new_header + blob[header.length:]
+    return new_header + blob[header.length :]
 
 
 def key_id_of(blob: bytes, object_key: str) -> str:

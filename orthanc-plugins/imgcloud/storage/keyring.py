@@ -75,14 +75,17 @@ class KeyRing:
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise KeyRingError(f"{setting}: cannot read key ring file {path}: "
-                               f"{exc.strerror}") from None
+            raise KeyRingError(
+                f"{setting}: cannot read key ring file {path}: {exc.strerror}"
+            ) from None
         return cls.from_json(text, source=f"{setting} ({path})")
 
     def to_json(self) -> str:
         return json.dumps(
-            {"current": self.current_id,
-             "keys": {k: base64.b64encode(v).decode() for k, v in self._keys.items()}},
+            {
+                "current": self.current_id,
+                "keys": {k: base64.b64encode(v).decode() for k, v in self._keys.items()},
+            },
             indent=1,
         )
 

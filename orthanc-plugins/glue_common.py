@@ -1,0 +1,63 @@
+"""Glue shared by the edge and central scripts: configuration, logging, storage area.
+
+Imports `orthanc`, so it is loaded only inside Orthanc, like the role scripts.
+"""
+
+import json
+import logging
+
+import orthanc  # type: ignore[import-not-found]
+from imgcloud import logs
+from imgcloud.config import PluginConfig
+from imgcloud.errors import ConfigurationError, StorageError
+from imgcloud.storage.archive import EncryptedArchive
+from imgcloud.storage.settings import storage_settings
+
+log = logging.getLogger("imgcloud.glue")
+
+
+def load(role_name: str) -> tuple[PluginConfig, dict]:
+    """Validate our configuration sections; one clear log line and a raise if invalid."""
+    logs.install(orthanc.LogInfo, orthanc.LogWarning, orthanc.LogError)
+    configuration = json.loads(orthanc.GetConfiguration())
+    try:
+        return PluginConfig.from_orthanc(configuration), configuration
+    except ConfigurationError as exc:
+        orthanc.LogError(f"imaging-cloud {role_name} plugin: invalid configuration: {exc}")
+        raise
+
+
+def register_storage(role_name: str, configuration: dict) -> str:
+    """Register the encrypted storage area if configured; returns a description."""
+    try:
+        settings = storage_settings(configuration)
+        if settings is None:
+            return "orthanc-default"
+        archive = EncryptedArchive.from_settings(settings)
+    except ConfigurationError as exc:
+        orthanc.LogError(f"imaging-cloud {role_name} plugin: invalid configuration: {exc}")
+        raise
+
+    def create(uuid, content_type, data):
+        try:
+            archive.create(uuid, int(content_type), bytes(data))
+        except StorageError as exc:
+            log.error("storage create failed: %s", exc)
+            raise
+
+    def read(uuid, content_type):
+        try:
+            return archive.read(uuid, int(content_type))
+        except StorageError as exc:
+            log.error("storage read failed: %s", exc)
+            raise
+
+    def remove(uuid, content_type):
+        try:
+            archive.remove(uuid, int(content_type))
+        except StorageError as exc:
+            log.error("storage remove failed: %s", exc)
+            raise
+
+    orthanc.RegisterStorageArea(create, read, remove)
+    return f"encrypted-{settings.backend} ({settings.algorithm.name.lower().replace('_', '-')})"

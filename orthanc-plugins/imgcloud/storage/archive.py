@@ -1,0 +1,112 @@
+"""The storage area Orthanc calls: every attachment sealed and kept as one object."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from ..errors import IntegrityError, KeyRingError
+from .backends import FileStore, ObjectStore, S3Store
+from .envelope import Algorithm, open_sealed, seal
+from .keyring import KeyRing
+from .object_keys import object_key
+from .settings import SECTION, StorageSettings
+
+log = logging.getLogger(__name__)
+
+
+class KeyRingSource:
+    """The key ring file, re-read when it changes: rotation needs no Orthanc restart.
+
+    A changed file that does not validate is refused (logged) and the last good ring stays.
+    """
+
+    def __init__(self, path: Path, check_every_s: float = 2.0) -> None:
+        self.path = path
+        self.check_every_s = check_every_s
+        self._lock = threading.Lock()
+        self._ring = KeyRing.from_file(path, f"{SECTION}.KeyRingFile")
+        self._mtime = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> float:
+        try:
+            return os.stat(self.path).st_mtime
+        except OSError:
+            return -1.0
+
+    def get(self, force: bool = False) -> KeyRing:
+        now = time.monotonic()
+        if not force and now - self._checked < self.check_every_s:
+            return self._ring
+        with self._lock:
+            self._checked = now
+            mtime = self._stat()
+            if mtime != self._mtime:
+                try:
+                    self._ring = KeyRing.from_file(self.path, f"{SECTION}.KeyRingFile")
+                    log.warning(
+                        "key ring reloaded: current key %s, keys %s",
+                        self._ring.current_id,
+                        ",".join(self._ring.key_ids),
+                    )
+                except KeyRingError as exc:
+                    log.error("key ring change refused, keeping the previous ring: %s", exc)
+                self._mtime = mtime
+            return self._ring
+
+
+class EncryptedArchive:
+    """create / read / remove of Orthanc attachments, sealed with envelope encryption."""
+
+    def __init__(
+        self, store: ObjectStore, keys: KeyRingSource, algorithm: Algorithm, prefix: str = ""
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.algorithm = algorithm
+        self.prefix = prefix
+
+    @classmethod
+    def from_settings(cls, settings: StorageSettings) -> EncryptedArchive:
+        store: ObjectStore
+        if settings.backend == "s3":
+            assert settings.s3 is not None
+            store = S3Store(settings.s3)
+        else:
+            assert settings.filesystem_root is not None
+            store = FileStore(settings.filesystem_root)
+        return cls(
+            store, KeyRingSource(settings.key_ring_file), settings.algorithm, settings.key_prefix
+        )
+
+    def create(self, attachment_uuid: str, content_type: int, data: bytes) -> None:
+        """Seal and store; returns only once the backend confirmed the write."""
+        key = object_key(self.prefix, attachment_uuid, content_type)
+        blob = seal(
+            data,
+            object_key=key,
+            attachment_type=int(content_type),
+            ring=self.keys.get(),
+            algorithm=self.algorithm,
+        )
+        self.store.put(key, blob)
+
+    def read(self, attachment_uuid: str, content_type: int) -> bytes:
+        key = object_key(self.prefix, attachment_uuid, content_type)
+        blob = self.store.get(key)
+        ring = self.keys.get()
+        try:
+            return open_sealed(blob, object_key=key, attachment_type=int(content_type), ring=ring)
+        except IntegrityError:
+            # A key ring rotated moments ago may hold the key: look once more, then fail.
+            fresh = self.keys.get(force=True)
+            if fresh is ring:
+                raise
+            return open_sealed(blob, object_key=key, attachment_type=int(content_type), ring=fresh)
+
+    def remove(self, attachment_uuid: str, content_type: int) -> None:
+        self.store.delete(object_key(self.prefix, attachment_uuid, content_type))
