@@ -34,4 +34,4 @@ test-unit: install
 	@$(PY) -m pytest tests/unit
 
 check: install
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy deploy indexer auth orthanc-plugins tests
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy deploy indexer auth orthanc-plugins tests bench

@@ -44,7 +44,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def _pick_free(count: int, avoid: Iterable[int]) -> list[int]:
+def pick_free(count: int, avoid: Iterable[int]) -> list[int]:
     held: list[socket.socket] = []
     picked: list[int] = []
     taken = set(avoid)
@@ -76,7 +76,7 @@ def allocate(path: Path) -> dict[str, int]:
     }
     wanted = [n for n in PORT_NAMES if n not in fixed]
     ports = dict(fixed)
-    ports.update(zip(wanted, _pick_free(len(wanted), fixed.values()), strict=True))
+    ports.update(zip(wanted, pick_free(len(wanted), fixed.values()), strict=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(ports, indent=1))
     return ports

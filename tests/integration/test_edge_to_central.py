@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -54,6 +55,43 @@ def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> Non
         status = edge.get("/imaging-cloud/status").json()
     assert status["institution"] == stack["EDGE_A_INSTITUTION"]
     assert status["forwarded_studies"] >= 1
+
+
+def test_edge_keeps_its_copy_encrypted_on_disk(stack: StackClient, sent_study) -> None:
+    objects = Path(stack["STACK_DIR"]) / "edge-a" / "objects"
+    files = [p for p in objects.rglob("*") if p.is_file()]
+    assert len(files) >= SLICES
+    markers = [b"DICM", sent_study.patient.mrn.encode(), sent_study.exam.exam_no.encode()]
+    for path in files:
+        blob = path.read_bytes()
+        assert blob[:3] == b"ICE" and not any(m in blob for m in markers), path
+    storage_dir = Path(stack["STACK_DIR"]) / "edge-a" / "storage"
+    assert not [
+        p
+        for p in storage_dir.rglob("*")
+        if p.is_file() and p.suffix != ".db" and "index" not in p.name
+    ]
+
+
+def test_sm4_edge_forwards_to_central(stack: StackClient) -> None:
+    """Hospital B's edge stores with SM4-GCM (GB/T 39786) and still forwards intact pixels."""
+    study = make_study(4343, "MR", instances=3, institution_code=stack["EDGE_B_INSTITUTION"])
+    result = modality.send(
+        study.instances(),
+        host="127.0.0.1",
+        port=int(stack["EDGE_B_DICOM_PORT"]),
+        called_aet=stack["EDGE_B_AET"],
+        calling_aet="DEMO_CT",
+    )
+    assert result.ok, result.failed
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        study_id = wait_for_instances(central, study.exam.study_instance_uid, 3, timeout_s=120)
+        raw = central.get(f"/studies/{study_id}/archive").status_code
+    assert raw == 200
+    algorithms = {
+        p.read_bytes()[4] for p in (Path(stack["STACK_DIR"]) / "edge-b" / "objects").rglob("*.1")
+    }
+    assert algorithms == {2}  # Algorithm.SM4_GCM in every object's header
 
 
 def test_edge_b_did_not_receive_hospital_a_study(stack: StackClient, sent_study) -> None:

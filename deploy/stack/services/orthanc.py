@@ -40,6 +40,7 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 class OrthancService(Service):
+    role: str = ""  # what the Python plugin's status route must answer
     static_config: str = ""
     http_port: str = ""
     http_user: str = ""
@@ -111,8 +112,7 @@ class OrthancService(Service):
     def health(self) -> str | None:
         def plugin_loaded(response) -> str | None:
             role = response.json().get("role")
-            expected = "central" if self.name == "central" else "edge"
-            return None if role == expected else f"plugin role {role!r}"
+            return None if role == self.role else f"plugin role {role!r}, not {self.role!r}"
 
         return http_health(
             f"{self.url}/imaging-cloud/status", auth=self.credentials, check=plugin_loaded
@@ -121,6 +121,7 @@ class OrthancService(Service):
 
 class CentralOrthanc(OrthancService):
     name = "central"
+    role = "central"
     ports = ("central_http",)
     static_config = "central-orthanc/orthanc.json"
     http_port = "central_http"
@@ -170,9 +171,11 @@ class CentralOrthanc(OrthancService):
 
 
 class EdgeOrthanc(OrthancService):
+    role = "edge"
     static_config = "edge-orthanc/orthanc.json"
     institution: str = ""
     letter: str = ""
+    cipher: str = "aes-256-gcm"
 
     def __init__(self, ctx: StackContext) -> None:
         super().__init__(ctx)
@@ -209,6 +212,7 @@ class EdgeOrthanc(OrthancService):
                 "Institution": self.institution,
                 "Storage": {
                     "KeyRingFile": str(self.key_ring_file),
+                    "Algorithm": self.cipher,
                     "Filesystem": {"Root": str(self.home / "objects")},
                 },
             },
@@ -223,3 +227,6 @@ class EdgeA(EdgeOrthanc):
 class EdgeB(EdgeOrthanc):
     institution = INSTITUTION_B
     letter = "B"
+    # Hospital B runs the national-crypto profile (GB/T 39786), so the local stack
+    # exercises both payload ciphers inside Orthanc.
+    cipher = "sm4-gcm"

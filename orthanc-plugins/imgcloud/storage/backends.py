@@ -77,6 +77,11 @@ class S3Store:
                 retries={"mode": "standard", "max_attempts": settings.max_attempts},
                 max_pool_connections=settings.pool_size,
                 tcp_keepalive=True,
+                # Our envelope authenticates every object (AES-GCM/SM4-GCM tag) and TLS
+                # protects the link: botocore's extra CRC32 costs CPU (under Orthanc's
+                # GIL) and several S3 implementations reject it. Only where S3 requires it.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             ),
         )
 

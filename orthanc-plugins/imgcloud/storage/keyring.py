@@ -67,7 +67,11 @@ class KeyRing:
                 raise KeyRingError(f"{source}: key '{key_id}' is not valid base64") from None
         if not keys:
             raise KeyRingError(f"{source}: 'keys' is empty")
-        return cls(current_id=str(doc.get("current", "")), _keys=keys)
+        try:
+            return cls(current_id=str(doc.get("current", "")), _keys=keys)
+        except KeyRingError as exc:
+            detail = str(exc).removeprefix("key ring: ")
+            raise KeyRingError(f"{source}: {detail}") from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], setting: str) -> KeyRing:
