@@ -8,11 +8,31 @@ import json
 import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
-from imgcloud.errors import ForwardingError
+from imgcloud.compression import CompressionPolicy, compress
+from imgcloud.errors import ConfigurationError, ForwardingError
 from imgcloud.forwarding import StudyForwarder
 
 CONFIG, CONFIGURATION = glue_common.load("edge")
 STORAGE = glue_common.register_storage("edge", CONFIGURATION)
+try:
+    COMPRESSION = CompressionPolicy.from_name(
+        CONFIGURATION["ImagingCloud"].get("Compression", "jpeg-ls-lossless")
+    )
+except ConfigurationError as exc:
+    orthanc.LogError(f"imaging-cloud edge plugin: invalid configuration: {exc}")
+    raise
+
+
+def _transcode(dicom: bytes, transfer_syntax: str) -> bytes:
+    return orthanc.TranscodeDicomInstance(dicom, transfer_syntax).SerializeDicomInstance()
+
+
+def _on_received(dicom, origin):
+    """Compress every instance losslessly on arrival, before it is stored or forwarded."""
+    compressed = compress(bytes(dicom), COMPRESSION, _transcode)
+    if compressed is None:
+        return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
+    return orthanc.ReceivedInstanceAction.MODIFY, compressed
 
 
 def _send(study_id: str) -> None:
@@ -45,6 +65,7 @@ def _status(output, uri, **request):
                 "role": CONFIG.role,
                 "institution": CONFIG.institution,
                 "storage": STORAGE,
+                "compression": COMPRESSION.name,
                 "version": __version__,
                 "forward_queue_depth": FORWARDER.depth(),
                 "forwarded_studies": FORWARDER.delivered,
@@ -55,6 +76,7 @@ def _status(output, uri, **request):
     )
 
 
+orthanc.RegisterReceivedInstanceCallback(_on_received)
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
 orthanc.LogWarning(

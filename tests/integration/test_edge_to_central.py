@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -13,11 +14,12 @@ from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 
 SLICES = 12
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
 @pytest.fixture(scope="module")
 def sent_study(stack: StackClient):
-    study = make_study(4242, "CT", instances=SLICES, institution_code=stack["EDGE_A_INSTITUTION"])
+    study = make_study(4244, "CT", instances=SLICES, institution_code=stack["EDGE_A_INSTITUTION"])
     result = modality.send(
         study.instances(),
         host="127.0.0.1",
@@ -30,7 +32,9 @@ def sent_study(stack: StackClient):
     return study
 
 
-def test_study_reaches_central_with_identical_instances(stack: StackClient, sent_study) -> None:
+def test_study_reaches_central_compressed_with_identical_pixels(
+    stack: StackClient, sent_study
+) -> None:
     uid = sent_study.exam.study_instance_uid
     with stack.orthanc("CENTRAL_ORTHANC") as central:
         study_id = wait_for_instances(central, uid, SLICES, timeout_s=120)
@@ -43,7 +47,10 @@ def test_study_reaches_central_with_identical_instances(stack: StackClient, sent
     assert set(received) == set(sent_study.sop_instance_uids)
     for original in sent_study.instances():
         got = received[original.SOPInstanceUID]
-        assert got.PixelData == original.PixelData
+        # Compressed losslessly at the edge (JPEG-LS), and decoded it is the same image.
+        assert got.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS
+        assert len(got.PixelData) < len(original.PixelData) / 2
+        assert np.array_equal(got.pixel_array, original.pixel_array)
         assert got.AccessionNumber == sent_study.exam.exam_no
         assert str(got.PatientName) == sent_study.patient.dicom_name
 
