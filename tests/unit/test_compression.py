@@ -10,6 +10,7 @@ from imgcloud.compression import (
 from imgcloud.errors import ConfigurationError
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
 from deploy.samples.studies import make_study
 
@@ -18,7 +19,7 @@ JPEG_LS = "1.2.840.10008.1.2.4.80"
 
 def encoded(ds: Dataset, syntax: str | None = None) -> bytes:
     if syntax:
-        ds.file_meta.TransferSyntaxUID = syntax
+        ds.file_meta.TransferSyntaxUID = UID(syntax)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
