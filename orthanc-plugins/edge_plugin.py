@@ -1,16 +1,22 @@
-"""Orthanc glue for a hospital edge: load config, forward stable studies to central.
+"""Orthanc glue for a hospital edge: compress on arrival, forward stable studies to central
+through a durable queue, confirm every instance by SHA-256, report status.
 
-The only edge module that imports `orthanc`; the logic lives in the `imgcloud` package.
+The only edge module that imports `orthanc` (with glue_common); the logic lives in the
+`imgcloud` package.
 """
 
 import json
+from pathlib import Path
 
 import glue_common
+import httpx
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.compression import CompressionPolicy, compress
+from imgcloud.delivery import StudyDelivery, Verification
 from imgcloud.errors import ConfigurationError, ForwardingError
-from imgcloud.forwarding import StudyForwarder
+from imgcloud.forward_queue import ForwardQueue
+from imgcloud.forwarding import QueueWorker
 
 CONFIG, CONFIGURATION = glue_common.load("edge")
 STORAGE = glue_common.register_storage("edge", CONFIGURATION)
@@ -21,6 +27,9 @@ try:
 except ConfigurationError as exc:
     orthanc.LogError(f"imaging-cloud edge plugin: invalid configuration: {exc}")
     raise
+PEER = CONFIGURATION["OrthancPeers"][CONFIG.forward_peer]
+PEER_URL = PEER["Url"].rstrip("/")
+PEER_AUTH = (PEER.get("Username", ""), PEER.get("Password", ""))
 
 
 def _transcode(dicom: bytes, transfer_syntax: str) -> bytes:
@@ -35,50 +44,86 @@ def _on_received(dicom, origin):
     return orthanc.ReceivedInstanceAction.MODIFY, compressed
 
 
-def _send(study_id: str) -> None:
-    body = json.dumps({"Resources": [study_id], "Synchronous": True})
+def _list_instances(study_id: str) -> list[tuple[str, str]]:
+    try:
+        found = json.loads(orthanc.RestApiGet(f"/studies/{study_id}/instances"))
+    except orthanc.OrthancException as exc:
+        raise ForwardingError(f"study {study_id} is no longer on this edge") from exc
+    return [(i["ID"], i["MainDicomTags"]["SOPInstanceUID"]) for i in found]
+
+
+def _read_instance(instance_id: str) -> bytes:
+    return bytes(orthanc.GetDicomForInstance(instance_id))
+
+
+def _send(instance_ids: list[str]) -> None:
+    body = json.dumps({"Resources": instance_ids, "Synchronous": True})
     try:
         orthanc.RestApiPost(f"/peers/{CONFIG.forward_peer}/store", body)
     except orthanc.OrthancException as exc:
-        raise ForwardingError(str(exc)) from exc
+        raise ForwardingError(f"peer store to central failed: {exc}") from exc
 
 
-FORWARDER = StudyForwarder(send=_send, retry_max_s=CONFIG.forward_retry_max_s)
+def _verify(hashes: dict[str, str]) -> Verification:
+    try:
+        response = httpx.post(
+            f"{PEER_URL}/imaging-cloud/verify",
+            json={"instances": hashes},
+            auth=PEER_AUTH,
+            timeout=httpx.Timeout(120, connect=5),
+        )
+        response.raise_for_status()
+        answer = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ForwardingError(f"central did not confirm: {type(exc).__name__}") from exc
+    return Verification(set(answer["confirmed"]), set(answer["missing"]), set(answer["mismatched"]))
+
+
+QUEUE = ForwardQueue(Path(CONFIG.queue_file), retry_max_s=CONFIG.forward_retry_max_s)
+WORKER = QueueWorker(QUEUE, StudyDelivery(_list_instances, _read_instance, _send, _verify).deliver)
 
 
 def _on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.STABLE_STUDY:
-        FORWARDER.enqueue(resource_id)
+        QUEUE.enqueue(resource_id)
+        WORKER.notify()
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
-        FORWARDER.start()
+        WORKER.start()  # resumes whatever a restart or crash left queued or sending
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
-        FORWARDER.stop()
+        WORKER.stop()
 
 
 def _status(output, uri, **request):
     if request["method"] != "GET":
         output.SendMethodNotAllowed("GET")
         return
-    output.AnswerBuffer(
-        json.dumps(
-            {
-                "role": CONFIG.role,
-                "institution": CONFIG.institution,
-                "storage": STORAGE,
-                "compression": COMPRESSION.name,
-                "version": __version__,
-                "forward_queue_depth": FORWARDER.depth(),
-                "forwarded_studies": FORWARDER.delivered,
-                "forward_failures": FORWARDER.failures,
-            }
-        ),
-        "application/json",
-    )
+    body = {
+        "role": CONFIG.role,
+        "institution": CONFIG.institution,
+        "version": __version__,
+        "storage": STORAGE,
+        "compression": COMPRESSION.name,
+        **QUEUE.counters(),
+    }
+    output.AnswerBuffer(json.dumps(body), "application/json")
+
+
+def _study_forwarding(output, uri, **request):
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    status = QUEUE.status(request["groups"][0])
+    if status is None:
+        message = "this study has not been queued for forwarding"
+        output.SendHttpStatus(404, message, len(message.encode()))  # (status, str, size) on 4.0
+        return
+    output.AnswerBuffer(json.dumps(status.as_dict()), "application/json")
 
 
 orthanc.RegisterReceivedInstanceCallback(_on_received)
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
+orthanc.RegisterRestCallback("/imaging-cloud/studies/([0-9a-f-]+)/forwarding", _study_forwarding)
 orthanc.LogWarning(
     f"imaging-cloud edge plugin {__version__} loaded for {CONFIG.institution}, storage {STORAGE}"
 )

@@ -17,6 +17,7 @@ class PluginConfig:
     institution: str | None
     forward_peer: str | None
     forward_retry_max_s: float
+    queue_file: str | None = None
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> PluginConfig:
@@ -40,6 +41,11 @@ class PluginConfig:
                 raise ConfigurationError(
                     "ImagingCloud.ForwardPeer: must name an entry of OrthancPeers"
                 )
+        queue_file = section.get("QueueFile")
+        if role == "edge" and (not isinstance(queue_file, str) or not queue_file):
+            raise ConfigurationError(
+                "ImagingCloud.QueueFile: an edge needs a path for its durable forwarding queue"
+            )
         retry = section.get("ForwardRetryMaxSeconds", 300)
         if not isinstance(retry, int | float) or retry <= 0:
             raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")
@@ -48,4 +54,5 @@ class PluginConfig:
             institution=institution,
             forward_peer=peer,
             forward_retry_max_s=float(retry),
+            queue_file=queue_file,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,30 @@ def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> Non
     with stack.orthanc("CENTRAL_ORTHANC") as central:
         wait_for_instances(central, sent_study.exam.study_instance_uid, SLICES, timeout_s=120)
     with stack.orthanc("EDGE_A") as edge:
+        study_id = find_study(edge, sent_study.exam.study_instance_uid)
+        # Central holds the instances a moment before the edge has verified them.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            forwarding = edge.get(f"/imaging-cloud/studies/{study_id}/forwarding").json()
+            if forwarding["state"] == "delivered":
+                break
+            time.sleep(0.5)
         status = edge.get("/imaging-cloud/status").json()
+        unknown = edge.get(
+            "/imaging-cloud/studies/00000000-00000000-00000000-00000000-00000000/forwarding"
+        )
+    assert forwarding["state"] == "delivered" and forwarding["instances"] == SLICES
+    assert forwarding["last_error"] is None and forwarding["bytes_sent"] > 0
     assert status["institution"] == stack["EDGE_A_INSTITUTION"]
-    assert status["forwarded_studies"] >= 1
+    assert status["delivered_studies"] >= 1 and status["queue_depth"] == 0
+    assert unknown.status_code == 404 and "not been queued" in unknown.text
+
+
+def test_central_refuses_a_malformed_verification_request(stack: StackClient) -> None:
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        response = central.post("/imaging-cloud/verify", content=b'{"instances": {"x": "1"}}')
+    assert response.status_code == 400
+    assert "sha256" in response.text
 
 
 def test_edge_keeps_its_copy_encrypted_on_disk(stack: StackClient, sent_study) -> None:

@@ -1,50 +1,155 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+from imgcloud.delivery import StudyDelivery, Verification, verify_against
 from imgcloud.errors import ForwardingError
-from imgcloud.forwarding import StudyForwarder
+from imgcloud.forward_queue import ForwardQueue
+from imgcloud.forwarding import QueueWorker
 
 
-class FakeClock:
+class Clock:
     def __init__(self) -> None:
-        self.now = 0.0
+        self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
 
 
-def test_sends_each_study_once() -> None:
-    sent: list[str] = []
-    fwd = StudyForwarder(send=sent.append)
-    fwd.enqueue("s1")
-    fwd.enqueue("s1")  # already waiting
-    fwd.enqueue("s2")
-    while fwd.run_once():
-        pass
-    assert sent == ["s1", "s2"]
-    assert fwd.delivered == 2 and fwd.depth() == 0
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
-def test_failure_is_retried_after_backoff() -> None:
-    clock = FakeClock()
-    attempts: list[str] = []
-
-    def flaky(study_id: str) -> None:
-        attempts.append(study_id)
-        if len(attempts) < 3:
-            raise ForwardingError("central unreachable")
-
-    fwd = StudyForwarder(send=flaky, clock=clock, retry_max_s=10)
-    fwd.enqueue("s1")
-    assert fwd.run_once()  # fails, due again at t=1
-    assert not fwd.run_once()  # not due yet
-    clock.now = 1.0
-    assert fwd.run_once()  # fails, due again at t=1+2
-    clock.now = 2.5
-    assert not fwd.run_once()
-    clock.now = 3.0
-    assert fwd.run_once()  # succeeds
-    assert attempts == ["s1"] * 3
-    assert (fwd.delivered, fwd.failures, fwd.depth()) == (1, 2, 0)
+@pytest.fixture
+def queue(tmp_path: Path, clock: Clock) -> ForwardQueue:
+    return ForwardQueue(tmp_path / "q.sqlite", retry_max_s=30, clock=clock)
 
 
-def test_backoff_is_capped() -> None:
-    fwd = StudyForwarder(send=lambda _s: None, retry_max_s=30)
-    assert [fwd.backoff(n) for n in (1, 2, 3, 6, 20)] == [1, 2, 4, 30, 30]
+def test_queue_survives_reopening_and_resumes_a_study_left_sending(
+    tmp_path: Path, clock: Clock
+) -> None:
+    q = ForwardQueue(tmp_path / "q.sqlite", clock=clock)
+    q.enqueue("s1")
+    q.mark_sending("s1")
+    q.close()  # as if the edge were killed mid-forward
+    reopened = ForwardQueue(tmp_path / "q.sqlite", clock=clock)
+    assert reopened.next_due() == "s1"
+    assert reopened.status("s1").state == "sending"  # type: ignore[union-attr]
+
+
+def test_failures_back_off_with_a_cap_and_keep_the_reason(
+    queue: ForwardQueue, clock: Clock
+) -> None:
+    queue.enqueue("s1")
+    delays = [queue.mark_failed("s1", "central unreachable") for _ in range(7)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    status = queue.status("s1")
+    assert status is not None and status.state == "failed"
+    assert status.last_error == "central unreachable" and status.attempts == 7
+    assert queue.next_due() is None
+    clock.now += 30
+    assert queue.next_due() == "s1"
+
+
+def test_delivered_study_is_requeued_when_new_instances_arrive(queue: ForwardQueue) -> None:
+    queue.enqueue("s1")
+    queue.mark_delivered("s1", instances=3, bytes_sent=300)
+    assert queue.next_due() is None
+    queue.enqueue("s1")
+    assert queue.next_due() == "s1"
+    queue.mark_delivered("s1", instances=4, bytes_sent=100)
+    assert queue.status("s1").bytes_sent == 400  # type: ignore[union-attr]
+
+
+def test_counters(queue: ForwardQueue, clock: Clock) -> None:
+    for study in ("a", "b", "c"):
+        queue.enqueue(study)
+    queue.mark_delivered("a", 2, 2048)
+    queue.mark_failed("b", "timeout")
+    counters = queue.counters()
+    assert counters == {
+        "queue_depth": 2,
+        "failing": 1,
+        "delivered_studies": 1,
+        "bytes_sent": 2048,
+        "last_success": clock.now,
+    }
+
+
+def fake_central() -> tuple[dict[str, bytes], StudyDelivery]:
+    files = {"i1": b"one", "i2": b"two", "i3": b"three"}
+    sops = {"i1": "1.1", "i2": "1.2", "i3": "1.3"}
+    central: dict[str, bytes] = {}
+    state = {"corrupt_next": {"1.2"}}
+
+    def send(ids: list[str]) -> None:
+        for iid in ids:
+            data = files[iid]
+            if sops[iid] in state["corrupt_next"]:
+                state["corrupt_next"].discard(sops[iid])
+                data = b"X" + data[1:]  # corrupted in transit, once
+            central.setdefault(sops[iid], data)  # central stores an SOP instance once
+
+    def verify(hashes: dict[str, str]) -> Verification:
+        return verify_against(central.get, hashes, lambda sop: central.pop(sop))
+
+    delivery = StudyDelivery(
+        list_instances=lambda _s: list(sops.items()),
+        read_instance=files.__getitem__,
+        send=send,
+        verify=verify,
+    )
+    return central, delivery
+
+
+def test_corrupted_instance_is_detected_and_resent() -> None:
+    central, delivery = fake_central()
+    instances, sent = delivery.deliver("study")
+    assert instances == 3
+    assert central == {"1.1": b"one", "1.2": b"two", "1.3": b"three"}
+    assert sent == len(b"one") + len(b"two") + len(b"three") + len(b"two")
+
+
+def test_never_confirmed_study_raises_after_bounded_rounds() -> None:
+    delivery = StudyDelivery(
+        list_instances=lambda _s: [("i1", "1.1")],
+        read_instance=lambda _i: b"data",
+        send=lambda _ids: None,
+        verify=lambda h: Verification(missing=set(h)),
+        rounds=2,
+    )
+    with pytest.raises(ForwardingError, match="1 of 1 instances not confirmed"):
+        delivery.deliver("study")
+
+
+def test_verify_against_reports_each_kind() -> None:
+    stored = {"a": b"A", "b": b"B"}
+    discarded: list[str] = []
+    claimed = {
+        "a": hashlib.sha256(b"A").hexdigest(),
+        "b": hashlib.sha256(b"other").hexdigest(),
+        "c": hashlib.sha256(b"C").hexdigest(),
+    }
+    result = verify_against(stored.get, claimed, discarded.append)
+    assert (result.confirmed, result.mismatched, result.missing) == ({"a"}, {"b"}, {"c"})
+    assert discarded == ["b"]
+
+
+def test_worker_records_success_and_failure(queue: ForwardQueue, clock: Clock) -> None:
+    outcomes = iter([ForwardingError("central down"), (5, 500)])
+
+    def deliver(study_id: str) -> tuple[int, int]:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    worker = QueueWorker(queue, deliver)
+    queue.enqueue("s1")
+    assert worker.run_once()
+    assert queue.status("s1").state == "failed"  # type: ignore[union-attr]
+    assert not worker.run_once()  # backing off
+    clock.now += 1
+    assert worker.run_once()
+    assert queue.status("s1").state == "delivered"  # type: ignore[union-attr]

@@ -5,7 +5,12 @@ from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError
 
 EDGE: dict[str, Any] = {
-    "ImagingCloud": {"Role": "edge", "Institution": "H0001", "ForwardPeer": "central"},
+    "ImagingCloud": {
+        "Role": "edge",
+        "Institution": "H0001",
+        "ForwardPeer": "central",
+        "QueueFile": "/var/lib/imaging-cloud/queue.sqlite",
+    },
     "OrthancPeers": {"central": {"Url": "http://127.0.0.1:1/"}},
 }
 
@@ -26,6 +31,7 @@ def test_central_needs_no_institution() -> None:
         ({"Institution": "h 1"}, "ImagingCloud.Institution"),
         ({"ForwardPeer": "elsewhere"}, "ImagingCloud.ForwardPeer"),
         ({"ForwardRetryMaxSeconds": 0}, "ImagingCloud.ForwardRetryMaxSeconds"),
+        ({"QueueFile": ""}, "ImagingCloud.QueueFile"),
     ],
 )
 def test_invalid_settings_are_named(change: dict, setting: str) -> None:

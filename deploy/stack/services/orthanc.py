@@ -210,6 +210,7 @@ class EdgeOrthanc(OrthancService):
             },
             "ImagingCloud": {
                 "Institution": self.institution,
+                "QueueFile": str(self.home / "forward-queue.sqlite"),
                 "Storage": {
                     "KeyRingFile": str(self.key_ring_file),
                     "Algorithm": self.cipher,
