@@ -79,7 +79,7 @@ def _verify(hashes: dict[str, str]) -> Verification:
     return Verification(set(answer["confirmed"]), set(answer["missing"]), set(answer["mismatched"]))
 
 
-QUEUE = ForwardQueue(Path(CONFIG.queue_file), retry_max_s=CONFIG.forward_retry_max_s)
+QUEUE = ForwardQueue(Path(str(CONFIG.queue_file)), retry_max_s=CONFIG.forward_retry_max_s)
 WORKER = QueueWorker(QUEUE, StudyDelivery(_list_instances, _read_instance, _send, _verify).deliver)
 
 

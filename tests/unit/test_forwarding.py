@@ -92,7 +92,7 @@ def fake_central() -> tuple[dict[str, bytes], StudyDelivery]:
             central.setdefault(sops[iid], data)  # central stores an SOP instance once
 
     def verify(hashes: dict[str, str]) -> Verification:
-        return verify_against(central.get, hashes, lambda sop: central.pop(sop))
+        return verify_against(central.get, hashes, lambda sop: central.__delitem__(sop))
 
     delivery = StudyDelivery(
         list_instances=lambda _s: list(sops.items()),
@@ -137,13 +137,13 @@ def test_verify_against_reports_each_kind() -> None:
 
 
 def test_worker_records_success_and_failure(queue: ForwardQueue, clock: Clock) -> None:
-    outcomes = iter([ForwardingError("central down"), (5, 500)])
+    calls: list[str] = []
 
     def deliver(study_id: str) -> tuple[int, int]:
-        outcome = next(outcomes)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        calls.append(study_id)
+        if len(calls) == 1:
+            raise ForwardingError("central down")
+        return 5, 500
 
     worker = QueueWorker(queue, deliver)
     queue.enqueue("s1")
