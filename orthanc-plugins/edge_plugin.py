@@ -44,24 +44,50 @@ def _on_received(dicom, origin):
     return orthanc.ReceivedInstanceAction.MODIFY, compressed
 
 
+# The forwarding worker runs in its own Python thread. Python plugin 4.0 keeps the GIL
+# during every orthanc.* call, and Orthanc calls back into Python (our storage area) while
+# holding its own locks: an SDK call from this thread can deadlock against them. So the
+# worker uses this Orthanc's REST API over loopback, blocking in socket I/O without the GIL.
+SELF_URL = f"http://127.0.0.1:{CONFIGURATION.get('HttpPort', 8042)}"
+SELF_AUTH = next(iter((CONFIGURATION.get("RegisteredUsers") or {"": ""}).items()))
+SELF = httpx.Client(
+    base_url=SELF_URL,
+    auth=SELF_AUTH,
+    timeout=httpx.Timeout(600, connect=5),
+    limits=httpx.Limits(keepalive_expiry=0.5),
+)
+
+
 def _list_instances(study_id: str) -> list[tuple[str, str]]:
     try:
-        found = json.loads(orthanc.RestApiGet(f"/studies/{study_id}/instances"))
-    except orthanc.OrthancException as exc:
-        raise ForwardingError(f"study {study_id} is no longer on this edge") from exc
-    return [(i["ID"], i["MainDicomTags"]["SOPInstanceUID"]) for i in found]
+        response = SELF.get(f"/studies/{study_id}/instances")
+    except httpx.HTTPError as exc:
+        raise ForwardingError(f"local Orthanc did not answer: {type(exc).__name__}") from exc
+    if response.status_code == 404:
+        raise ForwardingError(f"study {study_id} is no longer on this edge")
+    response.raise_for_status()
+    return [(i["ID"], i["MainDicomTags"]["SOPInstanceUID"]) for i in response.json()]
 
 
 def _read_instance(instance_id: str) -> bytes:
-    return bytes(orthanc.GetDicomForInstance(instance_id))
+    try:
+        response = SELF.get(f"/instances/{instance_id}/file")
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ForwardingError(f"cannot read instance {instance_id}: {exc}") from exc
+    return response.content
 
 
 def _send(instance_ids: list[str]) -> None:
-    body = json.dumps({"Resources": instance_ids, "Synchronous": True})
     try:
-        orthanc.RestApiPost(f"/peers/{CONFIG.forward_peer}/store", body)
-    except orthanc.OrthancException as exc:
-        raise ForwardingError(f"peer store to central failed: {exc}") from exc
+        response = SELF.post(
+            f"/peers/{CONFIG.forward_peer}/store",
+            json={"Resources": instance_ids, "Synchronous": True},
+        )
+    except httpx.HTTPError as exc:
+        raise ForwardingError(f"peer store did not answer: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise ForwardingError(f"peer store to central failed: HTTP {response.status_code}")
 
 
 def _verify(hashes: dict[str, str]) -> Verification:

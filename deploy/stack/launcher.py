@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 
@@ -123,6 +124,11 @@ def stop_service(ctx: StackContext, name: str) -> None:
     """Stop one service (outage drills in tests)."""
     svc = service(ctx, name)
     stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=svc.stop_timeout_s)
+
+
+def kill_service(ctx: StackContext, name: str) -> None:
+    """SIGKILL one service, as a crash or power loss would (resilience drills in tests)."""
+    stop(ctx.settings.run_dir, service(ctx, name).name, sig=signal.SIGKILL, timeout_s=10)
 
 
 def start_service(ctx: StackContext, name: str) -> None:

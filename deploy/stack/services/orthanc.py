@@ -211,6 +211,8 @@ class EdgeOrthanc(OrthancService):
             "ImagingCloud": {
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
+                # Hospitals keep the static 300 s cap; the local stack recovers faster.
+                "ForwardRetryMaxSeconds": 20,
                 "Storage": {
                     "KeyRingFile": str(self.key_ring_file),
                     "Algorithm": self.cipher,
