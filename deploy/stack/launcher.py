@@ -16,7 +16,7 @@ from .context import (
     StackContext,
 )
 from .errors import PortInUse, StackError
-from .pki import ensure_pki
+from .pki import ensure_pki, issue_leaf
 from .ports import allocate, port_is_free
 from .processes import stop
 from .secrets_store import ensure_secrets
@@ -188,6 +188,8 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
         "DEMO_ADMIN_USER": "platform.admin",
         "DEMO_ADMIN_PASSWORD": s["demo_admin"],
     }
+    modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
+    env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}
     for letter, institution in (("A", INSTITUTION_A), ("B", INSTITUTION_B)):
         low = letter.lower()
         env |= {
@@ -197,6 +199,7 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
             f"EDGE_{letter}_AET": f"EDGE_{institution}",
             f"EDGE_{letter}_DICOM_PORT": str(p[f"edge_{low}_dicom"]),
             f"EDGE_{letter}_INSTITUTION": institution,
+            f"EDGE_{letter}_DICOM_TLS": "1" if letter == "B" else "0",
         }
     return env
 

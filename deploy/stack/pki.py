@@ -1,4 +1,5 @@
-"""The local certificate authority and the gateway's server certificate."""
+"""The local certificate authority, the gateway's server certificate, and DICOM TLS
+certificates (a hospital edge's listener, the demo modality's client certificate)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,44 @@ def ensure_pki(pki_dir: Path) -> dict[str, Path]:
         + ca_cert.public_bytes(serialization.Encoding.PEM)
     )
     return paths
+
+
+def issue_leaf(pki_dir: Path, name: str, common_name: str) -> tuple[Path, Path]:
+    """A certificate (server and client use, SAN 127.0.0.1/localhost) signed by the CA.
+
+    Created once; returns (certificate, key) paths.
+    """
+    cert_path, key_path = pki_dir / f"{name}.pem", pki_dir / f"{name}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=397))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path

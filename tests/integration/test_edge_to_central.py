@@ -105,12 +105,16 @@ def test_edge_keeps_its_copy_encrypted_on_disk(stack: StackClient, sent_study) -
 def test_sm4_edge_forwards_to_central(stack: StackClient) -> None:
     """Hospital B's edge stores with SM4-GCM (GB/T 39786) and still forwards intact pixels."""
     study = make_study(4343, "MR", instances=3, institution_code=stack["EDGE_B_INSTITUTION"])
+    tls = modality.tls_context(
+        stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
+    )
     result = modality.send(
         study.instances(),
         host="127.0.0.1",
         port=int(stack["EDGE_B_DICOM_PORT"]),
         called_aet=stack["EDGE_B_AET"],
         calling_aet="DEMO_CT",
+        tls=tls,
     )
     assert result.ok, result.failed
     with stack.orthanc("CENTRAL_ORTHANC") as central:

@@ -15,6 +15,7 @@ from imgcloud.storage.keyring import KeyRing, write_key_ring
 
 from ..context import INSTITUTION_A, INSTITUTION_B, S3_BUCKET, StackContext
 from ..errors import PrerequisiteMissing
+from ..pki import issue_leaf
 from .base import Service, http_health
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
@@ -176,6 +177,7 @@ class EdgeOrthanc(OrthancService):
     institution: str = ""
     letter: str = ""
     cipher: str = "aes-256-gcm"
+    dicom_tls: bool = False
 
     def __init__(self, ctx: StackContext) -> None:
         super().__init__(ctx)
@@ -208,6 +210,7 @@ class EdgeOrthanc(OrthancService):
             "OrthancPeers": {
                 "central": {"Url": central.url + "/", "Username": user, "Password": password}
             },
+            **self.dicom_tls_config(),
             "ImagingCloud": {
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
@@ -221,6 +224,19 @@ class EdgeOrthanc(OrthancService):
             },
         }
 
+    def dicom_tls_config(self) -> dict[str, Any]:
+        """Mutual DICOM TLS with certificates of the local CA (when this hospital wants it)."""
+        if not self.dicom_tls:
+            return {}
+        cert, key = issue_leaf(self.ctx.pki["ca_cert"].parent, self.name, self.aet)
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(cert),
+            "DicomTlsPrivateKey": str(key),
+            "DicomTlsTrustedCertificates": str(self.ctx.pki["ca_cert"]),
+            "DicomTlsRemoteCertificateRequired": True,
+        }
+
 
 class EdgeA(EdgeOrthanc):
     institution = INSTITUTION_A
@@ -230,6 +246,7 @@ class EdgeA(EdgeOrthanc):
 class EdgeB(EdgeOrthanc):
     institution = INSTITUTION_B
     letter = "B"
-    # Hospital B runs the national-crypto profile (GB/T 39786), so the local stack
-    # exercises both payload ciphers inside Orthanc.
+    # Hospital B runs the national-crypto profile (GB/T 39786) and accepts DICOM only over
+    # mutual TLS, so the local stack exercises both ciphers and both kinds of DICOM port.
     cipher = "sm4-gcm"
+    dicom_tls = True

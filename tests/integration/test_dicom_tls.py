@@ -1,0 +1,76 @@
+"""DICOM TLS at hospital B's edge: mutual TLS with local-CA certificates, nothing else."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from deploy.samples import modality
+from deploy.samples.studies import make_study
+from deploy.stack.client import StackClient, find_study
+
+
+def echo(stack: StackClient, tls: ssl.SSLContext | None) -> bool:
+    ae = AE(ae_title="DEMO_CT")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    port = int(stack["EDGE_B_DICOM_PORT"])
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title=stack["EDGE_B_AET"],
+        tls_args=(tls, "127.0.0.1") if tls else None,
+    )
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0
+
+
+def test_mutual_tls_c_echo_and_c_store(stack: StackClient) -> None:
+    assert stack["EDGE_B_DICOM_TLS"] == "1"
+    tls = modality.tls_context(
+        stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
+    )
+    assert echo(stack, tls)
+    study = make_study(8101, "DX", institution_code=stack["EDGE_B_INSTITUTION"])
+    result = modality.send(
+        study.instances(),
+        host="127.0.0.1",
+        port=int(stack["EDGE_B_DICOM_PORT"]),
+        called_aet=stack["EDGE_B_AET"],
+        tls=tls,
+    )
+    assert result.ok and result.sent == 1
+    with stack.orthanc("EDGE_B") as edge:
+        assert find_study(edge, study.exam.study_instance_uid) is not None
+
+
+def test_plain_tcp_association_is_refused_on_the_tls_port(stack: StackClient) -> None:
+    assert not echo(stack, None)
+
+
+def test_tls_without_a_client_certificate_is_refused(stack: StackClient) -> None:
+    anonymous = ssl.create_default_context(cafile=stack["CA_CERT"])
+    try:
+        established = echo(stack, anonymous)
+    except (ssl.SSLError, OSError):
+        established = False
+    assert not established
+
+
+def test_the_edge_presents_a_certificate_from_the_local_ca(stack: StackClient) -> None:
+    context = ssl.create_default_context(cafile=stack["CA_CERT"])
+    context.load_cert_chain(stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"])
+    with socket.create_connection(("127.0.0.1", int(stack["EDGE_B_DICOM_PORT"])), 10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    untrusting = ssl.create_default_context()  # the system CAs do not know our local CA
+    with pytest.raises(ssl.SSLCertVerificationError):
+        with socket.create_connection(("127.0.0.1", int(stack["EDGE_B_DICOM_PORT"])), 10) as raw:
+            untrusting.wrap_socket(raw, server_hostname="127.0.0.1")
