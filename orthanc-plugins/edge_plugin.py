@@ -5,6 +5,7 @@ The only edge module that imports `orthanc` (with glue_common); the logic lives 
 `imgcloud` package.
 """
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.compression import CompressionPolicy, compress
 from imgcloud.delivery import StudyDelivery, Verification
+from imgcloud.edge_rules import RulesRejected, RulesStore
 from imgcloud.errors import ConfigurationError, ForwardingError
 from imgcloud.forward_queue import ForwardQueue
 from imgcloud.forwarding import QueueWorker
@@ -27,6 +29,7 @@ try:
 except ConfigurationError as exc:
     orthanc.LogError(f"imaging-cloud edge plugin: invalid configuration: {exc}")
     raise
+RULES = RulesStore(Path(str(CONFIG.queue_file)).with_name("edge-rules.json"), COMPRESSION.name)
 PEER = CONFIGURATION["OrthancPeers"][CONFIG.forward_peer]
 PEER_URL = PEER["Url"].rstrip("/")
 PEER_AUTH = (PEER.get("Username", ""), PEER.get("Password", ""))
@@ -38,7 +41,7 @@ def _transcode(dicom: bytes, transfer_syntax: str) -> bytes:
 
 def _on_received(dicom, origin):
     """Compress every instance losslessly on arrival, before it is stored or forwarded."""
-    compressed = compress(bytes(dicom), COMPRESSION, _transcode)
+    compressed = compress(bytes(dicom), RULES.current.compression_policy, _transcode)
     if compressed is None:
         return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
     return orthanc.ReceivedInstanceAction.MODIFY, compressed
@@ -106,7 +109,11 @@ def _verify(hashes: dict[str, str]) -> Verification:
 
 
 QUEUE = ForwardQueue(Path(str(CONFIG.queue_file)), retry_max_s=CONFIG.forward_retry_max_s)
-WORKER = QueueWorker(QUEUE, StudyDelivery(_list_instances, _read_instance, _send, _verify).deliver)
+WORKER = QueueWorker(
+    QUEUE,
+    StudyDelivery(_list_instances, _read_instance, _send, _verify).deliver,
+    may_forward=lambda: RULES.current.may_forward(dt.datetime.now()),  # the edge's local time
+)
 
 
 def _on_change(change_type, level, resource_id):
@@ -128,7 +135,9 @@ def _status(output, uri, **request):
         "institution": CONFIG.institution,
         "version": __version__,
         "storage": STORAGE,
-        "compression": COMPRESSION.name,
+        "compression": RULES.current.compression,
+        "rules_version": RULES.current.version,
+        "forwarding_now": RULES.current.may_forward(dt.datetime.now()),
         **QUEUE.counters(),
     }
     output.AnswerBuffer(json.dumps(body), "application/json")
@@ -146,7 +155,27 @@ def _study_forwarding(output, uri, **request):
     output.AnswerBuffer(json.dumps(status.as_dict()), "application/json")
 
 
+def _rules(output, uri, **request):
+    """GET the rules in force; PUT a new document (validated, newer version, persisted)."""
+    if request["method"] == "GET":
+        output.AnswerBuffer(RULES.current.model_dump_json(), "application/json")
+        return
+    if request["method"] != "PUT":
+        output.SendMethodNotAllowed("GET,PUT")
+        return
+    try:
+        rules = RULES.replace(request["body"])
+    except RulesRejected as exc:
+        message = f"rules refused, version {RULES.current.version} stays in force: {exc}"
+        output.SendHttpStatus(400, message, len(message.encode()))  # (status, str, size) on 4.0
+        return
+    WORKER.notify()
+    orthanc.LogWarning(f"imaging-cloud: edge rules version {rules.version} in force")
+    output.AnswerBuffer(rules.model_dump_json(), "application/json")
+
+
 orthanc.RegisterReceivedInstanceCallback(_on_received)
+orthanc.RegisterRestCallback("/imaging-cloud/rules", _rules)
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
 orthanc.RegisterRestCallback("/imaging-cloud/studies/([0-9a-f-]+)/forwarding", _study_forwarding)

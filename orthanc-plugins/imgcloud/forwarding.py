@@ -15,9 +15,15 @@ log = logging.getLogger(__name__)
 class QueueWorker:
     """Takes the oldest due study, delivers it, records the outcome; never drops one."""
 
-    def __init__(self, queue: ForwardQueue, deliver: Callable[[str], tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        queue: ForwardQueue,
+        deliver: Callable[[str], tuple[int, int]],
+        may_forward: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.queue = queue
         self.deliver = deliver
+        self.may_forward = may_forward  # the rules' switch and time windows
         self._wake = threading.Event()
         self._stopping = False
 
@@ -26,6 +32,8 @@ class QueueWorker:
 
     def run_once(self) -> bool:
         """Deliver one due study if there is one; True if something was attempted."""
+        if not self.may_forward():
+            return False  # outside the forwarding windows: studies wait, queued
         study_id = self.queue.next_due()
         if study_id is None:
             return False

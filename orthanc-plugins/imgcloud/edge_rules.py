@@ -1,0 +1,99 @@
+"""The edge's rules document: replaced at runtime (PUT), validated first, persisted.
+
+    {"version": 3, "compression": "jpeg-ls-lossless", "forwarding_enabled": true,
+     "forward_windows": [{"start": "20:00", "end": "06:00"}]}
+
+An invalid document is refused with a message naming each problem and the last good one
+stays in force. Versions only move forward, so a late, older push from the cloud cannot
+undo a newer one. Every field here is enforced by the edge.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .compression import CompressionPolicy
+
+
+class RulesRejected(ValueError):
+    """The proposed document is invalid; the message lists why."""
+
+
+class TimeWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: dt.time
+    end: dt.time
+
+    def contains(self, moment: dt.time) -> bool:
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end  # crosses midnight
+
+
+class EdgeRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=0)
+    compression: Literal["jpeg-ls-lossless", "jpeg-lossless", "jpeg2000-lossless", "keep"] = (
+        "jpeg-ls-lossless"
+    )
+    forwarding_enabled: bool = True
+    forward_windows: list[TimeWindow] = Field(default_factory=list, max_length=24)
+
+    @property
+    def compression_policy(self) -> CompressionPolicy:
+        return CompressionPolicy.from_name(self.compression)
+
+    def may_forward(self, now: dt.datetime) -> bool:
+        """Forwarding allowed at this local time (no windows: always)."""
+        if not self.forwarding_enabled:
+            return False
+        return not self.forward_windows or any(w.contains(now.time()) for w in self.forward_windows)
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+class RulesStore:
+    """The rules in force, kept in a JSON file beside the edge's state."""
+
+    def __init__(self, path: Path, default_compression: str = "jpeg-ls-lossless") -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if path.exists():
+            self._rules = EdgeRules.model_validate_json(path.read_text())
+        else:
+            self._rules = EdgeRules(version=0, compression=default_compression)  # type: ignore[arg-type]
+
+    @property
+    def current(self) -> EdgeRules:
+        return self._rules
+
+    def replace(self, document: bytes | str) -> EdgeRules:
+        """Validate and install a new document, or raise RulesRejected (nothing changes)."""
+        try:
+            proposed = EdgeRules.model_validate_json(document)
+        except ValidationError as exc:
+            raise RulesRejected(_explain(exc)) from None
+        with self._lock:
+            if proposed.version <= self._rules.version:
+                raise RulesRejected(
+                    f"version: {proposed.version} is not newer than the rules in force "
+                    f"(version {self._rules.version})"
+                )
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(proposed.model_dump(mode="json"), indent=1))
+            os.replace(tmp, self.path)
+            self._rules = proposed
+        return proposed
