@@ -10,7 +10,6 @@ import functools
 import sys
 import time
 
-from deploy.samples import modality
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, wait_for_instances
 from deploy.stack.settings import StackSettings
@@ -33,13 +32,7 @@ def main() -> int:
     exam = study.exam
     print(f"demo: CT study of {DEMO_SLICES} slices, accession {exam.exam_no}")
     started = time.monotonic()
-    result = modality.send(
-        study.instances(),
-        host="127.0.0.1",
-        port=int(stack["EDGE_A_DICOM_PORT"]),
-        called_aet=stack["EDGE_A_AET"],
-        calling_aet="DEMO_CT",
-    )
+    result = stack.send_to_edge("A", study.instances())
     if not result.ok:
         print(f"demo: edge A refused {len(result.failed)} instances", file=sys.stderr)
         return 1

@@ -63,6 +63,11 @@ if [ ! -x "$kc_home/bin/kc.sh" ]; then
       -DoutputDirectory="$cache" -Dmdep.useBaseVersion=true >"$cache/keycloak-download.log" 2>&1 \
       || die "download of Keycloak $KEYCLOAK_VERSION (log: $cache/keycloak-download.log)"
   fi
+  got=$(sha1sum "$zip" | cut -d' ' -f1)
+  if [ "$got" != "$KEYCLOAK_ZIP_SHA1" ]; then
+    rm -f "$zip"
+    die "Keycloak zip SHA-1 $got is not the pinned $KEYCLOAK_ZIP_SHA1 (deploy/versions.env)"
+  fi
   rm -rf "$cache/keycloak-unpack" && mkdir -p "$cache/keycloak-unpack"
   unzip -q "$zip" -d "$cache/keycloak-unpack" || die "unzip $zip"
   mv "$cache/keycloak-unpack/keycloak-$KEYCLOAK_VERSION" "$kc_home"
@@ -84,8 +89,14 @@ if [ ! -f "$ohif/index.html" ]; then
   tgzdir="$cache/npm"; mkdir -p "$tgzdir"
   (cd "$tgzdir" && npm pack -q "@ohif/app@$OHIF_VERSION" >"$cache/ohif-download.log" 2>&1) \
     || die "npm pack @ohif/app@$OHIF_VERSION (log: $cache/ohif-download.log)"
+  tgz="$tgzdir/ohif-app-$OHIF_VERSION.tgz"
+  got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  if [ "$got" != "$OHIF_TGZ_INTEGRITY" ]; then
+    rm -f "$tgz"
+    die "@ohif/app tarball integrity $got is not the pinned one (deploy/versions.env)"
+  fi
   rm -rf "$cache/ohif-unpack" && mkdir -p "$cache/ohif-unpack"
-  tar -xzf "$tgzdir/ohif-app-$OHIF_VERSION.tgz" -C "$cache/ohif-unpack" package/dist
+  tar -xzf "$tgz" -C "$cache/ohif-unpack" package/dist
   mv "$cache/ohif-unpack/package/dist" "$ohif"
   rm -rf "$cache/ohif-unpack"
 fi

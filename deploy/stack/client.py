@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
+from pydicom.dataset import Dataset
+
+from deploy.samples import modality
 
 from .launcher import read_stack_env
 
@@ -40,6 +44,24 @@ class StackClient:
             auth=(self.env[f"{which}_USER"], self.env[f"{which}_PASSWORD"]),
             timeout=30.0,
             limits=ORTHANC_POOL_LIMITS,
+        )
+
+    def send_to_edge(
+        self, edge: str, datasets: Iterable[Dataset], calling_aet: str = "DEMO_CT"
+    ) -> modality.StoreResult:
+        """C-STORE to edge 'A' or 'B' as the demo modality (over TLS where that edge wants it)."""
+        tls = None
+        if self.env.get(f"EDGE_{edge}_DICOM_TLS") == "1":
+            tls = modality.tls_context(
+                self.env["CA_CERT"], self.env["MODALITY_TLS_CERT"], self.env["MODALITY_TLS_KEY"]
+            )
+        return modality.send(
+            datasets,
+            host="127.0.0.1",
+            port=int(self.env[f"EDGE_{edge}_DICOM_PORT"]),
+            called_aet=self.env[f"EDGE_{edge}_AET"],
+            calling_aet=calling_aet,
+            tls=tls,
         )
 
     def gateway(self, token: str | None = None) -> httpx.Client:

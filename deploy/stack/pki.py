@@ -35,6 +35,8 @@ def ensure_pki(pki_dir: Path) -> dict[str, Path]:
     }
     if all(p.exists() for p in paths.values()):
         return paths
+    for stale in pki_dir.glob("*.pem"):  # leaves of an older CA would not verify
+        stale.unlink()
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
@@ -69,45 +71,9 @@ def ensure_pki(pki_dir: Path) -> dict[str, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=397))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
     _write_key(paths["ca_key"], ca_key)
-    _write_key(paths["server_key"], server_key)
     paths["ca_cert"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    # nginx wants the chain in one file: leaf first.
-    paths["server_cert"].write_bytes(
-        server_cert.public_bytes(serialization.Encoding.PEM)
-        + ca_cert.public_bytes(serialization.Encoding.PEM)
-    )
+    issue_leaf(pki_dir, "server", "localhost")  # the gateway's certificate
     return paths
 
 

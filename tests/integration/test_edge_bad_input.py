@@ -53,12 +53,7 @@ def test_c_store_without_sop_instance_uid_gets_a_failure_status(stack: StackClie
     ds = next(make_study(7003, "CT", instances=1).instances())
     del ds.SOPInstanceUID
     try:
-        result = modality.send(
-            [ds],
-            host="127.0.0.1",
-            port=int(stack["EDGE_A_DICOM_PORT"]),
-            called_aet=stack["EDGE_A_AET"],
-        )
+        result = stack.send_to_edge("A", [ds])
     except (modality.AssociationRefused, ValueError, AttributeError):
         return  # pynetdicom itself refuses to send an instance without a UID
     assert result.sent == 0 and result.failed
@@ -66,10 +61,5 @@ def test_c_store_without_sop_instance_uid_gets_a_failure_status(stack: StackClie
 
 def test_edge_still_accepts_good_instances_afterwards(stack: StackClient) -> None:
     study = make_study(7004, "DX", institution_code=stack["EDGE_A_INSTITUTION"])
-    result = modality.send(
-        study.instances(),
-        host="127.0.0.1",
-        port=int(stack["EDGE_A_DICOM_PORT"]),
-        called_aet=stack["EDGE_A_AET"],
-    )
+    result = stack.send_to_edge("A", study.instances())
     assert result.ok and result.sent == 1

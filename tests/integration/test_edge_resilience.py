@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from deploy.samples import modality
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study
 from deploy.stack.launcher import kill_service, load_context, start_service, stop_service
@@ -20,13 +19,7 @@ CENTRAL_OUTAGE_S = 120
 
 
 def send_to_edge_a(stack: StackClient, study: SampleStudy) -> None:
-    result = modality.send(
-        study.instances(),
-        host="127.0.0.1",
-        port=int(stack["EDGE_A_DICOM_PORT"]),
-        called_aet=stack["EDGE_A_AET"],
-        calling_aet="DEMO_CT",
-    )
+    result = stack.send_to_edge("A", study.instances())
     assert result.ok and result.sent == study.exam.instance_count, result.failed
 
 

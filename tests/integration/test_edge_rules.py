@@ -9,7 +9,6 @@ import time
 
 import pydicom
 
-from deploy.samples import modality
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 
@@ -28,12 +27,7 @@ def current_rules(stack: StackClient) -> dict:
 
 def send(stack: StackClient, seed: int) -> str:
     study = make_study(seed, "DX", institution_code=stack["EDGE_A_INSTITUTION"])
-    result = modality.send(
-        study.instances(),
-        host="127.0.0.1",
-        port=int(stack["EDGE_A_DICOM_PORT"]),
-        called_aet=stack["EDGE_A_AET"],
-    )
+    result = stack.send_to_edge("A", study.instances())
     assert result.ok
     return study.exam.study_instance_uid
 

@@ -21,13 +21,7 @@ JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 @pytest.fixture(scope="module")
 def sent_study(stack: StackClient):
     study = make_study(4244, "CT", instances=SLICES, institution_code=stack["EDGE_A_INSTITUTION"])
-    result = modality.send(
-        study.instances(),
-        host="127.0.0.1",
-        port=int(stack["EDGE_A_DICOM_PORT"]),
-        called_aet=stack["EDGE_A_AET"],
-        calling_aet="DEMO_CT",
-    )
+    result = stack.send_to_edge("A", study.instances())
     assert result.ok, result.failed
     assert result.sent == SLICES
     return study
@@ -105,17 +99,7 @@ def test_edge_keeps_its_copy_encrypted_on_disk(stack: StackClient, sent_study) -
 def test_sm4_edge_forwards_to_central(stack: StackClient) -> None:
     """Hospital B's edge stores with SM4-GCM (GB/T 39786) and still forwards intact pixels."""
     study = make_study(4343, "MR", instances=3, institution_code=stack["EDGE_B_INSTITUTION"])
-    tls = modality.tls_context(
-        stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
-    )
-    result = modality.send(
-        study.instances(),
-        host="127.0.0.1",
-        port=int(stack["EDGE_B_DICOM_PORT"]),
-        called_aet=stack["EDGE_B_AET"],
-        calling_aet="DEMO_CT",
-        tls=tls,
-    )
+    result = stack.send_to_edge("B", study.instances())
     assert result.ok, result.failed
     with stack.orthanc("CENTRAL_ORTHANC") as central:
         study_id = wait_for_instances(central, study.exam.study_instance_uid, 3, timeout_s=120)
@@ -135,13 +119,7 @@ def test_edge_b_did_not_receive_hospital_a_study(stack: StackClient, sent_study)
 def test_unknown_calling_ae_cannot_store(stack: StackClient) -> None:
     study = make_study(777, "DX", institution_code=stack["EDGE_A_INSTITUTION"])
     try:
-        result = modality.send(
-            study.instances(),
-            host="127.0.0.1",
-            port=int(stack["EDGE_A_DICOM_PORT"]),
-            called_aet=stack["EDGE_A_AET"],
-            calling_aet="INTRUDER",
-        )
+        result = stack.send_to_edge("A", study.instances(), calling_aet="INTRUDER")
     except modality.AssociationRefused:
         pass
     else:
