@@ -4,12 +4,14 @@ The only central module that imports `orthanc` (with glue_common); the logic liv
 `imgcloud` package.
 """
 
+import hashlib
 import json
 
 import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.delivery import verify_against
+from imgcloud.instance_hashes import HashRegistry
 
 CONFIG, CONFIGURATION = glue_common.load("central")
 STORAGE = glue_common.register_storage("central", CONFIGURATION)
@@ -25,20 +27,33 @@ def _status(output, uri, **request):
     )
 
 
-def _stored(sop_uid: str) -> bytes | None:
+HASHES = HashRegistry.from_orthanc(CONFIGURATION)
+
+
+def _on_stored(dicom, instance_id):
+    """Record the SHA-256 of exactly what arrived (before encryption), for verification."""
+    HASHES.record(instance_id, hashlib.sha256(dicom.GetInstanceData()).hexdigest())
+
+
+def _orthanc_id(sop_uid: str) -> str | None:
     try:
-        instance_id = orthanc.LookupInstance(sop_uid)
+        return orthanc.LookupInstance(sop_uid) or None
     except orthanc.OrthancException:
         return None
-    if not instance_id:
-        return None
-    return bytes(orthanc.GetDicomForInstance(instance_id))
+
+
+def _stored_hash(sop_uid: str) -> str | None:
+    orthanc_id = _orthanc_id(sop_uid)
+    return HASHES.lookup(orthanc_id) if orthanc_id else None
 
 
 def _discard(sop_uid: str) -> None:
     """Remove a copy that does not match its sender's hash, so the resend can replace it."""
-    orthanc.RestApiDelete(f"/instances/{orthanc.LookupInstance(sop_uid)}")
-    orthanc.LogWarning(f"imaging-cloud: discarded instance {sop_uid}: hash mismatch")
+    orthanc_id = _orthanc_id(sop_uid)
+    if orthanc_id:
+        orthanc.RestApiDelete(f"/instances/{orthanc_id}")
+        HASHES.forget(orthanc_id)
+        orthanc.LogWarning(f"imaging-cloud: discarded instance {orthanc_id}: hash mismatch")
 
 
 def _verify(output, uri, **request):
@@ -57,7 +72,7 @@ def _verify(output, uri, **request):
         message = 'body must be {"instances": {"<SOP UID>": "<sha256 hex>"}}'
         output.SendHttpStatus(400, message, len(message.encode()))  # (status, str, size) on 4.0
         return
-    result = verify_against(_stored, claimed, _discard)
+    result = verify_against(_stored_hash, claimed, _discard)
     output.AnswerBuffer(
         json.dumps(
             {
@@ -72,4 +87,5 @@ def _verify(output, uri, **request):
 
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
 orthanc.RegisterRestCallback("/imaging-cloud/verify", _verify)
+orthanc.RegisterOnStoredInstanceCallback(_on_stored)
 orthanc.LogWarning(f"imaging-cloud central plugin {__version__} loaded, storage {STORAGE}")

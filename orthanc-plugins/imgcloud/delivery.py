@@ -59,19 +59,21 @@ class StudyDelivery:
 
 
 def verify_against(
-    stored: Callable[[str], bytes | None], claimed: dict[str, str], discard: Callable[[str], None]
+    stored_hash: Callable[[str], str | None],
+    claimed: dict[str, str],
+    discard: Callable[[str], None],
 ) -> Verification:
-    """Central side: compare stored instances with the sender's hashes.
+    """Central side: compare what central received with the sender's hashes.
 
-    `stored(sop_uid)` returns the stored file or None; a mismatching copy is discarded so
-    the resend can replace it.
+    `stored_hash(sop_uid)` is the SHA-256 recorded when central stored that instance, or
+    None if it has none; a mismatching copy is discarded so the resend can replace it.
     """
     result = Verification()
     for sop_uid, sha256 in claimed.items():
-        data = stored(sop_uid)
-        if data is None:
+        recorded = stored_hash(sop_uid)
+        if recorded is None:
             result.missing.add(sop_uid)
-        elif hashlib.sha256(data).hexdigest() == sha256:
+        elif recorded == sha256:
             result.confirmed.add(sop_uid)
         else:
             result.mismatched.add(sop_uid)

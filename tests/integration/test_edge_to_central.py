@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from pathlib import Path
@@ -127,3 +128,25 @@ def test_unknown_calling_ae_cannot_store(stack: StackClient) -> None:
         assert len(result.failed) == 1
     with stack.orthanc("EDGE_A") as edge:
         assert find_study(edge, study.exam.study_instance_uid) is None
+
+
+def test_central_confirms_by_store_time_hash_and_discards_a_mismatch(stack: StackClient) -> None:
+    ds = next(make_study(4545, "CT", instances=1).instances())
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    raw = buffer.getvalue()
+    sop = str(ds.SOPInstanceUID)
+    right = hashlib.sha256(raw).hexdigest()
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        assert central.post("/instances", content=raw).status_code == 200
+        confirmed = central.post("/imaging-cloud/verify", json={"instances": {sop: right}})
+        assert confirmed.json()["confirmed"] == [sop]
+        # What central holds differs from what the sender says it sent: as if corrupted in
+        # transit. Central reports it and drops its copy so the resend can replace it.
+        wrong = central.post("/imaging-cloud/verify", json={"instances": {sop: "0" * 64}})
+        assert wrong.json()["mismatched"] == [sop]
+        missing = central.post("/imaging-cloud/verify", json={"instances": {sop: right}})
+        assert missing.json()["missing"] == [sop]
+        assert central.post("/instances", content=raw).status_code == 200  # the resend
+        again = central.post("/imaging-cloud/verify", json={"instances": {sop: right}})
+        assert again.json()["confirmed"] == [sop]

@@ -92,7 +92,11 @@ def fake_central() -> tuple[dict[str, bytes], StudyDelivery]:
             central.setdefault(sops[iid], data)  # central stores an SOP instance once
 
     def verify(hashes: dict[str, str]) -> Verification:
-        return verify_against(central.get, hashes, lambda sop: central.__delitem__(sop))
+        def recorded(sop: str) -> str | None:
+            data = central.get(sop)
+            return hashlib.sha256(data).hexdigest() if data is not None else None
+
+        return verify_against(recorded, hashes, lambda sop: central.__delitem__(sop))
 
     delivery = StudyDelivery(
         list_instances=lambda _s: list(sops.items()),
@@ -124,7 +128,7 @@ def test_never_confirmed_study_raises_after_bounded_rounds() -> None:
 
 
 def test_verify_against_reports_each_kind() -> None:
-    stored = {"a": b"A", "b": b"B"}
+    stored = {"a": hashlib.sha256(b"A").hexdigest(), "b": hashlib.sha256(b"B").hexdigest()}
     discarded: list[str] = []
     claimed = {
         "a": hashlib.sha256(b"A").hexdigest(),
