@@ -15,6 +15,7 @@ from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context
 from deploy.stack.ports import pick_free
 from deploy.stack.processes import stop
+from deploy.stack.services.base import http_health
 from deploy.stack.services.orthanc import CentralOrthanc
 from deploy.stack.settings import StackSettings
 
@@ -36,7 +37,13 @@ class BaselineOrthanc(CentralOrthanc):
         config["HttpPort"] = self._port
         config["Name"] = "bench-baseline"
         config["PostgreSQL"]["Database"] = self.database
+        # Plain Orthanc: none of our plugin code (no storage area, no hash recording).
+        config["Plugins"] = [p for p in config["Plugins"] if "Python" not in p]
+        config.pop("PythonScript", None)
         return config
+
+    def health(self) -> str | None:
+        return http_health(f"{self.url}/system", auth=self.credentials)
 
     def prepare(self) -> None:
         super().prepare()
@@ -44,7 +51,8 @@ class BaselineOrthanc(CentralOrthanc):
         # itself, exactly as a plain installation does.
         path = self.home / "orthanc.json"
         config = json.loads(path.read_text())
-        config["ImagingCloud"].pop("Storage", None)
+        config.pop("ImagingCloud", None)
+        config.pop("PythonScript", None)
         path.write_text(json.dumps(config, indent=2))
 
 
