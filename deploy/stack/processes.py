@@ -14,27 +14,28 @@ def pid_file(run_dir: Path, service: str) -> Path:
     return run_dir / f"{service}.pid"
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
 def read_pid(run_dir: Path, service: str) -> int | None:
-    """The recorded PID of a service if that process is still alive."""
+    """The recorded PID of a service if that very process is still alive.
+
+    The PID file holds the PID and the process's start time: after a reboot or a long
+    time, the same PID may belong to an unrelated process, which `down` must never signal.
+    """
     path = pid_file(run_dir, service)
     try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        recorded = path.read_text().split()
+        pid, started = int(recorded[0]), recorded[1]
+    except (FileNotFoundError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    # A zombie or a recycled PID: check the recorded start marker still matches.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    if ") Z " in stat:
-        return None
-    return pid
+    return pid if _start_time(pid) == started else None
 
 
 def spawn(
@@ -67,7 +68,7 @@ def spawn(
             user=user,
             group=user,
         )
-    pid_file(run_dir, service).write_text(str(proc.pid))
+    pid_file(run_dir, service).write_text(f"{proc.pid} {_start_time(proc.pid)}")
     return proc.pid
 
 

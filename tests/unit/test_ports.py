@@ -27,3 +27,22 @@ def test_port_is_free_sees_a_listener() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         assert not port_is_free(sock.getsockname()[1])
+
+
+def test_a_recycled_pid_is_not_taken_for_our_service(tmp_path: Path) -> None:
+    import os
+
+    from deploy.stack.processes import pid_file, read_pid, spawn, stop
+
+    pid = spawn("sleeper", ["sleep", "30"], run_dir=tmp_path, log=tmp_path / "sleeper.log")
+    try:
+        assert read_pid(tmp_path, "sleeper") == pid
+        recorded = pid_file(tmp_path, "sleeper").read_text().split()
+        # Same PID, other start time: as after a reboot, when the PID belongs to someone else.
+        pid_file(tmp_path, "sleeper").write_text(f"{recorded[0]} 1")
+        assert read_pid(tmp_path, "sleeper") is None
+        assert not stop(tmp_path, "sleeper")  # nothing of ours to stop: nobody is signalled
+        os.kill(pid, 0)  # the process is untouched
+    finally:
+        pid_file(tmp_path, "sleeper").write_text(" ".join(recorded))
+        assert stop(tmp_path, "sleeper", timeout_s=5)
