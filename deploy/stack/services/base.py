@@ -6,6 +6,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -26,7 +27,7 @@ class Service:
         self.ctx = ctx
 
     @property
-    def log(self):
+    def log(self) -> Path:
         return self.ctx.settings.log(self.name)
 
     def prepare(self) -> None:

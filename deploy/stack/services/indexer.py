@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from ..errors import StackError
@@ -21,8 +22,6 @@ class Indexer(Service):
         }
 
     def prepare(self) -> None:
-        import os
-
         root = self.ctx.settings.repo_root
         try:
             subprocess.run(
