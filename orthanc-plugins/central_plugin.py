@@ -11,10 +11,12 @@ import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.delivery import verify_against
-from imgcloud.instance_hashes import HashRegistry
+from imgcloud.errors import PluginError
+from imgcloud.instance_hashes import HashRegistry, central_conninfo
+from imgcloud.pushes import PushRegistry, PushRejected, validate_request
 
 CONFIG, CONFIGURATION = glue_common.load("central")
-STORAGE = glue_common.register_storage("central", CONFIGURATION)
+STORAGE, _ARCHIVE = glue_common.register_storage("central", CONFIGURATION)
 
 
 def _status(output, uri, **request):
@@ -85,6 +87,83 @@ def _verify(output, uri, **request):
     )
 
 
+PUSHES = PushRegistry(central_conninfo(CONFIGURATION))
+
+
+def _answer_error(output, status: int, message: str) -> None:
+    body = json.dumps({"error": message})
+    output.SendHttpStatus(status, body, len(body.encode()))  # (status, str, size) on 4.0
+
+
+def _pushes(output, uri, **request):
+    """POST: record a push of a study held here; GET ?to=CODE[&state=S]: list pushes."""
+    try:
+        if request["method"] == "POST":
+            try:
+                body = json.loads(request["body"])
+            except ValueError:
+                raise PushRejected("body must be JSON") from None
+            push_request = validate_request(body)
+            if not orthanc.LookupStudy(push_request["study_instance_uid"]):
+                raise PushRejected("the study is not in the central archive", 404)
+            push, created = PUSHES.create(push_request)
+            if created:
+                orthanc.LogWarning(
+                    f"imaging-cloud: push {push['push_id']} recorded "
+                    f"{push['from_institution']} -> {push['to_institution']}"
+                )
+            output.AnswerBuffer(json.dumps(push), "application/json")
+        elif request["method"] == "GET":
+            to = request["get"].get("to")
+            if not to:
+                raise PushRejected("query parameter 'to' (institution code) is required", 422)
+            pushes = PUSHES.list(to, request["get"].get("state"))
+            output.AnswerBuffer(json.dumps({"pushes": pushes}), "application/json")
+        else:
+            output.SendMethodNotAllowed("GET,POST")
+    except PushRejected as exc:
+        _answer_error(output, exc.status, str(exc))
+    except orthanc.OrthancException:
+        _answer_error(output, 404, "the study is not in the central archive")
+    except PluginError as exc:
+        _answer_error(output, 503, str(exc))
+
+
+def _push(output, uri, **request):
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    try:
+        push = PUSHES.get(request["groups"][0])
+    except PluginError as exc:
+        _answer_error(output, 503, str(exc))
+        return
+    if push is None:
+        _answer_error(output, 404, "no such push")
+        return
+    output.AnswerBuffer(json.dumps(push), "application/json")
+
+
+def _push_state(output, uri, **request):
+    if request["method"] != "POST":
+        output.SendMethodNotAllowed("POST")
+        return
+    try:
+        try:
+            body = json.loads(request["body"])
+        except ValueError:
+            raise PushRejected("body must be JSON") from None
+        push = PUSHES.change(request["groups"][0], body)
+        output.AnswerBuffer(json.dumps(push), "application/json")
+    except PushRejected as exc:
+        _answer_error(output, exc.status, str(exc))
+    except PluginError as exc:
+        _answer_error(output, 503, str(exc))
+
+
+orthanc.RegisterRestCallback("/imaging-cloud/pushes", _pushes)
+orthanc.RegisterRestCallback("/imaging-cloud/pushes/([0-9a-f-]+)", _push)
+orthanc.RegisterRestCallback("/imaging-cloud/pushes/([0-9a-f-]+)/state", _push_state)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
 orthanc.RegisterRestCallback("/imaging-cloud/verify", _verify)
 orthanc.RegisterOnStoredInstanceCallback(_on_stored)

@@ -1,5 +1,6 @@
 """Orthanc glue for a hospital edge: compress on arrival, forward stable studies to central
-through a durable queue, confirm every instance by SHA-256, report status.
+through a durable queue, confirm every instance by SHA-256, report status; fetch studies
+back from the cloud, collect pushes from other hospitals, pull from the hospital PACS.
 
 The only edge module that imports `orthanc` (with glue_common); the logic lives in the
 `imgcloud` package.
@@ -7,21 +8,41 @@ The only edge module that imports `orthanc` (with glue_common); the logic lives 
 
 import datetime as dt
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import glue_common
-import httpx
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
+from imgcloud.bandwidth import RateLimiter, mbps_to_bytes_per_s
+from imgcloud.central_api import CentralApi
 from imgcloud.compression import CompressionPolicy, compress
-from imgcloud.delivery import StudyDelivery, Verification
+from imgcloud.delivery import StudyDelivery
+from imgcloud.edge_requests import (
+    FetchRequest,
+    PacsPullRequest,
+    PushRequest,
+    RequestRejected,
+    parse,
+)
 from imgcloud.edge_rules import RulesRejected, RulesStore
-from imgcloud.errors import ConfigurationError, ForwardingError
+from imgcloud.errors import CentralError, ConfigurationError
 from imgcloud.forward_queue import ForwardQueue
 from imgcloud.forwarding import QueueWorker
+from imgcloud.local_api import LocalOrthanc
+from imgcloud.retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
+from imgcloud.study_records import RecordStore, build_record
 
 CONFIG, CONFIGURATION = glue_common.load("edge")
-STORAGE = glue_common.register_storage("edge", CONFIGURATION)
+STORAGE, ARCHIVE = glue_common.register_storage("edge", CONFIGURATION)
+if ARCHIVE is None:
+    orthanc.LogError(
+        "imaging-cloud edge plugin: invalid configuration: ImagingCloud.Storage: an edge needs "
+        "its encrypted storage (its key ring also seals the patient data it records)"
+    )
+    raise ConfigurationError("ImagingCloud.Storage missing")
 try:
     COMPRESSION = CompressionPolicy.from_name(
         CONFIGURATION["ImagingCloud"].get("Compression", "jpeg-ls-lossless")
@@ -47,72 +68,96 @@ def _on_received(dicom, origin):
     return orthanc.ReceivedInstanceAction.MODIFY, compressed
 
 
-# The forwarding worker runs in its own Python thread. Python plugin 4.0 keeps the GIL
-# during every orthanc.* call, and Orthanc calls back into Python (our storage area) while
-# holding its own locks: an SDK call from this thread can deadlock against them. So the
-# worker uses this Orthanc's REST API over loopback, blocking in socket I/O without the GIL.
+# The worker threads never call orthanc.*: Python plugin 4.0 keeps the GIL during every SDK
+# call, and Orthanc calls back into Python (our storage area) while holding its own locks,
+# so an SDK call from a worker thread can deadlock against them. They use this Orthanc's
+# REST API over loopback instead, blocking in socket I/O without the GIL.
 SELF_URL = f"http://127.0.0.1:{CONFIGURATION.get('HttpPort', 8042)}"
 SELF_AUTH = next(iter((CONFIGURATION.get("RegisteredUsers") or {"": ""}).items()))
-SELF = httpx.Client(
-    base_url=SELF_URL,
-    auth=SELF_AUTH,
-    timeout=httpx.Timeout(600, connect=5),
-    limits=httpx.Limits(keepalive_expiry=0.5),
-)
+LOCAL = LocalOrthanc(SELF_URL, SELF_AUTH, CONFIGURATION.get("DicomAet", "ORTHANC"))
+CENTRAL = CentralApi(PEER_URL, PEER_AUTH)
+KNOWN_MODALITIES = set(CONFIGURATION.get("DicomModalities") or {})
+RULES.known_modalities = KNOWN_MODALITIES
+LIMITER = RateLimiter(lambda: mbps_to_bytes_per_s(RULES.current.bandwidth_limit_mbps))
+SEND_THREADS = 4  # uploads in flight: hides central's per-instance store latency
+
+# Test hook: corrupt the first N uploads after they were hashed, as a bad link would, so
+# the integration tests can prove central detects it and the edge resends. Never set in a
+# deployment; loudly logged when it is.
+_CORRUPT = {"left": int(os.environ.get("IMGCLOUD_TEST_CORRUPT_SENDS", "0") or 0)}
+_CORRUPT_LOCK = threading.Lock()
+if _CORRUPT["left"]:
+    orthanc.LogWarning(
+        f"imaging-cloud: TEST HOOK ACTIVE: the next {_CORRUPT['left']} uploads are corrupted"
+    )
 
 
-def _list_instances(study_id: str) -> list[tuple[str, str]]:
-    try:
-        response = SELF.get(f"/studies/{study_id}/instances")
-    except httpx.HTTPError as exc:
-        raise ForwardingError(f"local Orthanc did not answer: {type(exc).__name__}") from exc
-    if response.status_code == 404:
-        raise ForwardingError(f"study {study_id} is no longer on this edge")
-    response.raise_for_status()
-    return [(i["ID"], i["MainDicomTags"]["SOPInstanceUID"]) for i in response.json()]
+def _in_transit(data: bytes) -> bytes:
+    with _CORRUPT_LOCK:
+        if _CORRUPT["left"] <= 0:
+            return data
+        _CORRUPT["left"] -= 1
+    position = len(data) * 3 // 4  # inside the pixel data of any image worth sending
+    return data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
 
 
-def _read_instance(instance_id: str) -> bytes:
-    try:
-        response = SELF.get(f"/instances/{instance_id}/file")
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise ForwardingError(f"cannot read instance {instance_id}: {exc}") from exc
-    return response.content
+def _send_one(instance_id: str) -> None:
+    data = LOCAL.read_instance(instance_id)
+    LIMITER.acquire(len(data))
+    CENTRAL.store(_in_transit(data))
 
 
 def _send(instance_ids: list[str]) -> None:
-    try:
-        response = SELF.post(
-            f"/peers/{CONFIG.forward_peer}/store",
-            json={"Resources": instance_ids, "Synchronous": True},
-        )
-    except httpx.HTTPError as exc:
-        raise ForwardingError(f"peer store did not answer: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        raise ForwardingError(f"peer store to central failed: HTTP {response.status_code}")
+    with ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="imgcloud-send") as pool:
+        list(pool.map(_send_one, instance_ids))  # the first failure propagates
 
 
-def _verify(hashes: dict[str, str]) -> Verification:
-    try:
-        response = httpx.post(
-            f"{PEER_URL}/imaging-cloud/verify",
-            json={"instances": hashes},
-            auth=PEER_AUTH,
-            timeout=httpx.Timeout(120, connect=5),
-        )
-        response.raise_for_status()
-        answer = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ForwardingError(f"central did not confirm: {type(exc).__name__}") from exc
-    return Verification(set(answer["confirmed"]), set(answer["missing"]), set(answer["mismatched"]))
+RECORDS = RecordStore(
+    Path(str(CONFIG.queue_file)).with_name("study-records.sqlite"),
+    ARCHIVE.seal_record,
+    ARCHIVE.open_record,
+)
+DELIVERY = StudyDelivery(LOCAL.list_instances, LOCAL.read_instance, _send, CENTRAL.verify)
+
+
+def _record_and_deliver(study_id: str) -> tuple[int, int]:
+    """Record the study's tags for the indexer (personal data sealed), then forward it."""
+    record = build_record(
+        str(CONFIG.institution), LOCAL.study_tags(study_id), LOCAL.study_series(study_id)
+    )
+    RECORDS.save(study_id, record)
+    return DELIVERY.deliver(study_id)
 
 
 QUEUE = ForwardQueue(Path(str(CONFIG.queue_file)), retry_max_s=CONFIG.forward_retry_max_s)
 WORKER = QueueWorker(
     QUEUE,
-    StudyDelivery(_list_instances, _read_instance, _send, _verify).deliver,
+    _record_and_deliver,
     may_forward=lambda: RULES.current.may_forward(dt.datetime.now()),  # the edge's local time
+)
+JOBS = JobQueue(
+    Path(str(CONFIG.queue_file)).with_name("jobs.sqlite"),
+    retry_max_s=CONFIG.forward_retry_max_s,
+)
+
+
+def _schedules() -> list[PullSchedule]:
+    return [
+        PullSchedule(
+            pull.name,
+            pull.every_minutes * 60,
+            pull.model_dump(include={"source_aet", "modalities", "days_back"}),
+        )
+        for pull in RULES.current.pacs_pulls
+    ]
+
+
+RETRIEVER = RetrievalWorker(
+    JOBS,
+    Retriever(CENTRAL, LOCAL, str(CONFIG.institution)),
+    schedules=_schedules,
+    push_poll_s=lambda: RULES.current.push_poll_seconds,
+    push_target=lambda: RULES.current.deliver_pushes_to or CONFIG.hospital_pacs,
 )
 
 
@@ -122,8 +167,10 @@ def _on_change(change_type, level, resource_id):
         WORKER.notify()
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         WORKER.start()  # resumes whatever a restart or crash left queued or sending
+        RETRIEVER.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         WORKER.stop()
+        RETRIEVER.stop()
 
 
 def _status(output, uri, **request):
@@ -143,6 +190,85 @@ def _status(output, uri, **request):
     output.AnswerBuffer(json.dumps(body), "application/json")
 
 
+def _answer_json(output, status: int, body: object) -> None:
+    text = json.dumps(body)
+    if status == 200:
+        output.AnswerBuffer(text, "application/json")
+    else:
+        output.SendHttpStatus(status, text, len(text.encode()))  # (status, str, size) on 4.0
+
+
+def _new_job(kind: str, model, output, request) -> None:
+    if request["method"] != "POST":
+        output.SendMethodNotAllowed("POST")
+        return
+    try:
+        parsed = parse(model, request["body"])
+        named = {getattr(parsed, "deliver_to", None), getattr(parsed, "source_aet", None)}
+        unknown = sorted(aet for aet in named - KNOWN_MODALITIES if aet)
+        if unknown:
+            raise RequestRejected(f"AE titles not configured on this edge: {', '.join(unknown)}")
+    except RequestRejected as exc:
+        _answer_json(output, exc.status, {"error": str(exc)})
+        return
+    job = JOBS.add(kind, parsed.model_dump(exclude_none=True))
+    RETRIEVER.notify()
+    _answer_json(output, 200, job.as_dict())
+
+
+def _retrievals(output, uri, **request):
+    """POST {study_instance_uid, deliver_to?}: fetch a study back from the cloud (回溯)."""
+    _new_job("fetch", FetchRequest, output, request)
+
+
+def _pacs_pulls(output, uri, **request):
+    """POST {source_aet, criteria...}: C-FIND at the PACS, C-MOVE the studies here."""
+    _new_job("pacs-pull", PacsPullRequest, output, request)
+
+
+def _job(output, uri, **request):
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    job = JOBS.get(request["groups"][0])
+    if job is None:
+        _answer_json(output, 404, {"error": "no such job"})
+        return
+    _answer_json(output, 200, job.as_dict())
+
+
+def _pushes(output, uri, **request):
+    """POST {study_instance_uid, to_institution, deliver_to?}: push a study to another
+    hospital (跨院推送); central records it and the receiving edge collects it."""
+    if request["method"] != "POST":
+        output.SendMethodNotAllowed("POST")
+        return
+    try:
+        push = parse(PushRequest, request["body"])
+        answer = CENTRAL.create_push(
+            push.model_dump(exclude_none=True) | {"from_institution": CONFIG.institution}
+        )
+    except RequestRejected as exc:
+        _answer_json(output, exc.status, {"error": str(exc)})
+        return
+    except CentralError as exc:
+        status = exc.status if exc.status in (404, 409, 422) else 502
+        _answer_json(output, status, {"error": str(exc)})
+        return
+    _answer_json(output, 200, answer)
+
+
+def _push(output, uri, **request):
+    """GET a push's state as central records it (either hospital may ask)."""
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    try:
+        _answer_json(output, 200, CENTRAL.get_push(request["groups"][0]))
+    except CentralError as exc:
+        _answer_json(output, 404 if exc.status == 404 else 502, {"error": str(exc)})
+
+
 def _study_forwarding(output, uri, **request):
     if request["method"] != "GET":
         output.SendMethodNotAllowed("GET")
@@ -153,6 +279,18 @@ def _study_forwarding(output, uri, **request):
         output.SendHttpStatus(404, message, len(message.encode()))  # (status, str, size) on 4.0
         return
     output.AnswerBuffer(json.dumps(status.as_dict()), "application/json")
+
+
+def _study_record(output, uri, **request):
+    """GET the tags recorded for a study (patient data opened for the hospital's own API)."""
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    record = RECORDS.get(request["groups"][0])
+    if record is None:
+        _answer_json(output, 404, {"error": "no record for this study yet"})
+        return
+    _answer_json(output, 200, record)
 
 
 def _rules(output, uri, **request):
@@ -179,6 +317,12 @@ orthanc.RegisterRestCallback("/imaging-cloud/rules", _rules)
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
 orthanc.RegisterRestCallback("/imaging-cloud/studies/([0-9a-f-]+)/forwarding", _study_forwarding)
+orthanc.RegisterRestCallback("/imaging-cloud/studies/([0-9a-f-]+)/record", _study_record)
+orthanc.RegisterRestCallback("/imaging-cloud/retrievals", _retrievals)
+orthanc.RegisterRestCallback("/imaging-cloud/pacs-pulls", _pacs_pulls)
+orthanc.RegisterRestCallback("/imaging-cloud/jobs/([0-9a-f-]+)", _job)
+orthanc.RegisterRestCallback("/imaging-cloud/pushes", _pushes)
+orthanc.RegisterRestCallback("/imaging-cloud/pushes/([0-9a-f-]+)", _push)
 orthanc.LogWarning(
     f"imaging-cloud edge plugin {__version__} loaded for {CONFIG.institution}, storage {STORAGE}"
 )

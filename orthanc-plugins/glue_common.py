@@ -27,12 +27,12 @@ def load(role_name: str) -> tuple[PluginConfig, dict]:
         raise
 
 
-def register_storage(role_name: str, configuration: dict) -> str:
-    """Register the encrypted storage area if configured; returns a description."""
+def register_storage(role_name: str, configuration: dict) -> tuple[str, EncryptedArchive | None]:
+    """Register the encrypted storage area if configured; returns a description and it."""
     try:
         settings = storage_settings(configuration)
         if settings is None:
-            return "orthanc-default"
+            return "orthanc-default", None
         archive = EncryptedArchive.from_settings(settings)
     except ConfigurationError as exc:
         orthanc.LogError(f"imaging-cloud {role_name} plugin: invalid configuration: {exc}")
@@ -60,4 +60,5 @@ def register_storage(role_name: str, configuration: dict) -> str:
             raise
 
     orthanc.RegisterStorageArea(create, read, remove)
-    return f"encrypted-{settings.backend} ({settings.algorithm.name.lower().replace('_', '-')})"
+    algorithm = settings.algorithm.name.lower().replace("_", "-")
+    return f"encrypted-{settings.backend} ({algorithm})", archive

@@ -200,6 +200,8 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
             f"EDGE_{letter}_DICOM_PORT": str(p[f"edge_{low}_dicom"]),
             f"EDGE_{letter}_INSTITUTION": institution,
             f"EDGE_{letter}_DICOM_TLS": "1" if letter == "B" else "0",
+            f"EDGE_{letter}_PACS_AET": "HOSP_PACS",
+            f"EDGE_{letter}_PACS_PORT": str(p[f"hospital_pacs_{low}"]),
         }
     return env
 

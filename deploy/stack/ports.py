@@ -29,6 +29,10 @@ PORT_NAMES = (
     "edge_b_dicom",
     "indexer",
     "gateway",
+    # Where each hospital's PACS stand-in listens (started by the demo or a test, not by
+    # the stack); the edges' DicomModalities point there.
+    "hospital_pacs_a",
+    "hospital_pacs_b",
 )
 
 

@@ -18,6 +18,7 @@ class PluginConfig:
     forward_peer: str | None
     forward_retry_max_s: float
     queue_file: str | None = None
+    hospital_pacs: str | None = None  # the DicomModalities entry pushed studies go to
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> PluginConfig:
@@ -46,6 +47,13 @@ class PluginConfig:
             raise ConfigurationError(
                 "ImagingCloud.QueueFile: an edge needs a path for its durable forwarding queue"
             )
+        hospital_pacs = section.get("HospitalPacs")
+        if hospital_pacs is not None and hospital_pacs not in (
+            configuration.get("DicomModalities") or {}
+        ):
+            raise ConfigurationError(
+                "ImagingCloud.HospitalPacs: must name an entry of DicomModalities"
+            )
         retry = section.get("ForwardRetryMaxSeconds", 300)
         if not isinstance(retry, int | float) or retry <= 0:
             raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")
@@ -55,4 +63,5 @@ class PluginConfig:
             forward_peer=peer,
             forward_retry_max_s=float(retry),
             queue_file=queue_file,
+            hospital_pacs=hospital_pacs,
         )

@@ -1,8 +1,9 @@
 """Sending one study and proving it arrived: a SHA-256 per instance, confirmed by central.
 
 A study counts as delivered only when central confirms every instance with the same hash.
-An instance central lacks, or holds with another hash (corrupted in transit; central
-removes such a copy), is sent again, a bounded number of rounds.
+Central is asked first, so only what it lacks is sent. An instance central lacks, or holds
+with another hash (corrupted in transit; central removes such a copy), is sent again, a
+bounded number of rounds.
 """
 
 from __future__ import annotations
@@ -43,15 +44,21 @@ class StudyDelivery:
             sizes[sop_uid] = len(data)
             hashes[sop_uid] = hashlib.sha256(data).hexdigest()
             by_sop[sop_uid] = instance_id
-        pending = sorted(by_sop)
+        # Ask first: after a crash or an outage central may hold part of the study, and a
+        # study this edge fetched from central is already there in full. Only what central
+        # lacks (or holds with another hash) is sent.
+        result = self.verify(hashes)
+        pending = sorted(result.missing | result.mismatched)
         sent_bytes = 0
         for _ in range(self.rounds):
+            if not pending and result.confirmed >= set(hashes):
+                return len(instances), sent_bytes
             self.send([by_sop[s] for s in pending])
             sent_bytes += sum(sizes[s] for s in pending)
             result = self.verify(hashes)
             pending = sorted(result.missing | result.mismatched)
-            if not pending and result.confirmed >= set(hashes):
-                return len(instances), sent_bytes
+        if not pending and result.confirmed >= set(hashes):
+            return len(instances), sent_bytes
         raise ForwardingError(
             f"study {study_id}: {len(pending)} of {len(hashes)} instances not confirmed by "
             f"central after {self.rounds} rounds"

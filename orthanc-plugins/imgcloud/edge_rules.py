@@ -1,7 +1,11 @@
 """The edge's rules document: replaced at runtime (PUT), validated first, persisted.
 
     {"version": 3, "compression": "jpeg-ls-lossless", "forwarding_enabled": true,
-     "forward_windows": [{"start": "20:00", "end": "06:00"}]}
+     "forward_windows": [{"start": "20:00", "end": "06:00"}],
+     "bandwidth_limit_mbps": 50,
+     "pacs_pulls": [{"name": "recent", "source_aet": "HOSP_PACS", "every_minutes": 10,
+                     "modalities": ["CT", "MR", "DX"], "days_back": 1}],
+     "deliver_pushes_to": "HOSP_PACS", "push_poll_seconds": 10}
 
 An invalid document is refused with a message naming each problem and the last good one
 stays in force. Versions only move forward, so a late, older push from the cloud cannot
@@ -15,11 +19,14 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .compression import CompressionPolicy
+
+AE_TITLE = r"^[A-Za-z0-9_ -]{1,16}$"
+MODALITY = r"^[A-Z]{2}$"
 
 
 class RulesRejected(ValueError):
@@ -37,6 +44,19 @@ class TimeWindow(BaseModel):
         return moment >= self.start or moment < self.end  # crosses midnight
 
 
+class PacsPull(BaseModel):
+    """A scheduled pull: every N minutes, C-FIND then C-MOVE recent studies from a PACS."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    source_aet: str = Field(pattern=AE_TITLE)
+    every_minutes: int = Field(ge=1, le=10080)
+    modalities: list[Annotated[str, Field(pattern=MODALITY)]] = Field(
+        default_factory=list, max_length=16
+    )
+    days_back: int = Field(default=1, ge=0, le=31)
+
+
 class EdgeRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=0)
@@ -45,6 +65,24 @@ class EdgeRules(BaseModel):
     )
     forwarding_enabled: bool = True
     forward_windows: list[TimeWindow] = Field(default_factory=list, max_length=24)
+    bandwidth_limit_mbps: float | None = Field(default=None, gt=0, le=100_000)
+    pacs_pulls: list[PacsPull] = Field(default_factory=list, max_length=16)
+    deliver_pushes_to: str | None = Field(default=None, pattern=AE_TITLE)
+    push_poll_seconds: int = Field(default=10, ge=2, le=3600)
+
+    @model_validator(mode="after")
+    def _unique_pull_names(self) -> EdgeRules:
+        names = [p.name for p in self.pacs_pulls]
+        if len(names) != len(set(names)):
+            raise ValueError("pacs_pulls: each pull needs its own name")
+        return self
+
+    def unknown_modalities(self, known: set[str]) -> list[str]:
+        """AE titles the rules name that this edge has no DicomModalities entry for."""
+        named = [p.source_aet for p in self.pacs_pulls]
+        if self.deliver_pushes_to:
+            named.append(self.deliver_pushes_to)
+        return sorted({aet for aet in named if aet not in known})
 
     @property
     def compression_policy(self) -> CompressionPolicy:
@@ -68,8 +106,14 @@ def _explain(exc: ValidationError) -> str:
 class RulesStore:
     """The rules in force, kept in a JSON file beside the edge's state."""
 
-    def __init__(self, path: Path, default_compression: str = "jpeg-ls-lossless") -> None:
+    def __init__(
+        self,
+        path: Path,
+        default_compression: str = "jpeg-ls-lossless",
+        known_modalities: set[str] | None = None,
+    ) -> None:
         self.path = path
+        self.known_modalities = known_modalities
         self._lock = threading.Lock()
         if path.exists():
             self._rules = EdgeRules.model_validate_json(path.read_text())
@@ -86,6 +130,12 @@ class RulesStore:
             proposed = EdgeRules.model_validate_json(document)
         except ValidationError as exc:
             raise RulesRejected(_explain(exc)) from None
+        if self.known_modalities is not None:
+            unknown = proposed.unknown_modalities(self.known_modalities)
+            if unknown:
+                raise RulesRejected(
+                    f"AE titles not configured on this edge (DicomModalities): {', '.join(unknown)}"
+                )
         with self._lock:
             if proposed.version <= self._rules.version:
                 raise RulesRejected(

@@ -13,6 +13,29 @@ class ForwardingError(PluginError):
     """A study could not be sent to the central archive (the attempt will be retried)."""
 
 
+class ServiceCallError(PluginError):
+    """A call to central or to this edge's own Orthanc failed or was refused.
+
+    `status` is the HTTP status when the service answered, None when it did not.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CentralError(ServiceCallError):
+    """Central did not answer, or refused a request (transfers are retried)."""
+
+
+class LocalOrthancError(ServiceCallError):
+    """This edge's own Orthanc REST API failed a request."""
+
+
+class RetrievalError(PluginError):
+    """A study could not be fetched from central or pulled from a PACS (retried)."""
+
+
 class StorageError(PluginError):
     """Base of storage-area failures (Orthanc answers the caller with an error)."""
 

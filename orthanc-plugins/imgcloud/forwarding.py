@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .errors import ForwardingError
+from .errors import PluginError
 from .forward_queue import ForwardQueue
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class QueueWorker:
         self.queue.mark_sending(study_id)
         try:
             instances, sent = self.deliver(study_id)
-        except ForwardingError as exc:
+        except PluginError as exc:  # central down, refused, unconfirmed: retried later
             delay = self.queue.mark_failed(study_id, str(exc))
             log.warning("study %s not delivered, retry in %.0f s: %s", study_id, delay, exc)
             return True

@@ -24,6 +24,23 @@ CREATE TABLE IF NOT EXISTS imgcloud_instance_sha256 (
 """
 
 
+def central_conninfo(configuration: dict[str, Any]) -> dict[str, Any]:
+    """Connection settings for central's own tables, from its Orthanc PostgreSQL section."""
+    pg = configuration.get("PostgreSQL") or {}
+    if not pg.get("EnableIndex"):
+        raise ConfigurationError(
+            "PostgreSQL.EnableIndex: central needs its PostgreSQL index for its own tables"
+        )
+    return {
+        "host": pg.get("Host", "localhost"),
+        "port": int(pg.get("Port", 5432)),
+        "dbname": pg.get("Database"),
+        "user": pg.get("Username"),
+        "password": pg.get("Password"),
+        "connect_timeout": 10,
+    }
+
+
 class HashRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
         self._conninfo = conninfo
@@ -33,21 +50,7 @@ class HashRegistry:
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> HashRegistry:
-        pg = configuration.get("PostgreSQL") or {}
-        if not pg.get("EnableIndex"):
-            raise ConfigurationError(
-                "PostgreSQL.EnableIndex: central needs its PostgreSQL index for instance hashes"
-            )
-        return cls(
-            {
-                "host": pg.get("Host", "localhost"),
-                "port": int(pg.get("Port", 5432)),
-                "dbname": pg.get("Database"),
-                "user": pg.get("Username"),
-                "password": pg.get("Password"),
-                "connect_timeout": 10,
-            }
-        )
+        return cls(central_conninfo(configuration))
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(**self._conninfo, autocommit=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import time
 from pathlib import Path
 
@@ -21,7 +22,12 @@ JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 @pytest.fixture(scope="module")
 def sent_study(stack: StackClient):
-    study = make_study(4244, "CT", instances=SLICES, institution_code=stack["EDGE_A_INSTITUTION"])
+    study = make_study(
+        random.randrange(100_000, 900_000),  # noqa: S311 - fresh per run
+        "CT",
+        instances=SLICES,
+        institution_code=stack["EDGE_A_INSTITUTION"],
+    )
     result = stack.send_to_edge("A", study.instances())
     assert result.ok, result.failed
     assert result.sent == SLICES
@@ -72,6 +78,36 @@ def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> Non
     assert status["institution"] == stack["EDGE_A_INSTITUTION"]
     assert status["delivered_studies"] >= 1 and status["queue_depth"] == 0
     assert unknown.status_code == 404 and "not been queued" in unknown.text
+
+
+def test_edge_records_the_study_tags_with_patient_data_sealed(
+    stack: StackClient, sent_study
+) -> None:
+    with stack.orthanc("EDGE_A") as edge:
+        study_id = find_study(edge, sent_study.exam.study_instance_uid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            answer = edge.get(f"/imaging-cloud/studies/{study_id}/record")
+            if answer.status_code == 200:
+                break
+            time.sleep(0.5)
+    assert answer.status_code == 200, answer.text
+    record = answer.json()
+    exam, patient = sent_study.exam, sent_study.patient
+    assert record["institution"] == stack["EDGE_A_INSTITUTION"]
+    assert record["accession_number"] == exam.exam_no
+    assert record["study_instance_uid"] == exam.study_instance_uid
+    assert record["modalities"] == ["CT"] and record["body_parts"] == [exam.body_part]
+    assert record["study_date"] == f"{exam.exam_datetime:%Y%m%d}"
+    assert record["instance_count"] == SLICES
+    assert record["patient"]["patient_id"] == patient.mrn
+    assert record["patient"]["patient_name"] == patient.dicom_name
+    raw = b"".join(
+        p.read_bytes() for p in (Path(stack["STACK_DIR"]) / "edge-a").glob("study-records.sqlite*")
+    )
+    assert exam.exam_no.encode() in raw  # the linking tags are readable...
+    for personal in (patient.mrn, patient.dicom_name, f"{patient.birth_date:%Y%m%d}"):
+        assert personal.encode() not in raw  # ...the patient's data is not
 
 
 def test_central_refuses_a_malformed_verification_request(stack: StackClient) -> None:

@@ -72,3 +72,37 @@ def test_invalid_documents_are_refused_and_the_last_good_stays(
         store.replace(document)
     assert store.current.version == 1 and store.current.compression == "jpeg-lossless"
     assert RulesStore(tmp_path / "rules.json").current.version == 1
+
+
+def test_pulls_bandwidth_and_push_target_are_validated(tmp_path: Path) -> None:
+    store = RulesStore(tmp_path / "rules.json", known_modalities={"HOSP_PACS"})
+    rules = store.replace(
+        json.dumps(
+            {
+                "version": 1,
+                "bandwidth_limit_mbps": 50,
+                "pacs_pulls": [
+                    {
+                        "name": "recent",
+                        "source_aet": "HOSP_PACS",
+                        "every_minutes": 10,
+                        "modalities": ["CT", "MR", "DX"],
+                        "days_back": 1,
+                    }
+                ],
+                "deliver_pushes_to": "HOSP_PACS",
+            }
+        )
+    )
+    assert rules.bandwidth_limit_mbps == 50 and rules.pacs_pulls[0].every_minutes == 10
+    with pytest.raises(RulesRejected, match=r"not configured on this edge.*OTHER_PACS"):
+        store.replace(json.dumps({"version": 2, "deliver_pushes_to": "OTHER_PACS"}))
+    with pytest.raises(RulesRejected, match="bandwidth_limit_mbps"):
+        store.replace(json.dumps({"version": 2, "bandwidth_limit_mbps": 0}))
+    with pytest.raises(RulesRejected, match="each pull needs its own name"):
+        pull = {"name": "a", "source_aet": "HOSP_PACS", "every_minutes": 5}
+        store.replace(json.dumps({"version": 2, "pacs_pulls": [pull, pull]}))
+    with pytest.raises(RulesRejected, match=r"pacs_pulls\.0\.modalities\.0"):
+        pull = {"name": "a", "source_aet": "HOSP_PACS", "every_minutes": 5, "modalities": ["ct"]}
+        store.replace(json.dumps({"version": 2, "pacs_pulls": [pull]}))
+    assert store.current.version == 1  # the last good document stays in force

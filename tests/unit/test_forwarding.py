@@ -157,3 +157,27 @@ def test_worker_records_success_and_failure(queue: ForwardQueue, clock: Clock) -
     clock.now += 1
     assert worker.run_once()
     assert queue.status("s1").state == "delivered"  # type: ignore[union-attr]
+
+
+def test_only_what_central_lacks_is_sent() -> None:
+    central, delivery = fake_central()
+    central["1.1"] = b"one"  # already there: a resumed study, or one fetched from central
+    sent_ids: list[list[str]] = []
+    original_send = delivery.send
+
+    def recording_send(ids: list[str]) -> None:
+        sent_ids.append(ids)
+        original_send(ids)
+
+    delivery.send = recording_send  # type: ignore[method-assign]
+    instances, _sent = delivery.deliver("study")
+    assert instances == 3
+    assert sent_ids[0] == ["i2", "i3"]
+    assert central == {"1.1": b"one", "1.2": b"two", "1.3": b"three"}
+
+
+def test_study_central_already_holds_is_not_sent_again() -> None:
+    central, delivery = fake_central()
+    central.update({"1.1": b"one", "1.2": b"two", "1.3": b"three"})
+    delivery.send = lambda ids: pytest.fail(f"sent {ids} although central holds them")  # type: ignore[method-assign]
+    assert delivery.deliver("study") == (3, 0)

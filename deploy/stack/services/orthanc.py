@@ -20,12 +20,8 @@ from .base import Service, http_health
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
-# Calling AE titles a hospital's edge accepts C-STORE from in the local stack: the demo
-# modality simulator and a stand-in for the hospital PACS (both on loopback).
-LOCAL_MODALITIES = {
-    "demo-ct": ["DEMO_CT", "127.0.0.1", 11112],
-    "hospital-pacs": ["HOSP_PACS", "127.0.0.1", 11113],
-}
+HOSPITAL_PACS_AET = "HOSP_PACS"
+DEMO_MODALITY_AET = "DEMO_CT"
 EDGE_STABLE_AGE_S = 3  # the static config's 60 s suits hospitals; the local stack is faster.
 
 
@@ -206,7 +202,7 @@ class EdgeOrthanc(OrthancService):
                 str(plugins / "libOrthancDicomWeb.so"),
             ],
             "PythonScript": str(self.ctx.settings.repo_root / "orthanc-plugins/edge_plugin.py"),
-            "DicomModalities": LOCAL_MODALITIES,
+            "DicomModalities": self.local_modalities(),
             "OrthancPeers": {
                 "central": {"Url": central.url + "/", "Username": user, "Password": password}
             },
@@ -214,6 +210,7 @@ class EdgeOrthanc(OrthancService):
             "ImagingCloud": {
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
+                "HospitalPacs": HOSPITAL_PACS_AET,
                 # Hospitals keep the static 300 s cap; the local stack recovers faster.
                 "ForwardRetryMaxSeconds": 20,
                 "Storage": {
@@ -222,6 +219,16 @@ class EdgeOrthanc(OrthancService):
                     "Filesystem": {"Root": str(self.home / "objects")},
                 },
             },
+        }
+
+    def local_modalities(self) -> dict[str, list[Any]]:
+        """The AE titles this edge talks to in the local stack, all on loopback: the demo
+        modality simulator (it only sends) and the hospital PACS stand-in, which sends,
+        answers C-FIND/C-MOVE and receives pushed and fetched-back studies."""
+        pacs_port = self.ctx.ports[f"hospital_pacs_{self.letter.lower()}"]
+        return {
+            DEMO_MODALITY_AET: [DEMO_MODALITY_AET, "127.0.0.1", 104],
+            HOSPITAL_PACS_AET: [HOSPITAL_PACS_AET, "127.0.0.1", pacs_port],
         }
 
     def dicom_tls_config(self) -> dict[str, Any]:

@@ -95,6 +95,27 @@ class EncryptedArchive:
         )
         self.store.put(key, blob)
 
+    # Small records outside Orthanc's attachments (e.g. the edge's study records) are sealed
+    # with the same key ring, bound to their own name and a type Orthanc never uses.
+    RECORD_TYPE = 0x7F00
+
+    def seal_record(self, data: bytes, name: str) -> bytes:
+        return seal(
+            data,
+            object_key=f"record/{name}",
+            attachment_type=self.RECORD_TYPE,
+            ring=self.keys.get(),
+            algorithm=self.algorithm,
+        )
+
+    def open_record(self, blob: bytes, name: str) -> bytes:
+        return open_sealed(
+            blob,
+            object_key=f"record/{name}",
+            attachment_type=self.RECORD_TYPE,
+            ring=self.keys.get(force=True),
+        )
+
     def read(self, attachment_uuid: str, content_type: int) -> bytes:
         key = object_key(self.prefix, attachment_uuid, content_type)
         blob = self.store.get(key)

@@ -1,0 +1,198 @@
+"""Cross-hospital pushes (跨院推送), recorded at central in PostgreSQL.
+
+Hospital A asks central to send a study to hospital B. Central never connects into a
+hospital: it records the push, B's edge polls for pending pushes, claims one, pulls the
+study and C-STOREs it to B's PACS, then reports the outcome. Both hospitals read the state.
+
+    pending -> claimed -> delivered
+                       -> failed -> claimed (B retries) ...
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from .errors import PluginError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS imgcloud_pushes (
+    push_id             UUID PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,
+    from_institution    TEXT NOT NULL,
+    to_institution      TEXT NOT NULL,
+    deliver_to          TEXT,
+    requested_by        TEXT,
+    state               TEXT NOT NULL,
+    detail              TEXT,
+    instances           INTEGER,
+    created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    delivered_at        TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS imgcloud_pushes_to_state ON imgcloud_pushes (to_institution, state);
+"""
+TRANSITIONS = {
+    "pending": {"claimed"},
+    "claimed": {"claimed", "delivered", "failed"},  # re-claim after the edge restarted
+    "failed": {"claimed"},
+    "delivered": set(),
+}
+_INSTITUTION = re.compile(r"^[A-Z0-9]{2,16}$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_AET = re.compile(r"^[A-Za-z0-9_ -]{1,16}$")
+
+
+class PushRejected(PluginError):
+    """The request is invalid or not allowed now; `status` is the HTTP answer to give."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def validate_request(body: Any) -> dict[str, Any]:
+    """A push request: study UID, from and to institution codes, optional target AE."""
+    if not isinstance(body, dict):
+        raise PushRejected("body must be a JSON object")
+    problems = []
+    uid = body.get("study_instance_uid")
+    if not isinstance(uid, str) or not _UID.match(uid) or len(uid) > 64:
+        problems.append("study_instance_uid: must be a DICOM UID")
+    for field in ("from_institution", "to_institution"):
+        value = body.get(field)
+        if not isinstance(value, str) or not _INSTITUTION.match(value):
+            problems.append(f"{field}: must be an institution code (2-16 A-Z, 0-9)")
+    if body.get("from_institution") == body.get("to_institution"):
+        problems.append("to_institution: must differ from from_institution")
+    target = body.get("deliver_to")
+    if target is not None and (not isinstance(target, str) or not _AET.match(target)):
+        problems.append("deliver_to: must be an AE title (1-16 characters)")
+    if problems:
+        raise PushRejected("; ".join(problems), 422)
+    return {
+        "study_instance_uid": uid,
+        "from_institution": body["from_institution"],
+        "to_institution": body["to_institution"],
+        "deliver_to": target,
+        "requested_by": str(body.get("requested_by") or "")[:128] or None,
+    }
+
+
+def check_transition(current: str, proposed: Any) -> str:
+    if proposed not in TRANSITIONS:
+        raise PushRejected(f"state: must be one of {', '.join(TRANSITIONS)}", 422)
+    if proposed not in TRANSITIONS[current]:
+        raise PushRejected(f"a push that is {current} cannot become {proposed}", 409)
+    return str(proposed)
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["push_id"] = str(out["push_id"])
+    for key in ("created_at", "updated_at", "delivered_at"):
+        if out.get(key) is not None:
+            out[key] = out[key].isoformat()
+    return out
+
+
+class PushRegistry:
+    def __init__(self, conninfo: dict[str, Any]) -> None:
+        self._conninfo = conninfo
+        self._local = threading.local()
+        with psycopg.connect(**conninfo, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+
+    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = psycopg.connect(
+                **self._conninfo, autocommit=True, row_factory=dict_row
+            )
+        return conn
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            self._local.conn = None
+            raise PluginError(f"push registry unavailable: {type(exc).__name__}") from exc
+
+    def create(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Record a push; an open push of the same study to the same place is reused."""
+        open_push = self._run(
+            """SELECT * FROM imgcloud_pushes WHERE study_instance_uid = %s
+               AND to_institution = %s AND state IN ('pending', 'claimed')
+               ORDER BY created_at LIMIT 1""",
+            (request["study_instance_uid"], request["to_institution"]),
+        )
+        if open_push:
+            return _public(open_push[0]), False
+        row = self._run(
+            """INSERT INTO imgcloud_pushes (push_id, study_instance_uid, from_institution,
+                   to_institution, deliver_to, requested_by, state)
+               VALUES (%s, %s, %s, %s, %s, %s, 'pending') RETURNING *""",
+            (
+                uuid.uuid4(),
+                request["study_instance_uid"],
+                request["from_institution"],
+                request["to_institution"],
+                request["deliver_to"],
+                request["requested_by"],
+            ),
+        )
+        return _public(row[0]), True
+
+    def get(self, push_id: str) -> dict[str, Any] | None:
+        try:
+            key = uuid.UUID(push_id)
+        except ValueError:
+            return None
+        rows = self._run("SELECT * FROM imgcloud_pushes WHERE push_id = %s", (key,))
+        return _public(rows[0]) if rows else None
+
+    def list(self, to_institution: str, state: str | None, limit: int = 100) -> list[dict]:
+        if state is not None and state not in TRANSITIONS:
+            raise PushRejected(f"state: must be one of {', '.join(TRANSITIONS)}", 422)
+        rows = self._run(
+            """SELECT * FROM imgcloud_pushes WHERE to_institution = %s
+               AND (%s::text IS NULL OR state = %s) ORDER BY created_at LIMIT %s""",
+            (to_institution, state, state, limit),
+        )
+        return [_public(r) for r in rows]
+
+    def change(self, push_id: str, body: Any) -> dict[str, Any]:
+        """Apply a state report from the receiving hospital's edge."""
+        push = self.get(push_id)
+        if push is None:
+            raise PushRejected("no such push", 404)
+        if not isinstance(body, dict):
+            raise PushRejected("body must be a JSON object")
+        if body.get("institution") != push["to_institution"]:
+            raise PushRejected("only the receiving institution reports on a push", 403)
+        state = check_transition(push["state"], body.get("state"))
+        instances = body.get("instances")
+        if instances is not None and (not isinstance(instances, int) or instances < 0):
+            raise PushRejected("instances: must be a count", 422)
+        rows = self._run(
+            """UPDATE imgcloud_pushes SET state = %s, detail = %s,
+                   instances = COALESCE(%s, instances), updated_at = now(),
+                   delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END
+               WHERE push_id = %s AND state = %s RETURNING *""",
+            (
+                state,
+                str(body.get("detail") or "")[:500] or None,
+                instances,
+                state,
+                uuid.UUID(push_id),
+                push["state"],
+            ),
+        )
+        if not rows:
+            raise PushRejected("the push changed meanwhile; read it and retry", 409)
+        return _public(rows[0])
