@@ -1,5 +1,6 @@
 """The main job on sample data: a simulated CT modality sends a study to hospital A's edge,
-the edge forwards it to the central archive, and we print where to look.
+the edge forwards it to the central archive, hospital A pushes it to hospital B, whose edge
+collects it from central and delivers it to B's PACS (a stand-in), and we print where to look.
 
 Run by `make demo` after `make up`.
 """
@@ -10,6 +11,7 @@ import functools
 import sys
 import time
 
+from deploy.samples.pacs import HospitalPacs
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, wait_for_instances
 from deploy.stack.settings import StackSettings
@@ -50,6 +52,8 @@ def main() -> int:
         f"demo: all {DEMO_SLICES} instances are at central after "
         f"{time.monotonic() - started:.1f} s\n"
     )
+    if push_to_b(stack, exam.study_instance_uid, DEMO_SLICES) != 0:
+        return 1
     gw = stack["GATEWAY_URL"]
     print("Where to look:")
     print(f"  Viewer (OHIF)     {gw}/viewer?StudyInstanceUIDs={exam.study_instance_uid}")
@@ -67,6 +71,38 @@ def main() -> int:
         f"  CA certificate    {stack['CA_CERT']}  (import it in the browser to trust the gateway)"
     )
     print(f"  All settings      {settings.stack_env}")
+    return 0
+
+
+def push_to_b(stack: StackClient, study_uid: str, count: int) -> int:
+    """跨院推送: A pushes the study to B; B's edge polls central and C-STOREs it to B's PACS."""
+    pacs = HospitalPacs(
+        aet=stack["EDGE_B_PACS_AET"],
+        port=int(stack["EDGE_B_PACS_PORT"]),
+    )
+    started = time.monotonic()
+    with pacs, stack.orthanc("EDGE_A") as edge_a:
+        answer = edge_a.post(
+            "/imaging-cloud/pushes",
+            json={"study_instance_uid": study_uid, "to_institution": stack["EDGE_B_INSTITUTION"]},
+        )
+        if answer.status_code != 200:
+            print(f"demo: the push was refused: {answer.text}", file=sys.stderr)
+            return 1
+        push_id = answer.json()["push_id"]
+        print(f"demo: pushed to hospital {stack['EDGE_B_INSTITUTION']} (push {push_id})")
+        state = "pending"
+        while time.monotonic() - started < 180 and state not in ("delivered", "failed"):
+            time.sleep(1)
+            state = edge_a.get(f"/imaging-cloud/pushes/{push_id}").json()["state"]
+        received = sum(1 for ds in pacs.received if str(ds.StudyInstanceUID) == study_uid)
+    if state != "delivered" or received != count:
+        print(f"demo: push {state}, B's PACS received {received} of {count}", file=sys.stderr)
+        return 1
+    print(
+        f"demo: hospital B's PACS received all {received} instances "
+        f"{time.monotonic() - started:.1f} s after the push\n"
+    )
     return 0
 
 

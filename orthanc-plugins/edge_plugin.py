@@ -75,11 +75,12 @@ def _on_received(dicom, origin):
 SELF_URL = f"http://127.0.0.1:{CONFIGURATION.get('HttpPort', 8042)}"
 SELF_AUTH = next(iter((CONFIGURATION.get("RegisteredUsers") or {"": ""}).items()))
 LOCAL = LocalOrthanc(SELF_URL, SELF_AUTH, CONFIGURATION.get("DicomAet", "ORTHANC"))
-CENTRAL = CentralApi(PEER_URL, PEER_AUTH)
+# An https peer is verified against Orthanc's own CA bundle setting (the hospital's CA).
+CENTRAL = CentralApi(PEER_URL, PEER_AUTH, verify=CONFIGURATION.get("HttpsCACertificates") or True)
 KNOWN_MODALITIES = set(CONFIGURATION.get("DicomModalities") or {})
 RULES.known_modalities = KNOWN_MODALITIES
 LIMITER = RateLimiter(lambda: mbps_to_bytes_per_s(RULES.current.bandwidth_limit_mbps))
-SEND_THREADS = 4  # uploads in flight: hides central's per-instance store latency
+SEND_THREADS = 6  # uploads in flight: hides central's per-instance store latency
 
 # Test hook: corrupt the first N uploads after they were hashed, as a bad link would, so
 # the integration tests can prove central detects it and the edge resends. Never set in a
@@ -101,15 +102,18 @@ def _in_transit(data: bytes) -> bytes:
     return data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
 
 
-def _send_one(instance_id: str) -> None:
-    data = LOCAL.read_instance(instance_id)
+def _send_one(item: tuple[str, bytes | None]) -> int:
+    instance_id, data = item
+    if data is None:
+        data = LOCAL.read_instance(instance_id)
     LIMITER.acquire(len(data))
     CENTRAL.store(_in_transit(data))
+    return len(data)
 
 
-def _send(instance_ids: list[str]) -> None:
+def _send(items: list[tuple[str, bytes | None]]) -> int:
     with ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="imgcloud-send") as pool:
-        list(pool.map(_send_one, instance_ids))  # the first failure propagates
+        return sum(pool.map(_send_one, items))  # the first failure propagates
 
 
 RECORDS = RecordStore(
@@ -117,7 +121,10 @@ RECORDS = RecordStore(
     ARCHIVE.seal_record,
     ARCHIVE.open_record,
 )
-DELIVERY = StudyDelivery(LOCAL.list_instances, LOCAL.read_instance, _send, CENTRAL.verify)
+QUEUE = ForwardQueue(Path(str(CONFIG.queue_file)), retry_max_s=CONFIG.forward_retry_max_s)
+DELIVERY = StudyDelivery(
+    LOCAL.list_instances, LOCAL.read_instance, _send, CENTRAL.verify, cache=QUEUE
+)
 
 
 def _record_and_deliver(study_id: str) -> tuple[int, int]:
@@ -129,11 +136,11 @@ def _record_and_deliver(study_id: str) -> tuple[int, int]:
     return DELIVERY.deliver(study_id)
 
 
-QUEUE = ForwardQueue(Path(str(CONFIG.queue_file)), retry_max_s=CONFIG.forward_retry_max_s)
 WORKER = QueueWorker(
     QUEUE,
     _record_and_deliver,
     may_forward=lambda: RULES.current.may_forward(dt.datetime.now()),  # the edge's local time
+    is_stable=LOCAL.is_stable,
 )
 JOBS = JobQueue(
     Path(str(CONFIG.queue_file)).with_name("jobs.sqlite"),
@@ -162,7 +169,14 @@ RETRIEVER = RetrievalWorker(
 
 
 def _on_change(change_type, level, resource_id):
-    if change_type == orthanc.ChangeType.STABLE_STUDY:
+    if change_type == orthanc.ChangeType.NEW_INSTANCE:
+        # Stream: the study is queued (durably) at its first instance and goes to central
+        # while the modality is still sending; each arrival marks it to go again.
+        QUEUE.forget_instance(resource_id)
+        study = json.loads(orthanc.RestApiGet(f"/instances/{resource_id}/study"))
+        QUEUE.enqueue(study["ID"])
+        WORKER.notify()
+    elif change_type == orthanc.ChangeType.STABLE_STUDY:
         QUEUE.enqueue(resource_id)
         WORKER.notify()
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:

@@ -77,8 +77,11 @@ def ensure_pki(pki_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def issue_leaf(pki_dir: Path, name: str, common_name: str) -> tuple[Path, Path]:
-    """A certificate (server and client use, SAN 127.0.0.1/localhost) signed by the CA.
+def issue_leaf(
+    pki_dir: Path, name: str, common_name: str, extra_ips: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """A certificate (server and client use, SAN 127.0.0.1/localhost + extra_ips) signed
+    by the CA.
 
     Created once; returns (certificate, key) paths.
     """
@@ -100,7 +103,10 @@ def issue_leaf(pki_dir: Path, name: str, common_name: str) -> tuple[Path, Path]:
         .not_valid_after(now + dt.timedelta(days=397))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName("localhost"),
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *extra_ips)),
+                ]
             ),
             critical=False,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .errors import ForwardingError
 
@@ -22,47 +23,91 @@ class Verification:
     mismatched: set[str] = field(default_factory=set)
 
 
+class HashCache(Protocol):
+    """What the edge already knows of a study's instances: hash, and whether confirmed."""
+
+    def known(self, study_id: str) -> dict[str, tuple[str, str, bool]]: ...  # iid -> sop, sha, ok
+    def remember(self, study_id: str, rows: list[tuple[str, str, str]]) -> None: ...
+    def confirm(self, instance_ids: list[str]) -> None: ...
+
+
+class NoCache:
+    def known(self, study_id: str) -> dict[str, tuple[str, str, bool]]:
+        return {}
+
+    def remember(self, study_id: str, rows: list[tuple[str, str, str]]) -> None:
+        pass
+
+    def confirm(self, instance_ids: list[str]) -> None:
+        pass
+
+
 @dataclass
 class StudyDelivery:
     # study ID -> [(instance ID, SOP Instance UID)]
     list_instances: Callable[[str], list[tuple[str, str]]]
     read_instance: Callable[[str], bytes]  # instance ID -> the DICOM file as stored here
-    send: Callable[[list[str]], None]  # instance IDs -> peer store to central
+    # (instance ID, its bytes if still held, else None) -> bytes uploaded to central
+    send: Callable[[list[tuple[str, bytes | None]]], int]
     verify: Callable[[dict[str, str]], Verification]  # SOP UID -> SHA-256
+    cache: HashCache = field(default_factory=NoCache)
     rounds: int = 3
+    # Instances read for hashing are kept for sending, up to this many bytes per round
+    # (a compressed CT is ~40 MB); beyond it they are read again when sent.
+    keep_bytes: int = 256 * 1024 * 1024
 
     def deliver(self, study_id: str) -> tuple[int, int]:
-        """Send and confirm a study; returns (instances, bytes sent)."""
+        """Send and confirm what the edge holds of a study; returns (instances, bytes sent).
+
+        Called again as more instances arrive: instances already confirmed are skipped
+        without reading them, so a study streamed in many rounds is hashed once.
+        """
         instances = self.list_instances(study_id)
         if not instances:
             raise ForwardingError(f"study {study_id} has no instances on this edge")
-        hashes: dict[str, str] = {}
+        known = self.cache.known(study_id)
+        todo: dict[str, str] = {}  # SOP UID -> SHA-256, not yet confirmed by central
         by_sop: dict[str, str] = {}
-        sizes: dict[str, int] = {}
+        kept: dict[str, bytes] = {}
+        fresh: list[tuple[str, str, str]] = []
+        held = 0
         for instance_id, sop_uid in instances:
-            data = self.read_instance(instance_id)
-            sizes[sop_uid] = len(data)
-            hashes[sop_uid] = hashlib.sha256(data).hexdigest()
             by_sop[sop_uid] = instance_id
+            entry = known.get(instance_id)
+            if entry is not None and entry[0] == sop_uid:
+                if not entry[2]:
+                    todo[sop_uid] = entry[1]
+                continue
+            data = self.read_instance(instance_id)
+            todo[sop_uid] = hashlib.sha256(data).hexdigest()
+            fresh.append((instance_id, sop_uid, todo[sop_uid]))
+            if held + len(data) <= self.keep_bytes:
+                kept[sop_uid] = data
+                held += len(data)
+        self.cache.remember(study_id, fresh)
+        if not todo:
+            return len(instances), 0
         # Ask first: after a crash or an outage central may hold part of the study, and a
         # study this edge fetched from central is already there in full. Only what central
         # lacks (or holds with another hash) is sent.
-        result = self.verify(hashes)
+        result = self.verify(todo)
         pending = sorted(result.missing | result.mismatched)
         sent_bytes = 0
         for _ in range(self.rounds):
-            if not pending and result.confirmed >= set(hashes):
-                return len(instances), sent_bytes
-            self.send([by_sop[s] for s in pending])
-            sent_bytes += sum(sizes[s] for s in pending)
-            result = self.verify(hashes)
+            if not pending and result.confirmed >= set(todo):
+                break
+            # a resend reads again: what is held may be what went wrong
+            sent_bytes += self.send([(by_sop[s], kept.pop(s, None)) for s in pending])
+            result = self.verify(todo)
             pending = sorted(result.missing | result.mismatched)
-        if not pending and result.confirmed >= set(hashes):
-            return len(instances), sent_bytes
-        raise ForwardingError(
-            f"study {study_id}: {len(pending)} of {len(hashes)} instances not confirmed by "
-            f"central after {self.rounds} rounds"
-        )
+        if pending or not result.confirmed >= set(todo):
+            self.cache.confirm([by_sop[s] for s in result.confirmed])
+            raise ForwardingError(
+                f"study {study_id}: {len(pending)} of {len(todo)} instances not confirmed by "
+                f"central after {self.rounds} rounds"
+            )
+        self.cache.confirm([by_sop[s] for s in todo])
+        return len(instances), sent_bytes
 
 
 def verify_against(

@@ -20,10 +20,12 @@ class QueueWorker:
         queue: ForwardQueue,
         deliver: Callable[[str], tuple[int, int]],
         may_forward: Callable[[], bool] = lambda: True,
+        is_stable: Callable[[str], bool] = lambda _study_id: True,
     ) -> None:
         self.queue = queue
         self.deliver = deliver
         self.may_forward = may_forward  # the rules' switch and time windows
+        self.is_stable = is_stable  # no instance for a while: what is here is the study
         self._wake = threading.Event()
         self._stopping = False
 
@@ -39,13 +41,19 @@ class QueueWorker:
             return False
         self.queue.mark_sending(study_id)
         try:
+            stable = self.is_stable(study_id)  # asked first: later arrivals set 'dirty'
             instances, sent = self.deliver(study_id)
         except PluginError as exc:  # central down, refused, unconfirmed: retried later
             delay = self.queue.mark_failed(study_id, str(exc))
             log.warning("study %s not delivered, retry in %.0f s: %s", study_id, delay, exc)
             return True
-        self.queue.mark_delivered(study_id, instances, sent)
-        log.info("study %s delivered: %d instances confirmed by central", study_id, instances)
+        self.queue.mark_delivered(study_id, instances, sent, complete=stable)
+        log.info(
+            "study %s %s: %d instances confirmed by central",
+            study_id,
+            "delivered" if stable else "partly delivered",
+            instances,
+        )
         return True
 
     def run_forever(self, idle_wait_s: float = 1.0) -> None:
@@ -60,6 +68,7 @@ class QueueWorker:
                 self._wake.clear()
 
     def start(self) -> threading.Thread:
+        self.queue.requeue_partial()
         thread = threading.Thread(target=self.run_forever, name="imgcloud-forwarder", daemon=True)
         thread.start()
         return thread

@@ -62,6 +62,9 @@ class LocalOrthanc:
     def study_tags(self, study_id: str) -> dict[str, Any]:
         return self._call("GET", f"/studies/{study_id}", "read a study").json()
 
+    def is_stable(self, study_id: str) -> bool:
+        return bool(self.study_tags(study_id).get("IsStable", False))
+
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/studies/{study_id}/series", "read series").json()
 

@@ -13,6 +13,8 @@ from deploy.samples import modality
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, find_study
 
+from .fresh import fresh_seed
+
 
 def echo(stack: StackClient, tls: ssl.SSLContext | None) -> bool:
     ae = AE(ae_title="DEMO_CT")
@@ -38,7 +40,7 @@ def test_mutual_tls_c_echo_and_c_store(stack: StackClient) -> None:
         stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
     )
     assert echo(stack, tls)
-    study = make_study(8101, "DX", institution_code=stack["EDGE_B_INSTITUTION"])
+    study = make_study(fresh_seed(), "DX", institution_code=stack["EDGE_B_INSTITUTION"])
     result = modality.send(
         study.instances(),
         host="127.0.0.1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import random
 import time
 
 import pydicom
@@ -25,8 +26,12 @@ def current_rules(stack: StackClient) -> dict:
         return edge.get("/imaging-cloud/rules").json()
 
 
+# Fresh studies per run, so a rerun against a reused stack (STACK_ENV) proves the same.
+RUN = random.randrange(10_000, 90_000) * 10  # noqa: S311 - not a secret
+
+
 def send(stack: StackClient, seed: int) -> str:
-    study = make_study(seed, "DX", institution_code=stack["EDGE_A_INSTITUTION"])
+    study = make_study(RUN + seed % 10, "DX", institution_code=stack["EDGE_A_INSTITUTION"])
     result = stack.send_to_edge("A", study.instances())
     assert result.ok
     return study.exam.study_instance_uid

@@ -16,6 +16,8 @@ from deploy.samples import modality
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 
+from .fresh import fresh_seed
+
 SLICES = 12
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
@@ -135,7 +137,9 @@ def test_edge_keeps_its_copy_encrypted_on_disk(stack: StackClient, sent_study) -
 
 def test_sm4_edge_forwards_to_central(stack: StackClient) -> None:
     """Hospital B's edge stores with SM4-GCM (GB/T 39786) and still forwards intact pixels."""
-    study = make_study(4343, "MR", instances=3, institution_code=stack["EDGE_B_INSTITUTION"])
+    study = make_study(
+        fresh_seed(), "MR", instances=3, institution_code=stack["EDGE_B_INSTITUTION"]
+    )
     result = stack.send_to_edge("B", study.instances())
     assert result.ok, result.failed
     with stack.orthanc("CENTRAL_ORTHANC") as central:

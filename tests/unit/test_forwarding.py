@@ -83,13 +83,16 @@ def fake_central() -> tuple[dict[str, bytes], StudyDelivery]:
     central: dict[str, bytes] = {}
     state = {"corrupt_next": {"1.2"}}
 
-    def send(ids: list[str]) -> None:
-        for iid in ids:
-            data = files[iid]
+    def send(items: list[tuple[str, bytes | None]]) -> int:
+        sent = 0
+        for iid, held in items:
+            data = held if held is not None else files[iid]
+            sent += len(data)
             if sops[iid] in state["corrupt_next"]:
                 state["corrupt_next"].discard(sops[iid])
                 data = b"X" + data[1:]  # corrupted in transit, once
             central.setdefault(sops[iid], data)  # central stores an SOP instance once
+        return sent
 
     def verify(hashes: dict[str, str]) -> Verification:
         def recorded(sop: str) -> str | None:
@@ -119,7 +122,7 @@ def test_never_confirmed_study_raises_after_bounded_rounds() -> None:
     delivery = StudyDelivery(
         list_instances=lambda _s: [("i1", "1.1")],
         read_instance=lambda _i: b"data",
-        send=lambda _ids: None,
+        send=lambda _items: 0,
         verify=lambda h: Verification(missing=set(h)),
         rounds=2,
     )
@@ -165,9 +168,9 @@ def test_only_what_central_lacks_is_sent() -> None:
     sent_ids: list[list[str]] = []
     original_send = delivery.send
 
-    def recording_send(ids: list[str]) -> None:
-        sent_ids.append(ids)
-        original_send(ids)
+    def recording_send(items: list[tuple[str, bytes | None]]) -> int:
+        sent_ids.append([iid for iid, _ in items])
+        return original_send(items)
 
     delivery.send = recording_send  # type: ignore[method-assign]
     instances, _sent = delivery.deliver("study")
@@ -179,5 +182,109 @@ def test_only_what_central_lacks_is_sent() -> None:
 def test_study_central_already_holds_is_not_sent_again() -> None:
     central, delivery = fake_central()
     central.update({"1.1": b"one", "1.2": b"two", "1.3": b"three"})
-    delivery.send = lambda ids: pytest.fail(f"sent {ids} although central holds them")  # type: ignore[method-assign]
+    delivery.send = lambda items: pytest.fail(f"sent {items} although central holds them")  # type: ignore[method-assign]
     assert delivery.deliver("study") == (3, 0)
+
+
+def test_instances_read_for_hashing_are_sent_without_a_second_read() -> None:
+    central, delivery = fake_central()
+    rounds: list[list[tuple[str, bool]]] = []
+    original_send = delivery.send
+
+    def recording_send(items: list[tuple[str, bytes | None]]) -> int:
+        rounds.append([(iid, held is not None) for iid, held in items])
+        return original_send(items)
+
+    delivery.send = recording_send  # type: ignore[method-assign]
+    delivery.deliver("study")
+    # first round: the bytes read for hashing go out as they are; the resend of the
+    # instance corrupted in transit ("i2") reads it again, as held bytes may be the fault
+    assert rounds == [[("i1", True), ("i2", True), ("i3", True)], [("i2", False)]]
+    assert central == {"1.1": b"one", "1.2": b"two", "1.3": b"three"}
+
+
+def test_large_studies_are_not_held_in_memory() -> None:
+    _central, delivery = fake_central()
+    delivery.keep_bytes = 4  # room for "one" only
+    held: list[bool] = []
+    original_send = delivery.send
+
+    def recording_send(items: list[tuple[str, bytes | None]]) -> int:
+        held.extend(data is not None for _, data in items)
+        return original_send(items)
+
+    delivery.send = recording_send  # type: ignore[method-assign]
+    delivery.deliver("study")
+    assert held[:3] == [True, False, False]
+
+
+def test_streamed_study_is_hashed_once_and_only_new_instances_go(
+    queue: ForwardQueue,
+) -> None:
+    """Rounds as instances keep arriving: confirmed ones are neither read nor sent again."""
+    central, delivery = fake_central()
+    delivery.cache = queue
+    everything = delivery.list_instances("s")
+    arrived = everything[:1]
+    delivery.list_instances = lambda _s: list(arrived)  # type: ignore[method-assign]
+    reads: list[str] = []
+    original_read = delivery.read_instance
+
+    def counting_read(iid: str) -> bytes:
+        reads.append(iid)
+        return original_read(iid)
+
+    delivery.read_instance = counting_read  # type: ignore[method-assign]
+    assert delivery.deliver("s") == (1, 3)
+    arrived.extend(everything[1:])
+    instances, _ = delivery.deliver("s")  # "1.2" is corrupted in transit once, and resent
+    assert instances == 3 and sorted(reads) == ["i1", "i2", "i3"]
+    assert delivery.deliver("s") == (3, 0)  # all confirmed: nothing read, nothing sent
+    assert sorted(reads) == ["i1", "i2", "i3"]
+    assert central == {"1.1": b"one", "1.2": b"two", "1.3": b"three"}
+    queue.forget_instance("i3")  # re-stored here, perhaps with other bytes: hashed again
+    delivery.deliver("s")
+    assert sorted(reads) == ["i1", "i2", "i3", "i3"]
+
+
+def test_instance_arriving_while_sending_sends_the_study_again(queue: ForwardQueue) -> None:
+    queue.enqueue("s1")
+    queue.mark_sending("s1")
+    queue.enqueue("s1")  # a new instance arrived meanwhile
+    queue.mark_delivered("s1", 1, 10)
+    assert queue.status("s1").state == "queued"  # type: ignore[union-attr]
+    assert queue.next_due() == "s1"
+    queue.mark_sending("s1")
+    queue.mark_delivered("s1", 2, 10)
+    assert queue.status("s1").state == "delivered"  # type: ignore[union-attr]
+
+
+def test_arrivals_do_not_cut_short_the_backoff_of_a_failing_study(
+    queue: ForwardQueue, clock: Clock
+) -> None:
+    queue.enqueue("s1")
+    queue.mark_failed("s1", "central down")
+    queue.enqueue("s1")  # instances keep streaming in during the outage
+    assert queue.next_due() is None
+    clock.now += 1
+    assert queue.next_due() == "s1"
+
+
+def test_study_still_arriving_is_partial_until_stable_and_survives_a_restart(
+    tmp_path: Path, clock: Clock
+) -> None:
+    queue = ForwardQueue(tmp_path / "q.sqlite", clock=clock)
+    stable = {"s1": False}
+    worker = QueueWorker(queue, lambda _s: (2, 20), is_stable=lambda s: stable[s])
+    queue.enqueue("s1")
+    assert worker.run_once()
+    status = queue.status("s1")
+    assert status is not None and status.state == "partial"
+    assert queue.counters()["queue_depth"] == 1  # still in progress for monitoring
+    assert queue.next_due() is None  # waits for more instances or the stable event
+    queue.close()
+    restarted = ForwardQueue(tmp_path / "q.sqlite", clock=clock)
+    worker = QueueWorker(restarted, lambda _s: (3, 10), is_stable=lambda s: True)
+    restarted.requeue_partial()  # done by start()
+    assert worker.run_once()
+    assert restarted.status("s1").state == "delivered"  # type: ignore[union-attr]
