@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,25 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = 5
     # Public base URL of the HTTPS gateway, used to build DICOMweb and viewer links.
     gateway_url: str = "https://127.0.0.1"
+    # Keys for personal data: {"key_id", "algorithm": "aes-256-gcm"|"sm4-gcm",
+    # "encryption_key": base64 (32 bytes; 16 for SM4), "blind_index_key": base64 (32 bytes)}
+    pii_key_file: Path = Field(description="JSON key file for personal data (mode 0600)")
+    # OpenID Connect (Keycloak): tokens are checked against the realm's signing keys.
+    oidc_issuer: str = Field(description="the realm's issuer, as written in its tokens")
+    oidc_jwks_url: str = Field(description="where the indexer fetches the realm's public keys")
+    oidc_audience: str = "imaging-cloud-api"
+    oidc_timeout_s: float = 5.0
+    # The regional health information platform that issues master index IDs. Empty: the
+    # built-in implementation (routes under /platform/ of this service) is used.
+    platform_url: str = ""
+    platform_key: SecretStr = Field(
+        default=SecretStr(""), description="HMAC key of the built-in master-index generator"
+    )
+    platform_timeout_s: float = 5.0
+    platform_retry_max_s: float = 300.0
+    # Requests larger than this are refused (bulk intake included).
+    max_body_bytes: int = 16 * 1024 * 1024
+    bulk_max_records: int = 5000
 
 
 @lru_cache(maxsize=1)

@@ -23,11 +23,11 @@ def get_engine() -> Engine:
 
 
 @lru_cache(maxsize=1)
-def _session_factory() -> sessionmaker[Session]:
+def session_factory() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
 
 def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request."""
-    with _session_factory()() as session:
+    """FastAPI dependency: one session per request (rolled back unless committed)."""
+    with session_factory()() as session:
         yield session

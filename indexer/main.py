@@ -1,22 +1,62 @@
 """The indexer's FastAPI application."""
 
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from . import __doc__ as description
-from .api.routes import health
+from .api.deps import get_pii
+from .api.errors import BodyLimit, install
+from .api.routes import health, images, lookup, records
+from .config import get_settings
+from .db import session_factory
+from .services.platform import BuiltInPlatform, HttpPlatform, MasterIndexPlatform, MasterIndexQueue
+
+
+def platform_from_settings() -> MasterIndexPlatform:
+    settings = get_settings()
+    if settings.platform_url:
+        return HttpPlatform(settings.platform_url, settings.platform_timeout_s)
+    return BuiltInPlatform(settings.platform_key.get_secret_value().encode())
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    app.state.settings = settings
+    queue = MasterIndexQueue(
+        session_factory(),
+        platform_from_settings(),
+        get_pii(),
+        retry_max_s=settings.platform_retry_max_s,
+    )
+    app.state.master_index = queue
+    queue.start()
+    try:
+        yield
+    finally:
+        queue.stop()
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
         title="Imaging cloud indexer",
         description=description or "",
-        version="0.1.0",
-        root_path="",
+        version="0.2.0",
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
+    install(app)
     app.include_router(health.router, prefix="/api")
+    app.include_router(records.router, prefix="/api")
+    app.include_router(images.router, prefix="/api")
+    app.include_router(lookup.router, prefix="/api")
+    app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app
 
 

@@ -20,6 +20,7 @@ SECRET_NAMES = (
     "demo_radiologist_a",
     "demo_radiologist_b",
     "demo_admin",
+    "indexer_platform_key",
 )
 
 

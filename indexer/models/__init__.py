@@ -1,6 +1,22 @@
 """SQLAlchemy models; importing this package registers every table on Base.metadata."""
 
 from .base import Base
+from .exam import STATES, Exam
+from .image_study import ImageStudy
 from .institution import Institution
+from .patient import Patient
+from .person import Person
+from .platform_request import PlatformRequest
+from .report import Report
 
-__all__ = ["Base", "Institution"]
+__all__ = [
+    "STATES",
+    "Base",
+    "Exam",
+    "ImageStudy",
+    "Institution",
+    "Patient",
+    "Person",
+    "PlatformRequest",
+    "Report",
+]

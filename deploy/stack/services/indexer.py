@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 
+from indexer.security.pii import PiiCipher
+
+from ..context import INSTITUTION_A, INSTITUTION_B, REALM
 from ..errors import StackError
 from .base import Service, http_health
+
+INSTITUTIONS = {INSTITUTION_A: "Demo Hospital A", INSTITUTION_B: "Demo Hospital B"}
 
 
 class Indexer(Service):
@@ -15,23 +22,36 @@ class Indexer(Service):
 
     def env(self) -> dict[str, str]:
         dsn = self.ctx.pg_dsn("indexer", "indexer", "db_indexer")
+        realm_path = f"/realms/{REALM}"
         return {
             "INDEXER_DATABASE_URL": dsn.replace("postgresql://", "postgresql+psycopg://", 1),
             "INDEXER_GATEWAY_URL": self.ctx.gateway_url,
+            "INDEXER_PII_KEY_FILE": str(self.pii_key_file),
+            "INDEXER_OIDC_ISSUER": self.ctx.keycloak_public_url + realm_path,
+            "INDEXER_OIDC_JWKS_URL": (
+                self.ctx.keycloak_internal_url + realm_path + "/protocol/openid-connect/certs"
+            ),
+            "INDEXER_PLATFORM_KEY": self.ctx.secrets["indexer_platform_key"],
             "PYTHONPATH": str(self.ctx.settings.repo_root),
         }
 
-    def prepare(self) -> None:
+    @property
+    def pii_key_file(self) -> Path:
+        return self.ctx.state / "keys" / "indexer-pii.json"
+
+    def ensure_pii_keys(self) -> None:
+        """Personal-data keys, generated once per stack (mode 0600)."""
+        path = self.pii_key_file
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(PiiCipher.generate_document()))
+
+    def _run(self, argv: list[str], what: str) -> None:
         root = self.ctx.settings.repo_root
         try:
             subprocess.run(
-                [
-                    str(self.ctx.settings.venv_bin / "alembic"),
-                    "-c",
-                    str(root / "indexer" / "alembic.ini"),
-                    "upgrade",
-                    "head",
-                ],
+                argv,
                 check=True,
                 timeout=120,
                 env=os.environ | self.env(),
@@ -40,7 +60,27 @@ class Indexer(Service):
                 stderr=subprocess.STDOUT,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            raise StackError(self.name, f"alembic upgrade failed: {exc}", self.log) from exc
+            raise StackError(self.name, f"{what} failed: {exc}", self.log) from exc
+
+    def prepare(self) -> None:
+        root = self.ctx.settings.repo_root
+        bin_dir = self.ctx.settings.venv_bin
+        self.ensure_pii_keys()
+        self._run(
+            [
+                str(bin_dir / "alembic"),
+                "-c",
+                str(root / "indexer" / "alembic.ini"),
+                "upgrade",
+                "head",
+            ],
+            "alembic upgrade",
+        )
+        for code, name in INSTITUTIONS.items():
+            self._run(
+                [str(bin_dir / "python"), "-m", "indexer", "institutions", "add", code, name],
+                f"registering institution {code}",
+            )
 
     def argv(self) -> list[str]:
         return [

@@ -1,0 +1,59 @@
+"""Images meet their exam: arrivals reported by edges and central, and the reconciliation
+list of studies that match no exam."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from ...errors import Forbidden
+from ...schemas import CODE, UID, ArrivalResult, ExamOut, Resolve, StudyArrival, UnmatchedStudy
+from ..deps import Caller, Reg
+
+router = APIRouter(prefix="/v1", tags=["images"])
+
+
+@router.post("/institutions/{code}/studies", response_model=ArrivalResult)
+def study_arrived(
+    code: Annotated[str, Path(pattern=CODE)], body: StudyArrival, who: Caller, reg: Reg
+) -> ArrivalResult:
+    """A study seen at the institution's edge (or central): linked to its exam by
+    institution + accession no., or put on the reconciliation list."""
+    who.may_write(code)
+    result = reg.record_arrival(code, body)
+    reg.session.commit()
+    return result
+
+
+@router.get("/reconciliation", response_model=list[UnmatchedStudy])
+def unmatched(
+    who: Caller,
+    reg: Reg,
+    institution: Annotated[str | None, Query(pattern=CODE)] = None,
+) -> list[UnmatchedStudy]:
+    """Studies matching no exam (an institution's admins see their own)."""
+    if not who.has("platform-admin"):
+        if not who.has("hospital-admin") or institution != who.institution:
+            raise Forbidden("hospital admins list their own institution (?institution=CODE)")
+    return reg.unmatched(institution)
+
+
+@router.post("/reconciliation/{study_instance_uid}", response_model=ExamOut)
+def resolve(
+    study_instance_uid: Annotated[str, Path(pattern=UID, max_length=64)],
+    body: Resolve,
+    who: Caller,
+    reg: Reg,
+) -> ExamOut:
+    """Link an unmatched study to the exam an operator names."""
+    candidates = reg.unmatched(None)
+    match = next((s for s in candidates if s.study_instance_uid == study_instance_uid), None)
+    if match is not None and not who.has("platform-admin"):
+        if not who.has("hospital-admin") or who.institution != match.institution_code:
+            raise Forbidden("only the study's institution admins or platform admins resolve it")
+    elif match is None and not who.has("platform-admin", "hospital-admin"):
+        raise Forbidden("only admins resolve the reconciliation list")
+    exam = reg.resolve(study_instance_uid, body.exam_no)
+    reg.session.commit()
+    return reg.exam_out(exam)

@@ -1,0 +1,90 @@
+"""Who is calling: a Keycloak access token, checked on every request.
+
+The signature is checked against the realm's published keys (cached; fetched again when a
+token names a key id we do not know), and so are issuer, audience, expiry and not-before.
+Only asymmetric algorithms are accepted: `alg: none` and HMAC tricks with the public key
+fail before any key is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from ..errors import Forbidden, Unauthenticated
+
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384")
+STAFF_ROLES = frozenset({"radiologist", "clinician", "hospital-admin"})
+WRITER_ROLES = frozenset({"gateway", "hospital-admin"})
+PLATFORM_ADMIN = "platform-admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    username: str
+    institution: str | None
+    roles: frozenset[str]
+
+    def has(self, *roles: str) -> bool:
+        return bool(self.roles & set(roles))
+
+    def may_write(self, institution: str) -> None:
+        """Record intake for an institution: its own gateway or admin, or a platform admin."""
+        if self.has(PLATFORM_ADMIN):
+            return
+        if self.roles & WRITER_ROLES and self.institution == institution:
+            return
+        raise Forbidden("this account may not write records of that institution")
+
+    def may_read(self, institution: str) -> None:
+        """An institution's own records: its staff, or a platform admin."""
+        if self.has(PLATFORM_ADMIN):
+            return
+        if self.roles & STAFF_ROLES and self.institution == institution:
+            return
+        raise Forbidden("this account may not read records of that institution")
+
+    def may_search_persons(self) -> None:
+        """互认 lookups across institutions: treating clinicians and radiologists."""
+        if not self.has("clinician", "radiologist", PLATFORM_ADMIN):
+            raise Forbidden("person-level lookups need a clinician or radiologist account")
+
+
+class TokenVerifier:
+    def __init__(self, issuer: str, jwks_url: str, audience: str, timeout_s: float) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self._keys = jwt.PyJWKClient(
+            jwks_url, cache_keys=True, lifespan=600, timeout=int(max(1, timeout_s))
+        )
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            algorithm = header.get("alg")
+            if algorithm not in ALLOWED_ALGORITHMS:
+                raise Unauthenticated("token algorithm not accepted")
+            key = self._keys.get_signing_key_from_jwt(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=10,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except Unauthenticated:
+            raise
+        except (jwt.PyJWTError, ValueError, KeyError) as exc:
+            raise Unauthenticated(f"invalid token: {type(exc).__name__}") from None
+        roles = frozenset((claims.get("realm_access") or {}).get("roles") or [])
+        return Principal(
+            subject=str(claims["sub"]),
+            username=str(claims.get("preferred_username") or claims["sub"]),
+            institution=claims.get("institution"),
+            roles=roles,
+        )
