@@ -166,7 +166,7 @@ def upgrade() -> None:
     op.create_table(
         "platform_requests",
         sa.Column("exam_id", sa.BigInteger(), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column(
             "next_attempt_at",
             sa.DateTime(timezone=True),
