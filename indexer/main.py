@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
 
 from . import __doc__ as description
 from .api.deps import get_pii
@@ -35,10 +36,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.master_index = queue
     queue.start()
+    url = settings.database_url.get_secret_value().replace("postgresql+psycopg://", "postgresql://")
+    app.state.pool = AsyncConnectionPool(
+        url, min_size=2, max_size=settings.db_pool_size, open=False, timeout=10
+    )
+    await app.state.pool.open()
     try:
         yield
     finally:
         queue.stop()
+        await app.state.pool.close()
 
 
 def create_app() -> FastAPI:

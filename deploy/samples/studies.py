@@ -237,7 +237,7 @@ def make_study(
     exam = Exam(
         institution_code=institution_code,
         institution_name=institution_name,
-        exam_no=f"{institution_code}{day:%y%m%d}{seed % 100000:05d}",  # SH: 16 chars
+        exam_no=f"{institution_code}{day:%y%m}{seed % 10**7:07d}",  # SH: 16 chars
         exam_uid=str(uuid.UUID(bytes=rng.bytes(16), version=4)),
         modality=modality,
         body_part=profile.body_part,

@@ -8,6 +8,7 @@ fail before any key is used.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +58,24 @@ class TokenVerifier:
     def __init__(self, issuer: str, jwks_url: str, audience: str, timeout_s: float) -> None:
         self.issuer = issuer
         self.audience = audience
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._keys = jwt.PyJWKClient(
             jwks_url, cache_keys=True, lifespan=600, timeout=int(max(1, timeout_s))
         )
 
     def verify(self, token: str) -> Principal:
+        """The caller of a token; a token already verified is answered from a cache until
+        it expires (the signature cannot change; expiry is checked every time)."""
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
             algorithm = header.get("alg")
@@ -82,9 +96,10 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, KeyError) as exc:
             raise Unauthenticated(f"invalid token: {type(exc).__name__}") from None
         roles = frozenset((claims.get("realm_access") or {}).get("roles") or [])
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]),
             username=str(claims.get("preferred_username") or claims["sub"]),
             institution=claims.get("institution"),
             roles=roles,
         )
+        return principal, float(claims["exp"])

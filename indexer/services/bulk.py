@@ -7,15 +7,13 @@ a record identical to what is stored is `unchanged`). All in the caller's transa
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Label, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Label, literal_column, select
 
 from ..errors import InvalidRecord
-from ..models import Exam, ImageStudy, Patient, Person, PlatformRequest
+from ..models import Exam, ImageStudy
 from ..schemas import BulkExam, BulkIn, BulkItemResult, BulkOut, BulkPatient, ExamIn, PatientIn
 from . import national_id
 from .registry import Registry, content_hash
@@ -83,10 +81,63 @@ def _fail(results: list[BulkItemResult], index: int, field: str, msg: str) -> No
     results[index].errors = [{"field": field, "msg": msg}]
 
 
+def _sql(reg: Registry, statement: str, params: dict[str, Any]) -> list[Any]:
+    """Run SQL on the session's own connection (same transaction), arrays as parameters:
+    one round trip per chunk, no per-row statement building."""
+    driver = reg.session.connection().connection.driver_connection
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+PERSONS_SQL = """
+INSERT INTO persons (person_id, national_id_hmac, national_id_enc, sex, birth_date)
+SELECT gen_random_uuid(), u.* FROM unnest(%(hmac)s::bytea[], %(enc)s::bytea[], %(sex)s::text[],
+                                          %(birth)s::date[]) AS u
+ON CONFLICT (national_id_hmac) DO NOTHING
+"""
+PATIENTS_SQL = """
+INSERT INTO patients (institution_code, mrn, person_id, name_enc, phone_enc, phone_hmac, sex,
+                      birth_date, age, chief_complaint, content_hash, updated_at)
+SELECT %(code)s, u.*, now()
+FROM unnest(%(mrn)s::text[], %(person)s::uuid[], %(name)s::bytea[], %(phone)s::bytea[],
+            %(phone_hmac)s::bytea[], %(sex)s::text[], %(birth)s::date[], %(age)s::int[],
+            %(complaint)s::text[], %(hash)s::bytea[]) AS u
+ON CONFLICT (institution_code, mrn) DO UPDATE SET
+    person_id = excluded.person_id, name_enc = excluded.name_enc,
+    phone_enc = excluded.phone_enc, phone_hmac = excluded.phone_hmac, sex = excluded.sex,
+    birth_date = excluded.birth_date, age = excluded.age,
+    chief_complaint = excluded.chief_complaint, content_hash = excluded.content_hash,
+    updated_at = excluded.updated_at
+WHERE patients.content_hash <> excluded.content_hash
+RETURNING mrn, id, (xmax = 0) AS inserted
+"""
+EXAMS_SQL = """
+INSERT INTO exams (institution_code, exam_no, exam_uid, patient_id, person_id, modality,
+                   body_part, exam_type, method, device, requesting_department, exam_datetime,
+                   study_instance_uid, content_hash, state, updated_at)
+SELECT %(code)s, u.*, 'registered', now()
+FROM unnest(%(no)s::text[], %(uid)s::uuid[], %(patient)s::bigint[], %(person)s::uuid[],
+            %(modality)s::text[], %(body_part)s::text[], %(exam_type)s::text[],
+            %(method)s::text[], %(device)s::text[], %(dept)s::text[],
+            %(when)s::timestamptz[], %(study)s::text[], %(hash)s::bytea[]) AS u
+ON CONFLICT (institution_code, exam_no) DO UPDATE SET
+    patient_id = excluded.patient_id, person_id = excluded.person_id,
+    modality = excluded.modality, body_part = excluded.body_part,
+    exam_type = excluded.exam_type, method = excluded.method, device = excluded.device,
+    requesting_department = excluded.requesting_department,
+    exam_datetime = excluded.exam_datetime,
+    study_instance_uid = COALESCE(excluded.study_instance_uid, exams.study_instance_uid),
+    content_hash = excluded.content_hash, updated_at = excluded.updated_at
+WHERE exams.content_hash <> excluded.content_hash
+RETURNING exam_no, id
+"""
+
+
 def _patients(
     reg: Registry, code: str, batch: list[tuple[int, BulkPatient]], results: list[BulkItemResult]
 ) -> None:
-    session, pii = reg.session, reg.pii
+    pii = reg.pii
     seen: set[str] = set()
     rows = []
     for index, p in batch:
@@ -95,123 +146,101 @@ def _patients(
             continue
         seen.add(p.mrn)
         rows.append((index, p))
-    numbers = {p.national_id for _, p in rows if p.national_id}
-    if numbers:
-        session.execute(
-            insert(Person)
-            .values(
-                [
-                    {
-                        "national_id_hmac": pii.blind_index(n, "national_id"),
-                        "national_id_enc": pii.encrypt(n, "persons.national_id"),
-                        "sex": national_id.sex(n),
-                        "birth_date": national_id.birth_date(n),
-                    }
-                    for n in numbers
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["national_id_hmac"])
-        )
-    digests = {pii.blind_index(n, "national_id"): n for n in numbers}
-    person_of = {
-        digests[h]: pid
-        for pid, h in session.execute(
-            select(Person.person_id, Person.national_id_hmac).where(
-                Person.national_id_hmac.in_(list(digests))
-            )
-        ).all()
-    }
     if not rows:
         return
-    now = dt.datetime.now(dt.UTC)
-    values = []
-    for _, p in rows:
-        values.append(
+    numbers = sorted({p.national_id for _, p in rows if p.national_id})
+    digests = [pii.blind_index(n, "national_id") for n in numbers]
+    person_of: dict[str, Any] = {}
+    if numbers:
+        _sql(
+            reg,
+            PERSONS_SQL,
             {
-                "institution_code": code,
-                "mrn": p.mrn,
-                "person_id": person_of.get(p.national_id) if p.national_id else None,
-                "name_enc": pii.encrypt(p.name, "patients.name"),
-                "phone_enc": pii.encrypt(p.phone, "patients.phone") if p.phone else None,
-                "phone_hmac": pii.blind_index(p.phone, "phone") if p.phone else None,
-                "sex": p.sex,
-                "birth_date": p.birth_date
-                or (national_id.birth_date(p.national_id) if p.national_id else None),
-                "age": p.age,
-                "chief_complaint": p.chief_complaint,
-                # hashed as the single-record PUT hashes it: the same record is "unchanged"
-                "content_hash": content_hash(PatientIn(**p.model_dump(exclude={"mrn"}))),
-                "updated_at": now,
-            }
+                "hmac": digests,
+                "enc": [pii.encrypt(n, "persons.national_id") for n in numbers],
+                "sex": [national_id.sex(n) for n in numbers],
+                "birth": [national_id.birth_date(n) for n in numbers],
+            },
         )
-    statement = insert(Patient).values(values)
-    upsert = statement.on_conflict_do_update(
-        index_elements=["institution_code", "mrn"],
-        set_={
-            c: statement.excluded[c]
-            for c in (
-                "person_id",
-                "name_enc",
-                "phone_enc",
-                "phone_hmac",
-                "sex",
-                "birth_date",
-                "age",
-                "chief_complaint",
-                "content_hash",
-                "updated_at",
-            )
-        },
-        where=Patient.content_hash != statement.excluded.content_hash,
-    ).returning(Patient.mrn, Patient.id, INSERTED)
-    written = {row.mrn: row for row in session.execute(upsert)}
+        number_of = dict(zip(digests, numbers, strict=True))
+        for pid, digest in _sql(
+            reg,
+            "SELECT person_id, national_id_hmac FROM persons WHERE national_id_hmac = ANY(%(h)s)",
+            {"h": digests},
+        ):
+            person_of[number_of[bytes(digest)]] = pid
+    columns: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "mrn", "person", "name", "phone", "phone_hmac", "sex", "birth", "age", "complaint",
+            "hash",
+        )
+    }  # fmt: skip
+    for _, p in rows:
+        columns["mrn"].append(p.mrn)
+        columns["person"].append(person_of.get(p.national_id) if p.national_id else None)
+        columns["name"].append(pii.encrypt(p.name, "patients.name"))
+        columns["phone"].append(pii.encrypt(p.phone, "patients.phone") if p.phone else None)
+        columns["phone_hmac"].append(pii.blind_index(p.phone, "phone") if p.phone else None)
+        columns["sex"].append(p.sex)
+        columns["birth"].append(
+            p.birth_date or (national_id.birth_date(p.national_id) if p.national_id else None)
+        )
+        columns["age"].append(p.age)
+        columns["complaint"].append(p.chief_complaint)
+        # hashed as the single-record PUT hashes it: the same record is "unchanged"
+        columns["hash"].append(content_hash(PatientIn(**p.model_dump(exclude={"mrn"}))))
+    written = {
+        mrn: (pid, inserted)
+        for mrn, pid, inserted in _sql(reg, PATIENTS_SQL, {"code": code, **columns})
+    }
     changed_ids = []
     for index, p in rows:
-        row = written.get(p.mrn)
-        if row is None:
+        if p.mrn not in written:
             continue  # identical to what is stored
-        results[index].outcome = "created" if row.inserted else "updated"
-        if not row.inserted:
-            changed_ids.append(row.id)
+        pid, inserted = written[p.mrn]
+        results[index].outcome = "created" if inserted else "updated"
+        if not inserted:
+            changed_ids.append(pid)
     if changed_ids:
-        session.execute(
-            update(Exam)
-            .where(Exam.patient_id == Patient.id, Patient.id.in_(changed_ids))
-            .values(person_id=Patient.person_id)
+        _sql(
+            reg,
+            "UPDATE exams e SET person_id = p.person_id FROM patients p "
+            "WHERE e.patient_id = p.id AND p.id = ANY(%(ids)s)",
+            {"ids": changed_ids},
         )
 
 
 def _exams(
     reg: Registry, code: str, batch: list[tuple[int, BulkExam]], results: list[BulkItemResult]
 ) -> None:
-    session = reg.session
-    mrns = {e.patient_mrn for _, e in batch}
+    mrns = sorted({e.patient_mrn for _, e in batch})
     patient_of = {
-        r.mrn: r
-        for r in session.execute(
-            select(Patient.mrn, Patient.id, Patient.person_id).where(
-                Patient.institution_code == code, Patient.mrn.in_(list(mrns))
-            )
-        ).all()
+        mrn: (pid, person)
+        for mrn, pid, person in _sql(
+            reg,
+            "SELECT mrn, id, person_id FROM patients WHERE institution_code = %(c)s "
+            "AND mrn = ANY(%(m)s)",
+            {"c": code, "m": mrns},
+        )
     }
-    uids = [e.exam_uid for _, e in batch]
     taken = {
-        r.exam_uid: (r.institution_code, r.exam_no)
-        for r in session.execute(
-            select(Exam.exam_uid, Exam.institution_code, Exam.exam_no).where(
-                Exam.exam_uid.in_(uids)
-            )
-        ).all()
+        uid: (c, no)
+        for uid, c, no in _sql(
+            reg,
+            "SELECT exam_uid, institution_code, exam_no FROM exams WHERE exam_uid = ANY(%(u)s)",
+            {"u": [e.exam_uid for _, e in batch]},
+        )
     }
     existing = {
-        r.exam_no: r.exam_uid
-        for r in session.execute(
-            select(Exam.exam_no, Exam.exam_uid).where(
-                Exam.institution_code == code, Exam.exam_no.in_([e.exam_no for _, e in batch])
-            )
-        ).all()
+        no: uid
+        for no, uid in _sql(
+            reg,
+            "SELECT exam_no, exam_uid FROM exams WHERE institution_code = %(c)s "
+            "AND exam_no = ANY(%(n)s)",
+            {"c": code, "n": [e.exam_no for _, e in batch]},
+        )
     }
-    now = dt.datetime.now(dt.UTC)
     seen_no: set[str] = set()
     seen_uid: set[Any] = set()
     rows = []
@@ -231,74 +260,47 @@ def _exams(
             rows.append((index, e, patient))
     if not rows:
         return
-    values = []
-    for _, e, patient in rows:
-        values.append(
-            {
-                "institution_code": code,
-                "exam_no": e.exam_no,
-                "exam_uid": e.exam_uid,
-                "patient_id": patient.id,
-                "person_id": patient.person_id,
-                "modality": e.modality,
-                "body_part": e.body_part,
-                "exam_type": e.exam_type,
-                "method": e.method,
-                "device": e.device,
-                "requesting_department": e.requesting_department,
-                "exam_datetime": e.exam_datetime,
-                "study_instance_uid": e.study_instance_uid,
-                "state": "registered",
-                "content_hash": content_hash(ExamIn(**e.model_dump(exclude={"exam_no"}))),
-                "updated_at": now,
-            }
+    columns: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "no", "uid", "patient", "person", "modality", "body_part", "exam_type", "method",
+            "device", "dept", "when", "study", "hash",
         )
-    statement = insert(Exam).values(values)
-    upsert = statement.on_conflict_do_update(
-        index_elements=["institution_code", "exam_no"],
-        set_={
-            c: statement.excluded[c]
-            for c in (
-                "patient_id",
-                "person_id",
-                "modality",
-                "body_part",
-                "exam_type",
-                "method",
-                "device",
-                "requesting_department",
-                "exam_datetime",
-                "content_hash",
-                "updated_at",
-            )
-        },
-        where=Exam.content_hash != statement.excluded.content_hash,
-    ).returning(Exam.exam_no, Exam.id)
-    written = {row.exam_no: row.id for row in session.execute(upsert)}
+    }  # fmt: skip
+    for _, e, (pid, person) in rows:
+        columns["no"].append(e.exam_no)
+        columns["uid"].append(e.exam_uid)
+        columns["patient"].append(pid)
+        columns["person"].append(person)
+        columns["modality"].append(e.modality)
+        columns["body_part"].append(e.body_part)
+        columns["exam_type"].append(e.exam_type)
+        columns["method"].append(e.method)
+        columns["device"].append(e.device)
+        columns["dept"].append(e.requesting_department)
+        columns["when"].append(e.exam_datetime)
+        columns["study"].append(e.study_instance_uid)
+        columns["hash"].append(content_hash(ExamIn(**e.model_dump(exclude={"exam_no"}))))
+    written = dict(_sql(reg, EXAMS_SQL, {"code": code, **columns}))
     for index, e, _ in rows:
         if e.exam_no in written:
             results[index].outcome = "updated" if e.exam_no in existing else "created"
-    if written:
-        session.execute(
-            insert(PlatformRequest)
-            .from_select(
-                ["exam_id"],
-                select(Exam.id).where(
-                    Exam.id.in_(list(written.values())),
-                    Exam.person_id.is_not(None),
-                    Exam.master_index_id.is_(None),
-                ),
-            )
-            .on_conflict_do_nothing(index_elements=["exam_id"])
+    if not written:
+        return
+    _sql(
+        reg,
+        "INSERT INTO platform_requests (exam_id) SELECT id FROM exams WHERE id = ANY(%(ids)s) "
+        "AND person_id IS NOT NULL AND master_index_id IS NULL ON CONFLICT DO NOTHING",
+        {"ids": list(written.values())},
+    )
+    waiting = reg.session.execute(
+        select(ImageStudy).where(
+            ImageStudy.institution_code == code,
+            ImageStudy.exam_id.is_(None),
+            ImageStudy.accession_number.in_(list(written)),
         )
-        waiting = session.execute(
-            select(ImageStudy).where(
-                ImageStudy.institution_code == code,
-                ImageStudy.exam_id.is_(None),
-                ImageStudy.accession_number.in_(list(written)),
-            )
-        ).scalars()
-        for study in waiting:
-            exam = session.get(Exam, written[study.accession_number])
-            if exam is not None:
-                reg._link(exam, study)
+    ).scalars()
+    for study in waiting:
+        exam = reg.session.get(Exam, written[study.accession_number])
+        if exam is not None:
+            reg._link(exam, study)

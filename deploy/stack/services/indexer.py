@@ -91,7 +91,11 @@ class Indexer(Service):
             "--port",
             str(self.ctx.ports["indexer"]),
             "--workers",
-            "1",
+            "2",  # one per core: the lookups are CPU-bound Python
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
             "--no-access-log",
             "--proxy-headers",
             "--forwarded-allow-ips",

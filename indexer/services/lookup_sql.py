@@ -1,0 +1,123 @@
+"""The two hot reads, each one SQL statement on an async connection pool: master-index
+resolution and the person-level lookup. They answer JSON built directly from the row (no
+ORM, no second validation pass): these are the requests every viewer and 互认 query makes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from ..schemas import PersonSearch
+from .lifecycle import TIME_COLUMN
+from .links import study_links
+
+MASTER_SQL = """
+SELECT e.institution_code, e.exam_no, e.exam_uid, p.mrn AS patient_mrn, e.master_index_id,
+       e.modality, e.body_part, e.exam_type, e.method, e.device, e.requesting_department,
+       e.exam_datetime, e.state, e.registered_at, e.images_arriving_at, e.images_complete_at,
+       e.reported_at, e.report_revised_at, e.study_instance_uid, e.series_count,
+       e.instance_count, r.version, r.findings, r.impression, r.author, r.reviewer,
+       r.approved_at, r.created_at AS report_created_at
+FROM exams e
+JOIN patients p ON p.id = e.patient_id
+LEFT JOIN LATERAL (
+    SELECT * FROM reports WHERE exam_id = e.id ORDER BY version DESC LIMIT 1
+) r ON true
+WHERE e.master_index_id = %s
+"""
+
+PERSON_SQL = """
+SELECT e.master_index_id, e.institution_code, i.name AS institution_name, e.exam_no,
+       e.modality, e.body_part, e.exam_datetime, e.state, e.study_instance_uid,
+       EXISTS (SELECT 1 FROM reports r WHERE r.exam_id = e.id) AS has_report
+FROM persons s
+JOIN exams e ON e.person_id = s.person_id
+JOIN institutions i ON i.institution_code = e.institution_code
+WHERE s.national_id_hmac = %(hmac)s
+  AND (%(modalities)s::text[] IS NULL OR e.modality = ANY(%(modalities)s::text[]))
+  AND (%(body_part)s::text IS NULL OR upper(e.body_part) = upper(%(body_part)s::text))
+  AND (%(start)s::timestamptz IS NULL OR e.exam_datetime >= %(start)s::timestamptz)
+  AND (%(end)s::timestamptz IS NULL OR e.exam_datetime < %(end)s::timestamptz)
+ORDER BY e.exam_datetime DESC
+LIMIT %(limit)s
+"""
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _links(gateway_url: str, uid: str | None) -> dict[str, str] | None:
+    links = study_links(gateway_url, uid)
+    return links.model_dump() if links is not None else None
+
+
+async def master_index(
+    pool: AsyncConnectionPool, gateway_url: str, master_index_id: str
+) -> dict[str, Any] | None:
+    async with pool.connection() as conn:
+        cursor = await conn.cursor(row_factory=dict_row).execute(
+            MASTER_SQL, (master_index_id,), prepare=True
+        )
+        row = await cursor.fetchone()
+    if row is None:
+        return None
+    exam = {
+        key: row[key]
+        for key in (
+            "institution_code", "exam_no", "patient_mrn", "master_index_id", "modality",
+            "body_part", "exam_type", "method", "device", "requesting_department", "state",
+            "study_instance_uid", "series_count", "instance_count",
+        )
+    }  # fmt: skip
+    exam["exam_uid"] = str(row["exam_uid"])
+    exam["exam_datetime"] = _iso(row["exam_datetime"])
+    exam["state_times"] = {state: _iso(row[column]) for state, column in TIME_COLUMN.items()}
+    exam["links"] = _links(gateway_url, row["study_instance_uid"])
+    report = None
+    if row["version"] is not None:
+        report = {
+            "institution_code": row["institution_code"],
+            "exam_no": row["exam_no"],
+            "version": row["version"],
+            "findings": row["findings"],
+            "impression": row["impression"],
+            "author": row["author"],
+            "reviewer": row["reviewer"],
+            "approved_at": _iso(row["approved_at"]),
+            "created_at": _iso(row["report_created_at"]),
+        }
+    return {"master_index_id": master_index_id, "exam": exam, "report": report}
+
+
+async def person_exams(
+    pool: AsyncConnectionPool, gateway_url: str, search: PersonSearch, digest: bytes
+) -> dict[str, Any]:
+    start = dt.datetime.combine(search.date_from, dt.time(), dt.UTC) if search.date_from else None
+    end = (
+        dt.datetime.combine(search.date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
+        if search.date_to
+        else None
+    )
+    params = {
+        "hmac": digest,
+        "modalities": search.modalities or None,
+        "body_part": search.body_part,
+        "start": start,
+        "end": end,
+        "limit": search.limit,
+    }
+    async with pool.connection() as conn:
+        cursor = await conn.cursor(row_factory=dict_row).execute(PERSON_SQL, params, prepare=True)
+        rows = await cursor.fetchall()
+    exams = []
+    for row in rows:
+        item = dict(row)
+        item["exam_datetime"] = _iso(row["exam_datetime"])
+        item["links"] = _links(gateway_url, row["study_instance_uid"])
+        exams.append(item)
+    return {"exams": exams}
