@@ -326,7 +326,53 @@ def _rules(output, uri, **request):
     output.AnswerBuffer(rules.model_dump_json(), "application/json")
 
 
+def _modality_names() -> dict[str, str]:
+    """AE title -> DicomModalities entry name (the REST API addresses modalities by name)."""
+    names = {}
+    for name, entry in (CONFIGURATION.get("DicomModalities") or {}).items():
+        aet = entry.get("AET") if isinstance(entry, dict) else entry[0]
+        names[str(aet)] = name
+    return names
+
+
+AET_TO_MODALITY = _modality_names()
+
+
+def _on_move(**request):
+    """C-MOVE from the hospital PACS: a study held here is sent as Orthanc would; a study
+    only the cloud holds is fetched back from central first (回溯), then sent.
+
+    Python plugin 4.0 leaks a little memory per C-MOVE handled here (fixed in 4.1); C-MOVEs
+    are rare next to C-STOREs. Raising makes Orthanc answer the C-MOVE with a failure.
+    """
+    target = AET_TO_MODALITY.get(str(request.get("TargetAET", "")).strip())
+    if target is None:
+        raise ValueError("C-MOVE destination is not a configured modality")
+    level = str(request.get("Level", "")).upper()
+    study_uid = str(request.get("StudyInstanceUID") or "").strip()
+    if level not in ("STUDY", "SERIES", "INSTANCE", "IMAGE") or not study_uid:
+        raise ValueError("C-MOVE needs a Study Instance UID (study, series or image level)")
+    if LOCAL.find_study(study_uid) is None:
+        fetched = RETRIEVER.retriever.fetch({"study_instance_uid": study_uid})
+        orthanc.LogWarning(
+            f"imaging-cloud: C-MOVE fetched {fetched['fetched']} instances back from central"
+        )
+    wanted = {
+        "SERIES": "SeriesInstanceUID",
+        "INSTANCE": "SOPInstanceUID",
+        "IMAGE": "SOPInstanceUID",
+    }
+    if level == "STUDY":
+        resource = LOCAL.find_study(study_uid)
+    else:
+        resource = LOCAL.find_resource(str(request.get(wanted[level]) or "").strip())
+    if resource is None:
+        raise ValueError("the requested resource is neither here nor in the cloud")
+    LOCAL.c_store(target, resource)
+
+
 orthanc.RegisterReceivedInstanceCallback(_on_received)
+orthanc.RegisterMoveCallback(_on_move)
 orthanc.RegisterRestCallback("/imaging-cloud/rules", _rules)
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.RegisterRestCallback("/imaging-cloud/status", _status)

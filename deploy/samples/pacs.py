@@ -133,6 +133,29 @@ class HospitalPacs:
                 return
             yield PENDING, ds
 
+    # -- as a client ------------------------------------------------------------------------
+    def move(self, host: str, port: int, called_aet: str, study_uid: str, destination: str) -> int:
+        """Ask a node (an edge) to C-MOVE a study to `destination`; the final DIMSE status."""
+        ae = AE(ae_title=self.aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate(host, port, ae_title=called_aet)
+        if not assoc.is_established:
+            raise ConnectionError(f"{called_aet} refused the association")
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        status = -1
+        try:
+            for reply, _identifier in assoc.send_c_move(
+                query, destination, StudyRootQueryRetrieveInformationModelMove
+            ):
+                if reply and "Status" in reply:
+                    status = int(reply.Status)
+        finally:
+            assoc.release()
+        return status
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> HospitalPacs:
         ae = AE(ae_title=self.aet)

@@ -43,6 +43,13 @@ class LocalOrthanc:
         found = self._call("POST", "/tools/lookup", "look up", content=study_instance_uid).json()
         return next((r["ID"] for r in found if r.get("Type") == "Study"), None)
 
+    def find_resource(self, uid: str) -> str | None:
+        """The Orthanc ID of a series or instance by its UID."""
+        if not uid:
+            return None
+        found = self._call("POST", "/tools/lookup", "look up", content=uid).json()
+        return next((r["ID"] for r in found if r.get("Type") in ("Series", "Instance")), None)
+
     def list_instances(self, study_id: str) -> list[tuple[str, str]]:
         try:
             found = self._call("GET", f"/studies/{study_id}/instances", "list instances").json()

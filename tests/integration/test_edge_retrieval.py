@@ -143,6 +143,39 @@ def test_fetch_back_restores_an_evicted_study_and_delivers_it_to_the_pacs(
     assert forwarding_state(stack, uid)["bytes_sent"] == sent_before  # type: ignore[index]
 
 
+def test_pacs_c_move_of_a_study_only_the_cloud_holds_fetches_it_back(
+    stack: StackClient, pacs_a: HospitalPacs
+) -> None:
+    study = make_study(RUN + 5, "CT", instances=4, institution_code=stack["EDGE_A_INSTITUTION"])
+    delivered_to_central(stack, study)
+    uid = study.exam.study_instance_uid
+    with stack.orthanc("EDGE_A") as edge:
+        assert edge.delete(f"/studies/{find_study(edge, uid)}").status_code == 200
+    # the hospital PACS asks the edge, as it would ask any DICOM node, to send it the study
+    status = pacs_a.move(
+        "127.0.0.1",
+        int(stack["EDGE_A_DICOM_PORT"]),
+        stack["EDGE_A_AET"],
+        uid,
+        destination=stack["EDGE_A_PACS_AET"],
+    )
+    assert status == 0x0000
+    received = [d for d in pacs_a.received if str(d.StudyInstanceUID) == uid]
+    assert len(received) == 4
+    assert_same_pixels(received, study)
+    # a study neither here nor in the cloud fails the C-MOVE, and the edge keeps serving
+    missing = pacs_a.move(
+        "127.0.0.1",
+        int(stack["EDGE_A_DICOM_PORT"]),
+        stack["EDGE_A_AET"],
+        "1.2.3.4.5.6.7.8.9",
+        destination=stack["EDGE_A_PACS_AET"],
+    )
+    assert missing != 0x0000
+    with stack.orthanc("EDGE_A") as edge:
+        assert edge.get("/imaging-cloud/status").status_code == 200
+
+
 def test_pull_from_the_pacs_on_request_then_forwarded(
     stack: StackClient, pacs_a: HospitalPacs
 ) -> None:
