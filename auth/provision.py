@@ -49,6 +49,53 @@ def load_realm(gateway_url: str, *, local_dev: bool) -> dict[str, Any]:
     return realm
 
 
+def gateway_client(institution: str, secret: str) -> dict[str, Any]:
+    """One confidential client per hospital edge gateway: client-credentials tokens that
+    carry the role `gateway` and the hospital's institution code."""
+    mappers = json.loads((REALM_DIR / "mappers.json").read_text())
+    mappers = [m for m in mappers if m["name"] != "institution"] + [
+        {
+            "name": "institution",
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-hardcoded-claim-mapper",
+            "config": {
+                "claim.name": "institution",
+                "claim.value": institution,
+                "jsonType.label": "String",
+                "access.token.claim": "true",
+            },
+        },
+    ]
+    return {
+        "clientId": gateway_client_id(institution),
+        "name": f"Edge gateway of {institution}",
+        "enabled": True,
+        "publicClient": False,
+        "clientAuthenticatorType": "client-secret",
+        "secret": secret,
+        "serviceAccountsEnabled": True,
+        "standardFlowEnabled": False,
+        "directAccessGrantsEnabled": False,
+        "implicitFlowEnabled": False,
+        "protocolMappers": mappers,
+    }
+
+
+def gateway_service_account(institution: str) -> dict[str, Any]:
+    """The service-account user behind a gateway client, holding the role `gateway`."""
+    client_id = gateway_client_id(institution)
+    return {
+        "username": f"service-account-{client_id}",
+        "enabled": True,
+        "serviceAccountClientId": client_id,
+        "realmRoles": ["gateway"],
+    }
+
+
+def gateway_client_id(institution: str) -> str:
+    return f"gateway-{institution.lower()}"
+
+
 def load_demo_users(passwords: Mapping[str, str]) -> list[DemoUser]:
     """Demo users of the local stack, with passwords looked up by their `key`."""
     users = json.loads((REALM_DIR / "demo-users.json").read_text())
@@ -89,6 +136,7 @@ def provision(
     admin_password: str,
     realm: dict[str, Any],
     users: list[DemoUser] = (),  # type: ignore[assignment]
+    service_accounts: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> None:
     """Create or update the realm, its clients and roles, and the given users."""
     name = realm["realm"]
@@ -130,6 +178,8 @@ def provision(
                 }
                 for u in users
             ]
+        if service_accounts:
+            payload["users"] = [*payload.get("users", []), *service_accounts]
         admin.partial_import_realm(name, payload)
     except KeycloakError as exc:
         raise ProvisioningError(f"Keycloak refused the realm '{name}': {exc}") from exc

@@ -31,6 +31,7 @@ from imgcloud.edge_rules import RulesRejected, RulesStore
 from imgcloud.errors import CentralError, ConfigurationError
 from imgcloud.forward_queue import ForwardQueue
 from imgcloud.forwarding import QueueWorker
+from imgcloud.indexer_client import IndexerClient, RecordSender
 from imgcloud.local_api import LocalOrthanc
 from imgcloud.retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
 from imgcloud.study_records import RecordStore, build_record
@@ -127,13 +128,42 @@ DELIVERY = StudyDelivery(
 )
 
 
+def _indexer_sender() -> RecordSender | None:
+    """The study records go to the indexer when the configuration says where and how."""
+    section = CONFIGURATION["ImagingCloud"].get("Indexer")
+    if not section:
+        return None
+    try:
+        secret = json.loads(Path(section["ClientSecretFile"]).read_text())["ClientSecret"]
+        client = IndexerClient(
+            section["ApiUrl"],
+            section["TokenUrl"],
+            section["ClientId"],
+            secret,
+            verify=CONFIGURATION.get("HttpsCACertificates") or True,
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        orthanc.LogError(
+            f"imaging-cloud edge plugin: invalid configuration: ImagingCloud.Indexer: "
+            f"{type(exc).__name__} {exc}"
+        )
+        raise
+    return RecordSender(RECORDS, client, str(CONFIG.institution))
+
+
+SENDER = _indexer_sender()
+
+
 def _record_and_deliver(study_id: str) -> tuple[int, int]:
     """Record the study's tags for the indexer (personal data sealed), then forward it."""
     record = build_record(
         str(CONFIG.institution), LOCAL.study_tags(study_id), LOCAL.study_series(study_id)
     )
     RECORDS.save(study_id, record)
-    return DELIVERY.deliver(study_id)
+    result = DELIVERY.deliver(study_id)
+    if SENDER is not None:
+        SENDER.notify()
+    return result
 
 
 WORKER = QueueWorker(
@@ -182,9 +212,13 @@ def _on_change(change_type, level, resource_id):
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         WORKER.start()  # resumes whatever a restart or crash left queued or sending
         RETRIEVER.start()
+        if SENDER is not None:
+            SENDER.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         WORKER.stop()
         RETRIEVER.stop()
+        if SENDER is not None:
+            SENDER.stop()
 
 
 def _status(output, uri, **request):

@@ -21,6 +21,8 @@ SECRET_NAMES = (
     "demo_radiologist_b",
     "demo_admin",
     "indexer_platform_key",
+    "gateway_h0001",
+    "gateway_h0002",
 )
 
 

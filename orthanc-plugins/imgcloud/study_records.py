@@ -65,6 +65,7 @@ def build_record(
     )
     public["series_count"] = len(series)
     public["instance_count"] = sum(len(s.get("Instances", [])) for s in series)
+    public["complete"] = bool(study.get("IsStable", False))  # no instance for StableAge
     personal = {
         field: study.get(level, {}).get(key, "") for field, (level, key) in PERSONAL.items()
     }
@@ -131,11 +132,23 @@ class RecordStore:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def mark_sent(self, study_instance_uid: str) -> None:
+    def pending_public(self, limit: int = 100) -> list[tuple[str, dict[str, Any], float]]:
+        """(study UID, linking tags, recorded_at) of records not yet sent: no personal data."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_instance_uid, public, recorded_at FROM study_records "
+                "WHERE state = 'pending' ORDER BY recorded_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(uid, json.loads(public), at) for uid, public, at in rows]
+
+    def mark_sent(self, study_instance_uid: str, recorded_at: float | None = None) -> None:
+        """Sent; with `recorded_at`, only if the record was not refreshed since."""
         with self._lock:
             self._db.execute(
-                "UPDATE study_records SET state = 'sent', sent_at = ? WHERE study_instance_uid = ?",
-                (self.clock(), study_instance_uid),
+                "UPDATE study_records SET state = 'sent', sent_at = ? WHERE study_instance_uid = ? "
+                "AND (? IS NULL OR recorded_at = ?)",
+                (self.clock(), study_instance_uid, recorded_at, recorded_at),
             )
 
     def close(self) -> None:

@@ -111,6 +111,26 @@ def test_intake_then_master_index_resolves_to_dicomweb_of_a_study_at_central(
     }
 
 
+def test_edge_reports_the_arrival_itself_and_images_meet_their_exam(
+    stack: StackClient, admin: httpx.Client
+) -> None:
+    """No hand-made arrival: edge A records the study's tags and reports them to the indexer
+    through the gateway with hospital A's gateway service account."""
+    study = make_study(fresh_seed(), "MR", instances=3, institution_code=A)
+    register(admin, study)
+    assert stack.send_to_edge("A", study.instances()).ok
+    deadline = time.monotonic() + 90
+    exam: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        exam = admin.get(f"/api/v1/institutions/{A}/exams/{study.exam.exam_no}").json()
+        if exam["state"] == "images-complete":
+            break
+        time.sleep(0.5)
+    assert exam["state"] == "images-complete", exam
+    assert exam["study_instance_uid"] == study.exam.study_instance_uid
+    assert exam["instance_count"] == 3 and exam["series_count"] == 1
+
+
 def test_report_revision_replaces_the_current_one_and_keeps_history(admin: httpx.Client) -> None:
     study = make_study(fresh_seed(), "MR", instances=1, institution_code=A)
     register(admin, study)

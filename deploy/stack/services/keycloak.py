@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from auth.provision import ProvisioningError, load_demo_users, load_realm, provision
+from auth.provision import (
+    ProvisioningError,
+    gateway_client,
+    gateway_service_account,
+    load_demo_users,
+    load_realm,
+    provision,
+)
 
+from ..context import INSTITUTION_A, INSTITUTION_B
 from ..errors import PrerequisiteMissing, StackError
 from .base import Service, http_health
 
@@ -54,6 +62,11 @@ class Keycloak(Service):
 
     def after_healthy(self) -> None:
         realm = load_realm(self.ctx.gateway_url, local_dev=True)
+        service_accounts = []
+        for institution in (INSTITUTION_A, INSTITUTION_B):
+            secret = self.ctx.secrets[f"gateway_{institution.lower()}"]
+            realm["clients"].append(gateway_client(institution, secret))
+            service_accounts.append(gateway_service_account(institution))
         users = load_demo_users(self.ctx.secrets)
         try:
             provision(
@@ -62,6 +75,7 @@ class Keycloak(Service):
                 self.ctx.secrets["keycloak_admin"],
                 realm,
                 users,
+                service_accounts,
             )
         except ProvisioningError as exc:
             raise StackError(self.name, str(exc), self.log) from exc

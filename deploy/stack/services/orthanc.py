@@ -13,7 +13,9 @@ from typing import Any
 
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 
-from ..context import INSTITUTION_A, INSTITUTION_B, S3_BUCKET, StackContext
+from auth.provision import gateway_client_id
+
+from ..context import INSTITUTION_A, INSTITUTION_B, REALM, S3_BUCKET, StackContext
 from ..errors import PrerequisiteMissing
 from ..pki import issue_leaf
 from .base import Service, http_health
@@ -206,11 +208,23 @@ class EdgeOrthanc(OrthancService):
             "OrthancPeers": {
                 "central": {"Url": central.url + "/", "Username": user, "Password": password}
             },
+            "HttpsCACertificates": str(self.ctx.pki["ca_cert"]),
             **self.dicom_tls_config(),
             "ImagingCloud": {
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
                 "HospitalPacs": HOSPITAL_PACS_AET,
+                # study records go to the indexer through the gateway, as the hospital's
+                # gateway service account (client credentials)
+                "Indexer": {
+                    "ApiUrl": f"{self.ctx.gateway_url}/api",
+                    "TokenUrl": (
+                        f"{self.ctx.keycloak_public_url}/realms/{REALM}"
+                        "/protocol/openid-connect/token"
+                    ),
+                    "ClientId": gateway_client_id(self.institution),
+                    "ClientSecretFile": str(self._gateway_secret_file()),
+                },
                 # Hospitals keep the static 300 s cap; the local stack recovers faster.
                 "ForwardRetryMaxSeconds": 20,
                 "Storage": {
@@ -220,6 +234,14 @@ class EdgeOrthanc(OrthancService):
                 },
             },
         }
+
+    def _gateway_secret_file(self) -> Path:
+        path = self.ctx.state / "keys" / f"{self.name}-gateway.json"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        secret = self.ctx.secrets[f"gateway_{self.institution.lower()}"]
+        path.write_text(json.dumps({"ClientSecret": secret}))
+        return path
 
     def local_modalities(self) -> dict[str, list[Any]]:
         """The AE titles this edge talks to in the local stack, all on loopback: the demo

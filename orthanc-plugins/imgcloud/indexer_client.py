@@ -1,0 +1,140 @@
+"""The edge tells the indexer which studies arrived (A2 -> B2): its study records, through
+the HTTPS gateway, with the hospital gateway's Keycloak service-account token.
+
+Only linking tags travel (institution, accession no., Study Instance UID, modalities,
+counts, complete or not): the indexer has the patient's data from the hospital's own
+registration. A record is marked sent only if it did not change meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .errors import ServiceCallError
+from .study_records import RecordStore
+
+log = logging.getLogger(__name__)
+
+
+class IndexerClient:
+    def __init__(
+        self,
+        api_url: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        verify: Any = True,
+        timeout_s: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.token_url = token_url
+        self.client_id = client_id
+        self._secret = client_secret
+        self.clock = clock
+        self.client = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout_s, connect=5))
+        self._token: tuple[str, float] | None = None
+
+    def token(self) -> str:
+        """A client-credentials access token, reused until 30 s before it expires."""
+        if self._token and self._token[1] - 30 > self.clock():
+            return self._token[0]
+        try:
+            answer = self.client.post(
+                self.token_url,
+                data={"grant_type": "client_credentials"},
+                auth=(self.client_id, self._secret),
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceCallError(f"Keycloak did not answer: {type(exc).__name__}") from exc
+        if answer.status_code != 200:
+            raise ServiceCallError(
+                f"Keycloak refused the gateway account: HTTP {answer.status_code}",
+                answer.status_code,
+            )
+        body = answer.json()
+        self._token = (str(body["access_token"]), self.clock() + float(body["expires_in"]))
+        return self._token[0]
+
+    def report_arrival(self, institution: str, arrival: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = self.client.post(
+                f"{self.api_url}/v1/institutions/{institution}/studies",
+                json=arrival,
+                headers={"Authorization": f"Bearer {self.token()}"},
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
+        if answer.status_code == 401:
+            self._token = None  # expired or revoked: fetch a new one next time
+        if answer.status_code != 200:
+            raise ServiceCallError(
+                f"indexer refused the arrival: HTTP {answer.status_code} {answer.text[:200]}",
+                answer.status_code,
+            )
+        return dict(answer.json())
+
+
+def arrival_of(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "study_instance_uid": record["study_instance_uid"],
+        "accession_number": record.get("accession_number") or None,
+        "modalities": record.get("modalities", []),
+        "series_count": record.get("series_count"),
+        "instance_count": record.get("instance_count"),
+        "complete": bool(record.get("complete")),
+    }
+
+
+class RecordSender:
+    """Sends pending study records to the indexer; retries every `every_s` on failure."""
+
+    def __init__(
+        self, records: RecordStore, indexer: IndexerClient, institution: str, every_s: float = 5
+    ) -> None:
+        self.records = records
+        self.indexer = indexer
+        self.institution = institution
+        self.every_s = every_s
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def run_once(self) -> int:
+        sent = 0
+        for uid, record, recorded_at in self.records.pending_public():
+            try:
+                self.indexer.report_arrival(self.institution, arrival_of(record))
+            except ServiceCallError as exc:
+                log.warning("study record not accepted by the indexer yet: %s", exc)
+                break
+            self.records.mark_sent(uid, recorded_at)
+            sent += 1
+        return sent
+
+    def run_forever(self) -> None:
+        while not self._stopping:
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("record sender error")
+            self._wake.wait(self.every_s)
+            self._wake.clear()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, name="imgcloud-records", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
