@@ -121,3 +121,21 @@ async def person_exams(
         item["links"] = _links(gateway_url, row["study_instance_uid"])
         exams.append(item)
     return {"exams": exams}
+
+
+STUDY_INSTITUTION_SQL = """
+SELECT institution_code FROM image_studies WHERE study_instance_uid = %(uid)s
+UNION ALL
+SELECT institution_code FROM exams WHERE study_instance_uid = %(uid)s
+LIMIT 1
+"""
+
+
+async def study_institution(pool: AsyncConnectionPool, study_instance_uid: str) -> str | None:
+    """Which institution a study belongs to, as the indexer knows it (None: unknown)."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            STUDY_INSTITUTION_SQL, {"uid": study_instance_uid}, prepare=True
+        )
+        row = await cursor.fetchone()
+    return str(row[0]) if row else None

@@ -1,0 +1,68 @@
+"""Authorisation for the gateway: nginx asks here (auth_request) before it lets a DICOMweb
+request through to the central archive.
+
+- A valid Keycloak token is required (401 otherwise).
+- Platform administrators may read everything (their reads are audited like anyone's).
+- Staff (radiologist, clinician, hospital admin) read their own institution's studies:
+  WADO-RS, metadata, frames and QIDO restricted to one StudyInstanceUID are checked
+  against the study's institution as the indexer knows it from the edges' arrivals.
+- A search without a StudyInstanceUID, or any study the caller may not read (known or
+  not), gets the same 403: neither counts nor error texts tell whether a study exists.
+- Writes (STOW-RS) are for gateway accounts and platform administrators.
+Grants across institutions (pushes, 互认 lookups with a purpose, consent) come next.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+
+from ...errors import Forbidden, Unauthenticated
+from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES
+from ...services import lookup_sql
+from ..deps import get_verifier
+
+router = APIRouter(prefix="/v1/authz", include_in_schema=False)
+_STUDY_PATH = re.compile(r"^/dicom-web/studies/([0-9.]{1,64})(?:/|$)")
+READ_METHODS = ("GET", "HEAD")
+
+
+def study_of(uri: str) -> str | None:
+    """The StudyInstanceUID a DICOMweb request is about (path, else QIDO filter)."""
+    parts = urlsplit(uri)
+    match = _STUDY_PATH.match(parts.path)
+    if match:
+        return match[1]
+    values = parse_qs(parts.query).get("StudyInstanceUID") or []
+    if len(values) == 1 and re.fullmatch(r"[0-9.]{1,64}", values[0]):
+        return values[0]
+    return None
+
+
+@router.get("/dicomweb")
+async def dicomweb(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_original_uri: Annotated[str, Header()] = "",
+    x_original_method: Annotated[str, Header()] = "GET",
+) -> Response:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthenticated("an Authorization: Bearer <access token> header is required")
+    who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
+    method = x_original_method.upper()
+    if method not in READ_METHODS:
+        if who.has(PLATFORM_ADMIN, "gateway"):
+            return Response(status_code=204)
+        raise Forbidden("not allowed")
+    if who.has(PLATFORM_ADMIN):
+        return Response(status_code=204)
+    uid = study_of(x_original_uri)
+    if uid is not None and who.roles & STAFF_ROLES and who.institution:
+        institution = await lookup_sql.study_institution(request.app.state.pool, uid)
+        if institution == who.institution:
+            return Response(status_code=204)
+    raise Forbidden("not allowed")
