@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import __doc__ as description
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
-from .api.routes import health, images, lookup, records
+from .api.routes import authz, health, images, lookup, records
 from .config import get_settings
 from .db import session_factory
 from .services.platform import BuiltInPlatform, HttpPlatform, MasterIndexPlatform, MasterIndexQueue
@@ -63,6 +63,7 @@ def create_app() -> FastAPI:
     app.include_router(records.router, prefix="/api")
     app.include_router(images.router, prefix="/api")
     app.include_router(lookup.router, prefix="/api")
+    app.include_router(authz.router, prefix="/api")
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app
 

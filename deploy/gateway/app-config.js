@@ -17,6 +17,20 @@ window.config = {
   maxNumRequests: { interaction: 100, thumbnail: 5, prefetch: 10 },
   showErrorDetails: 'production',
   defaultDataSourceName: 'imaging-cloud',
+  // Login through Keycloak (authorization code + PKCE); the viewer then sends its access
+  // token with every DICOMweb request, and the gateway checks it.
+  oidc: [
+    {
+      authority: gatewayOrigin + '/auth/realms/imaging-cloud',
+      client_id: 'ohif-viewer',
+      redirect_uri: '/callback',
+      response_type: 'code',
+      scope: 'openid',
+      post_logout_redirect_uri: '/',
+      automaticSilentRenew: true,
+      revokeAccessTokenOnSignout: true,
+    },
+  ],
   dataSources: [
     {
       namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',

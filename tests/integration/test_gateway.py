@@ -42,7 +42,8 @@ def test_indexer_health_through_the_gateway(stack: StackClient) -> None:
 
 
 def test_dicomweb_qido_through_the_gateway(stack: StackClient) -> None:
-    with stack.gateway() as gw:
+    token = stack.password_token(stack["DEMO_ADMIN_USER"], stack["DEMO_ADMIN_PASSWORD"])
+    with stack.gateway(token["access_token"]) as gw:
         response = gw.get("/dicom-web/studies", params={"limit": "5"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/dicom+json")

@@ -43,7 +43,8 @@ def study_of(uri: str) -> str | None:
     return None
 
 
-@router.get("/dicomweb")
+# nginx's auth_request subrequest keeps the original method (no body).
+@router.api_route("/dicomweb", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
 async def dicomweb(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,

@@ -1,0 +1,98 @@
+"""DICOMweb through the gateway needs a Keycloak token that may read the study: nginx asks
+the indexer (auth_request) before central sees the request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from deploy.samples.studies import SampleStudy, make_study
+from deploy.stack.client import StackClient
+
+from .fresh import fresh_seed
+
+DICOM_JSON = {"Accept": "application/dicom+json"}
+
+
+@pytest.fixture(scope="module")
+def tokens(stack: StackClient) -> dict[str, str]:
+    def token(user: str, password: str) -> str:
+        return str(stack.password_token(user, password)["access_token"])
+
+    return {
+        "admin": token(stack["DEMO_ADMIN_USER"], stack["DEMO_ADMIN_PASSWORD"]),
+        "rad_a": token(stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]),
+        "rad_b": token(stack["DEMO_RADIOLOGIST_B_USER"], stack["DEMO_RADIOLOGIST_B_PASSWORD"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def study_of_a(stack: StackClient, tokens: dict[str, str]) -> Iterator[SampleStudy]:
+    """A study sent to hospital A's edge; the edge reports it to the indexer itself."""
+    study = make_study(fresh_seed(), "DX", instances=1, institution_code="H0001")
+    assert stack.send_to_edge("A", study.instances()).ok
+    path = f"/dicom-web/studies/{study.exam.study_instance_uid}/metadata"
+    deadline = time.monotonic() + 90
+    with stack.gateway(tokens["rad_a"]) as gw:
+        while time.monotonic() < deadline:
+            if gw.get(path, headers=DICOM_JSON).status_code == 200:
+                break
+            time.sleep(0.5)
+    yield study
+
+
+def get(stack: StackClient, token: str | None, path: str, **params: str) -> httpx.Response:
+    with stack.gateway(token) as gw:
+        return gw.get(path, params=params, headers=DICOM_JSON)
+
+
+def test_no_token_or_a_forged_one_is_401(stack: StackClient, study_of_a: SampleStudy) -> None:
+    metadata = f"/dicom-web/studies/{study_of_a.exam.study_instance_uid}/metadata"
+    assert get(stack, None, metadata).status_code == 401
+    assert get(stack, None, "/dicom-web/studies").status_code == 401
+    assert get(stack, "abc.def.ghi", metadata).status_code == 401
+
+
+def test_staff_read_their_own_institutions_study(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    metadata = get(stack, tokens["rad_a"], f"/dicom-web/studies/{uid}/metadata")
+    assert metadata.status_code == 200 and metadata.json()[0]["0020000D"]["Value"] == [uid]
+    qido = get(stack, tokens["rad_a"], "/dicom-web/studies", StudyInstanceUID=uid)
+    assert qido.status_code == 200 and len(qido.json()) == 1
+
+
+def test_other_institutions_and_open_searches_get_the_same_403(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    theirs = get(stack, tokens["rad_b"], f"/dicom-web/studies/{uid}/metadata")
+    unknown = get(stack, tokens["rad_b"], "/dicom-web/studies/1.2.3.4.5.6.7/metadata")
+    assert theirs.status_code == unknown.status_code == 403
+    assert theirs.text == unknown.text  # nothing tells whether the study exists
+    assert get(stack, tokens["rad_b"], "/dicom-web/studies").status_code == 403
+    frames = f"/dicom-web/studies/{uid}/series/1.2.3/instances/1.2.3.4/frames/1"
+    assert get(stack, tokens["rad_b"], frames).status_code == 403
+
+
+def test_platform_admin_reads_and_staff_cannot_store(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    assert get(stack, tokens["admin"], "/dicom-web/studies", limit="5").status_code == 200
+    with stack.gateway(tokens["rad_a"]) as gw:
+        stow = gw.post(
+            "/dicom-web/studies",
+            content=b"--x--",
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'},
+        )
+    assert stow.status_code == 403
+
+
+def test_the_authorisation_endpoint_is_not_reachable_from_outside(
+    stack: StackClient, tokens: dict[str, str]
+) -> None:
+    assert get(stack, tokens["admin"], "/api/v1/authz/dicomweb").status_code == 404
