@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # Requests larger than this are refused (bulk intake included).
     max_body_bytes: int = 16 * 1024 * 1024
     bulk_max_records: int = 5000
+    # 等保2.0 asks for at least six months of audit records.
+    audit_retention_days: int = Field(default=180, ge=180)
 
 
 @lru_cache(maxsize=1)

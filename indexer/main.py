@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,11 +11,13 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from . import __doc__ as description
+from .api import audit_middleware
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
-from .api.routes import authz, health, images, lookup, records
+from .api.routes import audit, authz, health, images, lookup, records
 from .config import get_settings
 from .db import session_factory
+from .services.audit import AuditWriter
 from .services.platform import BuiltInPlatform, HttpPlatform, MasterIndexPlatform, MasterIndexQueue
 
 
@@ -41,10 +45,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url, min_size=2, max_size=settings.db_pool_size, open=False, timeout=10
     )
     await app.state.pool.open()
+    app.state.audit = AuditWriter(app.state.pool)
+    # The sealer hashes in its own process, so it never holds this one's GIL; with several
+    # workers each starts one and an advisory lock lets one seal at a time.
+    sealer = subprocess.Popen([sys.executable, "-m", "indexer", "audit", "seal", "--every", "1"])
     try:
         yield
     finally:
         queue.stop()
+        sealer.terminate()
+        await app.state.audit.flush()
         await app.state.pool.close()
 
 
@@ -64,6 +74,8 @@ def create_app() -> FastAPI:
     app.include_router(images.router, prefix="/api")
     app.include_router(lookup.router, prefix="/api")
     app.include_router(authz.router, prefix="/api")
+    app.include_router(audit.router, prefix="/api")
+    audit_middleware.install(app)
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app
 

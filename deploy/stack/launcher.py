@@ -187,6 +187,8 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
         "DEMO_RADIOLOGIST_B_PASSWORD": s["demo_radiologist_b"],
         "DEMO_ADMIN_USER": "platform.admin",
         "DEMO_ADMIN_PASSWORD": s["demo_admin"],
+        "DEMO_AUDITOR_USER": "auditor.demo",
+        "DEMO_AUDITOR_PASSWORD": s["demo_auditor"],
     }
     modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
     env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}

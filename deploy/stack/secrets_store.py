@@ -20,6 +20,7 @@ SECRET_NAMES = (
     "demo_radiologist_a",
     "demo_radiologist_b",
     "demo_admin",
+    "demo_auditor",
     "indexer_platform_key",
     "gateway_h0001",
     "gateway_h0002",

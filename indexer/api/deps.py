@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from ..config import Settings, get_settings
@@ -28,11 +28,18 @@ def get_verifier() -> TokenVerifier:
     return TokenVerifier(s.oidc_issuer, s.oidc_jwks_url, s.oidc_audience, s.oidc_timeout_s)
 
 
-def caller(authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """Every /api/v1 route depends on this: a valid Keycloak access token, or 401."""
+def authenticate(request: Request, authorization: str | None) -> Principal:
+    """A valid Keycloak access token, or 401; the caller is kept for the audit record."""
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthenticated("an Authorization: Bearer <access token> header is required")
-    return get_verifier().verify(authorization.removeprefix("Bearer ").strip())
+    principal = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
+    request.state.principal = principal
+    return principal
+
+
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """Every /api/v1 route depends on this (or on its async twin)."""
+    return authenticate(request, authorization)
 
 
 def registry(

@@ -1,5 +1,6 @@
 """SQLAlchemy models; importing this package registers every table on Base.metadata."""
 
+from .audit import AuditAnchor, AuditEvent
 from .base import Base
 from .exam import STATES, Exam
 from .image_study import ImageStudy
@@ -11,6 +12,8 @@ from .report import Report
 
 __all__ = [
     "STATES",
+    "AuditAnchor",
+    "AuditEvent",
     "Base",
     "Exam",
     "ImageStudy",

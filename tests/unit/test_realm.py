@@ -45,7 +45,9 @@ def test_demo_users_take_passwords_from_the_stack_secrets() -> None:
         "demo_radiologist_a": "pw-a-123456789",
         "demo_radiologist_b": "pw-b-123456789",
         "demo_admin": "pw-admin-1234567",
+        "demo_auditor": "pw-audit-1234567",
     }
     users = {u.username: u for u in load_demo_users(secrets)}
+    assert users["auditor.demo"].roles == ("auditor",)
     assert users["radiologist.a"].password == "pw-a-123456789"
     assert users["radiologist.a"].institution != users["radiologist.b"].institution

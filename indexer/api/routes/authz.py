@@ -22,7 +22,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from ...errors import Forbidden, Unauthenticated
-from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES
+from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
 from ...services import lookup_sql
 from ..deps import get_verifier
 
@@ -50,11 +50,44 @@ async def dicomweb(
     authorization: Annotated[str | None, Header()] = None,
     x_original_uri: Annotated[str, Header()] = "",
     x_original_method: Annotated[str, Header()] = "GET",
+    x_original_remote: Annotated[str | None, Header()] = None,
 ) -> Response:
-    if not authorization or not authorization.startswith("Bearer "):
-        raise Unauthenticated("an Authorization: Bearer <access token> header is required")
-    who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
-    method = x_original_method.upper()
+    """Every decision is audited (identical repeats within a minute once: a viewer fetches
+    frame after frame)."""
+    who = None
+    status = 500
+    try:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthenticated("an Authorization: Bearer <access token> header is required")
+        who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
+        response = await _decide(request, who, x_original_uri, x_original_method)
+        status = response.status_code
+        return response
+    except (Unauthenticated, Forbidden) as exc:
+        status = exc.status
+        raise
+    finally:
+        uid = study_of(x_original_uri)
+        write = x_original_method.upper() not in READ_METHODS
+        await request.app.state.audit.record(
+            {
+                "actor": who.subject if who else "anonymous",
+                "username": who.username if who else "anonymous",
+                "roles": ",".join(sorted(who.roles)) if who else "",
+                "institution": who.institution if who else None,
+                "action": "dicomweb.write" if write else "dicomweb.read",
+                "resource": f"study:{uid}" if uid else "dicomweb:search",
+                "purpose": None,
+                "source": x_original_remote,
+                "outcome": 200 if status == 204 else status,
+            },
+            dedupe=True,
+        )
+
+
+async def _decide(request: Request, who: Principal, uri: str, method_name: str) -> Response:
+    x_original_uri = uri
+    method = method_name.upper()
     if method not in READ_METHODS:
         if who.has(PLATFORM_ADMIN, "gateway"):
             return Response(status_code=204)

@@ -12,19 +12,19 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, NotFound, Unauthenticated
+from ...errors import Forbidden, NotFound
 from ...schemas import MasterIndexOut, PersonExams, PersonSearch
 from ...security.auth import Principal
 from ...services import lookup_sql
-from ..deps import get_pii, get_verifier
+from ..deps import authenticate, get_pii
 
 router = APIRouter(prefix="/v1", tags=["lookup"])
 
 
-async def async_caller(authorization: Annotated[str | None, Header()] = None) -> Principal:
-    if not authorization or not authorization.startswith("Bearer "):
-        raise Unauthenticated("an Authorization: Bearer <access token> header is required")
-    return get_verifier().verify(authorization.removeprefix("Bearer ").strip())
+async def async_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return authenticate(request, authorization)
 
 
 Who = Annotated[Principal, Depends(async_caller)]
@@ -60,6 +60,8 @@ async def person_exams(body: PersonSearch, who: Who, request: Request) -> Respon
     who.may_search_persons()
     state = request.app.state
     digest = get_pii().blind_index(body.national_id, "national_id")
+    request.state.audit_resource = "person:" + digest.hex()[:24]  # pseudonymised
+    request.state.audit_purpose = body.purpose
     return _json(
         await lookup_sql.person_exams(state.pool, state.settings.gateway_url, body, digest)
     )
