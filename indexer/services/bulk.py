@@ -148,6 +148,7 @@ def _patients(
         rows.append((index, p))
     if not rows:
         return
+    rows.sort(key=lambda item: item[1].mrn)  # one lock order for every writer
     numbers = sorted({p.national_id for _, p in rows if p.national_id})
     digests = [pii.blind_index(n, "national_id") for n in numbers]
     person_of: dict[str, Any] = {}
@@ -260,6 +261,7 @@ def _exams(
             rows.append((index, e, patient))
     if not rows:
         return
+    rows.sort(key=lambda item: item[1].exam_no)  # one lock order for every writer
     columns: dict[str, list[Any]] = {
         k: []
         for k in (

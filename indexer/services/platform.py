@@ -131,6 +131,20 @@ class MasterIndexQueue:
             ).all()  # fmt: skip
             if not rows:
                 return 0
+            # Lock the exams too, skipping any another transaction holds (a bulk intake
+            # rewriting them): this worker never waits on a lock, so it can never be part
+            # of a deadlock; skipped exams keep their request for the next round.
+            free = set(
+                session.execute(
+                    select(Exam.id)
+                    .where(Exam.id.in_([r.exam_id for r in rows]))
+                    .order_by(Exam.institution_code, Exam.exam_no)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            rows = [r for r in rows if r.exam_id in free]
+            if not rows:
+                return 0
             requests = [
                 (r.institution_code, self.pii.decrypt(r.national_id_enc, "persons.national_id"),
                  r.exam_no)
