@@ -14,7 +14,7 @@ from . import __doc__ as description
 from .api import audit_middleware
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
-from .api.routes import audit, authz, health, images, lookup, records
+from .api.routes import audit, authz, grants, health, images, lookup, records
 from .config import get_settings
 from .db import session_factory
 from .services.audit import AuditWriter
@@ -75,6 +75,7 @@ def create_app() -> FastAPI:
     app.include_router(lookup.router, prefix="/api")
     app.include_router(authz.router, prefix="/api")
     app.include_router(audit.router, prefix="/api")
+    app.include_router(grants.router, prefix="/api")
     audit_middleware.install(app)
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app

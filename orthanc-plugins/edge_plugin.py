@@ -28,7 +28,7 @@ from imgcloud.edge_requests import (
     parse,
 )
 from imgcloud.edge_rules import RulesRejected, RulesStore
-from imgcloud.errors import CentralError, ConfigurationError
+from imgcloud.errors import CentralError, ConfigurationError, ServiceCallError
 from imgcloud.forward_queue import ForwardQueue
 from imgcloud.forwarding import QueueWorker
 from imgcloud.indexer_client import IndexerClient, RecordSender
@@ -293,13 +293,24 @@ def _pushes(output, uri, **request):
         return
     try:
         push = parse(PushRequest, request["body"])
+        if push.to_institution == CONFIG.institution:
+            raise RequestRejected("to_institution: must differ from this hospital's code")
+        if CENTRAL.find_study(push.study_instance_uid) is None:
+            raise RequestRejected("the study is not in the central archive", 404)
+        if SENDER is not None:
+            # the receiving hospital may then read the study through the gateway too; the
+            # indexer must know the study is ours first (records waiting go out now)
+            SENDER.run_once()
+            SENDER.indexer.grant(
+                str(CONFIG.institution), push.study_instance_uid, push.to_institution, "push"
+            )
         answer = CENTRAL.create_push(
             push.model_dump(exclude_none=True) | {"from_institution": CONFIG.institution}
         )
     except RequestRejected as exc:
         _answer_json(output, exc.status, {"error": str(exc)})
         return
-    except CentralError as exc:
+    except ServiceCallError as exc:
         status = exc.status if exc.status in (404, 409, 422) else 502
         _answer_json(output, status, {"error": str(exc)})
         return

@@ -3,6 +3,7 @@
 from .audit import AuditAnchor, AuditEvent
 from .base import Base
 from .exam import STATES, Exam
+from .grant import Grant
 from .image_study import ImageStudy
 from .institution import Institution
 from .patient import Patient
@@ -16,6 +17,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Exam",
+    "Grant",
     "ImageStudy",
     "Institution",
     "Patient",

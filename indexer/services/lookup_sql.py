@@ -139,3 +139,48 @@ async def study_institution(pool: AsyncConnectionPool, study_instance_uid: str) 
         )
         row = await cursor.fetchone()
     return str(row[0]) if row else None
+
+
+GRANT_SQL = """
+SELECT 1 FROM grants
+WHERE study_instance_uid = %(uid)s AND institution_code = %(institution)s
+  AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+LIMIT 1
+"""
+MUTUAL_RECOGNITION_SQL = """
+INSERT INTO grants (study_instance_uid, owner_institution, institution_code, kind, purpose,
+                    granted_by, expires_at)
+VALUES (%(uid)s, %(owner)s, %(institution)s, 'mutual-recognition', %(purpose)s,
+        %(subject)s, now() + make_interval(hours => %(hours)s))
+"""
+
+
+async def has_grant(pool: AsyncConnectionPool, study_instance_uid: str, institution: str) -> bool:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            GRANT_SQL, {"uid": study_instance_uid, "institution": institution}, prepare=True
+        )
+        return await cursor.fetchone() is not None
+
+
+async def grant_mutual_recognition(
+    pool: AsyncConnectionPool,
+    study_instance_uid: str,
+    owner: str,
+    institution: str,
+    purpose: str,
+    subject: str,
+    hours: int,
+) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            MUTUAL_RECOGNITION_SQL,
+            {
+                "uid": study_instance_uid,
+                "owner": owner,
+                "institution": institution,
+                "purpose": purpose,
+                "subject": subject,
+                "hours": hours,
+            },
+        )

@@ -391,6 +391,15 @@ class Registry:
         self._link(exam, study)
         return exam
 
+    def study_institution(self, study_instance_uid: str) -> str | None:
+        """The institution a study belongs to, from arrivals or exams (None: unknown)."""
+        found = self.session.get(ImageStudy, study_instance_uid)
+        if found is not None:
+            return found.institution_code
+        return self.session.execute(
+            select(Exam.institution_code).where(Exam.study_instance_uid == study_instance_uid)
+        ).scalar()
+
     # -- lookups ------------------------------------------------------------------------
     def by_master_index(self, master_index_id: str) -> Exam:
         exam = self.session.execute(

@@ -81,6 +81,26 @@ class IndexerClient:
             )
         return dict(answer.json())
 
+    def grant(self, institution: str, study_uid: str, to_institution: str, kind: str) -> None:
+        """Let another institution read one of this institution's studies (a push)."""
+        try:
+            answer = self.client.post(
+                f"{self.api_url}/v1/institutions/{institution}/studies/{study_uid}/grants",
+                json=_grant_body(to_institution, kind),
+                headers={"Authorization": f"Bearer {self.token()}"},
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
+        if answer.status_code != 200:
+            raise ServiceCallError(
+                f"indexer refused the grant: HTTP {answer.status_code} {answer.text[:200]}",
+                answer.status_code,
+            )
+
+
+def _grant_body(to_institution: str, kind: str) -> dict[str, Any]:
+    return {"to_institution": to_institution, "kind": kind}
+
 
 def arrival_of(record: dict[str, Any]) -> dict[str, Any]:
     return {

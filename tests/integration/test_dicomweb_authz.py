@@ -96,3 +96,33 @@ def test_the_authorisation_endpoint_is_not_reachable_from_outside(
     stack: StackClient, tokens: dict[str, str]
 ) -> None:
     assert get(stack, tokens["admin"], "/api/v1/authz/dicomweb").status_code == 404
+
+
+def test_mutual_recognition_lookup_with_a_purpose_opens_the_images_for_a_day(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    from deploy.samples.records import exam_record, patient_record
+
+    uid = study_of_a.exam.study_instance_uid
+    base = "/api/v1/institutions/H0001"
+    with stack.gateway(tokens["admin"]) as api:  # hospital A registers the exam (RIS)
+        api.put(f"{base}/patients/{study_of_a.patient.mrn}", json=patient_record(study_of_a))
+        api.put(f"{base}/exams/{study_of_a.exam.exam_no}", json=exam_record(study_of_a))
+        deadline = time.monotonic() + 30
+        master = None
+        while master is None and time.monotonic() < deadline:
+            exam = api.get(f"{base}/exams/{study_of_a.exam.exam_no}").json()
+            master = exam["master_index_id"]
+            time.sleep(0.2)
+    assert master and exam["study_instance_uid"] == uid
+    metadata = f"/dicom-web/studies/{uid}/metadata"
+    assert get(stack, tokens["rad_b"], metadata).status_code == 403
+    with stack.gateway(tokens["rad_b"]) as clinician_b:
+        silent = clinician_b.get(f"/api/v1/master-index/{master}")
+        assert silent.status_code == 403 and "purpose" in silent.text
+        stated = clinician_b.get(
+            f"/api/v1/master-index/{master}", params={"purpose": "复诊对比 follow-up"}
+        )
+        assert stated.status_code == 200, stated.text
+        assert stated.json()["exam"]["links"]["metadata"].endswith(metadata)
+    assert get(stack, tokens["rad_b"], metadata).status_code == 200

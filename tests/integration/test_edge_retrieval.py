@@ -78,6 +78,12 @@ def test_push_from_a_reaches_b_pacs_and_both_see_its_state(
     study = make_study(RUN + 1, "CT", instances=8, institution_code=stack["EDGE_A_INSTITUTION"])
     delivered_to_central(stack, study)
     uid = study.exam.study_instance_uid
+    radiologist_b = stack.password_token(
+        stack["DEMO_RADIOLOGIST_B_USER"], stack["DEMO_RADIOLOGIST_B_PASSWORD"]
+    )["access_token"]
+    metadata = f"/dicom-web/studies/{uid}/metadata"
+    with stack.gateway(radiologist_b) as viewer_b:
+        assert viewer_b.get(metadata).status_code == 403  # not B's study, not shared yet
     with stack.orthanc("EDGE_A") as edge_a:
         answer = edge_a.post(
             "/imaging-cloud/pushes",
@@ -106,6 +112,10 @@ def test_push_from_a_reaches_b_pacs_and_both_see_its_state(
     received = [d for d in pacs_b.received if str(d.StudyInstanceUID) == uid]
     assert len(received) == 8
     assert_same_pixels(received, study)
+    # the push also lets hospital B's staff read the study in the cloud viewer
+    with stack.gateway(radiologist_b) as viewer_b:
+        shared = viewer_b.get(metadata, headers={"Accept": "application/dicom+json"})
+    assert shared.status_code == 200 and len(shared.json()) == 8
 
 
 def test_fetch_back_restores_an_evicted_study_and_delivers_it_to_the_pacs(

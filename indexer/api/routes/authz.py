@@ -9,7 +9,8 @@ request through to the central archive.
 - A search without a StudyInstanceUID, or any study the caller may not read (known or
   not), gets the same 403: neither counts nor error texts tell whether a study exists.
 - Writes (STOW-RS) are for gateway accounts and platform administrators.
-Grants across institutions (pushes, 互认 lookups with a purpose, consent) come next.
+- Another institution's study needs a grant to the caller's institution: a push from its
+  owner, a 互认 lookup with a stated purpose (time-limited), or the patient's consent.
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
         return Response(status_code=204)
     uid = study_of(x_original_uri)
     if uid is not None and who.roles & STAFF_ROLES and who.institution:
-        institution = await lookup_sql.study_institution(request.app.state.pool, uid)
+        pool = request.app.state.pool
+        institution = await lookup_sql.study_institution(pool, uid)
         if institution == who.institution:
             return Response(status_code=204)
+        if institution is not None and await lookup_sql.has_grant(pool, uid, who.institution):
+            return Response(status_code=204)  # pushed to this institution, 互认, consent
     raise Forbidden("not allowed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
 from ...errors import Forbidden, NotFound
@@ -34,22 +34,46 @@ def _json(body: object) -> Response:
     return Response(json.dumps(body, ensure_ascii=False), media_type="application/json")
 
 
+MUTUAL_RECOGNITION_HOURS = 24
+
+
 @router.get("/master-index/{master_index_id}", response_model=MasterIndexOut)
 async def resolve_master_index(
     master_index_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{4,64}$")],
     who: Who,
     request: Request,
+    purpose: Annotated[str | None, Query(min_length=2, max_length=200)] = None,
 ) -> Response:
     """The exam, where its images are (DICOMweb study, series, metadata, QIDO, viewer) and
-    its current report."""
+    its current report.
+
+    Another institution's exam (互认) is for treating clinicians and radiologists who state
+    a `purpose`: it is audited, and their institution may read the study's images for 24 h.
+    """
     state = request.app.state
     found = await lookup_sql.master_index(state.pool, state.settings.gateway_url, master_index_id)
     if found is None:
         raise NotFound("no exam with this master index ID")
+    exam = found["exam"]
     try:
-        who.may_read(found["exam"]["institution_code"])
+        who.may_read(exam["institution_code"])
     except Forbidden:
-        who.may_search_persons()  # mutual recognition: treating staff of any institution
+        who.may_search_persons()
+        if not purpose or not who.institution:
+            raise Forbidden(
+                "another institution's exam: state the purpose of the lookup (?purpose=...)"
+            ) from None
+        request.state.audit_purpose = purpose
+        if exam["study_instance_uid"]:
+            await lookup_sql.grant_mutual_recognition(
+                state.pool,
+                exam["study_instance_uid"],
+                exam["institution_code"],
+                who.institution,
+                purpose,
+                who.subject,
+                MUTUAL_RECOGNITION_HOURS,
+            )
     return _json(found)
 
 

@@ -1,0 +1,71 @@
+"""Grants: the owner institution shares a study with another one (a push, the patient's
+consent); 互认 grants are made by the master-index lookup itself, with a purpose."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path
+from pydantic import AwareDatetime, Field
+
+from ...errors import InvalidRecord, NotFound
+from ...models import Grant
+from ...schemas import CODE, UID, Strict
+from ..deps import Caller, Reg
+
+router = APIRouter(prefix="/v1/institutions", tags=["grants"])
+
+
+class GrantIn(Strict):
+    to_institution: str = Field(pattern=CODE)
+    kind: Literal["push", "consent"]
+    purpose: str | None = Field(default=None, max_length=200)
+    expires_at: AwareDatetime | None = None
+
+
+class GrantOut(Strict):
+    id: int
+    study_instance_uid: str
+    owner_institution: str
+    institution_code: str
+    kind: str
+    purpose: str | None
+    expires_at: dt.datetime | None
+
+
+@router.post("/{code}/studies/{study_instance_uid}/grants", response_model=GrantOut)
+def grant(
+    code: Annotated[str, Path(pattern=CODE)],
+    study_instance_uid: Annotated[str, Path(pattern=UID, max_length=64)],
+    body: GrantIn,
+    who: Caller,
+    reg: Reg,
+) -> GrantOut:
+    """Let another institution read one of this institution's studies (its gateway or
+    admins: the edge does it when a study is pushed)."""
+    who.may_write(code)
+    if body.to_institution == code:
+        raise InvalidRecord("to_institution", "must be another institution")
+    if reg.study_institution(study_instance_uid) != code:
+        raise NotFound("no study with this UID at this institution")
+    row = Grant(
+        study_instance_uid=study_instance_uid,
+        owner_institution=code,
+        institution_code=body.to_institution,
+        kind=body.kind,
+        purpose=body.purpose,
+        granted_by=who.subject,
+        expires_at=body.expires_at,
+    )
+    reg.session.add(row)
+    reg.session.commit()
+    return GrantOut(
+        id=row.id,
+        study_instance_uid=row.study_instance_uid,
+        owner_institution=code,
+        institution_code=row.institution_code,
+        kind=row.kind,
+        purpose=row.purpose,
+        expires_at=row.expires_at,
+    )
