@@ -35,6 +35,7 @@ from imgcloud.indexer_client import IndexerClient, RecordSender
 from imgcloud.local_api import LocalOrthanc
 from imgcloud.retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
 from imgcloud.study_records import RecordStore, build_record
+from imgcloud.tokens import BearerAuth, ClientCredentials
 
 CONFIG, CONFIGURATION = glue_common.load("edge")
 STORAGE, ARCHIVE = glue_common.register_storage("edge", CONFIGURATION)
@@ -77,7 +78,7 @@ SELF_URL = f"http://127.0.0.1:{CONFIGURATION.get('HttpPort', 8042)}"
 SELF_AUTH = next(iter((CONFIGURATION.get("RegisteredUsers") or {"": ""}).items()))
 LOCAL = LocalOrthanc(SELF_URL, SELF_AUTH, CONFIGURATION.get("DicomAet", "ORTHANC"))
 # An https peer is verified against Orthanc's own CA bundle setting (the hospital's CA).
-CENTRAL = CentralApi(PEER_URL, PEER_AUTH, verify=CONFIGURATION.get("HttpsCACertificates") or True)
+CA_BUNDLE = CONFIGURATION.get("HttpsCACertificates") or True
 KNOWN_MODALITIES = set(CONFIGURATION.get("DicomModalities") or {})
 RULES.known_modalities = KNOWN_MODALITIES
 LIMITER = RateLimiter(lambda: mbps_to_bytes_per_s(RULES.current.bandwidth_limit_mbps))
@@ -117,6 +118,33 @@ def _send(items: list[tuple[str, bytes | None]]) -> int:
         return sum(pool.map(_send_one, items))  # the first failure propagates
 
 
+def _gateway_account() -> tuple[dict, ClientCredentials] | None:
+    """The hospital gateway's Keycloak service account, when the configuration has one."""
+    section = CONFIGURATION["ImagingCloud"].get("Indexer")
+    if not section:
+        return None
+    try:
+        secret = json.loads(Path(section["ClientSecretFile"]).read_text())["ClientSecret"]
+        credentials = ClientCredentials(
+            section["TokenUrl"], section["ClientId"], secret, verify=CA_BUNDLE
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        orthanc.LogError(
+            f"imaging-cloud edge plugin: invalid configuration: ImagingCloud.Indexer: "
+            f"{type(exc).__name__} {exc}"
+        )
+        raise
+    return section, credentials
+
+
+ACCOUNT = _gateway_account()
+# Central through the gateway with the gateway account's token when the peer has no
+# password of its own; directly with the peer's credentials otherwise.
+CENTRAL = CentralApi(
+    PEER_URL,
+    BearerAuth(ACCOUNT[1]) if ACCOUNT and not PEER.get("Username") else PEER_AUTH,
+    verify=CA_BUNDLE,
+)
 RECORDS = RecordStore(
     Path(str(CONFIG.queue_file)).with_name("study-records.sqlite"),
     ARCHIVE.seal_record,
@@ -130,24 +158,10 @@ DELIVERY = StudyDelivery(
 
 def _indexer_sender() -> RecordSender | None:
     """The study records go to the indexer when the configuration says where and how."""
-    section = CONFIGURATION["ImagingCloud"].get("Indexer")
-    if not section:
+    if ACCOUNT is None:
         return None
-    try:
-        secret = json.loads(Path(section["ClientSecretFile"]).read_text())["ClientSecret"]
-        client = IndexerClient(
-            section["ApiUrl"],
-            section["TokenUrl"],
-            section["ClientId"],
-            secret,
-            verify=CONFIGURATION.get("HttpsCACertificates") or True,
-        )
-    except (OSError, KeyError, ValueError) as exc:
-        orthanc.LogError(
-            f"imaging-cloud edge plugin: invalid configuration: ImagingCloud.Indexer: "
-            f"{type(exc).__name__} {exc}"
-        )
-        raise
+    section, credentials = ACCOUNT
+    client = IndexerClient(section["ApiUrl"], credentials, verify=CA_BUNDLE)
     return RecordSender(RECORDS, client, str(CONFIG.institution))
 
 

@@ -1,6 +1,7 @@
 """The edge's calls to central: upload, verification, study reads, cross-hospital pushes.
 
-Central is reached as the edge's configured Orthanc peer (its URL and credentials). Every
+Central is reached as the edge's configured Orthanc peer: through the HTTPS gateway with
+the hospital gateway's Keycloak token, or directly with the peer's credentials. Every
 call has an explicit timeout; failures raise CentralError with the HTTP status when central
 answered, so callers can tell "refused" from "unreachable".
 """
@@ -19,7 +20,7 @@ class CentralApi:
     def __init__(
         self,
         url: str,
-        auth: tuple[str, str] | None,
+        auth: httpx.Auth | tuple[str, str] | None,
         *,
         timeout_s: float = 120.0,
         transport: httpx.BaseTransport | None = None,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from .errors import ServiceCallError
 from .study_records import RecordStore
+from .tokens import BearerAuth, ClientCredentials
 
 log = logging.getLogger(__name__)
 
@@ -26,54 +25,25 @@ class IndexerClient:
     def __init__(
         self,
         api_url: str,
-        token_url: str,
-        client_id: str,
-        client_secret: str,
+        credentials: ClientCredentials,
         *,
         verify: Any = True,
         timeout_s: float = 15.0,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.api_url = api_url.rstrip("/")
-        self.token_url = token_url
-        self.client_id = client_id
-        self._secret = client_secret
-        self.clock = clock
-        self.client = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout_s, connect=5))
-        self._token: tuple[str, float] | None = None
-
-    def token(self) -> str:
-        """A client-credentials access token, reused until 30 s before it expires."""
-        if self._token and self._token[1] - 30 > self.clock():
-            return self._token[0]
-        try:
-            answer = self.client.post(
-                self.token_url,
-                data={"grant_type": "client_credentials"},
-                auth=(self.client_id, self._secret),
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceCallError(f"Keycloak did not answer: {type(exc).__name__}") from exc
-        if answer.status_code != 200:
-            raise ServiceCallError(
-                f"Keycloak refused the gateway account: HTTP {answer.status_code}",
-                answer.status_code,
-            )
-        body = answer.json()
-        self._token = (str(body["access_token"]), self.clock() + float(body["expires_in"]))
-        return self._token[0]
+        self.credentials = credentials
+        self.client = httpx.Client(
+            verify=verify, timeout=httpx.Timeout(timeout_s, connect=5), auth=BearerAuth(credentials)
+        )
 
     def report_arrival(self, institution: str, arrival: dict[str, Any]) -> dict[str, Any]:
         try:
             answer = self.client.post(
                 f"{self.api_url}/v1/institutions/{institution}/studies",
                 json=arrival,
-                headers={"Authorization": f"Bearer {self.token()}"},
             )
         except httpx.HTTPError as exc:
             raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
-        if answer.status_code == 401:
-            self._token = None  # expired or revoked: fetch a new one next time
         if answer.status_code != 200:
             raise ServiceCallError(
                 f"indexer refused the arrival: HTTP {answer.status_code} {answer.text[:200]}",
@@ -87,7 +57,6 @@ class IndexerClient:
             answer = self.client.post(
                 f"{self.api_url}/v1/institutions/{institution}/studies/{study_uid}/grants",
                 json=_grant_body(to_institution, kind),
-                headers={"Authorization": f"Bearer {self.token()}"},
             )
         except httpx.HTTPError as exc:
             raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc

@@ -192,8 +192,6 @@ class EdgeOrthanc(OrthancService):
 
     def runtime_config(self) -> dict[str, Any]:
         plugins = PLUGIN_DIR
-        central = CentralOrthanc(self.ctx)
-        user, password = central.credentials
         return self.common_runtime() | {
             "Name": f"imaging-cloud-edge-{self.institution}",
             "DicomAet": self.aet,
@@ -205,9 +203,9 @@ class EdgeOrthanc(OrthancService):
             ],
             "PythonScript": str(self.ctx.settings.repo_root / "orthanc-plugins/edge_plugin.py"),
             "DicomModalities": self.local_modalities(),
-            "OrthancPeers": {
-                "central": {"Url": central.url + "/", "Username": user, "Password": password}
-            },
+            # Central through the HTTPS gateway, as the hospital's gateway service account
+            # (no password of central's: the edge's token is checked at the gateway).
+            "OrthancPeers": {"central": {"Url": f"{self.ctx.gateway_url}/orthanc/"}},
             "HttpsCACertificates": str(self.ctx.pki["ca_cert"]),
             **self.dicom_tls_config(),
             "ImagingCloud": {

@@ -104,3 +104,63 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
         if institution is not None and await lookup_sql.has_grant(pool, uid, who.institution):
             return Response(status_code=204)  # pushed to this institution, 互认, consent
     raise Forbidden("not allowed")
+
+
+# What a hospital gateway account may do on central's REST API (behind /orthanc/).
+GATEWAY_CALLS = [
+    ("POST", re.compile(r"^/instances$")),
+    ("POST", re.compile(r"^/tools/lookup$")),
+    ("POST", re.compile(r"^/imaging-cloud/verify$")),
+    ("GET", re.compile(r"^/studies/[0-9a-f-]{44}/instances$")),
+    ("GET", re.compile(r"^/instances/[0-9a-f-]{44}/file$")),
+    ("GET", re.compile(r"^/imaging-cloud/pushes$")),
+    ("POST", re.compile(r"^/imaging-cloud/pushes$")),
+    ("GET", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}$")),
+    ("POST", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}/state$")),
+]
+
+
+def gateway_may(method: str, uri: str) -> bool:
+    path = urlsplit(uri).path.removeprefix("/orthanc")
+    return any(method == m and pattern.match(path) for m, pattern in GATEWAY_CALLS)
+
+
+@router.api_route("/orthanc", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
+async def orthanc_rest(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_original_uri: Annotated[str, Header()] = "",
+    x_original_method: Annotated[str, Header()] = "GET",
+    x_original_remote: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Central's REST API: platform administrators, and hospital gateways for the calls
+    their edge makes. Every decision is audited (repeats within a minute once)."""
+    who = None
+    status = 500
+    method = x_original_method.upper()
+    try:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthenticated("an Authorization: Bearer <access token> header is required")
+        who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
+        if who.has(PLATFORM_ADMIN) or (who.has("gateway") and gateway_may(method, x_original_uri)):
+            status = 204
+            return Response(status_code=204)
+        raise Forbidden("not allowed")
+    except (Unauthenticated, Forbidden) as exc:
+        status = exc.status
+        raise
+    finally:
+        await request.app.state.audit.record(
+            {
+                "actor": who.subject if who else "anonymous",
+                "username": who.username if who else "anonymous",
+                "roles": ",".join(sorted(who.roles)) if who else "",
+                "institution": who.institution if who else None,
+                "action": f"orthanc.{method.lower()}",
+                "resource": urlsplit(x_original_uri).path[:200] or None,
+                "purpose": None,
+                "source": x_original_remote,
+                "outcome": 200 if status == 204 else status,
+            },
+            dedupe=True,
+        )
