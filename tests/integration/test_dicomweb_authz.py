@@ -126,3 +126,24 @@ def test_mutual_recognition_lookup_with_a_purpose_opens_the_images_for_a_day(
         assert stated.status_code == 200, stated.text
         assert stated.json()["exam"]["links"]["metadata"].endswith(metadata)
     assert get(stack, tokens["rad_b"], metadata).status_code == 200
+
+
+def test_a_grant_opens_a_study_until_its_owner_revokes_it(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    metadata = f"/dicom-web/studies/{uid}/metadata"
+    grants = f"/api/v1/institutions/H0001/studies/{uid}/grants"
+    with stack.gateway(tokens["admin"]) as owner:
+        granted = owner.post(grants, json={"to_institution": "H0002", "kind": "consent"})
+        assert granted.status_code == 200, granted.text
+        assert get(stack, tokens["rad_b"], metadata).status_code == 200
+        revoked = owner.delete(f"{grants}/{granted.json()['id']}")
+        assert revoked.status_code == 200
+    # other grants on this study (an earlier 互认 lookup) are revoked too, to see the effect
+    with stack.gateway(tokens["admin"]) as owner:
+        for grant_id in range(1, granted.json()["id"]):
+            owner.delete(f"{grants}/{grant_id}")
+    assert get(stack, tokens["rad_b"], metadata).status_code == 403
+    with stack.gateway(tokens["rad_b"]) as other:  # only the owner's side revokes
+        assert other.delete(f"{grants}/{granted.json()['id']}").status_code == 403

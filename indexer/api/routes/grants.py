@@ -69,3 +69,30 @@ def grant(
         purpose=row.purpose,
         expires_at=row.expires_at,
     )
+
+
+@router.delete("/{code}/studies/{study_instance_uid}/grants/{grant_id}", response_model=GrantOut)
+def revoke(
+    code: Annotated[str, Path(pattern=CODE)],
+    study_instance_uid: Annotated[str, Path(pattern=UID, max_length=64)],
+    grant_id: int,
+    who: Caller,
+    reg: Reg,
+) -> GrantOut:
+    """Revoke a grant of one of this institution's studies: from now on the gateway refuses."""
+    who.may_write(code)
+    row = reg.session.get(Grant, grant_id, with_for_update=True)
+    if row is None or row.owner_institution != code or row.study_instance_uid != study_instance_uid:
+        raise NotFound("no such grant on this institution's study")
+    if row.revoked_at is None:
+        row.revoked_at = dt.datetime.now(dt.UTC)
+    reg.session.commit()
+    return GrantOut(
+        id=row.id,
+        study_instance_uid=row.study_instance_uid,
+        owner_institution=code,
+        institution_code=row.institution_code,
+        kind=row.kind,
+        purpose=row.purpose,
+        expires_at=row.expires_at,
+    )
