@@ -9,6 +9,7 @@ import hmac
 
 from fastapi import FastAPI, Request
 
+from ..services.audit import event
 from .deps import get_pii
 
 SKIP = ("/api/v1/authz/",)  # the gateway's decisions are recorded by that route itself
@@ -66,17 +67,14 @@ def install(app: FastAPI) -> None:
             request = Request(scope)
             who = getattr(request.state, "principal", None)
             await request.app.state.audit.record(
-                {
-                    "actor": who.subject if who else "anonymous",
-                    "username": who.username if who else "anonymous",
-                    "roles": ",".join(sorted(who.roles)) if who else "",
-                    "institution": who.institution if who else None,
-                    "action": action_of(request),
-                    "resource": resource_of(request),
-                    "purpose": getattr(request.state, "audit_purpose", None),
-                    "source": source_of(request),
-                    "outcome": status["code"],
-                }
+                event(
+                    who,
+                    action_of(request),
+                    resource_of(request),
+                    source_of(request),
+                    status["code"],
+                    getattr(request.state, "audit_purpose", None),
+                )
             )
 
     class AuditMiddleware:

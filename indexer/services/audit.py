@@ -46,6 +46,28 @@ def chain(prev: bytes, row: dict[str, Any]) -> bytes:
     return hashlib.sha256(prev + canonical(row)).digest()
 
 
+def event(
+    who: Any,
+    action: str,
+    resource: str | None,
+    source: str | None,
+    outcome: int,
+    purpose: str | None = None,
+) -> dict[str, Any]:
+    """One audit record; `who` is the caller (a Principal) or None when unauthenticated."""
+    return {
+        "actor": who.subject if who else "anonymous",
+        "username": who.username if who else "anonymous",
+        "roles": ",".join(sorted(who.roles)) if who else "",
+        "institution": who.institution if who else None,
+        "action": action,
+        "resource": resource,
+        "purpose": purpose,
+        "source": source,
+        "outcome": outcome,
+    }
+
+
 class AuditWriter:
     """Async writer used by the API. Records are queued and written in batches every
     `flush_s` (one transaction for many requests): a crash can lose at most that window,

@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from ...errors import Forbidden, Unauthenticated
 from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
 from ...services import lookup_sql
+from ...services.audit import event
 from ..deps import get_verifier
 
 router = APIRouter(prefix="/v1/authz", include_in_schema=False)
@@ -71,17 +72,13 @@ async def dicomweb(
         uid = study_of(x_original_uri)
         write = x_original_method.upper() not in READ_METHODS
         await request.app.state.audit.record(
-            {
-                "actor": who.subject if who else "anonymous",
-                "username": who.username if who else "anonymous",
-                "roles": ",".join(sorted(who.roles)) if who else "",
-                "institution": who.institution if who else None,
-                "action": "dicomweb.write" if write else "dicomweb.read",
-                "resource": f"study:{uid}" if uid else "dicomweb:search",
-                "purpose": None,
-                "source": x_original_remote,
-                "outcome": 200 if status == 204 else status,
-            },
+            event(
+                who,
+                "dicomweb.write" if write else "dicomweb.read",
+                f"study:{uid}" if uid else "dicomweb:search",
+                x_original_remote,
+                200 if status == 204 else status,
+            ),
             dedupe=True,
         )
 
@@ -151,16 +148,12 @@ async def orthanc_rest(
         raise
     finally:
         await request.app.state.audit.record(
-            {
-                "actor": who.subject if who else "anonymous",
-                "username": who.username if who else "anonymous",
-                "roles": ",".join(sorted(who.roles)) if who else "",
-                "institution": who.institution if who else None,
-                "action": f"orthanc.{method.lower()}",
-                "resource": urlsplit(x_original_uri).path[:200] or None,
-                "purpose": None,
-                "source": x_original_remote,
-                "outcome": 200 if status == 204 else status,
-            },
+            event(
+                who,
+                f"orthanc.{method.lower()}",
+                urlsplit(x_original_uri).path[:200] or None,
+                x_original_remote,
+                200 if status == 204 else status,
+            ),
             dedupe=True,
         )

@@ -34,6 +34,18 @@ class GrantOut(Strict):
     expires_at: dt.datetime | None
 
 
+def _out(row: Grant) -> GrantOut:
+    return GrantOut(
+        id=row.id,
+        study_instance_uid=row.study_instance_uid,
+        owner_institution=row.owner_institution,
+        institution_code=row.institution_code,
+        kind=row.kind,
+        purpose=row.purpose,
+        expires_at=row.expires_at,
+    )
+
+
 @router.post("/{code}/studies/{study_instance_uid}/grants", response_model=GrantOut)
 def grant(
     code: Annotated[str, Path(pattern=CODE)],
@@ -60,15 +72,7 @@ def grant(
     )
     reg.session.add(row)
     reg.session.commit()
-    return GrantOut(
-        id=row.id,
-        study_instance_uid=row.study_instance_uid,
-        owner_institution=code,
-        institution_code=row.institution_code,
-        kind=row.kind,
-        purpose=row.purpose,
-        expires_at=row.expires_at,
-    )
+    return _out(row)
 
 
 @router.delete("/{code}/studies/{study_instance_uid}/grants/{grant_id}", response_model=GrantOut)
@@ -87,12 +91,4 @@ def revoke(
     if row.revoked_at is None:
         row.revoked_at = dt.datetime.now(dt.UTC)
     reg.session.commit()
-    return GrantOut(
-        id=row.id,
-        study_instance_uid=row.study_instance_uid,
-        owner_institution=code,
-        institution_code=row.institution_code,
-        kind=row.kind,
-        purpose=row.purpose,
-        expires_at=row.expires_at,
-    )
+    return _out(row)
