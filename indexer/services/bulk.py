@@ -7,7 +7,7 @@ a record identical to what is stored is `unchanged`). All in the caller's transa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Label, literal_column, select
@@ -19,6 +19,7 @@ from . import national_id
 from .registry import Registry, content_hash
 
 CHUNK = 1000
+M = TypeVar("M", BulkPatient, BulkExam)
 # PostgreSQL: a row an upsert inserted (rather than updated) has no deleting transaction.
 INSERTED: Label[bool] = literal_column("(xmax = 0)").label("inserted")
 
@@ -35,37 +36,32 @@ def _key(raw: dict[str, Any], field: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _validated(
+    raws: list[dict[str, Any]],
+    model: type[M],
+    kind: Literal["patient", "exam"],
+    key_field: str,
+    results: list[BulkItemResult],
+) -> list[tuple[int, M]]:
+    """Validate each record on its own; each gets its result slot (errors filled in now)."""
+    valid: list[tuple[int, M]] = []
+    for raw in raws:
+        key = _key(raw, key_field)
+        try:
+            valid.append((len(results), model.model_validate(raw)))
+            results.append(BulkItemResult(kind=kind, key=key, outcome="unchanged"))
+        except ValidationError as exc:
+            results.append(BulkItemResult(kind=kind, key=key, outcome="error", errors=_errors(exc)))
+    return valid
+
+
 def bulk_intake(reg: Registry, code: str, body: BulkIn, max_records: int) -> BulkOut:
     if len(body.patients) + len(body.exams) > max_records:
         raise InvalidRecord("body", f"at most {max_records} records per request")
     reg._institution(code)
     results: list[BulkItemResult] = []
-    patients: list[tuple[int, BulkPatient]] = []
-    for raw in body.patients:
-        try:
-            patients.append((len(results), BulkPatient.model_validate(raw)))
-            results.append(
-                BulkItemResult(kind="patient", key=_key(raw, "mrn"), outcome="unchanged")
-            )
-        except ValidationError as exc:
-            results.append(
-                BulkItemResult(
-                    kind="patient", key=_key(raw, "mrn"), outcome="error", errors=_errors(exc)
-                )
-            )
-    exams: list[tuple[int, BulkExam]] = []
-    for raw in body.exams:
-        try:
-            exams.append((len(results), BulkExam.model_validate(raw)))
-            results.append(
-                BulkItemResult(kind="exam", key=_key(raw, "exam_no"), outcome="unchanged")
-            )
-        except ValidationError as exc:
-            results.append(
-                BulkItemResult(
-                    kind="exam", key=_key(raw, "exam_no"), outcome="error", errors=_errors(exc)
-                )
-            )
+    patients = _validated(body.patients, BulkPatient, "patient", "mrn", results)
+    exams = _validated(body.exams, BulkExam, "exam", "exam_no", results)
     for start in range(0, len(patients), CHUNK):
         _patients(reg, code, patients[start : start + CHUNK], results)
     for start in range(0, len(exams), CHUNK):

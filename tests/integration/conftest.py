@@ -42,3 +42,17 @@ def stack() -> Iterator[StackClient]:
 @pytest.fixture(scope="session")
 def stack_settings(stack: StackClient) -> StackSettings:
     return StackSettings.from_env(stack["STACK_DIR"])
+
+
+@pytest.fixture(scope="module")
+def tokens(stack: StackClient) -> dict[str, str]:
+    """Demo users' access tokens (module scope: they live 5 minutes)."""
+
+    def token(user: str, password: str) -> str:
+        return str(stack.password_token(user, password)["access_token"])
+
+    return {
+        "admin": token(stack["DEMO_ADMIN_USER"], stack["DEMO_ADMIN_PASSWORD"]),
+        "rad_a": token(stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]),
+        "rad_b": token(stack["DEMO_RADIOLOGIST_B_USER"], stack["DEMO_RADIOLOGIST_B_PASSWORD"]),
+    }

@@ -18,18 +18,6 @@ DICOM_JSON = {"Accept": "application/dicom+json"}
 
 
 @pytest.fixture(scope="module")
-def tokens(stack: StackClient) -> dict[str, str]:
-    def token(user: str, password: str) -> str:
-        return str(stack.password_token(user, password)["access_token"])
-
-    return {
-        "admin": token(stack["DEMO_ADMIN_USER"], stack["DEMO_ADMIN_PASSWORD"]),
-        "rad_a": token(stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]),
-        "rad_b": token(stack["DEMO_RADIOLOGIST_B_USER"], stack["DEMO_RADIOLOGIST_B_PASSWORD"]),
-    }
-
-
-@pytest.fixture(scope="module")
 def study_of_a(stack: StackClient, tokens: dict[str, str]) -> Iterator[SampleStudy]:
     """A study sent to hospital A's edge; the edge reports it to the indexer itself."""
     study = make_study(fresh_seed(), "DX", instances=1, institution_code="H0001")

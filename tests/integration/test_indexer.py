@@ -24,18 +24,6 @@ A, B = "H0001", "H0002"
 
 
 @pytest.fixture(scope="module")
-def tokens(stack: StackClient) -> dict[str, str]:
-    def token(user: str, password: str) -> str:
-        return str(stack.password_token(user, password)["access_token"])
-
-    return {
-        "admin": token(stack["DEMO_ADMIN_USER"], stack["DEMO_ADMIN_PASSWORD"]),
-        "rad_a": token(stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]),
-        "rad_b": token(stack["DEMO_RADIOLOGIST_B_USER"], stack["DEMO_RADIOLOGIST_B_PASSWORD"]),
-    }
-
-
-@pytest.fixture(scope="module")
 def admin(stack: StackClient, tokens: dict[str, str]) -> Iterator[httpx.Client]:
     with stack.gateway(tokens["admin"]) as client:
         yield client
