@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     )
     platform_timeout_s: float = 5.0
     platform_retry_max_s: float = 300.0
+    # The central archive's DICOMweb (loopback), for study searches filtered per caller.
+    central_url: str = "http://127.0.0.1:8042"
+    central_basic_auth: SecretStr = Field(
+        default=SecretStr(""), description="user:password of the central Orthanc"
+    )
+    central_timeout_s: float = 30.0
+    # A filtered study search reads at most this many matches from central (then a Warning).
+    qido_max_matches: int = 1000
     # Requests larger than this are refused (bulk intake included).
     max_body_bytes: int = 16 * 1024 * 1024
     bulk_max_records: int = 5000

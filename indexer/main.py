@@ -14,11 +14,12 @@ from . import __doc__ as description
 from .api import audit_middleware
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
-from .api.routes import audit, authz, grants, health, images, lookup, records
+from .api.routes import audit, authz, grants, health, images, lookup, qido, records
 from .config import get_settings
 from .db import session_factory
 from .services.audit import AuditWriter
 from .services.platform import BuiltInPlatform, HttpPlatform, MasterIndexPlatform, MasterIndexQueue
+from .services.qido import CentralQido
 
 
 def platform_from_settings() -> MasterIndexPlatform:
@@ -46,6 +47,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await app.state.pool.open()
     app.state.audit = AuditWriter(app.state.pool)
+    app.state.central_qido = CentralQido(
+        settings.central_url,
+        settings.central_basic_auth.get_secret_value(),
+        settings.central_timeout_s,
+    )
     # The sealer hashes in its own process, so it never holds this one's GIL; with several
     # workers each starts one and an advisory lock lets one seal at a time.
     sealer = subprocess.Popen([sys.executable, "-m", "indexer", "audit", "seal", "--every", "1"])
@@ -55,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue.stop()
         sealer.terminate()
         await app.state.audit.flush()
+        await app.state.central_qido.close()
         await app.state.pool.close()
 
 
@@ -76,6 +83,7 @@ def create_app() -> FastAPI:
     app.include_router(authz.router, prefix="/api")
     app.include_router(audit.router, prefix="/api")
     app.include_router(grants.router, prefix="/api")
+    app.include_router(qido.router)
     audit_middleware.install(app)
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app

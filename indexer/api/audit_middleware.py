@@ -1,6 +1,6 @@
-"""One audit record per /api/v1 request, written after the answer is known: who (from the
-token, or "anonymous"), role, institution, action, the resource in pseudonymised form,
-purpose, source address and the HTTP status."""
+"""One audit record per /api/v1 request (and per study search), written after the answer
+is known: who (from the token, or "anonymous"), role, institution, action, the resource in
+pseudonymised form, purpose, source address and the HTTP status."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from ..services.audit import event
 from .deps import get_pii
 
+AUDITED = ("/api/v1/", "/dicom-web/")
 SKIP = ("/api/v1/authz/",)  # the gateway's decisions are recorded by that route itself
 
 
@@ -85,7 +86,7 @@ def install(app: FastAPI) -> None:
 
         async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
             path = scope.get("path", "") if scope["type"] == "http" else ""
-            if path.startswith("/api/v1/") and not path.startswith(SKIP):
+            if path.startswith(AUDITED) and not path.startswith(SKIP):
                 await audited(scope, receive, send, self.inner)
             else:
                 await self.inner(scope, receive, send)

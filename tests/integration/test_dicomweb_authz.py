@@ -54,7 +54,7 @@ def test_staff_read_their_own_institutions_study(
     assert qido.status_code == 200 and len(qido.json()) == 1
 
 
-def test_other_institutions_and_open_searches_get_the_same_403(
+def test_other_institutions_studies_get_the_same_403_as_unknown_ones(
     stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
 ) -> None:
     uid = study_of_a.exam.study_instance_uid
@@ -62,9 +62,34 @@ def test_other_institutions_and_open_searches_get_the_same_403(
     unknown = get(stack, tokens["rad_b"], "/dicom-web/studies/1.2.3.4.5.6.7/metadata")
     assert theirs.status_code == unknown.status_code == 403
     assert theirs.text == unknown.text  # nothing tells whether the study exists
-    assert get(stack, tokens["rad_b"], "/dicom-web/studies").status_code == 403
     frames = f"/dicom-web/studies/{uid}/series/1.2.3/instances/1.2.3.4/frames/1"
     assert get(stack, tokens["rad_b"], frames).status_code == 403
+
+
+def study_uids(answer: httpx.Response) -> list[str]:
+    assert answer.status_code == 200, answer.text
+    return [study["0020000D"]["Value"][0] for study in answer.json()]
+
+
+def test_study_searches_hold_only_what_the_caller_may_read(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    patient = study_of_a.patient.mrn
+    # the worklist (no filter) and a search by patient ID or by UID
+    assert uid in study_uids(get(stack, tokens["rad_a"], "/dicom-web/studies", limit="500"))
+    assert study_uids(get(stack, tokens["rad_a"], "/dicom-web/studies", PatientID=patient)) == [uid]
+    assert uid not in study_uids(get(stack, tokens["rad_b"], "/dicom-web/studies", limit="500"))
+    assert study_uids(get(stack, tokens["rad_b"], "/dicom-web/studies", PatientID=patient)) == []
+    assert study_uids(get(stack, tokens["rad_b"], "/dicom-web/studies", StudyInstanceUID=uid)) == []
+    # administrators see the whole archive; auditors read the audit trail, not images
+    assert uid in study_uids(
+        get(stack, tokens["admin"], "/dicom-web/studies", StudyInstanceUID=uid)
+    )
+    assert get(stack, tokens["auditor"], "/dicom-web/studies").status_code == 403
+    assert get(stack, None, "/dicom-web/studies").status_code == 401
+    bad = get(stack, tokens["rad_a"], "/dicom-web/studies", limit="many")
+    assert bad.status_code == 422 and "limit" in bad.text
 
 
 def test_platform_admin_reads_and_staff_cannot_store(

@@ -31,6 +31,8 @@ class Indexer(Service):
             "INDEXER_OIDC_JWKS_URL": (
                 self.ctx.keycloak_internal_url + realm_path + "/protocol/openid-connect/certs"
             ),
+            "INDEXER_CENTRAL_URL": f"http://127.0.0.1:{self.ctx.ports['central_http']}",
+            "INDEXER_CENTRAL_BASIC_AUTH": "central-admin:" + self.ctx.secrets["central_orthanc"],
             "INDEXER_PLATFORM_KEY": self.ctx.secrets["indexer_platform_key"],
             "PYTHONPATH": str(self.ctx.settings.repo_root),
         }

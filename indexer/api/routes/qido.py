@@ -1,0 +1,43 @@
+"""QIDO-RS study search for viewers, answered per caller (see services/qido.py). The
+gateway sends GET /dicom-web/studies here instead of to the central archive."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from ...errors import Forbidden
+from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES
+from ...services import qido
+from ..deps import authenticate
+
+router = APIRouter(tags=["dicomweb"])
+DICOM_JSON = "application/dicom+json"
+
+
+@router.get(
+    "/dicom-web/studies",
+    responses={200: {"content": {DICOM_JSON: {}}}, 403: {}, 422: {}},
+)
+async def search_studies(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """QIDO-RS /studies with the DICOMweb query parameters (PatientID, StudyDate,
+    AccessionNumber, ModalitiesInStudy, includefield, limit, offset, ...). Staff see their
+    institution's studies and those granted to it; platform administrators see all."""
+    who = authenticate(request, authorization)
+    request.state.audit_resource = "dicomweb:search"
+    params = list(request.query_params.multi_items())
+    central: qido.CentralQido = request.app.state.central_qido
+    if who.has(PLATFORM_ADMIN):
+        return JSONResponse(await central.studies(params), media_type=DICOM_JSON)
+    if not (who.roles & STAFF_ROLES and who.institution):
+        raise Forbidden("not allowed")
+    settings = request.app.state.settings
+    page = await qido.search_for_institution(
+        central, request.app.state.pool, who.institution, params, settings.qido_max_matches
+    )
+    headers = {"Warning": qido.TRUNCATED} if page.truncated else {}
+    return JSONResponse(page.studies, media_type=DICOM_JSON, headers=headers)

@@ -1,0 +1,172 @@
+"""Study search (QIDO-RS /studies) that answers only with what the caller may read.
+
+Orthanc knows nothing of institutions or grants, so the indexer answers study searches
+itself, reading the study attributes from the central archive's DICOMweb:
+
+- An open search (no attribute filter: a viewer's worklist) pages through the studies the
+  caller may read, newest first: their own institution's and those granted to it, from
+  the indexer's tables, then asks central for exactly that page by UID list.
+- A filtered search (patient ID, date, accession no., ...) asks central with the same
+  filters, keeps the studies the caller may read and pages through those. At most
+  `max_matches` central matches are considered; beyond that the answer says so with a
+  DICOMweb Warning header and the caller refines the search.
+
+Neither path tells the caller anything about studies it may not read: counts, pages and
+errors are computed after the filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import IndexerError, InvalidRecord
+
+# Query keys that shape the answer rather than filter it.
+CONTROL_KEYS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+STUDY_UID_TAG = "0020000D"
+TRUNCATED = '299 imaging-cloud "More matches than can be searched; refine the search"'
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+UIDS_PER_CALL = 50
+SCAN_BATCH = 500
+
+RECENT_SQL = """
+SELECT uid FROM (
+    SELECT study_instance_uid AS uid, last_seen AS seen FROM image_studies
+    WHERE institution_code = %(institution)s
+    UNION ALL
+    SELECT study_instance_uid, created_at FROM grants
+    WHERE institution_code = %(institution)s AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+) readable GROUP BY uid ORDER BY max(seen) DESC, uid LIMIT %(limit)s OFFSET %(offset)s
+"""
+AMONG_SQL = """
+SELECT study_instance_uid FROM image_studies
+WHERE study_instance_uid = ANY(%(uids)s) AND institution_code = %(institution)s
+UNION
+SELECT study_instance_uid FROM grants
+WHERE study_instance_uid = ANY(%(uids)s) AND institution_code = %(institution)s
+  AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+"""
+
+
+class CentralUnavailable(IndexerError):
+    status = 502
+
+
+@dataclass(frozen=True)
+class Page:
+    studies: list[dict[str, Any]]
+    truncated: bool = False
+
+
+def paging(params: Sequence[tuple[str, str]]) -> tuple[int, int]:
+    """limit and offset of a QIDO query, checked (422 names the parameter)."""
+    values = {"limit": DEFAULT_LIMIT, "offset": 0}
+    for key, raw in params:
+        if key in values:
+            if not raw.isdigit():
+                raise InvalidRecord(key, "must be a non-negative integer")
+            values[key] = int(raw)
+    if values["limit"] == 0 or values["limit"] > MAX_LIMIT:
+        values["limit"] = MAX_LIMIT
+    return values["limit"], values["offset"]
+
+
+def is_open(params: Sequence[tuple[str, str]]) -> bool:
+    return all(key in CONTROL_KEYS for key, _ in params)
+
+
+def study_uid(study: dict[str, Any]) -> str | None:
+    values = (study.get(STUDY_UID_TAG) or {}).get("Value") or []
+    return str(values[0]) if values else None
+
+
+class CentralQido:
+    """The central archive's QIDO-RS (loopback, central's own credentials)."""
+
+    def __init__(self, url: str, basic_auth: str, timeout_s: float) -> None:
+        user, _, password = basic_auth.partition(":")
+        self.client = httpx.AsyncClient(
+            base_url=url.rstrip("/") + "/dicom-web",
+            auth=(user, password) if user else None,
+            timeout=httpx.Timeout(timeout_s),
+        )
+
+    async def studies(self, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        try:
+            response = await self.client.get("/studies", params=list(params))
+        except httpx.HTTPError as exc:
+            raise CentralUnavailable(f"central archive: {type(exc).__name__}") from exc
+        if response.status_code == 204:
+            return []
+        if response.status_code == 400:
+            raise InvalidRecord("query", "the central archive refused this search")
+        if response.status_code != 200:
+            raise CentralUnavailable(f"central archive answered {response.status_code}")
+        body = response.json()
+        return body if isinstance(body, list) else []
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def readable_recent(
+    pool: AsyncConnectionPool, institution: str, limit: int, offset: int
+) -> list[str]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            RECENT_SQL, {"institution": institution, "limit": limit, "offset": offset}
+        )
+        return [str(row[0]) for row in await cursor.fetchall()]
+
+
+async def readable_among(pool: AsyncConnectionPool, institution: str, uids: list[str]) -> set[str]:
+    if not uids:
+        return set()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(AMONG_SQL, {"institution": institution, "uids": uids})
+        return {str(row[0]) for row in await cursor.fetchall()}
+
+
+async def search_for_institution(
+    central: CentralQido,
+    pool: AsyncConnectionPool,
+    institution: str,
+    params: Sequence[tuple[str, str]],
+    max_matches: int,
+) -> Page:
+    limit, offset = paging(params)
+    shaping = [(k, v) for k, v in params if k in ("includefield", "fuzzymatching")]
+    if is_open(params):
+        uids = await readable_recent(pool, institution, limit, offset)
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(uids), UIDS_PER_CALL):
+            chunk = uids[start : start + UIDS_PER_CALL]
+            for study in await central.studies([("StudyInstanceUID", ",".join(chunk)), *shaping]):
+                uid = study_uid(study)
+                if uid:
+                    found[uid] = study
+        return Page([found[uid] for uid in uids if uid in found])
+    filters = [(k, v) for k, v in params if k not in ("limit", "offset")]
+    wanted = offset + limit
+    mine: list[dict[str, Any]] = []
+    scanned = 0
+    batch_size = min(max_matches, SCAN_BATCH)
+    exhausted = False
+    while not exhausted and scanned < max_matches and len(mine) < wanted:
+        batch = await central.studies(
+            [*filters, ("limit", str(batch_size)), ("offset", str(scanned))]
+        )
+        readable = await readable_among(
+            pool, institution, [uid for uid in map(study_uid, batch) if uid]
+        )
+        mine.extend(study for study in batch if study_uid(study) in readable)
+        scanned += len(batch)
+        exhausted = len(batch) < batch_size
+    return Page(mine[offset:wanted], truncated=not exhausted and len(mine) < wanted)
