@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     central_timeout_s: float = 30.0
     # A filtered study search reads at most this many matches from central (then a Warning).
     qido_max_matches: int = 1000
+    # Break-glass access lasts this long; each use is posted here too (JSON, no personal data).
+    break_glass_hours: int = Field(default=4, ge=1, le=24)
+    alert_webhook_url: str = ""
+    # Patient share links (云胶片): the longest a link may live.
+    share_link_max_hours: int = Field(default=30 * 24, ge=1)
     # Requests larger than this are refused (bulk intake included).
     max_body_bytes: int = 16 * 1024 * 1024
     bulk_max_records: int = 5000

@@ -14,7 +14,18 @@ from . import __doc__ as description
 from .api import audit_middleware
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
-from .api.routes import audit, authz, grants, health, images, lookup, qido, records
+from .api.routes import (
+    audit,
+    authz,
+    break_glass,
+    grants,
+    health,
+    images,
+    lookup,
+    qido,
+    records,
+    sharing,
+)
 from .config import get_settings
 from .db import session_factory
 from .services.audit import AuditWriter
@@ -83,7 +94,10 @@ def create_app() -> FastAPI:
     app.include_router(authz.router, prefix="/api")
     app.include_router(audit.router, prefix="/api")
     app.include_router(grants.router, prefix="/api")
+    app.include_router(break_glass.router, prefix="/api")
+    app.include_router(sharing.router, prefix="/api")
     app.include_router(qido.router)
+    app.include_router(sharing.landing)
     audit_middleware.install(app)
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app

@@ -1,6 +1,9 @@
 /** OHIF viewer configuration for the imaging cloud. The viewer is served by the HTTPS
  * gateway, so DICOMweb lives on the same origin: no host names are baked in. */
 const gatewayOrigin = window.location.origin;
+// Opened from a patient's share link (云胶片): no login, the link's cookie authorises the
+// one study it shows (the gateway sets both cookies; only this one is readable here).
+const shareLinkMode = document.cookie.split('; ').includes('imgcloud_share_mode=1');
 
 window.config = {
   name: 'imaging-cloud',
@@ -19,7 +22,7 @@ window.config = {
   defaultDataSourceName: 'imaging-cloud',
   // Login through Keycloak (authorization code + PKCE); the viewer then sends its access
   // token with every DICOMweb request, and the gateway checks it.
-  oidc: [
+  ...(shareLinkMode ? {} : { oidc: [
     {
       authority: gatewayOrigin + '/auth/realms/imaging-cloud',
       client_id: 'ohif-viewer',
@@ -30,7 +33,7 @@ window.config = {
       automaticSilentRenew: true,
       revokeAccessTokenOnSignout: true,
     },
-  ],
+  ] }),
   dataSources: [
     {
       namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',

@@ -1,5 +1,6 @@
 """SQLAlchemy models; importing this package registers every table on Base.metadata."""
 
+from .alert import Alert
 from .audit import AuditAnchor, AuditEvent
 from .base import Base
 from .exam import STATES, Exam
@@ -10,9 +11,11 @@ from .patient import Patient
 from .person import Person
 from .platform_request import PlatformRequest
 from .report import Report
+from .share_link import ShareLink
 
 __all__ = [
     "STATES",
+    "Alert",
     "AuditAnchor",
     "AuditEvent",
     "Base",
@@ -24,4 +27,5 @@ __all__ = [
     "Person",
     "PlatformRequest",
     "Report",
+    "ShareLink",
 ]

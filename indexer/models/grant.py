@@ -2,7 +2,10 @@
 
 Kinds: `push` (the owner sent the study to another hospital, 跨院推送), `mutual-recognition`
 (a treating clinician's 互认 lookup with a stated purpose, time-limited), `consent` (the
-patient agreed). Grants are revocable; the gateway checks them for every DICOMweb request.
+patient agreed), `break-glass` (emergency access by one named user, with a reason; it
+raises an alert). A grant with `grantee_subject` is for that user only, otherwise for the
+whole receiving institution. Grants are revocable; the gateway checks them for every
+DICOMweb request.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base
 
-KINDS = ("push", "mutual-recognition", "consent")
+KINDS = ("push", "mutual-recognition", "consent", "break-glass")
 
 
 class Grant(Base):
@@ -25,6 +28,7 @@ class Grant(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64))
     owner_institution: Mapped[str] = mapped_column(String(16))
     institution_code: Mapped[str] = mapped_column(String(16))  # who may now read it
+    grantee_subject: Mapped[str | None] = mapped_column(String(128))  # one user only
     kind: Mapped[str] = mapped_column(String(24))
     purpose: Mapped[str | None] = mapped_column(String(200))
     granted_by: Mapped[str] = mapped_column(String(128))

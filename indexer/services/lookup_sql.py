@@ -144,6 +144,7 @@ async def study_institution(pool: AsyncConnectionPool, study_instance_uid: str) 
 GRANT_SQL = """
 SELECT 1 FROM grants
 WHERE study_instance_uid = %(uid)s AND institution_code = %(institution)s
+  AND (grantee_subject IS NULL OR grantee_subject = %(subject)s)
   AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
 LIMIT 1
 """
@@ -155,10 +156,15 @@ VALUES (%(uid)s, %(owner)s, %(institution)s, 'mutual-recognition', %(purpose)s,
 """
 
 
-async def has_grant(pool: AsyncConnectionPool, study_instance_uid: str, institution: str) -> bool:
+async def has_grant(
+    pool: AsyncConnectionPool, study_instance_uid: str, institution: str, subject: str
+) -> bool:
+    """A live grant to the institution, or to this user of it (break-glass)."""
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            GRANT_SQL, {"uid": study_instance_uid, "institution": institution}, prepare=True
+            GRANT_SQL,
+            {"uid": study_instance_uid, "institution": institution, "subject": subject},
+            prepare=True,
         )
         return await cursor.fetchone() is not None
 
@@ -184,3 +190,17 @@ async def grant_mutual_recognition(
                 "hours": hours,
             },
         )
+
+
+SHARE_LINK_SQL = """
+SELECT id, study_instance_uid FROM share_links
+WHERE secret_sha256 = %(digest)s AND revoked_at IS NULL AND expires_at > now()
+"""
+
+
+async def share_link(pool: AsyncConnectionPool, digest: bytes) -> tuple[int, str] | None:
+    """(link id, study) of a live share link with this secret hash."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SHARE_LINK_SQL, {"digest": digest}, prepare=True)
+        row = await cursor.fetchone()
+    return (int(row[0]), str(row[1])) if row else None

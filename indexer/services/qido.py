@@ -42,6 +42,7 @@ SELECT uid FROM (
     UNION ALL
     SELECT study_instance_uid, created_at FROM grants
     WHERE institution_code = %(institution)s AND revoked_at IS NULL
+      AND (grantee_subject IS NULL OR grantee_subject = %(subject)s)
       AND (expires_at IS NULL OR expires_at > now())
 ) readable GROUP BY uid ORDER BY max(seen) DESC, uid LIMIT %(limit)s OFFSET %(offset)s
 """
@@ -51,12 +52,24 @@ WHERE study_instance_uid = ANY(%(uids)s) AND institution_code = %(institution)s
 UNION
 SELECT study_instance_uid FROM grants
 WHERE study_instance_uid = ANY(%(uids)s) AND institution_code = %(institution)s
+  AND (grantee_subject IS NULL OR grantee_subject = %(subject)s)
   AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
 """
 
 
 class CentralUnavailable(IndexerError):
     status = 502
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Whose readable studies: a staff member of an institution."""
+
+    institution: str
+    subject: str
+
+    def params(self) -> dict[str, str]:
+        return {"institution": self.institution, "subject": self.subject}
 
 
 @dataclass(frozen=True)
@@ -117,34 +130,34 @@ class CentralQido:
 
 
 async def readable_recent(
-    pool: AsyncConnectionPool, institution: str, limit: int, offset: int
+    pool: AsyncConnectionPool, reader: Reader, limit: int, offset: int
 ) -> list[str]:
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            RECENT_SQL, {"institution": institution, "limit": limit, "offset": offset}
+            RECENT_SQL, {**reader.params(), "limit": limit, "offset": offset}
         )
         return [str(row[0]) for row in await cursor.fetchall()]
 
 
-async def readable_among(pool: AsyncConnectionPool, institution: str, uids: list[str]) -> set[str]:
+async def readable_among(pool: AsyncConnectionPool, reader: Reader, uids: list[str]) -> set[str]:
     if not uids:
         return set()
     async with pool.connection() as conn:
-        cursor = await conn.execute(AMONG_SQL, {"institution": institution, "uids": uids})
+        cursor = await conn.execute(AMONG_SQL, {**reader.params(), "uids": uids})
         return {str(row[0]) for row in await cursor.fetchall()}
 
 
-async def search_for_institution(
+async def search_for_reader(
     central: CentralQido,
     pool: AsyncConnectionPool,
-    institution: str,
+    reader: Reader,
     params: Sequence[tuple[str, str]],
     max_matches: int,
 ) -> Page:
     limit, offset = paging(params)
     shaping = [(k, v) for k, v in params if k in ("includefield", "fuzzymatching")]
     if is_open(params):
-        uids = await readable_recent(pool, institution, limit, offset)
+        uids = await readable_recent(pool, reader, limit, offset)
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(uids), UIDS_PER_CALL):
             chunk = uids[start : start + UIDS_PER_CALL]
@@ -163,10 +176,19 @@ async def search_for_institution(
         batch = await central.studies(
             [*filters, ("limit", str(batch_size)), ("offset", str(scanned))]
         )
-        readable = await readable_among(
-            pool, institution, [uid for uid in map(study_uid, batch) if uid]
-        )
+        readable = await readable_among(pool, reader, [uid for uid in map(study_uid, batch) if uid])
         mine.extend(study for study in batch if study_uid(study) in readable)
         scanned += len(batch)
         exhausted = len(batch) < batch_size
     return Page(mine[offset:wanted], truncated=not exhausted and len(mine) < wanted)
+
+
+async def search_one(
+    central: CentralQido, study: str, params: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """A search restricted to one study (a share link): the caller's filters still apply."""
+    asked = [v for k, v in params if k == "StudyInstanceUID"]
+    if asked and asked != [study]:
+        return []
+    kept = [(k, v) for k, v in params if k not in ("StudyInstanceUID", "limit", "offset")]
+    return await central.studies([*kept, ("StudyInstanceUID", study)])

@@ -162,3 +162,28 @@ def test_login_page_and_viewer_speak_chinese(
     page.click("#kc-login")
     page.wait_for_selector("text=检查", timeout=60_000)  # the study browser panel, "Studies"
     page.context.close()
+
+
+def test_patient_share_link_opens_the_study_without_an_account(
+    stack: StackClient, browser: Browser, unshared_of_a: SampleStudy
+) -> None:
+    """云胶片: the link (or its QR code) opens the one study in the viewer, no login."""
+    uid = unshared_of_a.exam.study_instance_uid
+    rad_a = stack.password_token(
+        stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]
+    )["access_token"]
+    with stack.gateway(rad_a) as api:
+        made = api.post(f"/api/v1/institutions/H0001/studies/{uid}/share-links", json={"hours": 1})
+    assert made.status_code == 200, made.text
+    page = new_page(browser)
+    visited: list[str] = []
+    page.on("framenavigated", lambda frame: visited.append(frame.url))
+    page.goto(made.json()["url"], wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector("canvas.cornerstone-canvas", timeout=60_000)
+    deadline = time.monotonic() + 60
+    while not shows_an_image(viewport_pixels(page)):
+        assert time.monotonic() < deadline, "the viewport never showed the image"
+        page.wait_for_timeout(1000)
+    assert not any("/auth/" in url for url in visited), visited  # never sent to a login
+    page.screenshot(path=str(Path(stack["STACK_DIR"]) / "logs" / "e2e-share-link.png"))
+    page.context.close()

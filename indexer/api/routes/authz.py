@@ -10,7 +10,9 @@ request through to the central archive.
   not), gets the same 403: neither counts nor error texts tell whether a study exists.
 - Writes (STOW-RS) are for gateway accounts and platform administrators.
 - Another institution's study needs a grant to the caller's institution: a push from its
-  owner, a 互认 lookup with a stated purpose (time-limited), or the patient's consent.
+  owner, a 互认 lookup with a stated purpose (time-limited), or the patient's consent; or
+  to the caller alone: break-glass, with a reason and an alert.
+- Without a token, a patient's share link (its cookie) reads its one study, nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fastapi.responses import Response
 
 from ...errors import Forbidden, Unauthenticated
 from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
-from ...services import lookup_sql
+from ...services import lookup_sql, sharing
 from ...services.audit import event
 from ..deps import get_verifier
 
@@ -45,6 +47,20 @@ def study_of(uri: str) -> str | None:
     return None
 
 
+async def share_link_reader(request: Request) -> tuple[Principal, str] | None:
+    """A patient's share link (云胶片), from the cookie its landing page set: the link as
+    the caller, and the one study it opens; None without a live link."""
+    secret = request.cookies.get(sharing.COOKIE)
+    if not secret or not sharing.plausible(secret):
+        return None
+    found = await lookup_sql.share_link(request.app.state.pool, sharing.digest(secret))
+    if found is None:
+        return None
+    link_id, study = found
+    who = Principal(f"share-link:{link_id}", "share-link", None, frozenset({"share-link"}))
+    return who, study
+
+
 # nginx's auth_request subrequest keeps the original method (no body).
 @router.api_route("/dicomweb", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
 async def dicomweb(
@@ -60,7 +76,14 @@ async def dicomweb(
     status = 500
     try:
         if not authorization or not authorization.startswith("Bearer "):
-            raise Unauthenticated("an Authorization: Bearer <access token> header is required")
+            shared = await share_link_reader(request)
+            if shared is None:
+                raise Unauthenticated("an Authorization: Bearer <access token> header is required")
+            who, study = shared
+            if x_original_method.upper() in READ_METHODS and study_of(x_original_uri) == study:
+                status = 204
+                return Response(status_code=204)
+            raise Forbidden("not allowed")
         who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
         response = await _decide(request, who, x_original_uri, x_original_method)
         status = response.status_code
@@ -98,7 +121,9 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
         institution = await lookup_sql.study_institution(pool, uid)
         if institution == who.institution:
             return Response(status_code=204)
-        if institution is not None and await lookup_sql.has_grant(pool, uid, who.institution):
+        if institution is not None and await lookup_sql.has_grant(
+            pool, uid, who.institution, who.subject
+        ):
             return Response(status_code=204)  # pushed to this institution, 互认, consent
     raise Forbidden("not allowed")
 

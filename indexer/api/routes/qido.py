@@ -12,6 +12,7 @@ from ...errors import Forbidden
 from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES
 from ...services import qido
 from ..deps import authenticate
+from .authz import share_link_reader
 
 router = APIRouter(tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
@@ -27,17 +28,25 @@ async def search_studies(
     """QIDO-RS /studies with the DICOMweb query parameters (PatientID, StudyDate,
     AccessionNumber, ModalitiesInStudy, includefield, limit, offset, ...). Staff see their
     institution's studies and those granted to it; platform administrators see all."""
-    who = authenticate(request, authorization)
     request.state.audit_resource = "dicomweb:search"
     params = list(request.query_params.multi_items())
     central: qido.CentralQido = request.app.state.central_qido
+    if not authorization:
+        shared = await share_link_reader(request)
+        if shared is not None:  # a patient's link: its one study
+            request.state.principal, study = shared
+            return JSONResponse(
+                await qido.search_one(central, study, params), media_type=DICOM_JSON
+            )
+    who = authenticate(request, authorization)
     if who.has(PLATFORM_ADMIN):
         return JSONResponse(await central.studies(params), media_type=DICOM_JSON)
     if not (who.roles & STAFF_ROLES and who.institution):
         raise Forbidden("not allowed")
     settings = request.app.state.settings
-    page = await qido.search_for_institution(
-        central, request.app.state.pool, who.institution, params, settings.qido_max_matches
+    reader = qido.Reader(who.institution, who.subject)
+    page = await qido.search_for_reader(
+        central, request.app.state.pool, reader, params, settings.qido_max_matches
     )
     headers = {"Warning": qido.TRUNCATED} if page.truncated else {}
     return JSONResponse(page.studies, media_type=DICOM_JSON, headers=headers)

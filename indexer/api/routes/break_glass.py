@@ -1,0 +1,172 @@
+"""Break-glass (紧急访问): a clinician or radiologist who must see another institution's
+study now, without a referral, push or 互认 lookup, states a reason and gets access for a
+few hours, for themselves alone. Every use raises an alert that auditors and the owning
+institution's administrators see and acknowledge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
+from pydantic import AwareDatetime, Field
+from sqlalchemy import select
+
+from ...errors import Forbidden, InvalidRecord, NotFound
+from ...models import Alert, Grant
+from ...schemas import UID, Strict
+from ...security.auth import PLATFORM_ADMIN, Principal
+from ..deps import Caller, Reg, get_pii
+
+router = APIRouter(prefix="/v1", tags=["break-glass"])
+log = logging.getLogger("indexer.alerts")
+
+
+class BreakGlassIn(Strict):
+    study_instance_uid: str = Field(pattern=UID, max_length=64)
+    reason: str = Field(min_length=10, max_length=500, description="why, in a sentence")
+
+
+class BreakGlassOut(Strict):
+    grant_id: int
+    alert_id: int
+    study_instance_uid: str
+    expires_at: dt.datetime
+
+
+class AlertOut(Strict):
+    id: int
+    kind: str
+    created_at: dt.datetime
+    username: str
+    institution: str | None
+    owner_institution: str
+    study_instance_uid: str
+    reason: str
+    acknowledged_by: str | None
+    acknowledged_at: dt.datetime | None
+
+
+def _notify(url: str, alert_id: int, kind: str, owner: str) -> None:
+    """Tell the operators' alerting endpoint (no personal data: ids and codes only)."""
+    try:
+        httpx.post(url, json={"alert_id": alert_id, "kind": kind, "owner": owner}, timeout=5)
+    except httpx.HTTPError as exc:
+        log.warning("alert %s: webhook failed (%s)", alert_id, type(exc).__name__)
+
+
+@router.post("/break-glass", response_model=BreakGlassOut)
+def break_glass(
+    body: BreakGlassIn, who: Caller, reg: Reg, request: Request, tasks: BackgroundTasks
+) -> BreakGlassOut:
+    """Emergency access to another institution's study for the caller alone, for
+    `break_glass_hours`. The reason is required, audited and raises an alert."""
+    if not who.has("radiologist", "clinician") or not who.institution:
+        raise Forbidden("break-glass is for clinicians and radiologists of an institution")
+    uid = body.study_instance_uid
+    owner = reg.study_institution(uid)
+    if owner is None:
+        raise NotFound("no study with this UID")
+    if owner == who.institution:
+        raise InvalidRecord(
+            "study_instance_uid", "your own institution's study needs no break-glass"
+        )
+    settings = request.app.state.settings
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=settings.break_glass_hours)
+    grant = Grant(
+        study_instance_uid=uid,
+        owner_institution=owner,
+        institution_code=who.institution,
+        grantee_subject=who.subject,
+        kind="break-glass",
+        purpose="break-glass",
+        granted_by=who.subject,
+        expires_at=expires,
+    )
+    alert = Alert(
+        kind="break-glass",
+        actor=who.subject,
+        username=who.username,
+        institution=who.institution,
+        owner_institution=owner,
+        study_instance_uid=uid,
+        reason_enc=get_pii().encrypt(body.reason, "alerts.reason"),
+    )
+    reg.session.add_all([grant, alert])
+    reg.session.commit()
+    request.state.audit_resource = f"study:{uid}"
+    request.state.audit_purpose = "break-glass"
+    log.warning(
+        "ALERT %s break-glass by %s of %s on a study of %s",
+        alert.id,
+        who.subject,
+        who.institution,
+        owner,
+    )
+    if settings.alert_webhook_url:
+        tasks.add_task(_notify, settings.alert_webhook_url, alert.id, "break-glass", owner)
+    return BreakGlassOut(
+        grant_id=grant.id, alert_id=alert.id, study_instance_uid=uid, expires_at=expires
+    )
+
+
+def _visible_to(who: Principal) -> str | None:
+    """None: every alert (auditors, platform admins); else the admin's institution."""
+    if who.has("auditor", PLATFORM_ADMIN):
+        return None
+    if who.has("hospital-admin") and who.institution:
+        return who.institution
+    raise Forbidden("alerts are for auditors and hospital or platform administrators")
+
+
+def _out(row: Alert) -> AlertOut:
+    return AlertOut(
+        id=row.id,
+        kind=row.kind,
+        created_at=row.created_at,
+        username=row.username,
+        institution=row.institution,
+        owner_institution=row.owner_institution,
+        study_instance_uid=row.study_instance_uid,
+        reason=get_pii().decrypt(row.reason_enc, "alerts.reason"),
+        acknowledged_by=row.acknowledged_by,
+        acknowledged_at=row.acknowledged_at,
+    )
+
+
+@router.get("/alerts", response_model=list[AlertOut])
+def alerts(
+    who: Caller,
+    reg: Reg,
+    since: AwareDatetime | None = None,
+    open_only: Annotated[bool, Query(alias="open")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AlertOut]:
+    """Alerts, newest first; `open=true` leaves out acknowledged ones."""
+    scope = _visible_to(who)
+    query = select(Alert).order_by(Alert.id.desc()).limit(limit)
+    if scope is not None:
+        query = query.where(Alert.owner_institution == scope)
+    if since is not None:
+        query = query.where(Alert.created_at >= since)
+    if open_only:
+        query = query.where(Alert.acknowledged_at.is_(None))
+    return [_out(row) for row in reg.session.scalars(query)]
+
+
+@router.post("/alerts/{alert_id}/acknowledge", response_model=AlertOut)
+def acknowledge(
+    alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Caller, reg: Reg
+) -> AlertOut:
+    """Mark an alert as reviewed (who and when are kept)."""
+    scope = _visible_to(who)
+    row = reg.session.get(Alert, alert_id, with_for_update=True)
+    if row is None or (scope is not None and row.owner_institution != scope):
+        raise NotFound("no such alert")
+    if row.acknowledged_at is None:
+        row.acknowledged_by = who.username
+        row.acknowledged_at = dt.datetime.now(dt.UTC)
+    reg.session.commit()
+    return _out(row)

@@ -1,0 +1,157 @@
+"""Break-glass (emergency access with a reason, for one user, with an alert) and patient
+share links (云胶片: a revocable, time-limited link to one study, opened without an
+account), all through the gateway."""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from keycloak import KeycloakAdmin
+from PIL import Image
+
+from deploy.samples.studies import SampleStudy
+from deploy.stack.client import StackClient
+from deploy.stack.launcher import load_context
+from deploy.stack.services.keycloak import ADMIN_USER
+from deploy.stack.settings import StackSettings
+
+from .test_dicomweb_authz import DICOM_JSON, study_of_a  # noqa: F401 - the fixture
+
+METADATA = "/dicom-web/studies/{}/metadata"
+
+
+@pytest.fixture(scope="module")
+def second_user_of_b(stack: StackClient, stack_settings: StackSettings) -> Iterator[str]:
+    """A clinician of hospital B besides the demo radiologist (removed afterwards): a
+    break-glass grant is for the one user who asked, not for their colleagues."""
+    ctx = load_context(stack_settings)
+    admin = KeycloakAdmin(
+        server_url=stack["KEYCLOAK_INTERNAL_URL"] + "/",
+        username=ADMIN_USER,
+        password=ctx.secrets["keycloak_admin"],
+        realm_name="master",
+        user_realm_name="master",
+        timeout=30,
+    )
+    admin.change_current_realm(stack["KEYCLOAK_REALM"])
+    username, password = f"clinician.b.{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    user_id = admin.create_user(
+        {
+            "username": username,
+            "enabled": True,
+            "emailVerified": True,
+            "firstName": "Test",
+            "lastName": "Clinician",
+            "email": f"{username}@example.invalid",
+            "attributes": {"institution": ["H0002"]},
+            "credentials": [{"type": "password", "value": password, "temporary": False}],
+        }
+    )
+    admin.assign_realm_roles(user_id, [admin.get_realm_role("clinician")])
+    try:
+        yield str(stack.password_token(username, password)["access_token"])
+    finally:
+        admin.delete_user(user_id)
+
+
+def test_break_glass_needs_a_reason_opens_the_study_to_that_user_alone_and_alerts(
+    stack: StackClient,
+    tokens: dict[str, str],
+    study_of_a: SampleStudy,  # noqa: F811
+    second_user_of_b: str,
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    with stack.gateway(tokens["rad_b"]) as rad_b:
+        assert rad_b.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 403
+        short = rad_b.post("/api/v1/break-glass", json={"study_instance_uid": uid, "reason": "x"})
+        assert short.status_code == 422 and "reason" in short.text
+        own = tokens["rad_a"]
+        with stack.gateway(own) as rad_a:  # one's own study needs none
+            same = rad_a.post(
+                "/api/v1/break-glass",
+                json={"study_instance_uid": uid, "reason": "unconscious patient in ER"},
+            )
+            assert same.status_code == 422
+        reason = "unconscious patient in ER, prior CT needed now"
+        opened = rad_b.post(
+            "/api/v1/break-glass", json={"study_instance_uid": uid, "reason": reason}
+        )
+        assert opened.status_code == 200, opened.text
+        assert rad_b.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 200
+        listed = rad_b.get("/dicom-web/studies", params={"StudyInstanceUID": uid}).json()
+        assert [s["0020000D"]["Value"][0] for s in listed] == [uid]
+    with stack.gateway(second_user_of_b) as colleague:  # same hospital, did not ask
+        assert colleague.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 403
+    alert_id = opened.json()["alert_id"]
+    with stack.gateway(tokens["auditor"]) as auditor:
+        alerts = auditor.get("/api/v1/alerts", params={"open": "true"}).json()
+        alert = next(a for a in alerts if a["id"] == alert_id)
+        assert alert["kind"] == "break-glass" and alert["reason"] == reason
+        assert alert["institution"] == "H0002" and alert["owner_institution"] == "H0001"
+        done = auditor.post(f"/api/v1/alerts/{alert_id}/acknowledge").json()
+        assert done["acknowledged_by"] == stack["DEMO_AUDITOR_USER"]
+        still_open = auditor.get("/api/v1/alerts", params={"open": "true"}).json()
+        assert alert_id not in {a["id"] for a in still_open}
+        # the break-glass is in the audit trail with its purpose
+        trail = auditor.get("/api/v1/audit", params={"resource": f"study:{uid}"}).json()
+        assert any(
+            r["purpose"] == "break-glass" and r["outcome"] == 200 and r["institution"] == "H0002"
+            for r in trail["events"]
+        )
+    with stack.gateway(tokens["rad_b"]) as rad_b:  # radiologists do not read alerts
+        assert rad_b.get("/api/v1/alerts").status_code == 403
+
+
+def browser_like(stack: StackClient) -> httpx.Client:
+    """No token, cookies kept: what a patient's phone does with the link."""
+    return httpx.Client(base_url=stack["GATEWAY_URL"], verify=stack.ca_context(), timeout=30)
+
+
+def test_share_link_opens_one_study_without_an_account_until_revoked(
+    stack: StackClient,
+    tokens: dict[str, str],
+    study_of_a: SampleStudy,  # noqa: F811
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    links = f"/api/v1/institutions/H0001/studies/{uid}/share-links"
+    with stack.gateway(tokens["rad_b"]) as rad_b:  # only the study's own institution shares
+        assert rad_b.post(links, json={"hours": 24}).status_code == 403
+    with stack.gateway(tokens["rad_a"]) as rad_a:
+        assert rad_a.post(links, json={"hours": 0}).status_code == 422
+        made = rad_a.post(links, json={"hours": 24})
+        assert made.status_code == 200, made.text
+        link = made.json()
+        listed = rad_a.get(links).json()
+    assert link["url"].startswith(stack["GATEWAY_URL"] + "/s/")
+    assert all("url" not in item for item in listed) and link["id"] in {i["id"] for i in listed}
+    qr = Image.open(io.BytesIO(base64.b64decode(link["qr_code_png"].split(",", 1)[1])))
+    assert qr.format == "PNG" and qr.width >= 150
+    secret = link["url"].rsplit("/", 1)[1]
+
+    with browser_like(stack) as phone:
+        landing = phone.get(f"/s/{secret}")
+        assert landing.status_code == 303
+        assert landing.headers["location"] == f"/viewer?StudyInstanceUIDs={uid}"
+        assert phone.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 200
+        found = phone.get("/dicom-web/studies", headers=DICOM_JSON).json()
+        assert [s["0020000D"]["Value"][0] for s in found] == [uid]
+        # nothing else: another study, the API, central's REST
+        assert phone.get(METADATA.format("1.2.3.4.5"), headers=DICOM_JSON).status_code == 403
+        assert phone.get("/api/v1/audit").status_code == 401
+        assert phone.get("/orthanc/system").status_code == 401
+        with stack.gateway(tokens["rad_a"]) as rad_a:
+            gone = rad_a.delete(f"{links}/{link['id']}")
+            assert gone.status_code == 200 and gone.json()["revoked_at"]
+        assert phone.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 401
+        again = phone.get(f"/s/{secret}")
+        assert again.status_code == 404 and "过期" in again.text
+    with browser_like(stack) as stranger:  # a made-up secret looks the same
+        assert stranger.get("/s/" + secrets.token_urlsafe(32)).status_code == 404
+    access_log = Path(stack["STACK_DIR"]) / "gateway" / "logs" / "access.log"
+    assert "/s/(secret)" in access_log.read_text() and secret not in access_log.read_text()
