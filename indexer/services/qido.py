@@ -101,19 +101,21 @@ def study_uid(study: dict[str, Any]) -> str | None:
 
 
 class CentralQido:
-    """The central archive's QIDO-RS (loopback, central's own credentials)."""
+    """The central archive (loopback, central's own credentials): its QIDO-RS, and which
+    study an Orthanc resource ID belongs to (a fixed fact, so it is remembered)."""
 
     def __init__(self, url: str, basic_auth: str, timeout_s: float) -> None:
         user, _, password = basic_auth.partition(":")
         self.client = httpx.AsyncClient(
-            base_url=url.rstrip("/") + "/dicom-web",
+            base_url=url.rstrip("/"),
             auth=(user, password) if user else None,
             timeout=httpx.Timeout(timeout_s),
         )
+        self._study_of: dict[str, str] = {}
 
     async def studies(self, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         try:
-            response = await self.client.get("/studies", params=list(params))
+            response = await self.client.get("/dicom-web/studies", params=list(params))
         except httpx.HTTPError as exc:
             raise CentralUnavailable(f"central archive: {type(exc).__name__}") from exc
         if response.status_code == 204:
@@ -124,6 +126,27 @@ class CentralQido:
             raise CentralUnavailable(f"central archive answered {response.status_code}")
         body = response.json()
         return body if isinstance(body, list) else []
+
+    async def study_of_resource(self, level: str, orthanc_id: str) -> str | None:
+        """The StudyInstanceUID of an Orthanc study or instance ID (None: no such one)."""
+        key = f"{level}/{orthanc_id}"
+        if key in self._study_of:
+            return self._study_of[key]
+        path = f"/studies/{orthanc_id}" if level == "studies" else f"/instances/{orthanc_id}/study"
+        try:
+            response = await self.client.get(path)
+        except httpx.HTTPError as exc:
+            raise CentralUnavailable(f"central archive: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise CentralUnavailable(f"central archive answered {response.status_code}")
+        uid = (response.json().get("MainDicomTags") or {}).get("StudyInstanceUID")
+        if uid:
+            if len(self._study_of) >= 100_000:
+                self._study_of.clear()
+            self._study_of[key] = str(uid)
+        return str(uid) if uid else None
 
     async def close(self) -> None:
         await self.client.aclose()

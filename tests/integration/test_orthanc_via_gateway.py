@@ -8,7 +8,10 @@ from pathlib import Path
 
 import httpx
 
+from deploy.samples.studies import SampleStudy
 from deploy.stack.client import StackClient
+
+from .test_dicomweb_authz import study_of_a  # noqa: F401 - the fixture
 
 
 def gateway_token(stack: StackClient, institution: str) -> str:
@@ -51,3 +54,33 @@ def test_who_may_call_central_rest(stack: StackClient) -> None:
         assert edge.get("/orthanc/system").status_code == 403  # not an edge's call
         assert edge.delete("/orthanc/studies/0" * 1).status_code == 403
         assert edge.get("/orthanc/app/explorer.html").status_code == 403
+
+
+def test_a_hospital_gateway_reads_only_studies_its_hospital_may_read(
+    stack: StackClient,
+    study_of_a: SampleStudy,  # noqa: F811
+) -> None:
+    """Hospital B's edge cannot fetch hospital A's files from central until A shares them."""
+    uid = study_of_a.exam.study_instance_uid
+    with stack.gateway(gateway_token(stack, "H0001")) as edge_a:
+        study_id = next(i["ID"] for i in edge_a.post("/orthanc/tools/lookup", content=uid).json())
+        listed = edge_a.get(f"/orthanc/studies/{study_id}/instances")
+        assert listed.status_code == 200
+        instance_id = listed.json()[0]["ID"]
+        assert edge_a.get(f"/orthanc/instances/{instance_id}/file").status_code == 200
+        assert (
+            edge_a.get("/orthanc/imaging-cloud/pushes", params={"to": "H0001"}).status_code == 200
+        )
+        assert (
+            edge_a.get("/orthanc/imaging-cloud/pushes", params={"to": "H0002"}).status_code == 403
+        )
+    with stack.gateway(gateway_token(stack, "H0002")) as edge_b:
+        assert edge_b.get(f"/orthanc/studies/{study_id}/instances").status_code == 403
+        assert edge_b.get(f"/orthanc/instances/{instance_id}/file").status_code == 403
+        with stack.gateway(gateway_token(stack, "H0001")) as edge_a:  # A pushes: a grant
+            granted = edge_a.post(
+                f"/api/v1/institutions/H0001/studies/{uid}/grants",
+                json={"to_institution": "H0002", "kind": "push"},
+            )
+            assert granted.status_code == 200, granted.text
+        assert edge_b.get(f"/orthanc/instances/{instance_id}/file").status_code == 200

@@ -128,13 +128,15 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
     raise Forbidden("not allowed")
 
 
-# What a hospital gateway account may do on central's REST API (behind /orthanc/).
+# What a hospital gateway account may do on central's REST API (behind /orthanc/). Reads
+# of a study's files are for studies the gateway's institution may read (its own, or
+# granted to it: a push), and push lists are its own.
 GATEWAY_CALLS = [
     ("POST", re.compile(r"^/instances$")),
     ("POST", re.compile(r"^/tools/lookup$")),
     ("POST", re.compile(r"^/imaging-cloud/verify$")),
-    ("GET", re.compile(r"^/studies/[0-9a-f-]{44}/instances$")),
-    ("GET", re.compile(r"^/instances/[0-9a-f-]{44}/file$")),
+    ("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$")),
+    ("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$")),
     ("GET", re.compile(r"^/imaging-cloud/pushes$")),
     ("POST", re.compile(r"^/imaging-cloud/pushes$")),
     ("GET", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}$")),
@@ -142,9 +144,30 @@ GATEWAY_CALLS = [
 ]
 
 
-def gateway_may(method: str, uri: str) -> bool:
+def gateway_call(method: str, uri: str) -> re.Match[str] | None:
     path = urlsplit(uri).path.removeprefix("/orthanc")
-    return any(method == m and pattern.match(path) for m, pattern in GATEWAY_CALLS)
+    for allowed, pattern in GATEWAY_CALLS:
+        match = pattern.match(path) if method == allowed else None
+        if match:
+            return match
+    return None
+
+
+async def gateway_may(request: Request, who: Principal, method: str, uri: str) -> bool:
+    match = gateway_call(method, uri)
+    if match is None or not who.institution:
+        return False
+    if match.re.pattern.endswith("pushes$") and method == "GET":
+        return parse_qs(urlsplit(uri).query).get("to") == [who.institution]
+    if match.re.groups != 2:
+        return True
+    uid = await request.app.state.central_qido.study_of_resource(match[1], match[2])
+    if uid is None:
+        return True  # central answers 404 itself: nothing to protect
+    pool = request.app.state.pool
+    return await lookup_sql.study_institution(pool, uid) == who.institution or (
+        await lookup_sql.has_grant(pool, uid, who.institution, who.subject)
+    )
 
 
 @router.api_route("/orthanc", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
@@ -164,7 +187,9 @@ async def orthanc_rest(
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated("an Authorization: Bearer <access token> header is required")
         who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
-        if who.has(PLATFORM_ADMIN) or (who.has("gateway") and gateway_may(method, x_original_uri)):
+        if who.has(PLATFORM_ADMIN) or (
+            who.has("gateway") and await gateway_may(request, who, method, x_original_uri)
+        ):
             status = 204
             return Response(status_code=204)
         raise Forbidden("not allowed")
