@@ -153,10 +153,17 @@ def test_a_grant_opens_a_study_until_its_owner_revokes_it(
         assert get(stack, tokens["rad_b"], metadata).status_code == 200
         revoked = owner.delete(f"{grants}/{granted.json()['id']}")
         assert revoked.status_code == 200
-    # other grants on this study (an earlier 互认 lookup) are revoked too, to see the effect
+    # the study's own staff list its grants; the others (an earlier 互认 lookup) are
+    # revoked too, to see the effect
+    with stack.gateway(tokens["rad_a"]) as staff_of_owner:
+        listed = staff_of_owner.get(grants).json()
+    assert {g["kind"] for g in listed} >= {"consent", "mutual-recognition"}
+    assert next(g for g in listed if g["id"] == granted.json()["id"])["revoked_at"]
     with stack.gateway(tokens["admin"]) as owner:
-        for grant_id in range(1, granted.json()["id"]):
-            owner.delete(f"{grants}/{grant_id}")
+        for grant in listed:
+            owner.delete(f"{grants}/{grant['id']}")
     assert get(stack, tokens["rad_b"], metadata).status_code == 403
+    with stack.gateway(tokens["rad_b"]) as other:  # nor does another hospital see them
+        assert other.get(grants).status_code == 403
     with stack.gateway(tokens["rad_b"]) as other:  # only the owner's side revokes
         assert other.delete(f"{grants}/{granted.json()['id']}").status_code == 403

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path
 from pydantic import AwareDatetime, Field
+from sqlalchemy import select
 
 from ...errors import InvalidRecord, NotFound
 from ...models import Grant
@@ -29,9 +30,12 @@ class GrantOut(Strict):
     study_instance_uid: str
     owner_institution: str
     institution_code: str
+    for_user: bool = Field(description="for one user of that institution (break-glass)")
     kind: str
     purpose: str | None
+    created_at: dt.datetime
     expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
 
 
 def _out(row: Grant) -> GrantOut:
@@ -40,9 +44,12 @@ def _out(row: Grant) -> GrantOut:
         study_instance_uid=row.study_instance_uid,
         owner_institution=row.owner_institution,
         institution_code=row.institution_code,
+        for_user=row.grantee_subject is not None,
         kind=row.kind,
         purpose=row.purpose,
+        created_at=row.created_at,
         expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
     )
 
 
@@ -73,6 +80,24 @@ def grant(
     reg.session.add(row)
     reg.session.commit()
     return _out(row)
+
+
+@router.get("/{code}/studies/{study_instance_uid}/grants", response_model=list[GrantOut])
+def grants_of_study(
+    code: Annotated[str, Path(pattern=CODE)],
+    study_instance_uid: Annotated[str, Path(pattern=UID, max_length=64)],
+    who: Caller,
+    reg: Reg,
+) -> list[GrantOut]:
+    """Who else may read one of this institution's studies, and who could (revoked and
+    expired grants too), newest first: for its staff and platform administrators."""
+    who.may_read(code)
+    rows = reg.session.scalars(
+        select(Grant)
+        .where(Grant.owner_institution == code, Grant.study_instance_uid == study_instance_uid)
+        .order_by(Grant.id.desc())
+    )
+    return [_out(row) for row in rows]
 
 
 @router.delete("/{code}/studies/{study_instance_uid}/grants/{grant_id}", response_model=GrantOut)
