@@ -15,6 +15,7 @@ from .api import audit_middleware
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
 from .api.routes import (
+    admin_console,
     audit,
     authz,
     break_glass,
@@ -98,6 +99,7 @@ def create_app() -> FastAPI:
     app.include_router(sharing.router, prefix="/api")
     app.include_router(qido.router)
     app.include_router(sharing.landing)
+    app.include_router(admin_console.router)
     audit_middleware.install(app)
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
     return app

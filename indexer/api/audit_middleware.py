@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from ..services.audit import event
 from .deps import get_pii
 
-AUDITED = ("/api/v1/", "/dicom-web/", "/s/")
+AUDITED = ("/api/v1/", "/dicom-web/", "/s/", "/orthanc-login")
 SKIP = ("/api/v1/authz/",)  # the gateway's decisions are recorded by that route itself
 
 

@@ -12,36 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, Response, sync_playwright
+from playwright.sync_api import Browser, Page, Response
 
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient
 
 from ..integration.fresh import fresh_seed
 from ..integration.test_edge_retrieval import delivered_to_central, pacs_for
-
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium keeps calling Google's hosts, which this
-# closed network refuses; as root it needs --no-sandbox.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+from .conftest import new_page
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +71,6 @@ def viewport_pixels(page: Page) -> np.ndarray:
 def shows_an_image(pixels: np.ndarray) -> bool:
     # An empty viewport is flat black; a CT slice has body, bone and air in it.
     return float((pixels > 40).mean()) > 0.05 and float(pixels.std()) > 20
-
-
-def new_page(browser: Browser, locale: str = "en-US") -> Page:
-    context = browser.new_context(
-        ignore_https_errors=True, viewport={"width": 1280, "height": 900}, locale=locale
-    )
-    return context.new_page()
 
 
 def test_b_radiologist_opens_a_study_pushed_from_a(

@@ -29,6 +29,7 @@ from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
 from ...services import lookup_sql, sharing
 from ...services.audit import event
 from ..deps import get_verifier
+from . import admin_console
 
 router = APIRouter(prefix="/v1/authz", include_in_schema=False)
 _STUDY_PATH = re.compile(r"^/dicom-web/studies/([0-9.]{1,64})(?:/|$)")
@@ -184,6 +185,9 @@ async def orthanc_rest(
     status = 500
     method = x_original_method.upper()
     try:
+        if not authorization and request.cookies.get(admin_console.ADMIN_COOKIE):
+            # Orthanc Explorer in an administrator's browser (see admin_console.py)
+            authorization = "Bearer " + request.cookies[admin_console.ADMIN_COOKIE]
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated("an Authorization: Bearer <access token> header is required")
         who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
