@@ -1,15 +1,18 @@
 """The main job on sample data: a simulated CT modality sends a study to hospital A's edge,
 the edge forwards it to the central archive, hospital A pushes it to hospital B, whose edge
-collects it from central and delivers it to B's PACS (a stand-in), and we print where to look.
+collects it from central and delivers it to B's PACS (a stand-in); hospital A makes a share
+link (云胶片) for the patient, and we print where to look.
 
 Run by `make demo` after `make up`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import sys
 import time
+from pathlib import Path
 
 from deploy.samples.pacs import HospitalPacs
 from deploy.samples.studies import make_study
@@ -54,6 +57,7 @@ def main() -> int:
     )
     if push_to_b(stack, exam.study_instance_uid, DEMO_SLICES) != 0:
         return 1
+    share_url = share_link(stack, exam.study_instance_uid, settings.state_dir / "demo-share-qr.png")
     gw = stack["GATEWAY_URL"]
     print("Where to look:")
     print(f"  Viewer (OHIF)     {gw}/viewer?StudyInstanceUIDs={exam.study_instance_uid}")
@@ -63,8 +67,13 @@ def main() -> int:
         f"{stack['DEMO_RADIOLOGIST_A_PASSWORD']}  (hospital {stack['EDGE_A_INSTITUTION']})"
     )
     print(
-        f"  Orthanc Explorer  {stack['CENTRAL_ORTHANC_URL']}/app/explorer.html  "
-        f"({stack['CENTRAL_ORTHANC_USER']} / {stack['CENTRAL_ORTHANC_PASSWORD']})"
+        f"  ... and at B      {stack['DEMO_RADIOLOGIST_B_USER']} / "
+        f"{stack['DEMO_RADIOLOGIST_B_PASSWORD']}  (sees the pushed study, nothing else of A's)"
+    )
+    print(f"  Patient's link    {share_url}  (QR code: {settings.state_dir / 'demo-share-qr.png'})")
+    print(
+        f"  Orthanc Explorer  {gw}/orthanc-login  "
+        f"({stack['DEMO_ADMIN_USER']} / {stack['DEMO_ADMIN_PASSWORD']})"
     )
     print(f"  Keycloak admin    {stack['KEYCLOAK_URL']}/admin/  (realm {stack['KEYCLOAK_REALM']})")
     print(
@@ -72,6 +81,22 @@ def main() -> int:
     )
     print(f"  All settings      {settings.stack_env}")
     return 0
+
+
+def share_link(stack: StackClient, study_uid: str, qr_path: Path) -> str:
+    """Hospital A's radiologist makes a 72-hour link to the study for the patient."""
+    token = stack.password_token(
+        stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]
+    )["access_token"]
+    code = stack["EDGE_A_INSTITUTION"]
+    with stack.gateway(token) as api:
+        answer = api.post(
+            f"/api/v1/institutions/{code}/studies/{study_uid}/share-links", json={"hours": 72}
+        )
+    answer.raise_for_status()
+    link = answer.json()
+    qr_path.write_bytes(base64.b64decode(link["qr_code_png"].split(",", 1)[1]))
+    return str(link["url"])
 
 
 def push_to_b(stack: StackClient, study_uid: str, count: int) -> int:
