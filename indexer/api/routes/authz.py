@@ -8,7 +8,7 @@ request through to the central archive.
   against the study's institution as the indexer knows it from the edges' arrivals.
 - A search without a StudyInstanceUID, or any study the caller may not read (known or
   not), gets the same 403: neither counts nor error texts tell whether a study exists.
-- Writes (STOW-RS) are for gateway accounts and platform administrators.
+- Writes (STOW-RS) are for platform administrators.
 - Another institution's study needs a grant to the caller's institution: a push from its
   owner, a 互认 lookup with a stated purpose (time-limited), or the patient's consent; or
   to the caller alone: break-glass, with a reason and an alert.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
@@ -32,20 +32,33 @@ from ..deps import get_verifier
 from . import admin_console
 
 router = APIRouter(prefix="/v1/authz", include_in_schema=False)
-_STUDY_PATH = re.compile(r"^/dicom-web/studies/([0-9.]{1,64})(?:/|$)")
+_STUDY_PATH = re.compile(r"^/dicom-web/studies/((?=[0-9.]{1,64}(?:/|$))[0-9]+(?:\.[0-9]+)+)(?:/|$)")
 READ_METHODS = ("GET", "HEAD")
 
 
+# Anything a proxy or Orthanc might normalise differently from this check: dot segments,
+# encoded dots, slashes and backslashes, doubled slashes. No DICOMweb or Orthanc path needs
+# them (UID components are never empty), so they are refused outright.
+_EVASIVE = re.compile(r"(?i)%2e|%2f|%5c|\\|/\.|//")
+# Query keys that would name another study than the path's (keyword or tag, any case).
+_STUDY_KEYS = frozenset({"studyinstanceuid", "0020000d"})
+
+
 def study_of(uri: str) -> str | None:
-    """The StudyInstanceUID a DICOMweb request is about (path, else QIDO filter)."""
+    """The StudyInstanceUID a DICOMweb request is confined to, from its path; None when it
+    is not confined to one study (a search across studies, an evasive path, or a query
+    naming a study again). Orthanc restricts every /dicom-web/studies/{uid}/... request to
+    that study; study searches for staff go to the indexer's own QIDO route."""
     parts = urlsplit(uri)
+    if _EVASIVE.search(parts.path):
+        return None
     match = _STUDY_PATH.match(parts.path)
-    if match:
-        return match[1]
-    values = parse_qs(parts.query).get("StudyInstanceUID") or []
-    if len(values) == 1 and re.fullmatch(r"[0-9.]{1,64}", values[0]):
-        return values[0]
-    return None
+    if match is None:
+        return None
+    keys = {key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if keys & _STUDY_KEYS:
+        return None
+    return match[1]
 
 
 async def share_link_reader(request: Request) -> tuple[Principal, str] | None:
@@ -111,7 +124,9 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
     x_original_uri = uri
     method = method_name.upper()
     if method not in READ_METHODS:
-        if who.has(PLATFORM_ADMIN, "gateway"):
+        # STOW-RS: platform administrators only. Edges upload through central's REST API
+        # (/orthanc/instances), which is where their gateway accounts are allowed.
+        if who.has(PLATFORM_ADMIN):
             return Response(status_code=204)
         raise Forbidden("not allowed")
     if who.has(PLATFORM_ADMIN):
