@@ -19,6 +19,9 @@ from .study_records import RecordStore
 from .tokens import BearerAuth, ClientCredentials
 
 log = logging.getLogger(__name__)
+# Answers that retrying the same record cannot change. 401/403 (a token or role problem),
+# 413/429 and every 5xx stop the round instead: later records would meet the same fate.
+PERMANENT = frozenset({400, 404, 409, 422})
 
 
 class IndexerClient:
@@ -104,6 +107,13 @@ class RecordSender:
             try:
                 self.indexer.report_arrival(self.institution, arrival_of(record))
             except ServiceCallError as exc:
+                if exc.status in PERMANENT:
+                    # This record will never be accepted as it is (409: the study belongs
+                    # to another hospital, e.g. it came here by a push): set it aside, so
+                    # it cannot hold up the records behind it.
+                    log.warning("study record %s set aside: %s", uid, exc)
+                    self.records.mark_refused(uid, recorded_at)
+                    continue
                 log.warning("study record not accepted by the indexer yet: %s", exc)
                 break
             self.records.mark_sent(uid, recorded_at)

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS study_records (
     orthanc_study_id    TEXT NOT NULL,
     public              TEXT NOT NULL,   -- JSON: linking tags, no personal data
     sealed              BLOB NOT NULL,   -- personal data, envelope-encrypted
-    state               TEXT NOT NULL,   -- pending | sent
+    state               TEXT NOT NULL,   -- pending | sent | refused (by the indexer)
     recorded_at         REAL NOT NULL,
     sent_at             REAL
 );
@@ -149,6 +149,15 @@ class RecordStore:
                 "UPDATE study_records SET state = 'sent', sent_at = ? WHERE study_instance_uid = ? "
                 "AND (? IS NULL OR recorded_at = ?)",
                 (self.clock(), study_instance_uid, recorded_at, recorded_at),
+            )
+
+    def mark_refused(self, study_instance_uid: str, recorded_at: float | None = None) -> None:
+        """The indexer will not take this record as it is; a refresh makes it pending again."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE study_records SET state = 'refused' WHERE study_instance_uid = ? "
+                "AND (? IS NULL OR recorded_at = ?)",
+                (study_instance_uid, recorded_at, recorded_at),
             )
 
     def close(self) -> None:
