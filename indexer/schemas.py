@@ -11,7 +11,15 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from .services import national_id
 
@@ -20,6 +28,20 @@ UID = r"^[0-9]+(\.[0-9]+)*$"
 CODE = r"^[A-Z0-9]{2,16}$"
 KEY = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # MRN, exam no.
 _PHONE = re.compile(r"^\+?[0-9][0-9 -]{4,23}$")
+# PostgreSQL text cannot hold NUL: refused at the door (422), not by the INSERT (500).
+NO_NUL = r"^[^\x00]*$"
+
+
+def _fits_in_utc(value: dt.datetime) -> dt.datetime:
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("is out of range (years 1-9999 once in UTC)") from None
+    return value
+
+
+# PostgreSQL keeps times in UTC: 0001-01-01T00:00+01:00 would be written, then never read back.
+Timestamp = Annotated[AwareDatetime, AfterValidator(_fits_in_utc)]
 ExamState = Literal[
     "registered", "images-arriving", "images-complete", "reported", "report-revised"
 ]
@@ -27,6 +49,14 @@ ExamState = Literal[
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class PatientIn(Strict):
@@ -81,7 +111,7 @@ class ExamIn(Strict):
     method: str | None = Field(default=None, max_length=128)
     device: str | None = Field(default=None, max_length=128)
     requesting_department: str | None = Field(default=None, max_length=128)
-    exam_datetime: AwareDatetime
+    exam_datetime: Timestamp
     study_instance_uid: str | None = Field(default=None, pattern=UID, max_length=64)
 
 
@@ -90,7 +120,7 @@ class ReportIn(Strict):
     impression: str = Field(min_length=1, max_length=20000)
     author: str = Field(min_length=1, max_length=128)
     reviewer: str | None = Field(default=None, max_length=128)
-    approved_at: AwareDatetime
+    approved_at: Timestamp
     exam_uid: uuid.UUID | None = None  # if given, must be the exam's
     patient_mrn: str | None = Field(default=None, pattern=KEY)  # if given, must be the exam's
     base_version: int | None = Field(
@@ -183,7 +213,7 @@ class PersonSearch(Strict):
     )
     body_part: str | None = Field(default=None, max_length=64)
     date_from: dt.date | None = None
-    date_to: dt.date | None = None
+    date_to: dt.date | None = Field(default=None, lt=dt.date.max)  # the window ends a day later
     limit: int = Field(default=100, ge=1, le=500)
 
     @field_validator("national_id")
@@ -223,8 +253,8 @@ class StudyArrival(Strict):
     study_instance_uid: str = Field(pattern=UID, max_length=64)
     accession_number: str | None = Field(default=None, max_length=64)
     modalities: list[str] = Field(default_factory=list, max_length=16)
-    series_count: int | None = Field(default=None, ge=0)
-    instance_count: int | None = Field(default=None, ge=0)
+    series_count: int | None = Field(default=None, ge=0, le=2**31 - 1)  # PostgreSQL integer
+    instance_count: int | None = Field(default=None, ge=0, le=2**31 - 1)
     complete: bool = False
 
 

@@ -12,8 +12,15 @@ from ..errors import IndexerError, InvalidRecord, Unauthenticated
 def _field_errors(exc: RequestValidationError) -> list[dict[str, object]]:
     out = []
     for error in exc.errors():
-        # FastAPI's default answer echoes the input: not with ID and phone numbers in it.
-        out.append({"loc": list(error.get("loc", ())), "msg": error.get("msg", "invalid")})
+        # FastAPI's default answer echoes the input: not with ID and phone numbers in it. The
+        # error type (a fixed name, no value) stays: the OpenAPI description promises it.
+        out.append(
+            {
+                "loc": list(error.get("loc", ())),
+                "msg": error.get("msg", "invalid"),
+                "type": error.get("type", "value_error"),
+            }
+        )
     return out
 
 
@@ -25,7 +32,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IndexerError)
     async def _indexer(_request: Request, exc: IndexerError) -> JSONResponse:
         if isinstance(exc, InvalidRecord):
-            detail: object = [{"loc": ["body", exc.field], "msg": str(exc)}]
+            detail: object = [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}]
         else:
             detail = str(exc)
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None

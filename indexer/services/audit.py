@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import CursorResult, text
+from sqlalchemy import CursorResult, String, text
 from sqlalchemy.orm import Session
+
+from ..models import AuditEvent
 
 log = logging.getLogger(__name__)
 GENESIS = bytes(32)
@@ -35,6 +37,11 @@ INSERT INTO audit_events (actor, username, roles, institution, action, resource,
 VALUES (%(actor)s, %(username)s, %(roles)s, %(institution)s, %(action)s, %(resource)s,
         %(purpose)s, %(source)s, %(outcome)s)
 """
+
+
+# A value the database refuses (too long, or with a NUL) would fail the writer's whole batch,
+# at every flush: the resource of a refused request with an over-long path, say. Made to fit.
+WIDTHS = {c.name: c.type.length for c in AuditEvent.__table__.columns if isinstance(c.type, String)}
 
 
 def canonical(row: dict[str, Any]) -> bytes:
@@ -55,7 +62,7 @@ def event(
     purpose: str | None = None,
 ) -> dict[str, Any]:
     """One audit record; `who` is the caller (a Principal) or None when unauthenticated."""
-    return {
+    record: dict[str, Any] = {
         "actor": who.subject if who else "anonymous",
         "username": who.username if who else "anonymous",
         "roles": ",".join(sorted(who.roles)) if who else "",
@@ -66,6 +73,11 @@ def event(
         "source": source,
         "outcome": outcome,
     }
+    for column, width in WIDTHS.items():
+        value = record[column]
+        if isinstance(value, str):
+            record[column] = value.replace("\x00", "")[:width]
+    return record
 
 
 class AuditWriter:

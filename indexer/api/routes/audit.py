@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from sqlalchemy import text
 
 from ...errors import Forbidden
+from ...schemas import NO_NUL
 from ..deps import Caller, Reg
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -23,9 +24,9 @@ def audit_events(
     request: Request,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
-    actor: Annotated[str | None, Query(max_length=128)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    resource: Annotated[str | None, Query(max_length=200)] = None,
+    actor: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    resource: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """Audit records, oldest first, as JSON (an export is the same call with a window)."""

@@ -7,12 +7,12 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 from sqlalchemy import select
 
 from ...errors import InvalidRecord, NotFound
 from ...models import Grant
-from ...schemas import CODE, UID, Strict
+from ...schemas import CODE, UID, Strict, Timestamp
 from ..deps import Caller, Reg
 
 router = APIRouter(prefix="/v1/institutions", tags=["grants"])
@@ -22,7 +22,7 @@ class GrantIn(Strict):
     to_institution: str = Field(pattern=CODE)
     kind: Literal["push", "consent"]
     purpose: str | None = Field(default=None, max_length=200)
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
 
 
 class GrantOut(Strict):
@@ -104,7 +104,7 @@ def grants_of_study(
 def revoke(
     code: Annotated[str, Path(pattern=CODE)],
     study_instance_uid: Annotated[str, Path(pattern=UID, max_length=64)],
-    grant_id: int,
+    grant_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
     who: Caller,
     reg: Reg,
 ) -> GrantOut:

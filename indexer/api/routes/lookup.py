@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
 from ...errors import Forbidden, NotFound
-from ...schemas import MasterIndexOut, PersonExams, PersonSearch
+from ...schemas import NO_NUL, MasterIndexOut, PersonExams, PersonSearch
 from ...security.auth import Principal
 from ...services import lookup_sql
 from ..deps import authenticate, get_pii
@@ -42,7 +42,7 @@ async def resolve_master_index(
     master_index_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{4,64}$")],
     who: Who,
     request: Request,
-    purpose: Annotated[str | None, Query(min_length=2, max_length=200)] = None,
+    purpose: Annotated[str | None, Query(min_length=2, max_length=200, pattern=NO_NUL)] = None,
 ) -> Response:
     """The exam, where its images are (DICOMweb study, series, metadata, QIDO, viewer) and
     its current report.
