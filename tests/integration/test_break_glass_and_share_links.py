@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,12 +99,22 @@ def test_break_glass_needs_a_reason_opens_the_study_to_that_user_alone_and_alert
         assert done["acknowledged_by"] == stack["DEMO_AUDITOR_USER"]
         still_open = auditor.get("/api/v1/alerts", params={"open": "true"}).json()
         assert alert_id not in {a["id"] for a in still_open}
+
         # the break-glass is in the audit trail with its purpose
-        trail = auditor.get("/api/v1/audit", params={"resource": f"study:{uid}"}).json()
-        assert any(
-            r["purpose"] == "break-glass" and r["outcome"] == 200 and r["institution"] == "H0002"
-            for r in trail["events"]
-        )
+        # (audit records are written in batches, every 100 ms)
+        def recorded() -> bool:
+            trail = auditor.get("/api/v1/audit", params={"resource": f"study:{uid}"}).json()
+            return any(
+                r["purpose"] == "break-glass"
+                and r["outcome"] == 200
+                and r["institution"] == "H0002"
+                for r in trail["events"]
+            )
+
+        deadline = time.monotonic() + 10
+        while not recorded():
+            assert time.monotonic() < deadline, "the break-glass is not in the audit trail"
+            time.sleep(0.2)
     with stack.gateway(tokens["rad_b"]) as rad_b:  # radiologists do not read alerts
         assert rad_b.get("/api/v1/alerts").status_code == 403
 
