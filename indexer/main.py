@@ -22,6 +22,7 @@ from .api.routes import (
     grants,
     health,
     images,
+    ingest,
     lookup,
     qido,
     records,
@@ -100,8 +101,13 @@ def create_app() -> FastAPI:
     app.include_router(qido.router)
     app.include_router(sharing.landing)
     app.include_router(admin_console.router)
+    app.include_router(ingest.router)
     audit_middleware.install(app)
-    app.add_middleware(BodyLimit, max_bytes=get_settings().max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=get_settings().max_body_bytes,
+        unlimited=("/orthanc/instances",),  # DICOM files: central takes any size
+    )
     return app
 
 

@@ -309,12 +309,14 @@ def _pushes(output, uri, **request):
         push = parse(PushRequest, request["body"])
         if push.to_institution == CONFIG.institution:
             raise RequestRejected("to_institution: must differ from this hospital's code")
+        if SENDER is not None:
+            # the indexer must know the study is ours first (records waiting go out now):
+            # central's lookup through the gateway finds only studies this hospital may read
+            SENDER.run_once()
         if CENTRAL.find_study(push.study_instance_uid) is None:
             raise RequestRejected("the study is not in the central archive", 404)
         if SENDER is not None:
-            # the receiving hospital may then read the study through the gateway too; the
-            # indexer must know the study is ours first (records waiting go out now)
-            SENDER.run_once()
+            # the receiving hospital may then read the study through the gateway too
             SENDER.indexer.grant(
                 str(CONFIG.institution), push.study_instance_uid, push.to_institution, "push"
             )

@@ -42,12 +42,13 @@ def install(app: FastAPI) -> None:
 class BodyLimit:
     """ASGI middleware: refuse request bodies over a size (413), counted as they arrive."""
 
-    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, max_bytes: int, unlimited: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
         self.app = app
         self.max_bytes = max_bytes
+        self.unlimited = unlimited
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.unlimited:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")

@@ -110,6 +110,8 @@ class CentralQido:
             base_url=url.rstrip("/"),
             auth=(user, password) if user else None,
             timeout=httpx.Timeout(timeout_s),
+            # Orthanc 1.10 drops idle keep-alive connections after about a second
+            limits=httpx.Limits(keepalive_expiry=0.5),
         )
         self._study_of: dict[str, str] = {}
 

@@ -161,19 +161,7 @@ EXPECTED: dict[str, tuple[Expected, ...]] = {
 # fmt: on
 
 # Cells the system answers wrongly today (reported with the evidence; see the module doc).
-CROSS_HOSPITAL_WRITE = (
-    "a hospital's gateway account may add instances to another hospital's study at central "
-    "(POST /orthanc/instances: the check cannot see the uploaded file's StudyInstanceUID); "
-    "the other hospital's radiologists then see them in their patient's study"
-)
-LOOKUP_ORACLE = (
-    "POST /orthanc/tools/lookup is allowed to every gateway account for any UID: it tells "
-    "whether another hospital's study is at central, and its Orthanc ID"
-)
-DEFECTS: dict[tuple[str, str], str] = {
-    ("Orthanc upload into study A", "gw_b"): CROSS_HOSPITAL_WRITE,
-    ("Orthanc lookup of UID A", "gw_b"): LOOKUP_ORACLE,
-}
+DEFECTS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -307,9 +295,11 @@ def stow_body(part: bytes) -> dict[str, Any]:
 
 
 def request_for(endpoint: Endpoint, world: dict[str, Held], allowed: bool) -> dict[str, Any]:
-    """httpx arguments of a cell. Uploads carry a real instance (one central already holds:
-    storing it again changes nothing) only where the cell expects them to be allowed, and an
-    invalid body where it expects 403: the refusal must come before the body is read."""
+    """httpx arguments of a cell. STOW-RS carries a real instance (one central already holds:
+    storing it again changes nothing) only where the cell expects it to be allowed, and an
+    invalid body where it expects 403: the refusal must come before the body is read. An
+    upload to central's REST API always carries the real instance: whether a hospital may
+    add it depends on the study the file itself names."""
     a, b = world["A"], world["B"]
     kwargs: dict[str, Any] = {"headers": dict(endpoint.headers)}
     kind = endpoint.body
@@ -317,8 +307,7 @@ def request_for(endpoint: Endpoint, world: dict[str, Held], allowed: bool) -> di
         study = (a if kind == "stow a" else b).study
         kwargs = stow_body(dicom_bytes(study) if allowed else b"not DICOM")
     elif kind == "dicom a":
-        content = dicom_bytes(a.study) if allowed else b"not DICOM"
-        kwargs = {"content": content, "headers": {"Content-Type": "application/dicom"}}
+        kwargs = {"content": dicom_bytes(a.study), "headers": {"Content-Type": "application/dicom"}}
     elif kind == "uid a":
         kwargs["content"] = a.uid
     elif kind == "patient a":

@@ -147,9 +147,9 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
 # What a hospital gateway account may do on central's REST API (behind /orthanc/). Reads
 # of a study's files are for studies the gateway's institution may read (its own, or
 # granted to it: a push), and push lists are its own.
+# (Uploads, POST /instances, and lookups, POST /tools/lookup, do not come here: the gateway
+# sends them to the indexer's routes that read the body; see routes/ingest.py.)
 GATEWAY_CALLS = [
-    ("POST", re.compile(r"^/instances$")),
-    ("POST", re.compile(r"^/tools/lookup$")),
     ("POST", re.compile(r"^/imaging-cloud/verify$")),
     ("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$")),
     ("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$")),
