@@ -7,18 +7,23 @@ signature, issuer, audience and expiry, then the caller's right to the study) be
 proxies to central. Baseline: plain HTTP straight to central's loopback port with its own
 Basic credentials, no token, no authorisation decision, no TLS. Same study, same run,
 alternating sides. Reported: whole-study WADO-RS MB/s (target >= 0.9x), single-frame
-requests/s with parallel clients (a viewer scrolling), and what one token validation
-costs: in-process, and as the whole auth_request round trip to the indexer.
+requests/s with parallel clients (a viewer scrolling), uploads/s as an edge makes them
+(through the gateway each file's StudyInstanceUID is checked by the indexer on the way),
+and what one token validation costs: in-process, and as the whole auth_request round trip
+to the indexer.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -37,6 +42,31 @@ class Side:
     def __init__(self, name: str, make: Callable[[], httpx.Client]) -> None:
         self.name = name
         self.make = make
+
+
+def token_source(fetch: Callable[[], str]) -> Callable[[], str]:
+    """A token, fetched again every 2 minutes (access tokens live 5)."""
+    value, at = [""], [-1e9]
+
+    def token() -> str:
+        if time.monotonic() - at[0] > 120:
+            value[0], at[0] = fetch(), time.monotonic()
+        return value[0]
+
+    return token
+
+
+def gateway_account_token(stack: StackClient, institution: str) -> str:
+    secrets = json.loads((Path(stack["STACK_DIR"]) / "secrets.json").read_text())
+    answer = httpx.post(
+        f"{stack['KEYCLOAK_URL']}/realms/{stack['KEYCLOAK_REALM']}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials"},
+        auth=(f"gateway-{institution.lower()}", secrets[f"gateway_{institution.lower()}"]),
+        verify=stack.ca_context(),
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
 
 
 def sides(stack: StackClient, token: Callable[[], str]) -> list[Side]:
@@ -102,6 +132,32 @@ def frames_per_s(side: Side, paths: list[str], clients: int) -> float:
         return len(paths) / (time.perf_counter() - started)
 
 
+def upload_per_s(side: Side, files: list[bytes], path: str, clients: int) -> float:
+    """Instances/s stored at central by `clients` parallel uploaders (the edges' path)."""
+    local = threading.local()
+
+    def post(raw: bytes) -> None:
+        if not hasattr(local, "c"):
+            local.c = side.make()
+        local.c.post(
+            path, content=raw, headers={"Content-Type": "application/dicom"}
+        ).raise_for_status()
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        started = time.perf_counter()
+        list(pool.map(post, files))
+        return len(files) / (time.perf_counter() - started)
+
+
+def study_files(instances: int) -> list[bytes]:
+    out = []
+    for ds in make_study(90_210, "CT", instances=instances, institution_code="H0001").instances():
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
 def verify_cost_us(stack: StackClient, token: str) -> tuple[float, float]:
     """(first validation, cached validation) of one access token, in microseconds: the
     indexer's own verifier, realm keys already fetched."""
@@ -154,13 +210,8 @@ def main() -> int:
     args = parser.parse_args()
     stack = StackClient.from_file(StackSettings.from_env().stack_env)
     user, password = stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]
-    tokens = {"value": "", "at": 0.0}
-
-    def token() -> str:  # access tokens live 5 minutes
-        if time.monotonic() - tokens["at"] > 120:  # type: ignore[operator]
-            tokens["value"] = stack.password_token(user, password)["access_token"]
-            tokens["at"] = time.monotonic()
-        return str(tokens["value"])
+    token = token_source(lambda: stack.password_token(user, password)["access_token"])
+    edge_token = token_source(lambda: gateway_account_token(stack, "H0001"))
 
     uid = ensure_study(stack, args.instances)
     both = sides(stack, token)
@@ -170,6 +221,13 @@ def main() -> int:
             study[side.name].append(whole_study(side, uid))
     paths = frame_paths(both[0], uid)
     frames = {s.name: frames_per_s(s, paths * 3, args.clients) for s in both}
+    # uploads as hospital A's edge makes them: re-storing the same study's files
+    files = study_files(args.instances)
+    uploaders = sides(stack, edge_token)
+    uploads = {
+        s.name: upload_per_s(s, files, path, args.clients)
+        for s, path in zip(uploaders, ("/instances", "/orthanc/instances"), strict=True)
+    }
     first_us, cached_us = verify_cost_us(stack, token())
     round_trip_ms = authz_round_trip_ms(stack, token(), uid)
 
@@ -187,6 +245,11 @@ def main() -> int:
     print(
         f"{f'single frames/s ({args.clients} clients)':<30} {frames[base]:>15.0f} "
         f"{frames[ours]:>16.0f} {frames[ours] / frames[base]:>6.2f}x"
+    )
+    print(
+        f"{f'uploads/s ({args.clients} edge clients)':<30} {uploads[base]:>15.0f} "
+        f"{uploads[ours]:>16.0f} {uploads[ours] / uploads[base]:>6.2f}x"
+        "  (gateway: file's study checked)"
     )
     print(
         f"\ntoken validation: {first_us:.0f} us the first time a token is seen (RS256 "
