@@ -18,6 +18,7 @@ def get_engine() -> Engine:
         settings.database_url.get_secret_value(),
         pool_size=settings.db_pool_size,
         pool_pre_ping=True,
+        hide_parameters=True,  # errors are logged; the values in them may be personal data
         connect_args={"connect_timeout": settings.db_connect_timeout_s},
     )
 

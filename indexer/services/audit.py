@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import CursorResult, String, text
 from sqlalchemy.orm import Session
@@ -118,11 +119,33 @@ class AuditWriter:
         if not batch:
             return
         try:
-            async with self.pool.connection() as conn, conn.cursor() as cursor:
-                await cursor.executemany(INSERT_SQL, batch)
-        except Exception:  # loud, and never with the events' data in the message
-            log.exception("%d audit records could not be written", len(batch))
-            self._pending = batch + self._pending  # kept for the next flush
+            await self._insert(batch)
+        except psycopg.OperationalError:  # the database is away: kept for the next flush
+            log.exception("%d audit records could not be written yet", len(batch))
+            self._pending = batch + self._pending
+        except psycopg.Error:
+            # One record the database refuses must not stop the trail (it would fail every
+            # later batch too): one by one, a refused one again without its free-text
+            # fields, and only then dropped, loudly. Messages never carry the events' data.
+            log.exception("%d audit records refused as a batch: one by one", len(batch))
+            for record in batch:
+                await self._insert_alone(record)
+
+    async def _insert(self, batch: list[dict[str, Any]]) -> None:
+        async with self.pool.connection() as conn, conn.cursor() as cursor:
+            await cursor.executemany(INSERT_SQL, batch)
+
+    async def _insert_alone(self, record: dict[str, Any]) -> None:
+        for attempt in (record, record | {"resource": "(refused)", "purpose": None}):
+            try:
+                await self._insert([attempt])
+                return
+            except psycopg.OperationalError:
+                self._pending.append(record)
+                return
+            except psycopg.Error:
+                continue
+        log.error("an audit record of action %r was refused and dropped", record.get("action"))
 
 
 @dataclass

@@ -47,13 +47,10 @@ def resolve(
     reg: Reg,
 ) -> ExamOut:
     """Link an unmatched study to the exam an operator names."""
-    candidates = reg.unmatched(None)
-    match = next((s for s in candidates if s.study_instance_uid == study_instance_uid), None)
-    if match is not None and not who.has("platform-admin"):
-        if not who.has("hospital-admin") or who.institution != match.institution_code:
+    if not who.has("platform-admin"):
+        owner = reg.study_institution(study_instance_uid)
+        if not who.has("hospital-admin") or owner is None or who.institution != owner:
             raise Forbidden("only the study's institution admins or platform admins resolve it")
-    elif match is None and not who.has("platform-admin", "hospital-admin"):
-        raise Forbidden("only admins resolve the reconciliation list")
     exam = reg.resolve(study_instance_uid, body.exam_no)
     reg.session.commit()
     return reg.exam_out(exam)
