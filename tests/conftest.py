@@ -66,4 +66,8 @@ def tokens(stack: StackClient) -> dict[str, str]:
         "rad_a": token(stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]),
         "rad_b": token(stack["DEMO_RADIOLOGIST_B_USER"], stack["DEMO_RADIOLOGIST_B_PASSWORD"]),
         "auditor": token(stack["DEMO_AUDITOR_USER"], stack["DEMO_AUDITOR_PASSWORD"]),
+        "hadmin_a": token(
+            stack["DEMO_HOSPITAL_ADMIN_A_USER"], stack["DEMO_HOSPITAL_ADMIN_A_PASSWORD"]
+        ),
+        "clin_b": token(stack["DEMO_CLINICIAN_B_USER"], stack["DEMO_CLINICIAN_B_PASSWORD"]),
     }

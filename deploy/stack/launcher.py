@@ -189,6 +189,10 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
         "DEMO_ADMIN_PASSWORD": s["demo_admin"],
         "DEMO_AUDITOR_USER": "auditor.demo",
         "DEMO_AUDITOR_PASSWORD": s["demo_auditor"],
+        "DEMO_HOSPITAL_ADMIN_A_USER": "admin.a",
+        "DEMO_HOSPITAL_ADMIN_A_PASSWORD": s["demo_hospital_admin_a"],
+        "DEMO_CLINICIAN_B_USER": "clinician.b",
+        "DEMO_CLINICIAN_B_PASSWORD": s["demo_clinician_b"],
     }
     modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
     env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}

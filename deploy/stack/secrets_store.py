@@ -21,6 +21,8 @@ SECRET_NAMES = (
     "demo_radiologist_b",
     "demo_admin",
     "demo_auditor",
+    "demo_hospital_admin_a",
+    "demo_clinician_b",
     "indexer_platform_key",
     "gateway_h0001",
     "gateway_h0002",

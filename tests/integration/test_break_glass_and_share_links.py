@@ -8,64 +8,23 @@ import base64
 import io
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from keycloak import KeycloakAdmin
 from PIL import Image
 
 from deploy.samples.studies import SampleStudy
 from deploy.stack.client import StackClient
-from deploy.stack.launcher import load_context
-from deploy.stack.services.keycloak import ADMIN_USER
-from deploy.stack.settings import StackSettings
 
 from .test_dicomweb_authz import DICOM_JSON, study_of_a  # noqa: F401 - the fixture
 
 METADATA = "/dicom-web/studies/{}/metadata"
 
 
-@pytest.fixture(scope="module")
-def second_user_of_b(stack: StackClient, stack_settings: StackSettings) -> Iterator[str]:
-    """A clinician of hospital B besides the demo radiologist (removed afterwards): a
-    break-glass grant is for the one user who asked, not for their colleagues."""
-    ctx = load_context(stack_settings)
-    admin = KeycloakAdmin(
-        server_url=stack["KEYCLOAK_INTERNAL_URL"] + "/",
-        username=ADMIN_USER,
-        password=ctx.secrets["keycloak_admin"],
-        realm_name="master",
-        user_realm_name="master",
-        timeout=30,
-    )
-    admin.change_current_realm(stack["KEYCLOAK_REALM"])
-    username, password = f"clinician.b.{secrets.token_hex(3)}", secrets.token_urlsafe(16)
-    user_id = admin.create_user(
-        {
-            "username": username,
-            "enabled": True,
-            "emailVerified": True,
-            "firstName": "Test",
-            "lastName": "Clinician",
-            "email": f"{username}@example.invalid",
-            "attributes": {"institution": ["H0002"]},
-            "credentials": [{"type": "password", "value": password, "temporary": False}],
-        }
-    )
-    admin.assign_realm_roles(user_id, [admin.get_realm_role("clinician")])
-    try:
-        yield str(stack.password_token(username, password)["access_token"])
-    finally:
-        admin.delete_user(user_id)
-
-
 def test_break_glass_needs_a_reason_opens_the_study_to_that_user_alone_and_alerts(
     stack: StackClient,
     tokens: dict[str, str],
     study_of_a: SampleStudy,  # noqa: F811
-    second_user_of_b: str,
 ) -> None:
     uid = study_of_a.exam.study_instance_uid
     with stack.gateway(tokens["rad_b"]) as rad_b:
@@ -87,7 +46,7 @@ def test_break_glass_needs_a_reason_opens_the_study_to_that_user_alone_and_alert
         assert rad_b.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 200
         listed = rad_b.get("/dicom-web/studies", params={"StudyInstanceUID": uid}).json()
         assert [s["0020000D"]["Value"][0] for s in listed] == [uid]
-    with stack.gateway(second_user_of_b) as colleague:  # same hospital, did not ask
+    with stack.gateway(tokens["clin_b"]) as colleague:  # same hospital, did not ask
         assert colleague.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 403
     alert_id = opened.json()["alert_id"]
     with stack.gateway(tokens["auditor"]) as auditor:

@@ -46,6 +46,8 @@ def test_demo_users_take_passwords_from_the_stack_secrets() -> None:
         "demo_radiologist_b": "pw-b-123456789",
         "demo_admin": "pw-admin-1234567",
         "demo_auditor": "pw-audit-1234567",
+        "demo_hospital_admin_a": "pw-hadmin-123456",
+        "demo_clinician_b": "pw-clin-12345678",
     }
     users = {u.username: u for u in load_demo_users(secrets)}
     assert users["auditor.demo"].roles == ("auditor",)
