@@ -193,14 +193,15 @@ async def grant_mutual_recognition(
 
 
 SHARE_LINK_SQL = """
-SELECT id, study_instance_uid FROM share_links
+SELECT id, study_instance_uid, GREATEST(0, EXTRACT(EPOCH FROM expires_at - now()))::int
+FROM share_links
 WHERE secret_sha256 = %(digest)s AND revoked_at IS NULL AND expires_at > now()
 """
 
 
-async def share_link(pool: AsyncConnectionPool, digest: bytes) -> tuple[int, str] | None:
-    """(link id, study) of a live share link with this secret hash."""
+async def share_link(pool: AsyncConnectionPool, digest: bytes) -> tuple[int, str, int] | None:
+    """(link id, study, seconds it has left) of a live share link with this secret hash."""
     async with pool.connection() as conn:
         cursor = await conn.execute(SHARE_LINK_SQL, {"digest": digest}, prepare=True)
         row = await cursor.fetchone()
-    return (int(row[0]), str(row[1])) if row else None
+    return (int(row[0]), str(row[1]), int(row[2])) if row else None

@@ -108,6 +108,8 @@ def test_share_link_opens_one_study_without_an_account_until_revoked(
         landing = phone.get(f"/s/{secret}")
         assert landing.status_code == 303
         assert landing.headers["location"] == f"/viewer?StudyInstanceUIDs={uid}"
+        cookie = landing.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "secure" in cookie and "max-age=" in cookie
         assert phone.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 200
         found = phone.get("/dicom-web/studies", headers=DICOM_JSON).json()
         assert [s["0020000D"]["Value"][0] for s in found] == [uid]
@@ -121,6 +123,14 @@ def test_share_link_opens_one_study_without_an_account_until_revoked(
         assert phone.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 401
         again = phone.get(f"/s/{secret}")
         assert again.status_code == 404 and "过期" in again.text
+    with browser_like(stack) as another:  # /s/exit forgets a link in the browser
+        assert another.get(f"/s/{secret}").status_code == 404  # (revoked by now)
+        with stack.gateway(tokens["rad_a"]) as rad_a:
+            fresh = rad_a.post(links, json={"hours": 1}).json()["url"].rsplit("/", 1)[1]
+        assert another.get(f"/s/{fresh}").status_code == 303
+        assert another.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 200
+        assert another.get("/s/exit").status_code == 303
+        assert another.get(METADATA.format(uid), headers=DICOM_JSON).status_code == 401
     with browser_like(stack) as stranger:  # a made-up secret looks the same
         assert stranger.get("/s/" + secrets.token_urlsafe(32)).status_code == 404
     access_log = Path(stack["STACK_DIR"]) / "gateway" / "logs" / "access.log"

@@ -70,7 +70,7 @@ async def share_link_reader(request: Request) -> tuple[Principal, str] | None:
     found = await lookup_sql.share_link(request.app.state.pool, sharing.digest(secret))
     if found is None:
         return None
-    link_id, study = found
+    link_id, study, _left = found
     who = Principal(f"share-link:{link_id}", "share-link", None, frozenset({"share-link"}))
     return who, study
 

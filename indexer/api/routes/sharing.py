@@ -136,6 +136,16 @@ GONE = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
 </body></html>"""
 
 
+@landing.get("/s/exit", include_in_schema=False)
+async def leave(request: Request) -> Response:
+    """Forget a share link in this browser (the viewer asks for a login again)."""
+    request.state.audit_resource = "share-link:exit"
+    response = RedirectResponse("/", status_code=303)
+    for name in (sharing.COOKIE, sharing.MODE_COOKIE):
+        response.delete_cookie(name, path="/", secure=True, samesite="lax")
+    return response
+
+
 @landing.get("/s/{secret}", response_class=HTMLResponse, include_in_schema=False)
 async def open_link(secret: str, request: Request) -> Response:
     """The patient's link: remember it in a cookie for the viewer and open the study."""
@@ -145,12 +155,20 @@ async def open_link(secret: str, request: Request) -> Response:
     if found is None:
         request.state.audit_resource = "share-link:unknown"
         return HTMLResponse(GONE, status_code=404)
-    link_id, study = found
+    link_id, study, seconds_left = found
     request.state.audit_resource = f"share-link:{link_id}"
     response = RedirectResponse(f"/viewer?StudyInstanceUIDs={escape(study)}", status_code=303)
     for name, value, http_only in (
         (sharing.COOKIE, secret, True),
         (sharing.MODE_COOKIE, "1", False),
     ):
-        response.set_cookie(name, value, path="/", secure=True, httponly=http_only, samesite="lax")
+        response.set_cookie(  # gone with the link, or earlier at /s/exit
+            name,
+            value,
+            max_age=seconds_left,
+            path="/",
+            secure=True,
+            httponly=http_only,
+            samesite="lax",
+        )
     return response
