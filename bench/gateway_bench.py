@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 
@@ -54,19 +52,6 @@ def token_source(fetch: Callable[[], str]) -> Callable[[], str]:
         return value[0]
 
     return token
-
-
-def gateway_account_token(stack: StackClient, institution: str) -> str:
-    secrets = json.loads((Path(stack["STACK_DIR"]) / "secrets.json").read_text())
-    answer = httpx.post(
-        f"{stack['KEYCLOAK_URL']}/realms/{stack['KEYCLOAK_REALM']}/protocol/openid-connect/token",
-        data={"grant_type": "client_credentials"},
-        auth=(f"gateway-{institution.lower()}", secrets[f"gateway_{institution.lower()}"]),
-        verify=stack.ca_context(),
-        timeout=30,
-    )
-    answer.raise_for_status()
-    return str(answer.json()["access_token"])
 
 
 def sides(stack: StackClient, token: Callable[[], str]) -> list[Side]:
@@ -211,7 +196,7 @@ def main() -> int:
     stack = StackClient.from_file(StackSettings.from_env().stack_env)
     user, password = stack["DEMO_RADIOLOGIST_A_USER"], stack["DEMO_RADIOLOGIST_A_PASSWORD"]
     token = token_source(lambda: stack.password_token(user, password)["access_token"])
-    edge_token = token_source(lambda: gateway_account_token(stack, "H0001"))
+    edge_token = token_source(lambda: stack.gateway_account_token("H0001"))
 
     uid = ensure_study(stack, args.instances)
     both = sides(stack, token)

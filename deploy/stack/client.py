@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 from collections.abc import Iterable
@@ -93,6 +94,22 @@ class StackClient:
         )
         response.raise_for_status()
         return response.json()
+
+    def gateway_account_token(self, institution: str) -> str:
+        """An access token of a hospital's gateway service account (client credentials),
+        as its edge gets one: the client secret is in the stack's secrets file."""
+        secrets = json.loads((Path(self.env["STACK_DIR"]) / "secrets.json").read_text())
+        client_id = f"gateway-{institution.lower()}"
+        response = httpx.post(
+            f"{self.env['KEYCLOAK_URL']}/realms/{self.env['KEYCLOAK_REALM']}"
+            "/protocol/openid-connect/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client_id, secrets[f"gateway_{institution.lower()}"]),
+            verify=self.ca_context(),
+            timeout=30.0,
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
 
 
 def find_study(orthanc: httpx.Client, study_instance_uid: str) -> str | None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
-
 from deploy.samples.studies import SampleStudy
 from deploy.stack.client import StackClient
 
@@ -15,16 +13,7 @@ from .test_dicomweb_authz import study_of_a  # noqa: F401 - the fixture
 
 
 def gateway_token(stack: StackClient, institution: str) -> str:
-    secrets = json.loads((Path(stack["STACK_DIR"]) / "secrets.json").read_text())
-    answer = httpx.post(
-        f"{stack['KEYCLOAK_URL']}/realms/{stack['KEYCLOAK_REALM']}/protocol/openid-connect/token",
-        data={"grant_type": "client_credentials"},
-        auth=(f"gateway-{institution.lower()}", secrets[f"gateway_{institution.lower()}"]),
-        verify=stack.ca_context(),
-        timeout=30,
-    )
-    answer.raise_for_status()
-    return str(answer.json()["access_token"])
+    return stack.gateway_account_token(institution)
 
 
 def user_token(stack: StackClient, who: str) -> str:

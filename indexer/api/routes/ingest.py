@@ -14,9 +14,16 @@ from ...errors import Forbidden, Unauthenticated
 from ...security.auth import PLATFORM_ADMIN, Principal
 from ...services import ingest, lookup_sql
 from ...services.audit import event
-from ..deps import get_verifier
+from ..deps import authenticate
 
 router = APIRouter(include_in_schema=False)
+
+
+def _edge_or_admin(request: Request, authorization: str | None) -> Principal:
+    who = authenticate(request, authorization)
+    if not who.has(PLATFORM_ADMIN, "gateway"):
+        raise Forbidden("not allowed")
+    return who
 
 
 async def _may_add_to(request: Request, who: Principal, uid: str) -> bool:
@@ -38,11 +45,7 @@ async def upload(
     uid = None
     status = 500
     try:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise Unauthenticated("an Authorization: Bearer <access token> header is required")
-        who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
-        if not who.has(PLATFORM_ADMIN, "gateway"):
-            raise Forbidden("not allowed")
+        who = _edge_or_admin(request, authorization)
         stream = request.stream()
         uid, prefix = await ingest.split_header(stream)
         if not await _may_add_to(request, who, uid):
@@ -81,11 +84,7 @@ async def lookup(
     status = 500
     body = (await request.body())[:200].decode("ascii", "replace").strip()
     try:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise Unauthenticated("an Authorization: Bearer <access token> header is required")
-        who = get_verifier().verify(authorization.removeprefix("Bearer ").strip())
-        if not who.has(PLATFORM_ADMIN, "gateway"):
-            raise Forbidden("not allowed")
+        who = _edge_or_admin(request, authorization)
         status = 200
         if not who.has(PLATFORM_ADMIN) and not await _may_read(request, who, body):
             return Response("[]", media_type="application/json")
