@@ -41,8 +41,8 @@ class Settings(BaseSettings):
         default=SecretStr(""), description="user:password of the central Orthanc"
     )
     central_timeout_s: float = 30.0
-    # A filtered study search reads at most this many matches from central (then a Warning).
-    qido_max_matches: int = 1000
+    # A filtered study search reads at most this many matches from central.
+    qido_max_matches: int = 5000
     # Break-glass access lasts this long; each use is posted here too (JSON, no personal data).
     break_glass_hours: int = Field(default=4, ge=1, le=24)
     alert_webhook_url: str = ""

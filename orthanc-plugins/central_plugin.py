@@ -58,29 +58,56 @@ def _discard(sop_uid: str) -> None:
         orthanc.LogWarning(f"imaging-cloud: discarded instance {orthanc_id}: hash mismatch")
 
 
+def _study_uids(sop_uids: set[str]) -> dict[str, str]:
+    """The StudyInstanceUID of each SOP instance held here (one lookup per series)."""
+    of_series: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for sop_uid in sop_uids:
+        orthanc_id = _orthanc_id(sop_uid)
+        if not orthanc_id:
+            continue
+        series = json.loads(orthanc.RestApiGet(f"/instances/{orthanc_id}"))["ParentSeries"]
+        if series not in of_series:
+            study = json.loads(orthanc.RestApiGet(f"/series/{series}/study"))
+            of_series[series] = study["MainDicomTags"].get("StudyInstanceUID", "")
+        out[sop_uid] = of_series[series]
+    return out
+
+
 def _verify(output, uri, **request):
-    """POST {"instances": {SOP Instance UID: SHA-256}} -> confirmed / missing / mismatched."""
+    """POST {"instances": {SOP Instance UID: SHA-256}[, "discard": false]} -> confirmed /
+    missing / mismatched, and the study of every instance held here. A mismatching copy is
+    discarded (so the resend replaces it) unless "discard" is false: the gateway's check
+    asks that way first, and lets discards through only for the caller's own studies."""
     if request["method"] != "POST":
         output.SendMethodNotAllowed("POST")
         return
     try:
-        claimed = json.loads(request["body"])["instances"]
-        valid = isinstance(claimed, dict) and all(
-            isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in claimed.items()
+        body = json.loads(request["body"])
+        claimed = body["instances"]
+        discard = body.get("discard", True)
+        valid = (
+            isinstance(claimed, dict)
+            and isinstance(discard, bool)
+            and all(
+                isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                for k, v in claimed.items()
+            )
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         valid = False
     if not valid:
-        message = 'body must be {"instances": {"<SOP UID>": "<sha256 hex>"}}'
+        message = 'body must be {"instances": {"<SOP UID>": "<sha256 hex>"}, "discard": bool}'
         output.SendHttpStatus(400, message, len(message.encode()))  # (status, str, size) on 4.0
         return
-    result = verify_against(_stored_hash, claimed, _discard)
+    result = verify_against(_stored_hash, claimed, _discard if discard else lambda _sop: None)
     output.AnswerBuffer(
         json.dumps(
             {
                 "confirmed": sorted(result.confirmed),
                 "missing": sorted(result.missing),
                 "mismatched": sorted(result.mismatched),
+                "studies": _study_uids(result.confirmed | result.mismatched),
             }
         ),
         "application/json",

@@ -45,7 +45,8 @@ def resource_of(request: Request) -> str | None:
 
 def action_of(request: Request) -> str:
     route = request.scope.get("route")
-    name = getattr(route, "name", None) or request.url.path
+    # no route matched: a fixed name, never the path (it may hold a share link's secret)
+    name = getattr(route, "name", None) or "unmatched"
     return f"api.{name}"[:64]
 
 

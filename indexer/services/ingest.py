@@ -10,6 +10,7 @@ StudyInstanceUID element); the rest is passed along as it arrives.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -27,23 +28,34 @@ class CentralRefused(IndexerError):
     status = 502
 
 
-def _study_uid(prefix: bytes) -> str | None:
-    """The StudyInstanceUID if `prefix` holds the file up to that element; None if more
-    bytes are needed. Raises InvalidRecord when it is not a DICOM file or has no UID."""
+def _study_uid(prefix: bytes, whole: bool) -> str | None:
+    """The StudyInstanceUID once `prefix` holds that element complete: the parse reached
+    the element after it, or `prefix` is the whole file. None if more bytes are needed.
+    Raises InvalidRecord when it is not a DICOM file we take, or has no UID."""
+    if prefix.startswith(b"PK\x03\x04"):
+        # Orthanc unpacks a body that starts like a ZIP archive, and a DICOM preamble
+        # can be made to: such a file could name one study and carry another's.
+        raise InvalidRecord("body", "a single DICOM file is expected, not an archive")
+    seen_next = []
 
     def past_uid(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-        return tag > STUDY_INSTANCE_UID
+        if tag > STUDY_INSTANCE_UID:
+            seen_next.append(tag)
+            return True
+        return False
 
     try:
         dataset = read_partial(io.BytesIO(prefix), stop_when=past_uid)
         uid = dataset.get("StudyInstanceUID")
     except InvalidDicomError:
         raise InvalidRecord("body", "not a DICOM file (Part 10)") from None
+    except zlib.error:
+        raise InvalidRecord("body", "the deflated data set cannot be read") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError):
         return None  # cut mid-element: read on
-    if uid:
-        return str(uid)
-    return None
+    if not (seen_next or whole):
+        return None  # the value may be cut short: only an element after it proves it whole
+    return str(uid) if uid else None
 
 
 async def split_header(stream: AsyncIterator[bytes]) -> tuple[str, bytes]:
@@ -53,13 +65,13 @@ async def split_header(stream: AsyncIterator[bytes]) -> tuple[str, bytes]:
     async for chunk in stream:  # a few parses, not one each
         prefix += chunk
         if len(prefix) >= next_try:
-            uid = _study_uid(prefix)
+            uid = _study_uid(prefix, whole=False)
             if uid:
                 return uid, prefix
             next_try = 2 * len(prefix)
         if len(prefix) > HEADER_LIMIT:
-            break
-    uid = _study_uid(prefix)
+            raise InvalidRecord("body", "no StudyInstanceUID in the first 4 MB")
+    uid = _study_uid(prefix, whole=True)
     if not uid:
         raise InvalidRecord("body", "a DICOM file with a StudyInstanceUID is expected")
     return uid, prefix

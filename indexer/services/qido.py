@@ -17,6 +17,7 @@ errors are computed after the filter.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,6 @@ from ..errors import IndexerError, InvalidRecord
 # Query keys that shape the answer rather than filter it.
 CONTROL_KEYS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 STUDY_UID_TAG = "0020000D"
-TRUNCATED = '299 imaging-cloud "More matches than can be searched; refine the search"'
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 UIDS_PER_CALL = 50
@@ -75,7 +75,6 @@ class Reader:
 @dataclass(frozen=True)
 class Page:
     studies: list[dict[str, Any]]
-    truncated: bool = False
 
 
 def paging(params: Sequence[tuple[str, str]]) -> tuple[int, int]:
@@ -83,8 +82,8 @@ def paging(params: Sequence[tuple[str, str]]) -> tuple[int, int]:
     values = {"limit": DEFAULT_LIMIT, "offset": 0}
     for key, raw in params:
         if key in values:
-            if not raw.isdigit():
-                raise InvalidRecord(key, "must be a non-negative integer")
+            if not re.fullmatch(r"[0-9]{1,9}", raw):
+                raise InvalidRecord(key, "must be a non-negative integer below 10^9")
             values[key] = int(raw)
     if values["limit"] == 0 or values["limit"] > MAX_LIMIT:
         values["limit"] = MAX_LIMIT
@@ -205,7 +204,7 @@ async def search_for_reader(
         mine.extend(study for study in batch if study_uid(study) in readable)
         scanned += len(batch)
         exhausted = len(batch) < batch_size
-    return Page(mine[offset:wanted], truncated=not exhausted and len(mine) < wanted)
+    return Page(mine[offset:wanted])
 
 
 async def search_one(

@@ -20,8 +20,9 @@ from .tokens import BearerAuth, ClientCredentials
 
 log = logging.getLogger(__name__)
 # Answers that retrying the same record cannot change. 401/403 (a token or role problem),
-# 413/429 and every 5xx stop the round instead: later records would meet the same fate.
-PERMANENT = frozenset({400, 404, 409, 422})
+# 404 (the institution not registered yet), 413/429 and every 5xx stop the round instead:
+# later records would meet the same fate, and retrying later can succeed.
+PERMANENT = frozenset({400, 409, 422})
 
 
 class IndexerClient:

@@ -3,8 +3,10 @@ the indexer (auth_request) before central sees the request."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -167,3 +169,31 @@ def test_a_grant_opens_a_study_until_its_owner_revokes_it(
         assert other.get(grants).status_code == 403
     with stack.gateway(tokens["rad_b"]) as other:  # only the owner's side revokes
         assert other.delete(f"{grants}/{granted.json()['id']}").status_code == 403
+
+
+def raw_status(stack: StackClient, token: str, target: str) -> int:
+    """The status of a request line sent as is (HTTP clients drop a '#' and what follows)."""
+    host, port = urlsplit(stack["GATEWAY_URL"]).hostname, urlsplit(stack["GATEWAY_URL"]).port
+    assert host and port
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with (
+        socket.create_connection((host, port), timeout=30) as plain,
+        stack.ca_context().wrap_socket(plain, server_hostname=host) as tls,
+    ):
+        tls.sendall(request.encode())
+        status_line = tls.recv(200).split(b"\r\n")[0]
+    return int(status_line.split()[1])
+
+
+def test_a_fragment_in_the_request_line_is_refused(
+    stack: StackClient, tokens: dict[str, str], study_of_a: SampleStudy
+) -> None:
+    """nginx matches the path before a '#', Orthanc's server reads past it: such a request
+    naming A's study could otherwise reach another study at central."""
+    uid = study_of_a.exam.study_instance_uid
+    target = f"/dicom-web/studies/{uid}#/../../studies/1.2.3.4.5/metadata"
+    assert raw_status(stack, tokens["rad_a"], target) == 400
+    assert raw_status(stack, tokens["admin"], "/orthanc/system#x") == 400

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.samples.studies import SampleStudy
-from deploy.stack.client import StackClient
+from deploy.samples.studies import SampleStudy, make_study
+from deploy.stack.client import StackClient, wait_for_instances
 
+from .fresh import fresh_seed
 from .test_dicomweb_authz import study_of_a  # noqa: F401 - the fixture
 
 
@@ -73,3 +74,28 @@ def test_a_hospital_gateway_reads_only_studies_its_hospital_may_read(
             )
             assert granted.status_code == 200, granted.text
         assert edge_b.get(f"/orthanc/instances/{instance_id}/file").status_code == 200
+
+
+def test_a_hospital_gateway_cannot_discard_or_probe_another_hospitals_instances(
+    stack: StackClient,
+    study_of_a: SampleStudy,  # noqa: F811 - shared with B by the test above
+) -> None:
+    """Central discards a copy whose hash does not match (so the edge can resend it): only
+    in the caller's own studies. Of a study it may not read a gateway learns nothing; of a
+    study shared with it, that the copy differs, and the copy stays."""
+    unshared = make_study(fresh_seed(), "DX", instances=1, institution_code="H0001")
+    assert stack.send_to_edge("A", unshared.instances()).ok
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        wait_for_instances(central, unshared.exam.study_instance_uid, 1)
+    hidden = str(next(unshared.instances()).SOPInstanceUID)
+    shared = str(next(study_of_a.instances()).SOPInstanceUID)
+    wrong = {"instances": {hidden: "0" * 64, shared: "0" * 64}}
+    with stack.gateway(gateway_token(stack, "H0002")) as edge_b:
+        answer = edge_b.post("/orthanc/imaging-cloud/verify", json=wrong)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"confirmed": [], "missing": [hidden], "mismatched": [shared]}
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        for sop in (hidden, shared):  # neither was discarded
+            found = central.post("/tools/lookup", content=sop).json()
+            assert [item["Type"] for item in found] == ["Instance"]
+    # (its own hospital's mismatches are discarded and resent: test_edge_transit_corruption)

@@ -45,6 +45,8 @@ def test_a_path_naming_one_study_is_confined_to_it(path: str) -> None:
         "/dicom-web/studies/1..2/metadata",
         "/dicom-web/studies/1.2./metadata",
         "/dicom-web/studies/" + "1." * 40 + "1/metadata",  # longer than a UID may be
+        f"/dicom-web/studies/{UID}#/../../studies/1.2.3/metadata",  # Orthanc reads past '#'
+        f"/dicom-web/studies/{UID}/metadata?_method=DELETE",
     ],
 )
 def test_anything_else_is_confined_to_no_study(path: str) -> None:

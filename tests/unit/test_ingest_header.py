@@ -44,3 +44,43 @@ def test_the_uid_is_found_and_no_byte_is_lost(size: int) -> None:
 def test_anything_else_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidRecord):
         asyncio.run(split_header(chunks(body, 1000)))
+
+
+def test_a_chunk_that_ends_inside_the_uid_does_not_pass_a_cut_uid() -> None:
+    """An uploader who pauses mid-UID must not get a shortened UID checked instead."""
+    ds = next(make_study(6, "CT", instances=1).instances())
+    ds.add_new(0x00190010, "LO", "PADDING")  # a private element before group 0020
+    ds.add_new(0x00191000, "OB", b"\0" * 3000)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data, uid = buffer.getvalue(), str(ds.StudyInstanceUID)
+    cut = data.index(uid.encode()) + 10
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield data[:cut]
+        yield data[cut:]
+
+    found, _ = asyncio.run(split_header(chunked()))
+    assert cut > 2048 and found == uid
+
+
+def test_a_zip_lookalike_is_refused() -> None:
+    data, _uid = dicom_file()
+    polyglot = b"PK\x03\x04" + data[4:]  # Orthanc would unpack it as an archive
+    with pytest.raises(InvalidRecord, match="archive"):
+        asyncio.run(split_header(chunks(polyglot, 4096)))
+
+
+def test_a_deflated_file_gets_a_clear_refusal_not_a_crash() -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = next(make_study(8, "CT", instances=1).instances())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    broken = buffer.getvalue()[:-200] + b"\xff" * 200  # a deflate stream that fails
+    try:
+        found, _ = asyncio.run(split_header(chunks(broken, 4096)))
+    except InvalidRecord:
+        return  # refused with a 422
+    assert found == str(ds.StudyInstanceUID)  # or read: the UID came before the damage

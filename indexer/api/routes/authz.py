@@ -39,7 +39,7 @@ READ_METHODS = ("GET", "HEAD")
 # Anything a proxy or Orthanc might normalise differently from this check: dot segments,
 # encoded dots, slashes and backslashes, doubled slashes. No DICOMweb or Orthanc path needs
 # them (UID components are never empty), so they are refused outright.
-_EVASIVE = re.compile(r"(?i)%2e|%2f|%5c|\\|/\.|//")
+_EVASIVE = re.compile(r"(?i)%2e|%2f|%5c|\\|/\.|//|#")
 # Query keys that would name another study than the path's (keyword or tag, any case).
 _STUDY_KEYS = frozenset({"studyinstanceuid", "0020000d"})
 
@@ -49,6 +49,8 @@ def study_of(uri: str) -> str | None:
     is not confined to one study (a search across studies, an evasive path, or a query
     naming a study again). Orthanc restricts every /dicom-web/studies/{uid}/... request to
     that study; study searches for staff go to the indexer's own QIDO route."""
+    if "#" in uri or "_method" in uri.lower():  # a fragment Orthanc's server would not cut
+        return None  # off; a method override Orthanc would honour
     parts = urlsplit(uri)
     if _EVASIVE.search(parts.path):
         return None
@@ -145,10 +147,10 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
 # What a hospital gateway account may do on central's REST API (behind /orthanc/). Reads
 # of a study's files are for studies the gateway's institution may read (its own, or
 # granted to it: a push), and push lists are its own.
-# (Uploads, POST /instances, and lookups, POST /tools/lookup, do not come here: the gateway
-# sends them to the indexer's routes that read the body; see routes/ingest.py.)
+# (Uploads, POST /instances, lookups, POST /tools/lookup, and hash checks, POST
+# /imaging-cloud/verify, do not come here: the gateway sends them to the indexer's routes
+# that read the body; see routes/ingest.py.)
 GATEWAY_CALLS = [
-    ("POST", re.compile(r"^/imaging-cloud/verify$")),
     ("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$")),
     ("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$")),
     ("GET", re.compile(r"^/imaging-cloud/pushes$")),
@@ -158,7 +160,12 @@ GATEWAY_CALLS = [
 ]
 
 
+_PUSH_LIST_QUERY = re.compile(r"to=[A-Z0-9]{2,16}(&state=[a-z-]{1,20})?")
+
+
 def gateway_call(method: str, uri: str) -> re.Match[str] | None:
+    if "#" in uri or "_method" in uri.lower() or _EVASIVE.search(urlsplit(uri).path):
+        return None
     path = urlsplit(uri).path.removeprefix("/orthanc")
     for allowed, pattern in GATEWAY_CALLS:
         match = pattern.match(path) if method == allowed else None
@@ -172,7 +179,10 @@ async def gateway_may(request: Request, who: Principal, method: str, uri: str) -
     if match is None or not who.institution:
         return False
     if match.re.pattern.endswith("pushes$") and method == "GET":
-        return parse_qs(urlsplit(uri).query).get("to") == [who.institution]
+        # exactly ?to=<own code>[&state=...]: no second key Orthanc might read as "to"
+        return _PUSH_LIST_QUERY.fullmatch(urlsplit(uri).query) is not None and (
+            parse_qs(urlsplit(uri).query).get("to") == [who.institution]
+        )
     if match.re.groups != 2:
         return True
     uid = await request.app.state.central_qido.study_of_resource(match[1], match[2])

@@ -1,16 +1,19 @@
-"""The two calls of central's REST API whose subject is in the request body, which the
+"""The calls of central's REST API whose subject is in the request body, which the
 gateway's check cannot see: POST /orthanc/instances (an edge's upload, checked against the
-file's own StudyInstanceUID, see services/ingest.py) and POST /orthanc/tools/lookup (a
-UID). The gateway sends them here instead of straight to central."""
+file's own StudyInstanceUID, see services/ingest.py), POST /orthanc/tools/lookup (a UID)
+and POST /orthanc/imaging-cloud/verify (SOP UIDs and hashes; it can discard copies). The
+gateway sends them here instead of straight to central."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, Unauthenticated
+from ...errors import Forbidden, InvalidRecord, Unauthenticated
 from ...security.auth import PLATFORM_ADMIN, Principal
 from ...services import ingest, lookup_sql
 from ...services.audit import event
@@ -116,3 +119,86 @@ async def _may_read(request: Request, who: Principal, uid: str) -> bool:
 
 def _source(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+@router.post("/orthanc/imaging-cloud/verify")
+async def verify(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """Central's hash check of an edge's instances. A mismatching copy is discarded at
+    central so the edge can send it again: only in the caller's own studies (or new ones).
+    Instances of studies the caller may not read are answered as missing, whatever central
+    holds, so the answer tells nothing about them."""
+    who = None
+    status = 500
+    try:
+        who = _edge_or_admin(request, authorization)
+        try:
+            claimed = json.loads(await request.body())["instances"]
+        except (ValueError, KeyError, TypeError):
+            claimed = None
+        if not isinstance(claimed, dict):
+            raise InvalidRecord("instances", 'expected {"instances": {SOP UID: sha256}}')
+        client = request.app.state.central_qido.client
+        answer = await _central_verify(client, claimed, discard=who.has(PLATFORM_ADMIN))
+        if not who.has(PLATFORM_ADMIN):
+            answer = await _confine(request, who, client, claimed, answer)
+        status = 200
+        return Response(json.dumps(answer), media_type="application/json")
+    except (Unauthenticated, Forbidden, InvalidRecord) as exc:
+        status = exc.status
+        raise
+    finally:
+        await request.app.state.audit.record(
+            event(who, "orthanc.verify", "/imaging-cloud/verify", _source(request), status),
+            dedupe=True,
+        )
+
+
+async def _central_verify(
+    client: httpx.AsyncClient, claimed: dict[str, str], discard: bool
+) -> dict[str, Any]:
+    try:
+        answer = await client.post(
+            "/imaging-cloud/verify", json={"instances": claimed, "discard": discard}
+        )
+    except httpx.HTTPError as exc:
+        raise ingest.CentralRefused(f"central archive: {type(exc).__name__}") from exc
+    if answer.status_code == 400:
+        raise InvalidRecord("instances", 'expected {"instances": {SOP UID: sha256}}')
+    if answer.status_code != 200:
+        raise ingest.CentralRefused(f"central archive answered {answer.status_code}")
+    return dict(answer.json())
+
+
+async def _confine(
+    request: Request,
+    who: Principal,
+    client: httpx.AsyncClient,
+    claimed: dict[str, str],
+    answer: dict[str, Any],
+) -> dict[str, Any]:
+    """The caller's view of central's answer: instances of studies it may not read become
+    missing; mismatching copies in its own studies are discarded now."""
+    studies: dict[str, str] = answer.get("studies") or {}
+    pool = request.app.state.pool
+    readable: dict[str, bool] = {}  # study UID -> the caller owns it (else: granted)
+    for uid in set(studies.values()):
+        owner = await lookup_sql.study_institution(pool, uid)
+        if owner is None or owner == who.institution:
+            readable[uid] = True
+        elif who.institution and await lookup_sql.has_grant(
+            pool, uid, who.institution, who.subject
+        ):
+            readable[uid] = False
+    confirmed = [s for s in answer["confirmed"] if studies.get(s) in readable]
+    mismatched = [s for s in answer["mismatched"] if studies.get(s) in readable]
+    hidden = set(claimed) - set(confirmed) - set(mismatched)
+    own_mismatched = {s: claimed[s] for s in mismatched if readable[studies[s]]}
+    if own_mismatched:  # discard them, so the edge's resend can replace them
+        await _central_verify(client, own_mismatched, discard=True)
+    return {
+        "confirmed": sorted(confirmed),
+        "missing": sorted(hidden),
+        "mismatched": sorted(mismatched),
+    }

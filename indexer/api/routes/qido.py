@@ -48,5 +48,4 @@ async def search_studies(
     page = await qido.search_for_reader(
         central, request.app.state.pool, reader, params, settings.qido_max_matches
     )
-    headers = {"Warning": qido.TRUNCATED} if page.truncated else {}
-    return JSONResponse(page.studies, media_type=DICOM_JSON, headers=headers)
+    return JSONResponse(page.studies, media_type=DICOM_JSON)
