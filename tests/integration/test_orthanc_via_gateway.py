@@ -99,3 +99,20 @@ def test_a_hospital_gateway_cannot_discard_or_probe_another_hospitals_instances(
             found = central.post("/tools/lookup", content=sop).json()
             assert [item["Type"] for item in found] == ["Instance"]
     # (its own hospital's mismatches are discarded and resent: test_edge_transit_corruption)
+
+
+def test_a_hospital_gateway_speaks_only_for_its_own_hospital_in_pushes(
+    stack: StackClient,
+    study_of_a: SampleStudy,  # noqa: F811
+) -> None:
+    uid = study_of_a.exam.study_instance_uid
+    forged = {"study_instance_uid": uid, "from_institution": "H0001", "to_institution": "H0002"}
+    with stack.gateway(gateway_token(stack, "H0002")) as edge_b:
+        assert edge_b.post("/orthanc/imaging-cloud/pushes", json=forged).status_code == 403
+        mine = forged | {"from_institution": "H0002", "to_institution": "H0001"}
+        assert edge_b.post("/orthanc/imaging-cloud/pushes", json=mine).status_code == 403
+        state = f"/orthanc/imaging-cloud/pushes/{'0' * 8}-0000-0000-0000-{'0' * 12}/state"
+        report = {"institution": "H0001", "state": "delivered"}
+        assert edge_b.post(state, json=report).status_code == 403
+        # its own hospital's report on an unknown push: central's own answer
+        assert edge_b.post(state, json=report | {"institution": "H0002"}).status_code == 404

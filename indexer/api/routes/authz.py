@@ -147,16 +147,14 @@ async def _decide(request: Request, who: Principal, uri: str, method_name: str) 
 # What a hospital gateway account may do on central's REST API (behind /orthanc/). Reads
 # of a study's files are for studies the gateway's institution may read (its own, or
 # granted to it: a push), and push lists are its own.
-# (Uploads, POST /instances, lookups, POST /tools/lookup, and hash checks, POST
-# /imaging-cloud/verify, do not come here: the gateway sends them to the indexer's routes
-# that read the body; see routes/ingest.py.)
+# (Uploads, POST /instances, lookups, POST /tools/lookup, hash checks, POST
+# /imaging-cloud/verify, and the pushes' POSTs do not come here: the gateway sends them to
+# the indexer's routes that read the body; see routes/ingest.py.)
 GATEWAY_CALLS = [
     ("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$")),
     ("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$")),
     ("GET", re.compile(r"^/imaging-cloud/pushes$")),
-    ("POST", re.compile(r"^/imaging-cloud/pushes$")),
     ("GET", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}$")),
-    ("POST", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}/state$")),
 ]
 
 

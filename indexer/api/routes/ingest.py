@@ -1,8 +1,9 @@
 """The calls of central's REST API whose subject is in the request body, which the
 gateway's check cannot see: POST /orthanc/instances (an edge's upload, checked against the
-file's own StudyInstanceUID, see services/ingest.py), POST /orthanc/tools/lookup (a UID)
-and POST /orthanc/imaging-cloud/verify (SOP UIDs and hashes; it can discard copies). The
-gateway sends them here instead of straight to central."""
+file's own StudyInstanceUID, see services/ingest.py), POST /orthanc/tools/lookup (a UID),
+POST /orthanc/imaging-cloud/verify (SOP UIDs and hashes; it can discard copies), and the
+pushes' POSTs (the institution they speak for). The gateway sends them here instead of
+straight to central."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
 from ...errors import Forbidden, InvalidRecord, Unauthenticated
@@ -202,3 +203,73 @@ async def _confine(
         "missing": sorted(hidden),
         "mismatched": sorted(mismatched),
     }
+
+
+async def _relay(
+    request: Request,
+    authorization: str | None,
+    path: str,
+    claimant: str,
+    action: str,
+) -> Response:
+    """Pass a JSON body to central once its institution field (`claimant`) is the caller's
+    own; `_may_push` adds the study check for a new push."""
+    who = None
+    status = 500
+    try:
+        who = _edge_or_admin(request, authorization)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise InvalidRecord("body", "a JSON object is expected")
+        if not who.has(PLATFORM_ADMIN):
+            if body.get(claimant) != who.institution:
+                raise Forbidden(f"{claimant} must be the caller's own institution")
+            if claimant == "from_institution" and not await _owns(request, who, body):
+                raise Forbidden("a hospital pushes its own studies")
+        try:
+            answer = await request.app.state.central_qido.client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise ingest.CentralRefused(f"central archive: {type(exc).__name__}") from exc
+        status = answer.status_code
+        return Response(answer.content, status_code=status, media_type="application/json")
+    except (Unauthenticated, Forbidden, InvalidRecord) as exc:
+        status = exc.status
+        raise
+    finally:
+        await request.app.state.audit.record(
+            event(who, action, path[:200], _source(request), status), dedupe=True
+        )
+
+
+async def _owns(request: Request, who: Principal, body: dict[str, Any]) -> bool:
+    uid = body.get("study_instance_uid")
+    if not isinstance(uid, str):
+        return True  # central refuses the body itself (422)
+    return await lookup_sql.study_institution(request.app.state.pool, uid) == who.institution
+
+
+@router.post("/orthanc/imaging-cloud/pushes")
+async def push(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """A new push (跨院推送) recorded at central: from the caller's hospital, of its study."""
+    return await _relay(
+        request, authorization, "/imaging-cloud/pushes", "from_institution", "orthanc.push"
+    )
+
+
+@router.post("/orthanc/imaging-cloud/pushes/{push_id}/state")
+async def push_state(
+    push_id: Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")],
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The receiving hospital's report on a push (central checks it is the receiver)."""
+    return await _relay(
+        request,
+        authorization,
+        f"/imaging-cloud/pushes/{push_id}/state",
+        "institution",
+        "orthanc.push-state",
+    )
