@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 
+from ..errors import IndexerError
+from ..security.auth import Principal
 from ..services.audit import event
 from .deps import get_pii
 
@@ -51,7 +56,7 @@ def action_of(request: Request) -> str:
 
 
 def source_of(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    return client_address(request)
 
 
 def install(app: FastAPI) -> None:
@@ -93,3 +98,36 @@ def install(app: FastAPI) -> None:
                 await self.inner(scope, receive, send)
 
     app.add_middleware(AuditMiddleware)
+
+
+@dataclass
+class Decision:
+    """What an audited decision learns as it goes: the caller, the resource, the status."""
+
+    resource: str | None
+    who: Principal | None = None
+    status: int = 500
+
+
+@asynccontextmanager
+async def audited(
+    request: Request, action: str, resource: str | None, source: str | None
+) -> AsyncIterator[Decision]:
+    """One audit record for a decision made outside the /api/v1 middleware (the gateway's
+    checks, the routes that stand in for central's REST calls); identical repeats within a
+    minute are recorded once. A refusal raised inside is recorded with its status."""
+    decision = Decision(resource)
+    try:
+        yield decision
+    except IndexerError as exc:
+        decision.status = exc.status
+        raise
+    finally:
+        status = 200 if decision.status == 204 else decision.status
+        await request.app.state.audit.record(
+            event(decision.who, action, decision.resource, source, status), dedupe=True
+        )
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None

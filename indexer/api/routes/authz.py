@@ -24,10 +24,10 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, Unauthenticated
+from ...errors import Forbidden
 from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
 from ...services import lookup_sql, sharing
-from ...services.audit import event
+from ..audit_middleware import audited
 from ..deps import authenticate
 from . import admin_console
 
@@ -88,36 +88,25 @@ async def dicomweb(
 ) -> Response:
     """Every decision is audited (identical repeats within a minute once: a viewer fetches
     frame after frame)."""
-    who = None
-    status = 500
-    try:
+    uid = study_of(x_original_uri)
+    write = x_original_method.upper() not in READ_METHODS
+    async with audited(
+        request,
+        "dicomweb.write" if write else "dicomweb.read",
+        f"study:{uid}" if uid else "dicomweb:search",
+        x_original_remote,
+    ) as decision:
         shared = None if authorization else await share_link_reader(request)
         if shared is not None:  # a patient's share link: its one study, reading
-            who, study = shared
-            if x_original_method.upper() in READ_METHODS and study_of(x_original_uri) == study:
-                status = 204
+            decision.who, study = shared
+            if not write and uid == study:
+                decision.status = 204
                 return Response(status_code=204)
             raise Forbidden("not allowed")
-        who = authenticate(request, authorization)
-        response = await _decide(request, who, x_original_uri, x_original_method)
-        status = response.status_code
+        decision.who = authenticate(request, authorization)
+        response = await _decide(request, decision.who, x_original_uri, x_original_method)
+        decision.status = response.status_code
         return response
-    except (Unauthenticated, Forbidden) as exc:
-        status = exc.status
-        raise
-    finally:
-        uid = study_of(x_original_uri)
-        write = x_original_method.upper() not in READ_METHODS
-        await request.app.state.audit.record(
-            event(
-                who,
-                "dicomweb.write" if write else "dicomweb.read",
-                f"study:{uid}" if uid else "dicomweb:search",
-                x_original_remote,
-                200 if status == 204 else status,
-            ),
-            dedupe=True,
-        )
 
 
 async def _decide(request: Request, who: Principal, uri: str, method_name: str) -> Response:
@@ -202,31 +191,18 @@ async def orthanc_rest(
 ) -> Response:
     """Central's REST API: platform administrators, and hospital gateways for the calls
     their edge makes. Every decision is audited (repeats within a minute once)."""
-    who = None
-    status = 500
     method = x_original_method.upper()
-    try:
+    resource = urlsplit(x_original_uri).path[:200] or None
+    async with audited(
+        request, f"orthanc.{method.lower()}", resource, x_original_remote
+    ) as decision:
         if not authorization and request.cookies.get(admin_console.ADMIN_COOKIE):
             # Orthanc Explorer in an administrator's browser (see admin_console.py)
             authorization = "Bearer " + request.cookies[admin_console.ADMIN_COOKIE]
-        who = authenticate(request, authorization)
+        who = decision.who = authenticate(request, authorization)
         if who.has(PLATFORM_ADMIN) or (
             who.has("gateway") and await gateway_may(request, who, method, x_original_uri)
         ):
-            status = 204
+            decision.status = 204
             return Response(status_code=204)
         raise Forbidden("not allowed")
-    except (Unauthenticated, Forbidden) as exc:
-        status = exc.status
-        raise
-    finally:
-        await request.app.state.audit.record(
-            event(
-                who,
-                f"orthanc.{method.lower()}",
-                urlsplit(x_original_uri).path[:200] or None,
-                x_original_remote,
-                200 if status == 204 else status,
-            ),
-            dedupe=True,
-        )

@@ -14,10 +14,10 @@ import httpx
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, InvalidRecord, Unauthenticated
+from ...errors import Forbidden, InvalidRecord
 from ...security.auth import PLATFORM_ADMIN, Principal
 from ...services import ingest, lookup_sql
-from ...services.audit import event
+from ..audit_middleware import audited, client_address
 from ..deps import authenticate
 
 router = APIRouter(include_in_schema=False)
@@ -45,35 +45,19 @@ async def upload(
 ) -> Response:
     """One DICOM file into the central archive: a hospital gateway account adds to its
     hospital's studies (or starts a new one), a platform administrator to any."""
-    who = None
-    uid = None
-    status = 500
-    try:
-        who = _edge_or_admin(request, authorization)
+    async with audited(request, "orthanc.post", "/instances", client_address(request)) as done:
+        who = done.who = _edge_or_admin(request, authorization)
         stream = request.stream()
         uid, prefix = await ingest.split_header(stream)
+        done.resource = f"study:{uid}"
         if not await _may_add_to(request, who, uid):
             raise Forbidden("this study belongs to another institution")
         answer = await ingest.store(request.app.state.central_qido.client, prefix, stream)
-        status = answer.status_code
+        done.status = answer.status_code
         return Response(
             answer.content,
             status_code=answer.status_code,
             media_type=answer.headers.get("content-type", "application/json"),
-        )
-    except (Unauthenticated, Forbidden) as exc:
-        status = exc.status
-        raise
-    finally:
-        await request.app.state.audit.record(
-            event(
-                who,
-                "orthanc.post",
-                f"study:{uid}" if uid else "/instances",
-                _source(request),
-                status,
-            ),
-            dedupe=True,
         )
 
 
@@ -84,25 +68,16 @@ async def lookup(
     """Central's /tools/lookup (Orthanc IDs of a DICOM UID) for the edges: a hospital's
     gateway finds only studies its hospital may read; any other UID, known or not, gets
     the same empty answer."""
-    who = None
-    status = 500
     body = (await request.body())[:200].decode("ascii", "replace").strip()
-    try:
-        who = _edge_or_admin(request, authorization)
-        status = 200
+    async with audited(request, "orthanc.lookup", "/tools/lookup", client_address(request)) as done:
+        who = done.who = _edge_or_admin(request, authorization)
+        done.status = 200
         if not who.has(PLATFORM_ADMIN) and not await _may_read(request, who, body):
             return Response("[]", media_type="application/json")
         client = request.app.state.central_qido.client
         answer = await client.post("/tools/lookup", content=body)
-        status = answer.status_code
-        return Response(answer.content, status_code=status, media_type="application/json")
-    except (Unauthenticated, Forbidden) as exc:
-        status = exc.status
-        raise
-    finally:
-        await request.app.state.audit.record(
-            event(who, "orthanc.lookup", "/tools/lookup", _source(request), status), dedupe=True
-        )
+        done.status = answer.status_code
+        return Response(answer.content, status_code=done.status, media_type="application/json")
 
 
 async def _may_read(request: Request, who: Principal, uid: str) -> bool:
@@ -118,10 +93,6 @@ async def _may_read(request: Request, who: Principal, uid: str) -> bool:
     )
 
 
-def _source(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 @router.post("/orthanc/imaging-cloud/verify")
 async def verify(
     request: Request, authorization: Annotated[str | None, Header()] = None
@@ -130,10 +101,10 @@ async def verify(
     central so the edge can send it again: only in the caller's own studies (or new ones).
     Instances of studies the caller may not read are answered as missing, whatever central
     holds, so the answer tells nothing about them."""
-    who = None
-    status = 500
-    try:
-        who = _edge_or_admin(request, authorization)
+    async with audited(
+        request, "orthanc.verify", "/imaging-cloud/verify", client_address(request)
+    ) as done:
+        who = done.who = _edge_or_admin(request, authorization)
         try:
             claimed = json.loads(await request.body())["instances"]
         except (ValueError, KeyError, TypeError):
@@ -144,16 +115,8 @@ async def verify(
         answer = await _central_verify(client, claimed, discard=who.has(PLATFORM_ADMIN))
         if not who.has(PLATFORM_ADMIN):
             answer = await _confine(request, who, client, claimed, answer)
-        status = 200
+        done.status = 200
         return Response(json.dumps(answer), media_type="application/json")
-    except (Unauthenticated, Forbidden, InvalidRecord) as exc:
-        status = exc.status
-        raise
-    finally:
-        await request.app.state.audit.record(
-            event(who, "orthanc.verify", "/imaging-cloud/verify", _source(request), status),
-            dedupe=True,
-        )
 
 
 async def _central_verify(
@@ -213,11 +176,9 @@ async def _relay(
     action: str,
 ) -> Response:
     """Pass a JSON body to central once its institution field (`claimant`) is the caller's
-    own; `_may_push` adds the study check for a new push."""
-    who = None
-    status = 500
-    try:
-        who = _edge_or_admin(request, authorization)
+    own, and for a new push the study is its own too (`_owns`)."""
+    async with audited(request, action, path[:200], client_address(request)) as done:
+        who = done.who = _edge_or_admin(request, authorization)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -233,15 +194,8 @@ async def _relay(
             answer = await request.app.state.central_qido.client.post(path, json=body)
         except httpx.HTTPError as exc:
             raise ingest.CentralRefused(f"central archive: {type(exc).__name__}") from exc
-        status = answer.status_code
-        return Response(answer.content, status_code=status, media_type="application/json")
-    except (Unauthenticated, Forbidden, InvalidRecord) as exc:
-        status = exc.status
-        raise
-    finally:
-        await request.app.state.audit.record(
-            event(who, action, path[:200], _source(request), status), dedupe=True
-        )
+        done.status = answer.status_code
+        return Response(answer.content, status_code=done.status, media_type="application/json")
 
 
 async def _owns(request: Request, who: Principal, body: dict[str, Any]) -> bool:
