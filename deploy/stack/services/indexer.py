@@ -74,7 +74,7 @@ class Indexer(Service):
                 "-c",
                 str(root / "indexer" / "alembic.ini"),
                 "upgrade",
-                "head",
+                "heads",
             ],
             "alembic upgrade",
         )
