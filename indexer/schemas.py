@@ -132,7 +132,7 @@ class PatientOut(BaseModel):
     institution_code: str
     mrn: str
     name: str
-    national_id_masked: str | None
+    national_id_masked: str | None = Field(description="first and last character only")
     phone_masked: str | None
     sex: str
     birth_date: dt.date | None

@@ -64,6 +64,19 @@ def sex(number: str) -> str:
     return "M" if int(normalize(number)[16]) % 2 else "F"
 
 
+def mask(number: str | None) -> str | None:
+    """The number as the API answers it: first and last character only, the rest starred.
+
+    Characters 1-6 are the region and 7-14 the birth date, which the API answers beside it:
+    a mask that kept them (e.g. 6 + 4) would give the number back to anyone holding the
+    birth date and a guess of the region. GB 11643 masking keeps at most 1 + 1."""
+    if not number:
+        return None
+    if len(number) <= 2:
+        return "*" * len(number)
+    return number[0] + "*" * (len(number) - 2) + number[-1]
+
+
 def make(region: str, born: dt.date, sequence: int) -> str:
     """Build a valid 18-character number (used by the sample-data generator and tests)."""
     if not (len(region) == 6 and region.isdigit() and 0 <= sequence <= 999):

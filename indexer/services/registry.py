@@ -152,7 +152,7 @@ class Registry:
             institution_code=code,
             mrn=mrn,
             name=self.pii.decrypt(patient.name_enc, "patients.name"),
-            national_id_masked=mask(number, 6, 4),
+            national_id_masked=national_id.mask(number),
             phone_masked=mask(phone, 3, 4),
             sex=patient.sex,
             birth_date=patient.birth_date,

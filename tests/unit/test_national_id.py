@@ -56,3 +56,22 @@ def test_make_builds_valid_numbers() -> None:
     number = national_id.make("210102", dt.date(1980, 5, 17), 123)
     assert national_id.normalize(number) == number
     assert national_id.sex(number) == "M"
+
+
+def test_mask_keeps_first_and_last_character_only() -> None:
+    assert national_id.mask(STANDARD_EXAMPLE) == "1****************X"
+    assert national_id.mask(None) is None
+    assert national_id.mask("") is None
+
+
+def test_masked_number_and_birth_date_do_not_rebuild_it() -> None:
+    # The API answers the mask beside the birth date: the 6 + 4 mask of before hid only
+    # the birth date, so the two together gave the number back.
+    number = national_id.make("110101", dt.date(1990, 3, 7), 451)
+    masked = national_id.mask(number)
+    assert masked is not None and len(masked) == 18
+    shown = [i for i, c in enumerate(masked) if c != "*"]
+    assert shown == [0, 17]
+    # What is left unknown beside the birth date: 5 region digits and the 3-digit
+    # sequence, far too many numbers to guess.
+    assert masked[1:6] == "*****" and masked[14:17] == "***"
