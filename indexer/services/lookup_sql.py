@@ -10,7 +10,10 @@ from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Integer, String, bindparam, func, literal_column, null
+from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
+from ..models import grant as grant_model
 from ..schemas import PersonSearch
 from .lifecycle import TIME_COLUMN
 from .links import study_links
@@ -148,12 +151,21 @@ WHERE study_instance_uid = %(uid)s AND institution_code = %(institution)s
   AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
 LIMIT 1
 """
-MUTUAL_RECOGNITION_SQL = """
-INSERT INTO grants (study_instance_uid, owner_institution, institution_code, kind, purpose,
-                    granted_by, expires_at)
-VALUES (%(uid)s, %(owner)s, %(institution)s, 'mutual-recognition', %(purpose)s,
-        %(subject)s, now() + make_interval(hours => %(hours)s))
-"""
+_ZERO = literal_column("0")
+# The same INSERT ... ON CONFLICT as the ORM routes' (models.grant.upsert), rendered once
+# for the async pool: one live 互认 grant per study and institution, extended.
+MUTUAL_RECOGNITION_SQL = str(
+    grant_model.upsert(
+        study_instance_uid=bindparam("uid", type_=String),
+        owner_institution=bindparam("owner", type_=String),
+        institution_code=bindparam("institution", type_=String),
+        grantee_subject=null(),
+        kind=literal_column("'mutual-recognition'"),
+        purpose=bindparam("purpose", type_=String),
+        granted_by=bindparam("subject", type_=String),
+        expires_at=func.now() + func.make_interval(*[_ZERO] * 4, bindparam("hours", type_=Integer)),
+    ).compile(dialect=pg_psycopg.dialect())
+)
 
 
 async def has_grant(

@@ -15,7 +15,8 @@ from pydantic import AwareDatetime, Field
 from sqlalchemy import select
 
 from ...errors import Forbidden, InvalidRecord, NotFound
-from ...models import Alert, Grant
+from ...models import Alert
+from ...models import grant as grant_model
 from ...schemas import UID, Strict
 from ...security.auth import PLATFORM_ADMIN, Principal
 from ..deps import Caller, Reg, get_pii
@@ -75,15 +76,17 @@ def break_glass(
         )
     settings = request.app.state.settings
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=settings.break_glass_hours)
-    grant = Grant(
-        study_instance_uid=uid,
-        owner_institution=owner,
-        institution_code=who.institution,
-        grantee_subject=who.subject,
-        kind="break-glass",
-        purpose="break-glass",
-        granted_by=who.subject,
-        expires_at=expires,
+    grant_id = reg.session.scalar(  # this user's live break-glass grant: new or extended
+        grant_model.upsert(
+            study_instance_uid=uid,
+            owner_institution=owner,
+            institution_code=who.institution,
+            grantee_subject=who.subject,
+            kind="break-glass",
+            purpose="break-glass",
+            granted_by=who.subject,
+            expires_at=expires,
+        )
     )
     alert = Alert(
         kind="break-glass",
@@ -94,7 +97,7 @@ def break_glass(
         study_instance_uid=uid,
         reason_enc=get_pii().encrypt(body.reason, "alerts.reason"),
     )
-    reg.session.add_all([grant, alert])
+    reg.session.add(alert)
     reg.session.commit()
     request.state.audit_resource = f"study:{uid}"
     request.state.audit_purpose = "break-glass"
@@ -108,7 +111,7 @@ def break_glass(
     if settings.alert_webhook_url:
         tasks.add_task(_notify, settings.alert_webhook_url, alert.id, "break-glass", owner)
     return BreakGlassOut(
-        grant_id=grant.id, alert_id=alert.id, study_instance_uid=uid, expires_at=expires
+        grant_id=grant_id, alert_id=alert.id, study_instance_uid=uid, expires_at=expires
     )
 
 

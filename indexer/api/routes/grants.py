@@ -8,10 +8,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ...errors import InvalidRecord, NotFound
 from ...models import Grant
+from ...models import grant as grant_model
+from ...models.grant import LIVE_KEY
 from ...schemas import CODE, UID, Strict, Timestamp
 from ..deps import Caller, Reg
 
@@ -68,17 +70,21 @@ def grant(
         raise InvalidRecord("to_institution", "must be another institution")
     if reg.study_institution(study_instance_uid) != code:
         raise NotFound("no study with this UID at this institution")
-    row = Grant(
-        study_instance_uid=study_instance_uid,
-        owner_institution=code,
-        institution_code=body.to_institution,
-        kind=body.kind,
-        purpose=body.purpose,
-        granted_by=who.subject,
-        expires_at=body.expires_at,
-    )
-    reg.session.add(row)
+    grant_id = reg.session.scalar(
+        grant_model.upsert(
+            study_instance_uid=study_instance_uid,
+            owner_institution=code,
+            institution_code=body.to_institution,
+            grantee_subject=None,
+            kind=body.kind,
+            purpose=body.purpose,
+            granted_by=who.subject,
+            expires_at=body.expires_at,
+        )
+    )  # the live grant of this study, grantee and kind: new, or reused and extended
     reg.session.commit()
+    row = reg.session.get(Grant, grant_id, populate_existing=True)
+    assert row is not None
     return _out(row)
 
 
@@ -113,7 +119,12 @@ def revoke(
     row = reg.session.get(Grant, grant_id, with_for_update=True)
     if row is None or row.owner_institution != code or row.study_instance_uid != study_instance_uid:
         raise NotFound("no such grant on this institution's study")
-    if row.revoked_at is None:
-        row.revoked_at = dt.datetime.now(dt.UTC)
+    if row.revoked_at is None:  # and every other live row of its key, if any slipped in
+        now = dt.datetime.now(dt.UTC)
+        key = [getattr(Grant, name) == getattr(row, name) for name in LIVE_KEY]  # None: IS NULL
+        reg.session.execute(
+            update(Grant).where(*key, Grant.revoked_at.is_(None)).values(revoked_at=now)
+        )
     reg.session.commit()
+    reg.session.refresh(row)
     return _out(row)
