@@ -9,6 +9,32 @@ from typing import Any
 from .errors import ConfigurationError
 
 _INSTITUTION = re.compile(r"^[A-Z0-9]{2,16}$")
+# Operations an edge never grants to every caller: the edge audits each C-FIND and C-MOVE
+# per calling AE, and cannot observe C-GET at all (Orthanc 1.10.1 has no hook for it).
+_NEVER_ALWAYS = ("DicomAlwaysAllowFind", "DicomAlwaysAllowMove", "DicomAlwaysAllowGet")
+
+
+def _check_dicom_access(configuration: dict[str, Any]) -> None:
+    """An edge's DicomModalities must say per AE what it may ask, and never allow C-GET."""
+    for setting in _NEVER_ALWAYS:
+        if configuration.get(setting) is True:
+            raise ConfigurationError(f"{setting}: must be false on an edge")
+    for name, entry in (configuration.get("DicomModalities") or {}).items():
+        if not isinstance(entry, dict):
+            raise ConfigurationError(
+                f"DicomModalities.{name}: use the long form with AllowFind/AllowMove/AllowGet "
+                "(the short form allows every operation, C-GET included)"
+            )
+        for key in ("AllowFind", "AllowMove"):
+            if not isinstance(entry.get(key), bool):
+                raise ConfigurationError(
+                    f"DicomModalities.{name}.{key}: must be given, true only for the "
+                    "hospital's own PACS (Orthanc's default is true)"
+                )
+        if entry.get("AllowGet", True) is not False:
+            raise ConfigurationError(
+                f"DicomModalities.{name}.AllowGet: must be false (C-GET cannot be audited)"
+            )
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,8 @@ class PluginConfig:
             raise ConfigurationError(
                 "ImagingCloud.HospitalPacs: must name an entry of DicomModalities"
             )
+        if role == "edge":
+            _check_dicom_access(configuration)
         retry = section.get("ForwardRetryMaxSeconds", 300)
         if not isinstance(retry, int | float) or retry <= 0:
             raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")

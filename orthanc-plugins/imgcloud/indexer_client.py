@@ -70,6 +70,21 @@ class IndexerClient:
                 answer.status_code,
             )
 
+    def send_edge_events(self, events: list[dict[str, Any]]) -> int:
+        """Hand a batch of DICOM audit events to the indexer (idempotent on event_id)."""
+        try:
+            answer = self.client.post(
+                f"{self.api_url}/v1/audit/edge-events", json={"events": events}
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
+        if answer.status_code != 200:
+            raise ServiceCallError(
+                f"indexer refused the audit events: HTTP {answer.status_code} {answer.text[:200]}",
+                answer.status_code,
+            )
+        return int(answer.json().get("accepted", 0))
+
 
 def _grant_body(to_institution: str, kind: str) -> dict[str, Any]:
     return {"to_institution": to_institution, "kind": kind}

@@ -1,9 +1,17 @@
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from imgcloud.config import PluginConfig
+
 from deploy.stack.services.gateway import render_template
-from deploy.stack.services.orthanc import deep_merge
+from deploy.stack.services.orthanc import (
+    DEMO_MODALITY_AET,
+    HOSPITAL_PACS_AET,
+    EdgeOrthanc,
+    deep_merge,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,3 +51,33 @@ def test_gateway_template_names_a_missing_value() -> None:
         assert "GATEWAY_LISTEN" in str(exc)
     else:
         raise AssertionError("a template with unfilled placeholders was accepted")
+
+
+def test_edge_allows_no_operation_to_every_caller() -> None:
+    """#18, 4: only the DicomModalities entries say who may do what."""
+    edge = json.loads((ROOT / "edge-orthanc/orthanc.json").read_text())
+    for operation in ("Echo", "Store", "Find", "FindWorklist", "Get", "Move"):
+        assert edge[f"DicomAlwaysAllow{operation}"] is False, operation
+
+
+def test_stack_modalities_store_only_and_the_pacs_queries_nobody_gets(tmp_path: Path) -> None:
+    """The demo modality may C-STORE and C-ECHO only; the hospital PACS also C-FIND and
+    C-MOVE; C-GET nobody. The edge plugin's own check accepts the result."""
+    edge = SimpleNamespace(ctx=SimpleNamespace(ports={"hospital_pacs_a": 11112}), letter="A")
+    modalities = EdgeOrthanc.local_modalities(edge)  # type: ignore[arg-type]
+    allowed = {
+        name: {op for op in ("Echo", "Store", "Find", "Move", "Get") if entry[f"Allow{op}"]}
+        for name, entry in modalities.items()
+    }
+    assert allowed == {
+        DEMO_MODALITY_AET: {"Echo", "Store"},
+        HOSPITAL_PACS_AET: {"Echo", "Store", "Find", "Move"},
+    }
+    static = json.loads((ROOT / "edge-orthanc/orthanc.json").read_text())
+    config = static | {"DicomModalities": modalities, "OrthancPeers": {"central": {}}}
+    config["ImagingCloud"] = static["ImagingCloud"] | {
+        "Institution": "H0001",
+        "QueueFile": str(tmp_path / "queue.sqlite"),
+        "HospitalPacs": HOSPITAL_PACS_AET,
+    }
+    assert PluginConfig.from_orthanc(config).hospital_pacs == HOSPITAL_PACS_AET

@@ -38,6 +38,26 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def dicom_modality(
+    aet: str, port: int, host: str = "127.0.0.1", *, query_retrieve: bool = False
+) -> dict[str, Any]:
+    """A DicomModalities entry in the long form: C-STORE and C-ECHO for every AE; C-FIND
+    and C-MOVE only with `query_retrieve` (the hospital's own PACS); never C-GET."""
+    return {
+        "AET": aet,
+        "Host": host,
+        "Port": port,
+        "AllowEcho": True,
+        "AllowStore": True,
+        "AllowFind": query_retrieve,
+        "AllowMove": query_retrieve,
+        "AllowGet": False,
+        "AllowFindWorklist": False,
+        "AllowStorageCommitment": False,
+        "AllowTranscoding": True,
+    }
+
+
 class OrthancService(Service):
     role: str = ""  # what the Python plugin's status route must answer
     static_config: str = ""
@@ -241,14 +261,17 @@ class EdgeOrthanc(OrthancService):
         path.write_text(json.dumps({"ClientSecret": secret}))
         return path
 
-    def local_modalities(self) -> dict[str, list[Any]]:
-        """The AE titles this edge talks to in the local stack, all on loopback: the demo
-        modality simulator (it only sends) and the hospital PACS stand-in, which sends,
-        answers C-FIND/C-MOVE and receives pushed and fetched-back studies."""
+    def local_modalities(self) -> dict[str, dict[str, Any]]:
+        """The AE titles this edge talks to in the local stack, all on loopback, in the long
+        form, which says per AE what it may ask (the short form allows everything): the
+        demo modality simulator only sends (C-STORE, C-ECHO); the hospital PACS stand-in
+        also queries and retrieves (C-FIND, C-MOVE) and receives pushed and fetched-back
+        studies. C-GET is refused to every AE: it cannot be audited (Orthanc 1.10.1 gives
+        plugins no hook for it)."""
         pacs_port = self.ctx.ports[f"hospital_pacs_{self.letter.lower()}"]
         return {
-            DEMO_MODALITY_AET: [DEMO_MODALITY_AET, "127.0.0.1", 104],
-            HOSPITAL_PACS_AET: [HOSPITAL_PACS_AET, "127.0.0.1", pacs_port],
+            DEMO_MODALITY_AET: dicom_modality(DEMO_MODALITY_AET, 104),
+            HOSPITAL_PACS_AET: dicom_modality(HOSPITAL_PACS_AET, pacs_port, query_retrieve=True),
         }
 
     def dicom_tls_config(self) -> dict[str, Any]:
