@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from ...errors import Forbidden, InvalidRecord
 from ...security.auth import PLATFORM_ADMIN, Principal
 from ...services import ingest, lookup_sql
-from ..audit_middleware import audited, client_address
+from ..audit_middleware import Decision, audited, client_address
 from ..deps import authenticate
 
 router = APIRouter(include_in_schema=False)
@@ -48,17 +48,44 @@ async def upload(
     async with audited(request, "orthanc.post", "/instances", client_address(request)) as done:
         who = done.who = _edge_or_admin(request, authorization)
         stream = request.stream()
-        uid, prefix = await ingest.split_header(stream)
-        done.resource = f"study:{uid}"
-        if not await _may_add_to(request, who, uid):
+        try:
+            checked, prefix = await ingest.split_header(stream)
+        except ingest.Ambiguous as exc:
+            if exc.study:  # the study it would have joined
+                done.resource = f"study:{exc.study}"[:200]
+            raise
+        done.resource = f"study:{checked.study}"
+        if not await _may_add_to(request, who, checked.study):
             raise Forbidden("this study belongs to another institution")
-        answer = await ingest.store(request.app.state.central_qido.client, prefix, stream)
+        client = request.app.state.central_qido.client
+        answer = await ingest.store(client, prefix, stream)
         done.status = answer.status_code
+        if answer.status_code == 200:
+            await _indexed_as_checked(client, done, checked, answer.json())
         return Response(
             answer.content,
             status_code=answer.status_code,
             media_type=answer.headers.get("content-type", "application/json"),
         )
+
+
+async def _indexed_as_checked(
+    client: httpx.AsyncClient, done: Decision, checked: ingest.Identity, stored: Any
+) -> None:
+    """Refuse (and take back) an instance that Orthanc indexed in another study than the
+    one checked: Orthanc read the file otherwise. An instance that was already stored is
+    left alone (it is someone else's); the audit row names the study it really is in."""
+    if not isinstance(stored, dict) or "ID" not in stored:
+        raise ingest.CentralRefused("central archive: unexpected answer to an upload")
+    joined = await ingest.indexed_study(client, checked, stored)
+    if joined is None:
+        return
+    done.resource = f"study:{joined}"[:200]
+    if stored.get("Status") == "Success":
+        await ingest.remove(client, str(stored["ID"]))
+    raise ingest.Ambiguous(
+        "body", "central read other identifying elements in this file than the check did"
+    )
 
 
 @router.post("/orthanc/tools/lookup")
