@@ -13,6 +13,13 @@ itself, reading the study attributes from the central archive's DICOMweb:
 
 Neither path tells the caller anything about studies it may not read: counts, pages and
 errors are computed after the filter.
+
+Central is asked in raw characters only, and the filters it cannot apply (PatientName,
+whose 汉字 Orthanc cannot match, and any value with non-ASCII or other characters Orthanc
+1.10.1 would not decode) are matched here on its answers: see qido_match. Such a search
+reads at most `max_matches` central answers, in batches of SCAN_BATCH (a name-only search
+of the 汉字 group scans the caller's candidates up to that bound, then says so in the
+Warning header).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import IndexerError, InvalidRecord
+from . import qido_match
 
 # Query keys that shape the answer rather than filter it.
 CONTROL_KEYS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
@@ -75,6 +83,7 @@ class Reader:
 @dataclass(frozen=True)
 class Page:
     studies: list[dict[str, Any]]
+    truncated: bool = False  # more than max_matches central matches: refine the search
 
 
 def paging(params: Sequence[tuple[str, str]]) -> tuple[int, int]:
@@ -115,8 +124,10 @@ class CentralQido:
         self._study_of: dict[str, str] = {}
 
     async def studies(self, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        # raw characters: Orthanc 1.10.1 does not percent-decode query values
+        url = httpx.URL("/dicom-web/studies", query=qido_match.query_string(params))
         try:
-            response = await self.client.get("/dicom-web/studies", params=list(params))
+            response = await self.client.get(url)
         except httpx.HTTPError as exc:
             raise CentralUnavailable(f"central archive: {type(exc).__name__}") from exc
         if response.status_code == 204:
@@ -174,13 +185,14 @@ async def readable_among(pool: AsyncConnectionPool, reader: Reader, uids: list[s
 async def search_for_reader(
     central: CentralQido,
     pool: AsyncConnectionPool,
-    reader: Reader,
+    reader: Reader | None,
     params: Sequence[tuple[str, str]],
     max_matches: int,
 ) -> Page:
+    """A page of the studies that match and that `reader` may read (None: all of them)."""
     limit, offset = paging(params)
     shaping = [(k, v) for k, v in params if k in ("includefield", "fuzzymatching")]
-    if is_open(params):
+    if is_open(params) and reader is not None:
         uids = await readable_recent(pool, reader, limit, offset)
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(uids), UIDS_PER_CALL):
@@ -190,7 +202,11 @@ async def search_for_reader(
                 if uid:
                     found[uid] = study
         return Page([found[uid] for uid in uids if uid in found])
-    filters = [(k, v) for k, v in params if k not in ("limit", "offset")]
+    asked = qido_match.split(
+        [(k, v) for k, v in params if k not in ("limit", "offset")], CONTROL_KEYS
+    )
+    if reader is None and not asked.local:  # an administrator, and central can do it all
+        return Page(await central.studies(qido_match.split(params, CONTROL_KEYS).central))
     wanted = offset + limit
     mine: list[dict[str, Any]] = []
     scanned = 0
@@ -198,13 +214,18 @@ async def search_for_reader(
     exhausted = False
     while not exhausted and scanned < max_matches and len(mine) < wanted:
         batch = await central.studies(
-            [*filters, ("limit", str(batch_size)), ("offset", str(scanned))]
+            [*asked.central, ("limit", str(batch_size)), ("offset", str(scanned))]
         )
-        readable = await readable_among(pool, reader, [uid for uid in map(study_uid, batch) if uid])
-        mine.extend(study for study in batch if study_uid(study) in readable)
+        matching = [s for s in batch if all(f.matches(s) for f in asked.local)]
+        if reader is None:
+            mine.extend(matching)
+        else:
+            uids = [uid for uid in map(study_uid, matching) if uid]
+            readable = await readable_among(pool, reader, uids)
+            mine.extend(study for study in matching if study_uid(study) in readable)
         scanned += len(batch)
         exhausted = len(batch) < batch_size
-    return Page(mine[offset:wanted])
+    return Page(mine[offset:wanted], truncated=not exhausted and len(mine) < wanted)
 
 
 async def search_one(
@@ -215,4 +236,6 @@ async def search_one(
     if asked and asked != [study]:
         return []
     kept = [(k, v) for k, v in params if k not in ("StudyInstanceUID", "limit", "offset")]
-    return await central.studies([*kept, ("StudyInstanceUID", study)])
+    split = qido_match.split(kept, CONTROL_KEYS)
+    answer = await central.studies([*split.central, ("StudyInstanceUID", study)])
+    return [s for s in answer if all(f.matches(s) for f in split.local)]
