@@ -206,7 +206,14 @@ class MasterIndexOut(BaseModel):
 
 
 class PersonSearch(Strict):
-    national_id: str = Field(max_length=32)
+    """By national ID no., or by 汉字 name with birth date (a name alone finds no one):
+    `name` (the full name) anywhere on the platform, `family_name` only among the caller's
+    own institution's patients."""
+
+    national_id: str | None = Field(default=None, max_length=32)
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    family_name: str | None = Field(default=None, min_length=1, max_length=16)
+    birth_date: dt.date | None = None
     purpose: str = Field(min_length=2, max_length=200, description="why the lookup is made")
     modalities: list[Annotated[str, Field(pattern=r"^[A-Z]{2,4}$")]] = Field(
         default_factory=list, max_length=16
@@ -218,7 +225,9 @@ class PersonSearch(Strict):
 
     @field_validator("national_id")
     @classmethod
-    def _national_id(cls, value: str) -> str:
+    def _national_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             return national_id.normalize(value)
         except national_id.InvalidNationalId as exc:
@@ -228,6 +237,13 @@ class PersonSearch(Strict):
     def _window(self) -> PersonSearch:
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise ValueError("date_from: must not be after date_to")
+        keys = [k for k in ("national_id", "name", "family_name") if getattr(self, k)]
+        if len(keys) != 1:
+            raise ValueError("national_id, name, family_name: give exactly one of them")
+        if keys != ["national_id"] and self.birth_date is None:
+            raise ValueError("birth_date: required with a name (a name alone finds no one)")
+        if keys == ["national_id"] and self.birth_date is not None:
+            raise ValueError("birth_date: only with a name (the ID number holds it)")
         return self
 
 

@@ -10,10 +10,13 @@ to another column unnoticed.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
 import os
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,12 @@ from ..errors import IndexerError
 VERSION = 1
 AES_256_GCM, SM4_GCM = 1, 2
 ALGORITHMS = {"aes-256-gcm": AES_256_GCM, "sm4-gcm": SM4_GCM}
+# 复姓: two-character family names, for names written without a ^ between family and given
+COMPOUND_SURNAMES = frozenset(
+    "欧阳 司马 上官 诸葛 东方 皇甫 尉迟 公孙 慕容 长孙 宇文 司徒 令狐 夏侯 轩辕 端木 西门 "
+    "南宫 独孤 申屠 澹台 百里 呼延 万俟 闻人 赫连 太史 钟离 宗政 濮阳 淳于 单于".split()
+)
+_NAME_NOISE = re.compile(r"[\s·•・.\-]+")
 
 
 class KeyFileError(IndexerError):
@@ -107,3 +116,36 @@ class PiiCipher:
     def blind_index(self, value: str, kind: str) -> bytes:
         """Deterministic keyed digest for equality search (kind separates the domains)."""
         return hmac.new(self.blind_index_key, f"{kind}:{value}".encode(), hashlib.sha256).digest()
+
+
+def name_parts(name: str) -> tuple[str, str]:
+    """(normalised full name, family name) for the name blind index.
+
+    A DICOM PN (`MA^HUA=马^华`) counts by its 汉字 group when it has one; the ^ between
+    family and given name tells the family name, otherwise it is the first character (two
+    for a 复姓). NFKC, case folded, spaces and middle dots dropped: 马华, 马 华 and 马^华
+    give the same digest.
+    """
+    groups = [g for g in unicodedata.normalize("NFKC", name).split("=") if g.strip("^ ")]
+    chosen = groups[1] if len(groups) > 1 else (groups[0] if groups else "")
+    components = [_NAME_NOISE.sub("", c).casefold() for c in chosen.split("^")]
+    full = "".join(components)
+    if len(components) > 1 and components[0]:
+        family = components[0]
+    else:
+        family = full[:2] if full[:2] in COMPOUND_SURNAMES else full[:1]
+    return full, family
+
+
+def name_digests(cipher: PiiCipher, name: str, birth_date: dt.date) -> dict[str, bytes]:
+    """Blind-index digests of a person's name, each bound to the birth date: a name alone
+    cannot be looked up, and the index shows only which patients share name and birth
+    date. Kinds: 'name' (the full name), 'family' (the family name)."""
+    full, family = name_parts(name)
+    if not full:
+        return {}
+    born = birth_date.isoformat()
+    return {
+        "name": cipher.blind_index(f"{full}|{born}", "person_name"),
+        "family": cipher.blind_index(f"{family}|{born}", "family_name"),
+    }

@@ -48,6 +48,31 @@ WHERE s.national_id_hmac = %(hmac)s
 ORDER BY e.exam_datetime DESC
 LIMIT %(limit)s
 """
+# By name and birth date (blind index, security/pii.py name_digests): the matching
+# patients' exams, and those of the persons they are (national ID) at other institutions.
+# `institution` (a family-name search) keeps patients and exams to the caller's own.
+PERSON_BY_NAME_SQL = """
+WITH matched AS (
+    SELECT p.id, p.person_id FROM patient_name_index n
+    JOIN patients p ON p.id = n.patient_id
+    WHERE n.digest = %(hmac)s AND n.kind = %(kind)s
+      AND (%(institution)s::text IS NULL OR p.institution_code = %(institution)s::text)
+)
+SELECT e.master_index_id, e.institution_code, i.name AS institution_name, e.exam_no,
+       e.modality, e.body_part, e.exam_datetime, e.state, e.study_instance_uid,
+       EXISTS (SELECT 1 FROM reports r WHERE r.exam_id = e.id) AS has_report
+FROM exams e
+JOIN institutions i ON i.institution_code = e.institution_code
+WHERE (e.patient_id IN (SELECT id FROM matched)
+       OR e.person_id IN (SELECT person_id FROM matched WHERE person_id IS NOT NULL))
+  AND (%(institution)s::text IS NULL OR e.institution_code = %(institution)s::text)
+  AND (%(modalities)s::text[] IS NULL OR e.modality = ANY(%(modalities)s::text[]))
+  AND (%(body_part)s::text IS NULL OR upper(e.body_part) = upper(%(body_part)s::text))
+  AND (%(start)s::timestamptz IS NULL OR e.exam_datetime >= %(start)s::timestamptz)
+  AND (%(end)s::timestamptz IS NULL OR e.exam_datetime < %(end)s::timestamptz)
+ORDER BY e.exam_datetime DESC
+LIMIT %(limit)s
+"""
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -98,8 +123,14 @@ async def master_index(
 
 
 async def person_exams(
-    pool: AsyncConnectionPool, gateway_url: str, search: PersonSearch, digest: bytes
+    pool: AsyncConnectionPool,
+    gateway_url: str,
+    search: PersonSearch,
+    digest: bytes,
+    by_name: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
+    """Exams by national ID digest, or with `by_name` = (digest kind, institution or
+    None) by a name digest."""
     start = dt.datetime.combine(search.date_from, dt.time(), dt.UTC) if search.date_from else None
     end = (
         dt.datetime.combine(search.date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
@@ -114,8 +145,12 @@ async def person_exams(
         "end": end,
         "limit": search.limit,
     }
+    sql = PERSON_SQL
+    if by_name is not None:
+        sql = PERSON_BY_NAME_SQL
+        params.update(kind=by_name[0], institution=by_name[1])
     async with pool.connection() as conn:
-        cursor = await conn.cursor(row_factory=dict_row).execute(PERSON_SQL, params, prepare=True)
+        cursor = await conn.cursor(row_factory=dict_row).execute(sql, params, prepare=True)
         rows = await cursor.fetchall()
     exams = []
     for row in rows:

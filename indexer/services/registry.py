@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -33,10 +33,22 @@ from ..schemas import (
     StudyArrival,
     UnmatchedStudy,
 )
-from ..security.pii import PiiCipher
+from ..security.pii import PiiCipher, name_digests
 from . import national_id
 from .lifecycle import TIME_COLUMN, next_state
 from .links import study_links
+
+NAME_INDEX_DELETE = "DELETE FROM patient_name_index WHERE patient_id = :patient"
+NAME_INDEX_INSERT = (
+    "INSERT INTO patient_name_index (patient_id, kind, digest) VALUES (:patient, :kind, :digest)"
+    " ON CONFLICT (patient_id, kind) DO UPDATE SET digest = excluded.digest"
+)
+NAME_INDEX_MISSING = """
+SELECT p.id, p.name_enc, p.birth_date FROM patients p
+WHERE p.id > :after AND p.birth_date IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM patient_name_index n WHERE n.patient_id = p.id)
+ORDER BY p.id LIMIT :limit
+"""
 
 
 def content_hash(model: Any) -> bytes:
@@ -126,6 +138,7 @@ class Registry:
         patient.content_hash = digest
         patient.updated_at = _now()
         self.session.flush()
+        self._index_name(patient.id, record.name, patient.birth_date)
         # the person may be known now: exams of this patient join the master index
         self.session.execute(
             update(Exam).where(Exam.patient_id == patient.id).values(person_id=patient.person_id)
@@ -135,6 +148,26 @@ class Registry:
                 select(Exam.id).where(Exam.patient_id == patient.id, Exam.master_index_id.is_(None))
             )
         return outcome
+
+    def _index_name(self, patient_id: int, name: str, birth_date: dt.date | None) -> None:
+        """The patient's name blind index (lookup by 汉字 name and birth date), replaced."""
+        self.session.execute(text(NAME_INDEX_DELETE), {"patient": patient_id})
+        digests = name_digests(self.pii, name, birth_date) if birth_date else {}
+        for kind, value in digests.items():
+            self.session.execute(
+                text(NAME_INDEX_INSERT), {"patient": patient_id, "kind": kind, "digest": value}
+            )
+
+    def index_missing_names(self, after_id: int = 0, batch: int = 500) -> int | None:
+        """Index the names of patients registered before the name index, one batch of
+        patient ids above `after_id`; answers the last id to continue from (None: done).
+        Each name is decrypted in memory only, never written in clear."""
+        rows = self.session.execute(
+            text(NAME_INDEX_MISSING), {"after": after_id, "limit": batch}
+        ).all()
+        for patient_id, name_enc, birth_date in rows:
+            self._index_name(patient_id, self.pii.decrypt(name_enc, "patients.name"), birth_date)
+        return int(rows[-1][0]) if rows else None
 
     def get_patient(self, code: str, mrn: str) -> PatientOut:
         patient = self.session.execute(
@@ -410,6 +443,8 @@ class Registry:
         return exam
 
     def person_exams(self, search: PersonSearch) -> list[PersonExam]:
+        if search.national_id is None:  # by name: lookup_sql.person_exams
+            raise InvalidRecord("national_id", "this lookup needs the national ID no.")
         digest = self.pii.blind_index(search.national_id, "national_id")
         has_report = exists().where(Report.exam_id == Exam.id)
         query = (

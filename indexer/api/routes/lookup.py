@@ -12,9 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, NotFound
+from ...errors import Forbidden, InvalidRecord, NotFound
 from ...schemas import NO_NUL, MasterIndexOut, PersonExams, PersonSearch
 from ...security.auth import Principal
+from ...security.pii import name_digests
 from ...services import lookup_sql
 from ..deps import authenticate, get_pii
 
@@ -80,12 +81,30 @@ async def resolve_master_index(
 @router.post("/persons/exams/search", response_model=PersonExams)
 async def person_exams(body: PersonSearch, who: Who, request: Request) -> Response:
     """All exams of a person across institutions, by national ID no. (in the body), filtered
-    by modality, body part and date window; `purpose` states why (it is audited)."""
+    by modality, body part and date window; `purpose` states why (it is audited).
+
+    Or by 汉字 name with birth date: `name` (the full name, 马华 or 马^华) finds the
+    patients of that name and birth date at every institution and the exams of the persons
+    they are; `family_name` finds only among the caller's own institution's patients."""
     who.may_search_persons()
     state = request.app.state
-    digest = get_pii().blind_index(body.national_id, "national_id")
-    request.state.audit_resource = "person:" + digest.hex()[:24]  # pseudonymised
+    pii = get_pii()
+    by_name: tuple[str, str | None] | None = None
+    if body.national_id is not None:
+        digest = pii.blind_index(body.national_id, "national_id")
+        request.state.audit_resource = "person:" + digest.hex()[:24]  # pseudonymised
+    else:
+        assert body.birth_date is not None  # PersonSearch requires it with a name
+        kind = "name" if body.name else "family"
+        digests = name_digests(pii, body.name or body.family_name or "", body.birth_date)
+        if not digests:
+            raise InvalidRecord(kind, "holds no letters of a name")
+        if kind == "family" and not who.institution:
+            raise Forbidden("a family-name search is among your own institution's patients")
+        digest = digests[kind]
+        by_name = (kind, who.institution if kind == "family" else None)
+        request.state.audit_resource = f"person-{kind}:" + digest.hex()[:24]  # pseudonymised
     request.state.audit_purpose = body.purpose
     return _json(
-        await lookup_sql.person_exams(state.pool, state.settings.gateway_url, body, digest)
+        await lookup_sql.person_exams(state.pool, state.settings.gateway_url, body, digest, by_name)
     )
