@@ -8,8 +8,8 @@ itself, reading the study attributes from the central archive's DICOMweb:
   the indexer's tables, then asks central for exactly that page by UID list.
 - A filtered search (patient ID, date, accession no., ...) asks central with the same
   filters, keeps the studies the caller may read and pages through those. At most
-  `max_matches` central matches are considered; beyond that the answer says so with a
-  DICOMweb Warning header and the caller refines the search.
+  `max_matches` central matches are considered; a page that needed more comes back short,
+  without a warning (a warning would tell how many studies match across institutions).
 
 Neither path tells the caller anything about studies it may not read: counts, pages and
 errors are computed after the filter.
@@ -17,9 +17,10 @@ errors are computed after the filter.
 Central is asked in raw characters only, and the filters it cannot apply (PatientName,
 whose 汉字 Orthanc cannot match, and any value with non-ASCII or other characters Orthanc
 1.10.1 would not decode) are matched here on its answers: see qido_match. Such a search
-reads at most `max_matches` central answers, in batches of SCAN_BATCH (a name-only search
-of the 汉字 group scans the caller's candidates up to that bound, then says so in the
-Warning header).
+reads at most `max_matches` central answers, in batches of SCAN_BATCH: a search by 汉字
+name alone reads every study central holds up to that bound (measured on the test stack:
+about 1.2 kB of central's answer and 6 µs of matching per study; central's own QIDO time
+dominates), while a pinyin name is first narrowed by central (`*MA^HUA*`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,6 @@ class Reader:
 @dataclass(frozen=True)
 class Page:
     studies: list[dict[str, Any]]
-    truncated: bool = False  # more than max_matches central matches: refine the search
 
 
 def paging(params: Sequence[tuple[str, str]]) -> tuple[int, int]:
@@ -225,7 +225,7 @@ async def search_for_reader(
             mine.extend(study for study in matching if study_uid(study) in readable)
         scanned += len(batch)
         exhausted = len(batch) < batch_size
-    return Page(mine[offset:wanted], truncated=not exhausted and len(mine) < wanted)
+    return Page(mine[offset:wanted])
 
 
 async def search_one(

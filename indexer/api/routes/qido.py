@@ -16,11 +16,6 @@ from .authz import share_link_reader
 
 router = APIRouter(tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
-# PS3.18 8.3.4.5: the search matched more than the server looks through; refine it
-TRUNCATED = (
-    '299 imaging-cloud: "The number of results exceeded the maximum supported by the server.'
-    ' Additional results can be requested."'
-)
 
 
 @router.get(
@@ -54,5 +49,4 @@ async def search_studies(
     page = await qido.search_for_reader(
         central, request.app.state.pool, reader, params, settings.qido_max_matches
     )
-    headers = {"Warning": TRUNCATED} if page.truncated else None
-    return JSONResponse(page.studies, media_type=DICOM_JSON, headers=headers)
+    return JSONResponse(page.studies, media_type=DICOM_JSON)
