@@ -1,8 +1,13 @@
 """Operator commands for the indexer.
 
 python -m indexer institutions add CODE NAME   register an institution
-python -m indexer audit verify                 check the audit trail's hash chain
+python -m indexer audit verify                 check the audit trail's hash chain, and
+                                               that no record is left unsealed
 python -m indexer audit seal                   chain the newest records now
+python -m indexer audit seal --every 1         the deployment's sealer (one works at a
+                                               time, by a PostgreSQL lease; SIGTERM stops
+                                               it after its batch)
+python -m indexer serve UVICORN-ARGV...        uvicorn, with this node's sealer beside it
 python -m indexer audit purge [--days N]       drop sealed records older than N days
                                                (default INDEXER_AUDIT_RETENTION_DAYS)
 """
@@ -10,10 +15,15 @@ python -m indexer audit purge [--days N]       drop sealed records older than N 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import subprocess
 import sys
+import threading
+from collections.abc import Callable
 
 from .config import get_settings
-from .db import session_factory
+from .db import get_engine, session_factory
 from .services import audit
 from .services.registry import Registry
 
@@ -29,7 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     trail.add_argument("action", choices=["verify", "seal", "purge"])
     trail.add_argument("--days", type=int, default=None)
     trail.add_argument("--every", type=float, default=None, help="seal: keep sealing")
+    trail.add_argument(
+        "--unsealed-after",
+        type=float,
+        default=audit.UNSEALED_AFTER_S,
+        help="verify: seconds after which an unsealed record is a problem",
+    )
+    serve_cmd = sub.add_parser("serve", help="uvicorn and this node's audit sealer")
+    serve_cmd.add_argument("uvicorn", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.uvicorn)
     sessions = session_factory()
     if args.command == "institutions":
         with sessions() as session:
@@ -39,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"institution {args.code}: {outcome}")
         return 0
     if args.action == "seal" and args.every:
-        audit.Sealer(sessions, every_s=args.every).run_forever()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        sealer = audit.Sealer(get_engine(), every_s=args.every)
+        _stop_on_signals(sealer.stop)
+        sealer.run_forever()
         return 0
     with sessions() as session, session.begin():
         if args.action == "seal":
@@ -49,11 +72,47 @@ def main(argv: list[str] | None = None) -> int:
             days = args.days or get_settings().audit_retention_days
             print(f"purged {audit.purge(session, days)} audit records older than {days} days")
             return 0
-        checked, problems = audit.verify(session)
+        checked, problems = audit.verify(session, args.unsealed_after)
     for problem in problems:
         print(f"audit record {problem.id}: {problem.reason}")
     print(f"{checked} sealed audit records checked, {len(problems)} problems")
     return 1 if problems else 0
+
+
+def _stop_on_signals(stop: Callable[[], object]) -> None:
+    def handler(_signum: int, _frame: object) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve(uvicorn_argv: list[str]) -> int:
+    """uvicorn as a child (same process group: the launcher's SIGTERM reaches it and its
+    workers) and the sealer in this process, so a node has one sealer, not one per worker.
+    On SIGTERM the sealer finishes its batch; when uvicorn ends, so does this."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    argv = uvicorn_argv[1:] if uvicorn_argv[:1] == ["--"] else uvicorn_argv
+    if not argv:
+        print("serve: the uvicorn command line is missing", file=sys.stderr)
+        return 2
+    sealer = audit.Sealer(get_engine(), every_s=1.0)
+    stopping = threading.Event()
+    _stop_on_signals(lambda: (stopping.set(), sealer.stop()))
+    child = subprocess.Popen(argv)  # the launcher's own command line
+    sealing = threading.Thread(target=sealer.run_forever, name="audit-sealer")
+    sealing.start()
+    while child.poll() is None and not stopping.is_set():
+        stopping.wait(0.5)
+    if child.poll() is None:
+        try:  # a group signal reached uvicorn too; told alone, it is told now
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            child.wait(timeout=25)
+    sealer.stop()
+    sealing.join(timeout=30)
+    return child.returncode or 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -65,14 +63,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.central_basic_auth.get_secret_value(),
         settings.central_timeout_s,
     )
-    # The sealer hashes in its own process, so it never holds this one's GIL; with several
-    # workers each starts one and an advisory lock lets one seal at a time.
-    sealer = subprocess.Popen([sys.executable, "-m", "indexer", "audit", "seal", "--every", "1"])
+    # The audit sealer is not started here (that would be one per worker): `python -m
+    # indexer serve` runs one per node beside uvicorn, and a lease lets one of them work.
     try:
         yield
     finally:
         queue.stop()
-        sealer.terminate()
         await app.state.audit.flush()
         await app.state.central_qido.close()
         await app.state.pool.close()

@@ -1,17 +1,22 @@
 """The audit trail (G4, 等保2.0): append-only, hash-chained.
 
-Each request writes one row at once (who, role, institution, action, the resource in
-pseudonymised form, purpose, source address, outcome, time). A sealer then chains the rows
-in id order: hash = SHA-256(previous hash || the row's canonical content). `python -m
-indexer audit verify` recomputes the chain and names any row edited or removed. Triggers
-refuse updates (other than sealing) and deletes (other than the retention purge).
+Each access decision writes one row (who, role, institution, action, method, the resource
+at its real level, the search filters pseudonymised, purpose, source address as the gateway
+saw it, outcome, time; `count` > 1 only for identical granted repeats in one write batch).
+The one sealer of the deployment then gives each committed row the next `seal_seq`, in the
+order it finds them, and chains them in that order: hash = SHA-256(previous hash || the
+row's canonical content). A row that commits late (a lower id after higher ones were
+sealed) simply gets a later seal_seq. `python -m indexer audit verify` recomputes the chain,
+names any row edited or removed, and any row left unsealed. Triggers refuse updates (other
+than sealing) and deletes (other than the retention purge).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, func
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Uuid, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base
@@ -29,10 +34,19 @@ class AuditEvent(Base):
     roles: Mapped[str] = mapped_column(String(200))
     institution: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(64))
-    resource: Mapped[str | None] = mapped_column(String(200))  # pseudonymised
+    resource: Mapped[str | None] = mapped_column(String(512))  # pseudonymised
     purpose: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    method: Mapped[str | None] = mapped_column(String(16))  # HTTP method, or C-FIND etc.
+    filters: Mapped[str | None] = mapped_column(String(4000))  # JSON, pseudonymised
+    count: Mapped[int] = mapped_column(Integer, server_default="1")
+    calling_ae: Mapped[str | None] = mapped_column(String(16))  # edge DICOM operations
+    called_ae: Mapped[str | None] = mapped_column(String(16))
+    answers: Mapped[int | None] = mapped_column(Integer)
+    occurred_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    event_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)  # an edge's event
+    seal_seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     prev_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
@@ -44,6 +58,7 @@ class AuditAnchor(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
     last_purged_id: Mapped[int] = mapped_column(BigInteger)
+    last_purged_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     last_purged_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     purged_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()

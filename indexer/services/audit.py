@@ -1,9 +1,11 @@
 """Writing, sealing, verifying and purging the audit trail (see models/audit.py).
 
-Rows are inserted as requests finish (one INSERT on the async pool, no lock); a sealer
-chains them in id order once they are 2 s old, so concurrent writers never wait on each
-other. Verification walks the sealed rows from the retention anchor and names each row
-whose content no longer matches its hash, and each place where rows went missing.
+Rows are inserted as requests finish (one INSERT on the async pool, no lock). The one
+sealer of the deployment (a PostgreSQL advisory lock is its lease: any number of indexer
+nodes run one, one works) gives every committed unsealed row the next `seal_seq` and chains
+in that order, so a row whose transaction commits late is sealed late, never skipped.
+Verification walks the chain from the retention anchor and names each row whose content no
+longer matches its hash, each place where rows went missing, and each row left unsealed.
 """
 
 from __future__ import annotations
@@ -14,29 +16,42 @@ import hashlib
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import CursorResult, String, text
+from sqlalchemy import CursorResult, Engine, String, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..models import AuditEvent
 
 log = logging.getLogger(__name__)
 GENESIS = bytes(32)
+LEASE_LOCK = 7401  # held (session level) by the deployment's working sealer
+SEAL_LOCK = 7402  # held (transaction level) by whoever seals a batch, the CLI too
+# A committed row is sealed within a second or two; verify names one still unsealed after
+# this long (a transaction that stays open longer than this is itself worth a look).
+UNSEALED_AFTER_S = 10.0
 COLUMNS = (
     "id", "at", "actor", "username", "roles", "institution", "action", "resource", "purpose",
     "source", "outcome",
 )  # fmt: skip
+# Added by migration 0007; a row with all of them at their defaults hashes as before.
+DETAIL = (
+    "method", "filters", "count", "calling_ae", "called_ae", "answers", "occurred_at",
+    "event_id",
+)  # fmt: skip
+DETAIL_DEFAULTS: dict[str, Any] = {name: None for name in DETAIL} | {"count": 1}
 INSERT_SQL = """
 INSERT INTO audit_events (actor, username, roles, institution, action, resource, purpose,
-                          source, outcome)
+                          source, outcome, method, filters, count, calling_ae, called_ae,
+                          answers, occurred_at, event_id)
 VALUES (%(actor)s, %(username)s, %(roles)s, %(institution)s, %(action)s, %(resource)s,
-        %(purpose)s, %(source)s, %(outcome)s)
+        %(purpose)s, %(source)s, %(outcome)s, %(method)s, %(filters)s, %(count)s,
+        %(calling_ae)s, %(called_ae)s, %(answers)s, %(occurred_at)s, %(event_id)s)
 """
 
 
@@ -45,8 +60,18 @@ VALUES (%(actor)s, %(username)s, %(roles)s, %(institution)s, %(action)s, %(resou
 WIDTHS = {c.name: c.type.length for c in AuditEvent.__table__.columns if isinstance(c.type, String)}
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
 def canonical(row: dict[str, Any]) -> bytes:
-    values = [row[c].isoformat() if isinstance(row[c], dt.datetime) else row[c] for c in COLUMNS]
+    values = [_plain(row[c]) for c in COLUMNS]
+    if any(row.get(c, DETAIL_DEFAULTS[c]) != DETAIL_DEFAULTS[c] for c in DETAIL):
+        values.append([_plain(row[c]) for c in DETAIL])
     return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -61,8 +86,14 @@ def event(
     source: str | None,
     outcome: int,
     purpose: str | None = None,
+    **detail: Any,
 ) -> dict[str, Any]:
-    """One audit record; `who` is the caller (a Principal) or None when unauthenticated."""
+    """One audit record; `who` is the caller (a Principal) or None when unauthenticated;
+    `detail`: method, filters (JSON text), and for an edge's DICOM operation calling_ae,
+    called_ae, answers, occurred_at, event_id."""
+    unknown = set(detail) - set(DETAIL)
+    if unknown:
+        raise TypeError(f"not audit record fields: {sorted(unknown)}")
     record: dict[str, Any] = {
         "actor": who.subject if who else "anonymous",
         "username": who.username if who else "anonymous",
@@ -73,6 +104,8 @@ def event(
         "purpose": purpose,
         "source": source,
         "outcome": outcome,
+        **DETAIL_DEFAULTS,
+        **detail,
     }
     for column, width in WIDTHS.items():
         value = record[column]
@@ -81,31 +114,37 @@ def event(
     return record
 
 
+def aggregate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Identical granted records of one batch as one row with their count (a viewer's
+    repeats). A refusal, an edge's event, or anything that differs keeps its own row."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in batch:
+        if record["outcome"] >= 400 or record.get("event_id") is not None:
+            rows.append(record)
+            continue
+        key = tuple((k, record[k]) for k in sorted(record) if k != "count")
+        if key in seen:
+            seen[key]["count"] += record["count"]
+            continue
+        seen[key] = dict(record)
+        rows.append(seen[key])
+    return rows
+
+
 class AuditWriter:
     """Async writer used by the API. Records are queued and written in batches every
     `flush_s` (one transaction for many requests): a crash can lose at most that window,
-    like PostgreSQL's own asynchronous commit. Identical reads within a minute (an image
-    viewer fetching frame after frame) are recorded once."""
+    like PostgreSQL's own asynchronous commit. Every decision is a row, except that
+    identical granted ones within one batch are one row with their `count`."""
 
-    def __init__(
-        self, pool: AsyncConnectionPool, dedupe_s: float = 60.0, flush_s: float = 0.1
-    ) -> None:
+    def __init__(self, pool: AsyncConnectionPool, flush_s: float = 0.1) -> None:
         self.pool = pool
-        self.dedupe_s = dedupe_s
         self.flush_s = flush_s
-        self._recent: dict[tuple[str, str, str, int], float] = {}
         self._pending: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def record(self, event: dict[str, Any], dedupe: bool = False) -> None:
-        if dedupe:
-            key = (event["actor"], event["action"], event.get("resource") or "", event["outcome"])
-            now = time.monotonic()
-            if now - self._recent.get(key, -1e9) < self.dedupe_s:
-                return
-            if len(self._recent) > 50_000:
-                self._recent.clear()
-            self._recent[key] = now
+    async def record(self, event: dict[str, Any]) -> None:
         self._pending.append(event)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_soon())
@@ -115,7 +154,7 @@ class AuditWriter:
         await self.flush()
 
     async def flush(self) -> None:
-        batch, self._pending = self._pending, []
+        batch, self._pending = aggregate(self._pending), []
         if not batch:
             return
         try:
@@ -136,7 +175,8 @@ class AuditWriter:
             await cursor.executemany(INSERT_SQL, batch)
 
     async def _insert_alone(self, record: dict[str, Any]) -> None:
-        for attempt in (record, record | {"resource": "(refused)", "purpose": None}):
+        bare = record | {"resource": "(refused)", "purpose": None, "filters": None}
+        for attempt in (record, bare):
             try:
                 await self._insert([attempt])
                 return
@@ -148,126 +188,206 @@ class AuditWriter:
         log.error("an audit record of action %r was refused and dropped", record.get("action"))
 
 
+async def record_now(pool: AsyncConnectionPool, records: list[dict[str, Any]]) -> None:
+    """Write records in one transaction before answering (an edge deletes what it sent
+    once it has the answer); an event_id already on record adds nothing."""
+    async with pool.connection() as conn, conn.cursor() as cursor:
+        await cursor.executemany(
+            INSERT_SQL.rstrip() + " ON CONFLICT (event_id) DO NOTHING", records
+        )
+
+
 @dataclass
 class Problem:
     id: int
     reason: str
 
 
-def _rows(session: Session, after_id: int, limit: int) -> list[dict[str, Any]]:
+FIELDS = ", ".join(("seal_seq", *COLUMNS, *DETAIL, "prev_hash", "hash"))
+
+
+def _chained(session: Session, after_seq: int, limit: int) -> list[dict[str, Any]]:
     result = session.execute(
         text(
-            f"SELECT {', '.join(COLUMNS)}, prev_hash, hash FROM audit_events "  # noqa: S608 - fixed names
-            "WHERE id > :after ORDER BY id LIMIT :limit"
+            f"SELECT {FIELDS} FROM audit_events "  # noqa: S608 - fixed names
+            "WHERE seal_seq > :after ORDER BY seal_seq LIMIT :limit"
         ),
-        {"after": after_id, "limit": limit},
+        {"after": after_seq, "limit": limit},
     )
     return [dict(r._mapping) for r in result]
 
 
 def _anchor(session: Session) -> tuple[int, bytes]:
+    """(seal_seq, hash) of the last purged row, where the chain starts."""
     row = session.execute(
-        text("SELECT last_purged_id, last_purged_hash FROM audit_anchor WHERE id = 1")
+        text("SELECT last_purged_seq, last_purged_hash FROM audit_anchor WHERE id = 1")
     ).first()
     return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
 
-def seal(session: Session, min_age_s: float = 2.0, batch: int = 5000) -> int:
-    """Chain unsealed rows older than min_age_s, in id order; returns how many."""
-    if not session.execute(text("SELECT pg_try_advisory_xact_lock(7401)")).scalar():
-        return 0  # another worker is sealing
+def seal(session: Session, min_age_s: float = 0.0, batch: int = 5000) -> int:
+    """Chain every committed unsealed row (older than min_age_s), whatever its id, after
+    the last sealed one; returns how many. One sealer at a time (a transaction lock)."""
+    if not session.execute(text(f"SELECT pg_try_advisory_xact_lock({SEAL_LOCK})")).scalar():
+        return 0  # someone else is sealing right now
     last = session.execute(
-        text("SELECT id, hash FROM audit_events WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1")
+        text(
+            "SELECT seal_seq, hash FROM audit_events WHERE seal_seq IS NOT NULL "
+            "ORDER BY seal_seq DESC LIMIT 1"
+        )
     ).first()
-    after, prev = (int(last[0]), bytes(last[1])) if last else _anchor(session)
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=min_age_s)
+    seq, prev = (int(last[0]), bytes(last[1])) if last else _anchor(session)
+    rows = session.execute(
+        text(
+            f"SELECT {FIELDS} FROM audit_events "  # noqa: S608 - fixed names
+            "WHERE hash IS NULL AND at <= now() - make_interval(secs => :age) "
+            "ORDER BY id LIMIT :limit"
+        ),
+        {"age": min_age_s, "limit": batch},
+    )
     updates = []
-    for row in _rows(session, after, batch):
-        if row["hash"] is not None or row["at"] > cutoff:
-            break
+    for row in (dict(r._mapping) for r in rows):
+        seq += 1
         digest = chain(prev, row)
-        updates.append({"p": prev, "h": digest, "id": row["id"]})
+        updates.append({"s": seq, "p": prev, "h": digest, "id": row["id"]})
         prev = digest
     if updates:
         session.execute(
-            text("UPDATE audit_events SET prev_hash = :p, hash = :h WHERE id = :id"), updates
+            text("UPDATE audit_events SET seal_seq = :s, prev_hash = :p, hash = :h WHERE id = :id"),
+            updates,
         )
     return len(updates)
 
 
-def verify(session: Session) -> tuple[int, list[Problem]]:
-    """(rows checked, problems): each edited row, each gap where rows were removed."""
+def verify(
+    session: Session, unsealed_after_s: float = UNSEALED_AFTER_S
+) -> tuple[int, list[Problem]]:
+    """(rows checked, problems): each edited row, each gap where rows were removed, each
+    row not sealed `unsealed_after_s` after it was written, each hash outside the chain."""
     after, prev = _anchor(session)
     checked, problems = 0, []
-    previous_id = after
-    while True:
-        rows = _rows(session, after, 10_000)
-        if not rows:
-            break
+    previous_id: int | None = None
+    while rows := _chained(session, after, 10_000):
         for row in rows:
-            after = row["id"]
-            if row["hash"] is None:
-                continue  # not sealed yet (the newest few seconds)
+            after = row["seal_seq"]
             checked += 1
-            if bytes(row["prev_hash"]) != prev:
+            if row["prev_hash"] is None or bytes(row["prev_hash"]) != prev:
+                where = f"after id {previous_id}" if previous_id else "at the chain's start"
                 problems.append(
-                    Problem(
-                        row["id"],
-                        f"the row before it is missing or altered (after id {previous_id})",
-                    )
+                    Problem(row["id"], f"the row before it is missing or altered ({where})")
                 )
-            if chain(bytes(row["prev_hash"]), row) != bytes(row["hash"]):
+            if row["hash"] is None or chain(bytes(row["prev_hash"] or b""), row) != bytes(
+                row["hash"]
+            ):
                 problems.append(Problem(row["id"], "its content does not match its hash (edited)"))
-            prev = bytes(row["hash"])
+            prev = bytes(row["hash"] or b"")
             previous_id = row["id"]
+    loose = session.execute(
+        text(
+            "SELECT id, hash IS NULL AS unsealed FROM audit_events "
+            "WHERE seal_seq IS NULL AND (hash IS NOT NULL "
+            "  OR at < now() - make_interval(secs => :age)) ORDER BY id"
+        ),
+        {"age": unsealed_after_s},
+    )
+    for row in loose:
+        problems.append(
+            Problem(
+                row.id,
+                f"not sealed {unsealed_after_s:g} s after it was written"
+                if row.unsealed
+                else "a hash outside the chain (inserted sealed)",
+            )
+        )
     return checked, problems
 
 
 def purge(session: Session, retention_days: int) -> int:
-    """Delete sealed rows older than the retention period; the anchor keeps the chain."""
+    """Delete sealed rows older than the retention period, up to the first younger one in
+    the chain; the anchor keeps the chain. Unsealed rows are never purged."""
     if retention_days < 180:
         raise ValueError("retention must be at least 180 days")
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)
     last = session.execute(
         text(
-            "SELECT id, hash FROM audit_events WHERE hash IS NOT NULL AND at < :cutoff "
-            "ORDER BY id DESC LIMIT 1"
+            "SELECT seal_seq, id, hash FROM audit_events WHERE seal_seq < COALESCE("
+            "  (SELECT MIN(seal_seq) FROM audit_events WHERE seal_seq IS NOT NULL "
+            "   AND at >= :cutoff), 9223372036854775807) "
+            "ORDER BY seal_seq DESC LIMIT 1"
         ),
         {"cutoff": cutoff},
     ).first()
     if last is None:
         return 0
     session.execute(text("SET LOCAL imgcloud.audit_purge = 'on'"))
-    result = session.execute(text("DELETE FROM audit_events WHERE id <= :id"), {"id": last[0]})
+    result = session.execute(
+        text("DELETE FROM audit_events WHERE seal_seq <= :seq"), {"seq": last[0]}
+    )
     deleted = cast(CursorResult[Any], result).rowcount
     session.execute(
         text(
-            "INSERT INTO audit_anchor (id, last_purged_id, last_purged_hash) VALUES (1, :id, :h) "
-            "ON CONFLICT (id) DO UPDATE SET last_purged_id = :id, last_purged_hash = :h, "
-            "purged_at = now()"
+            "INSERT INTO audit_anchor (id, last_purged_id, last_purged_seq, last_purged_hash) "
+            "VALUES (1, :id, :seq, :h) ON CONFLICT (id) DO UPDATE SET last_purged_id = :id, "
+            "last_purged_seq = :seq, last_purged_hash = :h, purged_at = now()"
         ),
-        {"id": last[0], "h": last[1]},
+        {"id": last[1], "seq": last[0], "h": last[2]},
     )
     return int(deleted)
 
 
 class Sealer:
-    """Seals every `every_s` (run as its own process: `python -m indexer audit seal
-    --every 1`, started by the indexer)."""
+    """The deployment's sealer: seals every `every_s` while it holds the lease (a
+    session-level advisory lock on its own connection: released by PostgreSQL if this
+    process or its connection dies, and then another node's sealer takes over). `stop()`
+    (SIGTERM) lets the current batch finish. Runs as `python -m indexer audit seal --every
+    1`, or beside uvicorn under `python -m indexer serve` (one per node, not per worker)."""
 
-    def __init__(self, sessions: Callable[[], Session], every_s: float = 1.0) -> None:
-        self.sessions = sessions
+    def __init__(self, engine: Engine, every_s: float = 1.0) -> None:
+        self.engine = engine
         self.every_s = every_s
         self._stop = threading.Event()
+        self.working = False
 
     def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self.sessions() as session, session.begin():
-                    seal(session)
-            except Exception:
-                log.exception("audit sealer error")
-            self._stop.wait(self.every_s)
+        lease = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if lease is None:
+                        lease = self.engine.connect().execution_options(
+                            isolation_level="AUTOCOMMIT"
+                        )
+                        lease.execute(text("SET application_name = 'imgcloud-audit-sealer'"))
+                    if not self.working:
+                        self.working = bool(
+                            lease.execute(
+                                text(f"SELECT pg_try_advisory_lock({LEASE_LOCK})")
+                            ).scalar()
+                        )
+                        if self.working:
+                            log.info("audit sealer: holding the lease, sealing")
+                    else:
+                        lease.execute(text("SELECT 1"))  # still ours while this answers
+                    while self.working and not self._stop.is_set():
+                        with Session(self.engine) as session, session.begin():
+                            if seal(session) < 5000:
+                                break
+                except DBAPIError:
+                    log.exception("audit sealer: database error, the lease is given up")
+                    self.working = False
+                    if lease is not None:
+                        lease.invalidate()
+                        lease.close()
+                    lease = None
+                except Exception:  # a bug must not end the trail's sealing: logged, retried
+                    log.exception("audit sealer error")
+                self._stop.wait(self.every_s)
+        finally:
+            if lease is not None:  # closed for good (not back to the pool): the lease goes
+                lease.invalidate()
+                lease.close()
+            self.working = False
+            log.info("audit sealer stopped")
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,6 +13,7 @@ from ..context import INSTITUTION_A, INSTITUTION_B, REALM
 from ..errors import StackError
 from .base import Service, http_health
 
+GATEWAY_SOURCE = "127.0.0.2"  # nginx's proxy_bind towards the indexer
 INSTITUTIONS = {INSTITUTION_A: "Demo Hospital A", INSTITUTION_B: "Demo Hospital B"}
 
 
@@ -85,7 +86,16 @@ class Indexer(Service):
             )
 
     def argv(self) -> list[str]:
+        # `serve` runs uvicorn with this node's audit sealer beside it (one, not one per
+        # worker). Forwarded headers (the client's address in the audit trail) count only
+        # from the gateway, which connects from its own loopback address (proxy_bind in
+        # nginx.conf.template): a local process's X-Forwarded-For is ignored.
         return [
+            str(self.ctx.settings.venv_bin / "python"),
+            "-m",
+            "indexer",
+            "serve",
+            "--",
             str(self.ctx.settings.venv_bin / "uvicorn"),
             "indexer.main:app",
             "--host",
@@ -101,7 +111,7 @@ class Indexer(Service):
             "--no-access-log",
             "--proxy-headers",
             "--forwarded-allow-ips",
-            "127.0.0.1",
+            GATEWAY_SOURCE,
         ]
 
     def health(self) -> str | None:
