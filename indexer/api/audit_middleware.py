@@ -1,14 +1,23 @@
 """One audit record per /api/v1 request (and per study search), written after the answer
-is known: who (from the token, or "anonymous"), role, institution, action, the resource in
-pseudonymised form, purpose, source address and the HTTP status."""
+is known: who (from the token, or "anonymous"), role, institution, action, method, the
+resource in pseudonymised form (DICOMweb at its real level: study, series, instance,
+frames), the query's filters (personal values pseudonymised, secrets left out), purpose,
+source address and the HTTP status.
+
+The source address is the client's as the gateway saw it: uvicorn takes X-Forwarded-For
+only from the gateway's own loopback address (--forwarded-allow-ips, nginx's proxy_bind);
+from anyone else the header is ignored and the real peer recorded."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
 
@@ -27,6 +36,90 @@ def pseudonym(kind: str, value: str) -> str:
         f"{kind}:"
         + hmac.new(key, f"audit:{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:24]
     )
+
+
+# Query keys whose values are personal (DICOM keyword or tag, any case; the API's own
+# names): recorded as keyed pseudonyms, one per keyword, whichever way it was asked.
+PERSONAL = {
+    "PatientName": "00100010",
+    "PatientID": "00100020",
+    "PatientBirthDate": "00100030",
+    "PatientBirthTime": "00100032",
+    "OtherPatientIDs": "00101000",
+    "OtherPatientNames": "00101001",
+    "PatientBirthName": "00101005",
+    "PatientMotherBirthName": "00101060",
+    "PatientAddress": "00101040",
+    "PatientTelephoneNumbers": "00102154",
+    "ReferringPhysicianName": "00080090",
+    "AccessionNumber": "00080050",
+    "mrn": "",
+    "national_id": "",
+    "name": "",
+    "phone": "",
+    "birth_date": "",
+}
+_PERSONAL_KEYS = {k.lower(): k for k in PERSONAL} | {t: k for k, t in PERSONAL.items() if t}
+_SECRET_KEYS = frozenset({"code", "state", "session_state", "token", "access_token", "secret"})
+_MAX_KEYS, _MAX_VALUE = 24, 64
+
+
+def filters_of(query: str) -> str | None:
+    """A URL query's filters (see filters_of_pairs)."""
+    return filters_of_pairs(parse_qsl(query, keep_blank_values=True))
+
+
+def filters_of_pairs(pairs: list[tuple[str, str]]) -> str | None:
+    """Keys and values as JSON (a key asked twice: a list), personal values as pseudonyms,
+    secrets (an OAuth code, say) as "(secret)"; None without any."""
+    pairs = pairs[:_MAX_KEYS]
+    if not pairs:
+        return None
+    out: dict[str, str | list[str]] = {}
+    for key, value in pairs:
+        key = key[:_MAX_VALUE]
+        keyword = _PERSONAL_KEYS.get(key.lower().strip("()").replace(",", ""))
+        if keyword:
+            value = pseudonym(keyword, value)
+        elif key.lower() in _SECRET_KEYS:
+            value = "(secret)"
+        else:
+            value = value[:_MAX_VALUE]
+        had = out.get(key)
+        out[key] = value if had is None else [*([had] if isinstance(had, str) else had), value]
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+_LEVEL = {"studies": "study", "series": "series", "instances": "instance", "frames": "frames"}
+_VIEWS = frozenset({"metadata", "rendered", "thumbnail", "bulkdata", "pixeldata"})
+_UNUSUAL = re.compile(r"(?i)%2e|%2f|%5c|\\|/\.|//|[^\x21-\x7e]")
+
+
+def dicomweb_resource(uri: str) -> str:
+    """What a DICOMweb request asks for, at its level: study:S, study:S/series:SE,
+    .../instance:I, .../frames:1,2, with a view (/metadata, /rendered) or a search
+    (search:studies, study:S/search:series). Any other path as `path:` and itself."""
+    path = urlsplit(uri).path
+    segments = path.removeprefix("/dicom-web/").rstrip("/").split("/")
+    parts: list[str] = []
+    i = 0
+    while not _UNUSUAL.search(path) and path.startswith("/dicom-web/") and i < len(segments):
+        name = segments[i]
+        if name in _LEVEL and i + 1 < len(segments) and segments[i + 1]:
+            parts.append(f"{_LEVEL[name]}:{segments[i + 1]}")
+            i += 2
+        elif name in _LEVEL and i + 1 == len(segments):
+            parts.append(f"search:{name}")
+            i += 1
+        elif name in _VIEWS and parts:
+            parts.append(name)
+            break
+        else:
+            parts = []
+            break
+    if parts:
+        return "/".join(parts)
+    return "path:" + "".join(c if 32 < ord(c) < 127 else "?" for c in path)
 
 
 def resource_of(request: Request) -> str | None:
@@ -81,6 +174,8 @@ def install(app: FastAPI) -> None:
                     source_of(request),
                     status["code"],
                     getattr(request.state, "audit_purpose", None),
+                    method=request.method,
+                    filters=filters_of(scope.get("query_string", b"").decode("latin-1")),
                 )
             )
 
@@ -111,11 +206,17 @@ class Decision:
 
 @asynccontextmanager
 async def audited(
-    request: Request, action: str, resource: str | None, source: str | None
+    request: Request,
+    action: str,
+    resource: str | None,
+    source: str | None,
+    method: str | None = None,
+    filters: str | None = None,
 ) -> AsyncIterator[Decision]:
     """One audit record for a decision made outside the /api/v1 middleware (the gateway's
-    checks, the routes that stand in for central's REST calls); identical repeats within a
-    minute are recorded once. A refusal raised inside is recorded with its status."""
+    checks, the routes that stand in for central's REST calls): one per decision (the
+    writer counts identical granted ones of one batch in one row). A refusal raised inside
+    is recorded with its status."""
     decision = Decision(resource)
     try:
         yield decision
@@ -125,7 +226,15 @@ async def audited(
     finally:
         status = 200 if decision.status == 204 else decision.status
         await request.app.state.audit.record(
-            event(decision.who, action, decision.resource, source, status), dedupe=True
+            event(
+                decision.who,
+                action,
+                decision.resource,
+                source,
+                status,
+                method=method or request.method,
+                filters=filters,
+            )
         )
 
 

@@ -1,18 +1,33 @@
-"""The audit trail for auditors: query and export (JSON)."""
+"""The audit trail: auditors query and export it (JSON); hospital gateways report their
+edge's DICOM operations into it (POST /api/v1/audit/edge-events)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+import re
+import uuid
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 from sqlalchemy import text
 
 from ...errors import Forbidden
 from ...schemas import NO_NUL
-from ..deps import Caller, Reg
+from ...security.auth import Principal
+from ...services.audit import event, record_now
+from ..audit_middleware import filters_of_pairs
+from ..deps import Caller, Reg, authenticate
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -29,18 +44,22 @@ def audit_events(
     resource: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
-    """Audit records, oldest first, as JSON (an export is the same call with a window)."""
+    """Audit records, oldest first, as JSON (an export is the same call with a window).
+    `resource` finds that resource and everything below it (study:S finds its series,
+    instances and frames too)."""
     if not who.has("auditor"):
         raise Forbidden("the audit trail is for auditors")
     rows = reg.session.execute(
         text(
             "SELECT id, at, actor, username, roles, institution, action, resource, purpose, "
-            "source, outcome, encode(hash, 'hex') AS hash FROM audit_events "
+            "source, outcome, method, filters, count, calling_ae, called_ae, answers, "
+            "occurred_at, event_id, seal_seq, encode(hash, 'hex') AS hash FROM audit_events "
             "WHERE (CAST(:since AS timestamptz) IS NULL OR at >= :since) "
             "AND (CAST(:until AS timestamptz) IS NULL OR at < :until) "
             "AND (CAST(:actor AS text) IS NULL OR actor = :actor OR username = :actor) "
             "AND (CAST(:action AS text) IS NULL OR action = :action) "
-            "AND (CAST(:resource AS text) IS NULL OR resource = :resource) "
+            "AND (CAST(:resource AS text) IS NULL OR resource = :resource "
+            "     OR starts_with(resource, :resource || '/')) "
             "ORDER BY id LIMIT :limit"
         ),
         {
@@ -56,7 +75,112 @@ def audit_events(
     for row in rows:
         item = dict(row._mapping)
         item["at"] = item["at"].isoformat()
+        if item["occurred_at"] is not None:
+            item["occurred_at"] = item["occurred_at"].isoformat()
+        if item["event_id"] is not None:
+            item["event_id"] = str(item["event_id"])
+        if item["filters"] is not None:
+            item["filters"] = json.loads(item["filters"])
         events.append(item)
     return Response(
         json.dumps({"events": events}, ensure_ascii=False), media_type="application/json"
     )
+
+
+AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x20-\x5b\x5d-\x7e]{0,16}$")]
+# a DICOM keyword, or a tag as gggg,eeee or (gggg,eeee)
+Keyword = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9(),]{1,64}$")]
+Value = Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)]
+OUTCOMES = {"ok": 200, "refused": 403, "failed": 500}
+
+
+class EdgeEvent(BaseModel):
+    """One DICOM operation at an edge, as its gateway reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_id: uuid.UUID  # the edge's own: a retried batch adds nothing
+    at: AwareDatetime
+    action: Literal[
+        "dicom.c-find", "dicom.c-move", "dicom.c-get", "dicom.c-store",
+        "dicom.association-refused",
+    ]  # fmt: skip
+    calling_ae: AeTitle
+    called_ae: AeTitle
+    source: IPv4Address | IPv6Address | Literal[""]  # "": the edge did not learn it
+    level: Literal["PATIENT", "STUDY", "SERIES", "IMAGE", ""]
+    query: dict[Keyword, Value] = Field(default_factory=dict, max_length=64)
+    answers: int = Field(ge=0, le=2_000_000_000)
+    outcome: Literal["ok", "refused", "failed"]
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, value: dt.datetime) -> dt.datetime:
+        if not 2000 <= value.year <= 2999:
+            raise ValueError("at must be a time of this era (ISO-8601, UTC)")
+        return value.astimezone(dt.UTC)
+
+
+class EdgeEvents(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EdgeEvent] = Field(max_length=500)
+
+
+async def _async_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return authenticate(request, authorization)
+
+
+_UID_KEYS = (
+    ("StudyInstanceUID", "study"),
+    ("SeriesInstanceUID", "series"),
+    ("SOPInstanceUID", "instance"),
+)
+_UID = r"^[0-9]+(\.[0-9]+)+$"
+
+
+def edge_row(who: Principal, item: EdgeEvent) -> dict[str, Any]:
+    """The audit row of an edge's operation: the UIDs asked for as the resource (so
+    `resource=study:S` finds retrievals of S at the edges too), else the level; the
+    query as filters, personal values pseudonymised."""
+    parts = []
+    for key, level in _UID_KEYS:
+        value = item.query.get(key, "")
+        if not re.fullmatch(_UID, value):
+            break
+        parts.append(f"{level}:{value}")
+    pairs = list(item.query.items())
+    if item.level and "QueryRetrieveLevel" not in item.query:
+        pairs.insert(0, ("QueryRetrieveLevel", item.level))
+    method = item.action.removeprefix("dicom.").upper()
+    return event(
+        who,
+        item.action,
+        "/".join(parts) or f"dicom:{item.level or '-'}",
+        str(item.source) or None,
+        OUTCOMES[item.outcome],
+        method="A-ASSOCIATE" if method == "ASSOCIATION-REFUSED" else method,
+        filters=filters_of_pairs(pairs),
+        calling_ae=item.calling_ae,
+        called_ae=item.called_ae,
+        answers=item.answers,
+        occurred_at=item.at,
+        event_id=item.event_id,
+    )
+
+
+@router.post("/edge-events")
+async def edge_events(
+    body: EdgeEvents,
+    request: Request,
+    who: Annotated[Principal, Depends(_async_caller)],
+) -> dict[str, int]:
+    """A hospital gateway reports its edge's DICOM operations (C-FIND, C-MOVE, C-GET,
+    C-STORE, refused associations): each becomes one audit row, as the gateway account
+    and its institution, written before the answer. `accepted` counts the batch's events
+    now on record (an event_id already recorded counts, and adds nothing)."""
+    if not who.has("gateway") or not who.institution:
+        raise Forbidden("edge events are reported by a hospital's gateway account")
+    if body.events:
+        await record_now(request.app.state.pool, [edge_row(who, e) for e in body.events])
+    return {"accepted": len(body.events)}

@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from ...errors import Forbidden
 from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
 from ...services import lookup_sql, sharing
-from ..audit_middleware import audited
+from ..audit_middleware import audited, client_address, dicomweb_resource, filters_of
 from ..deps import authenticate
 from . import admin_console
 
@@ -84,17 +84,20 @@ async def dicomweb(
     authorization: Annotated[str | None, Header()] = None,
     x_original_uri: Annotated[str, Header()] = "",
     x_original_method: Annotated[str, Header()] = "GET",
-    x_original_remote: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Every decision is audited (identical repeats within a minute once: a viewer fetches
-    frame after frame)."""
+    """Every decision is audited, one row each: the method, the resource at its level
+    (study, series, instance, frames), the query's filters, and the client's address as
+    the gateway saw it (X-Forwarded-For, trusted from the gateway alone; X-Original-Remote
+    is not read: anyone could send it)."""
     uid = study_of(x_original_uri)
     write = x_original_method.upper() not in READ_METHODS
     async with audited(
         request,
         "dicomweb.write" if write else "dicomweb.read",
-        f"study:{uid}" if uid else "dicomweb:search",
-        x_original_remote,
+        dicomweb_resource(x_original_uri),
+        client_address(request),
+        method=x_original_method.upper(),
+        filters=filters_of(urlsplit(x_original_uri).query),
     ) as decision:
         shared = None if authorization else await share_link_reader(request)
         if shared is not None:  # a patient's share link: its one study, reading
@@ -187,14 +190,18 @@ async def orthanc_rest(
     authorization: Annotated[str | None, Header()] = None,
     x_original_uri: Annotated[str, Header()] = "",
     x_original_method: Annotated[str, Header()] = "GET",
-    x_original_remote: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Central's REST API: platform administrators, and hospital gateways for the calls
-    their edge makes. Every decision is audited (repeats within a minute once)."""
+    their edge makes. Every decision is audited, one row each (as dicomweb's)."""
     method = x_original_method.upper()
-    resource = urlsplit(x_original_uri).path[:200] or None
+    resource = urlsplit(x_original_uri).path or None
     async with audited(
-        request, f"orthanc.{method.lower()}", resource, x_original_remote
+        request,
+        f"orthanc.{method.lower()}",
+        resource,
+        client_address(request),
+        method=method,
+        filters=filters_of(urlsplit(x_original_uri).query),
     ) as decision:
         if not authorization and request.cookies.get(admin_console.ADMIN_COOKIE):
             # Orthanc Explorer in an administrator's browser (see admin_console.py)
