@@ -142,9 +142,11 @@ def test_files_with_unclear_identity_are_refused(
         data = part10(ds)
     else:  # pydicom writes the data set's SOP UID into the meta: edit the bytes
         sop = str(ds.SOPInstanceUID)
+        other = sop[:-1] + ("1" if sop[-1] != "1" else "2")  # same length, another UID
         data = part10(ds).replace(
-            ui_element(0x0002, 0x0003, sop), ui_element(0x0002, 0x0003, sop[:-1] + "0"), 1
+            ui_element(0x0002, 0x0003, sop), ui_element(0x0002, 0x0003, other), 1
         )
+        assert data != part10(ds)
     answer = gw[B].post("/orthanc/instances", content=data, headers=DICOM)
     assert answer.status_code == 400, answer.text
     with stack.orthanc("CENTRAL_ORTHANC") as central:
@@ -156,7 +158,7 @@ def test_central_indexes_a_plain_upload_under_the_ids_the_check_computes(
 ) -> None:
     """The fast path of the after-store check: Orthanc's IDs are the SHA-1s the check
     computes (else every upload costs three more calls to central)."""
-    ds = next(make_study(fresh_seed(), "CR", instances=1, institution_code=B).instances())
+    ds = next(make_study(fresh_seed(), "MR", instances=1, institution_code=B).instances())
     data = part10(ds)
 
     async def one_chunk() -> AsyncIterator[bytes]:
@@ -179,7 +181,11 @@ def b_reads(gw: dict[str, httpx.Client], study: StudyOfA) -> int:
 
 @pytest.mark.parametrize("kind", ["push", "consent"])
 def test_racing_identical_grants_make_one_and_revoking_it_ends_the_access(
-    stack: StackClient, gw: dict[str, httpx.Client], study_of_a: StudyOfA, kind: str
+    stack: StackClient,
+    gw: dict[str, httpx.Client],
+    tokens: dict[str, str],
+    study_of_a: StudyOfA,
+    kind: str,
 ) -> None:
     assert b_reads(gw, study_of_a) == 403
     path = f"/api/v1/institutions/{A}/studies/{study_of_a.uid}/grants"
@@ -193,15 +199,18 @@ def test_racing_identical_grants_make_one_and_revoking_it_ends_the_access(
         answers = list(pool.map(create, range(16)))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     assert len({a.json()["id"] for a in answers}) == 1
-    live = [
-        g
-        for g in gw[A].get(path).json()
-        if g["kind"] == kind and g["institution_code"] == B and g["revoked_at"] is None
-    ]
-    assert len(live) == 1, live
-    assert b_reads(gw, study_of_a) == 200
-    revoked = gw[A].delete(f"{path}/{live[0]['id']}")
-    assert revoked.status_code == 200, revoked.text
+    with stack.gateway(tokens["hadmin_a"]) as admin_of_a:  # A's administrator looks
+        listed = admin_of_a.get(path)
+        assert listed.status_code == 200, listed.text
+        live = [
+            g
+            for g in listed.json()
+            if g["kind"] == kind and g["institution_code"] == B and g["revoked_at"] is None
+        ]
+        assert len(live) == 1, live
+        assert b_reads(gw, study_of_a) == 200
+        revoked = admin_of_a.delete(f"{path}/{live[0]['id']}")
+        assert revoked.status_code == 200, revoked.text
     assert b_reads(gw, study_of_a) == 403  # at once
 
 
