@@ -18,6 +18,7 @@ address is the host `DicomModalities` names for the calling AE, which Orthanc ch
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -72,6 +73,14 @@ def asked_keys(tags: Iterable[tuple[int, int, str]]) -> tuple[str, dict[str, str
         elif keyword and dictionary_VR(tag) != "SQ":
             query[keyword] = str(value)
     return level, query
+
+
+def _address(host: str) -> str:
+    """The host as an IP address, or "" when DicomModalities names it otherwise."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return ""
 
 
 def _universal(value: str) -> bool:
@@ -202,7 +211,7 @@ class DicomScp:
         answers: int,
         outcome: Outcome,
     ) -> None:
-        source = self.modalities.get(calling_ae.strip(), ("", ""))[1]
+        source = _address(self.modalities.get(calling_ae.strip(), ("", ""))[1])
         event = build_event(
             action,
             calling_ae=calling_ae,

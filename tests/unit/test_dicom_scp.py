@@ -185,3 +185,10 @@ def test_a_c_move_refused_or_failed_is_audited(
         scp.move(request | change | {"OriginatorAET": "HOSP_PACS"})
     assert scp.outbox.pending()[0]["outcome"] == outcome
     assert scp.local.stored == []
+
+
+def test_a_host_name_is_no_source_address(tmp_path: Path) -> None:
+    scp = scp_with(tmp_path, [])
+    scp.modalities["HOSP_PACS"] = ("pacs", "pacs.hospital.example")
+    scp.find("HOSP_PACS", "E", [(0x0008, 0x0052, "STUDY")], list().append, lambda: None)
+    assert scp.outbox.pending()[0]["source"] == ""
