@@ -49,6 +49,20 @@ def load_realm(gateway_url: str, *, local_dev: bool) -> dict[str, Any]:
     return realm
 
 
+def builtin_client_settings() -> dict[str, dict[str, Any]]:
+    """Settings for the clients Keycloak makes in every realm (admin-cli, ...), by clientId."""
+    raw = json.loads((REALM_DIR / "builtin-clients.json").read_text())
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
+
+
+def _apply_builtin_client_settings(admin: KeycloakAdmin) -> None:
+    for client_id, settings in builtin_client_settings().items():
+        internal_id = admin.get_client_id(client_id)
+        if internal_id is None:
+            raise ProvisioningError(f"built-in client '{client_id}' not found in the realm")
+        admin.update_client(internal_id, {"clientId": client_id, **settings})
+
+
 def gateway_client(institution: str, secret: str) -> dict[str, Any]:
     """One confidential client per hospital edge gateway: client-credentials tokens that
     carry the role `gateway` and the hospital's institution code."""
@@ -181,5 +195,6 @@ def provision(
         if service_accounts:
             payload["users"] = [*payload.get("users", []), *service_accounts]
         admin.partial_import_realm(name, payload)
+        _apply_builtin_client_settings(admin)
     except KeycloakError as exc:
         raise ProvisioningError(f"Keycloak refused the realm '{name}': {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,20 @@ def _read_versions(path: Path) -> dict[str, str]:
     return versions
 
 
+def admin_cidrs(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of networks; ValueError names the bad entry."""
+    networks = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=True)))
+        except ValueError as exc:
+            raise ValueError(f"STACK_KEYCLOAK_ADMIN_CIDRS: {entry!r} is not a network") from exc
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Paths and versions for one stack. STACK_DIR picks the state directory (default var/)."""
@@ -30,6 +45,10 @@ class StackSettings:
     versions: dict[str, str] = field(default_factory=dict)
     # How long each service may take to become healthy before `up` gives up.
     start_timeout_s: float = 180.0
+    # Networks from which the gateway lets Keycloak's admin console and master realm through
+    # (STACK_KEYCLOAK_ADMIN_CIDRS, comma-separated). None by default: administrators use
+    # Keycloak on loopback.
+    keycloak_admin_cidrs: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, state_dir: str | None = None) -> StackSettings:
@@ -38,7 +57,13 @@ class StackSettings:
         cache = Path(os.environ.get("STACK_CACHE_DIR") or REPO_ROOT / "var" / "cache").resolve()
         versions = _read_versions(REPO_ROOT / "deploy" / "versions.env")
         timeout = float(os.environ.get("STACK_START_TIMEOUT", "180"))
-        return cls(state_dir=state, cache_dir=cache, versions=versions, start_timeout_s=timeout)
+        return cls(
+            state_dir=state,
+            cache_dir=cache,
+            versions=versions,
+            start_timeout_s=timeout,
+            keycloak_admin_cidrs=admin_cidrs(os.environ.get("STACK_KEYCLOAK_ADMIN_CIDRS", "")),
+        )
 
     @property
     def venv_bin(self) -> Path:

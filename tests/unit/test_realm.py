@@ -53,3 +53,9 @@ def test_demo_users_take_passwords_from_the_stack_secrets() -> None:
     assert users["auditor.demo"].roles == ("auditor",)
     assert users["radiologist.a"].password == "pw-a-123456789"
     assert users["radiologist.a"].institution != users["radiologist.b"].institution
+
+
+def test_admin_cli_takes_no_password_grants_in_the_realm() -> None:
+    from auth.provision import builtin_client_settings
+
+    assert builtin_client_settings()["admin-cli"]["directAccessGrantsEnabled"] is False

@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 
 from ..errors import PrerequisiteMissing
+from ..modes import GATEWAY_HOME_MODE
 from .base import Service, http_health
 
 NGINX = Path("/usr/sbin/nginx")
@@ -25,6 +26,14 @@ def render_template(text: str, values: dict[str, str]) -> str:
     if missing:
         raise ValueError(f"gateway template: no value for {', '.join(missing)}")
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def keycloak_admin_access(cidrs: tuple[str, ...]) -> str:
+    """nginx rules for Keycloak's admin console and master realm: the admin networks, or
+    nobody (404, as if they did not exist)."""
+    if not cidrs:
+        return "return 404;"
+    return " ".join([*(f"allow {c};" for c in cidrs), "deny all;"])
 
 
 class Gateway(Service):
@@ -43,8 +52,11 @@ class Gateway(Service):
         if not (dist / "index.html").exists():
             raise PrerequisiteMissing(self.name, f"OHIF not in {dist}: run make install")
         for sub in ("tmp", "logs"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+            (self.home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.chown(self.home / "tmp", "www-data", "www-data")
+        # nginx's workers (www-data) pass through the home to their tmp/, nothing more.
+        shutil.chown(self.home, "root", "www-data")
+        self.home.chmod(GATEWAY_HOME_MODE)
         basic = base64.b64encode(
             f"central-admin:{self.ctx.secrets['central_orthanc']}".encode()
         ).decode()
@@ -62,6 +74,9 @@ class Gateway(Service):
                 "CENTRAL_BASIC_AUTH": basic,
                 "INDEXER": f"127.0.0.1:{self.ctx.ports['indexer']}",
                 "KEYCLOAK": f"127.0.0.1:{self.ctx.ports['keycloak']}",
+                "KEYCLOAK_ADMIN_ACCESS": keycloak_admin_access(
+                    self.ctx.settings.keycloak_admin_cidrs
+                ),
             },
         )
         path = self.home / "nginx.conf"

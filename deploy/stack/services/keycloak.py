@@ -28,6 +28,13 @@ class Keycloak(Service):
         if not kc.exists() or not (self.ctx.settings.keycloak_home / ".built").exists():
             raise PrerequisiteMissing(self.name, f"{kc} not installed/built: run make install")
 
+    @property
+    def admin_url(self) -> str:
+        """Where the admin console is used: the gateway if admin networks are set."""
+        if self.ctx.settings.keycloak_admin_cidrs:
+            return self.ctx.keycloak_public_url
+        return self.ctx.keycloak_internal_url
+
     def argv(self) -> list[str]:
         p = self.ctx.ports
         return [
@@ -39,9 +46,14 @@ class Keycloak(Service):
             "--http-enabled=true",
             "--http-host=127.0.0.1",
             f"--http-port={p['keycloak']}",
+            # Health (and, with the current build, metrics) on loopback only; the gateway
+            # never routes to this port.
             f"--http-management-port={p['keycloak_mgmt']}",
             # Browsers and tokens see the gateway's URL; services may talk to Keycloak directly.
             f"--hostname={self.ctx.keycloak_public_url}",
+            # The admin console and the master realm are not behind the gateway unless the
+            # settings name admin networks: by default, administrators use it on loopback.
+            f"--hostname-admin={self.admin_url}",
             "--hostname-backchannel-dynamic=true",
             "--proxy-headers=xforwarded",
             "--cache=local",  # one node here: no JGroups cluster listening on the network
