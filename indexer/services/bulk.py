@@ -15,6 +15,7 @@ from sqlalchemy import Label, literal_column, select
 from ..errors import InvalidRecord
 from ..models import Exam, ImageStudy
 from ..schemas import BulkExam, BulkIn, BulkItemResult, BulkOut, BulkPatient, ExamIn, PatientIn
+from ..security.pii import name_digests
 from . import national_id
 from .registry import Registry, content_hash
 
@@ -128,6 +129,12 @@ ON CONFLICT (institution_code, exam_no) DO UPDATE SET
 WHERE exams.content_hash <> excluded.content_hash
 RETURNING exam_no, id
 """
+# The name blind index (lookup by name and birth date) of the patients just written.
+NAME_INDEX_DELETE = "DELETE FROM patient_name_index WHERE patient_id = ANY(%(ids)s)"
+NAME_INDEX_INSERT = """
+INSERT INTO patient_name_index (patient_id, kind, digest)
+SELECT * FROM unnest(%(patient)s::bigint[], %(kind)s::text[], %(digest)s::bytea[])
+"""
 
 
 def _patients(
@@ -192,13 +199,22 @@ def _patients(
         for mrn, pid, inserted in _sql(reg, PATIENTS_SQL, {"code": code, **columns})
     }
     changed_ids = []
-    for index, p in rows:
+    names: dict[str, list[Any]] = {"ids": [], "patient": [], "kind": [], "digest": []}
+    for (index, p), born in zip(rows, columns["birth"], strict=True):
         if p.mrn not in written:
             continue  # identical to what is stored
         pid, inserted = written[p.mrn]
         results[index].outcome = "created" if inserted else "updated"
         if not inserted:
             changed_ids.append(pid)
+        names["ids"].append(pid)
+        for kind, digest in (name_digests(pii, p.name, born) if born else {}).items():
+            names["patient"].append(pid)
+            names["kind"].append(kind)
+            names["digest"].append(digest)
+    if names["ids"]:
+        _sql(reg, NAME_INDEX_DELETE, {"ids": names.pop("ids")})
+        _sql(reg, NAME_INDEX_INSERT, names)
     if changed_ids:
         _sql(
             reg,

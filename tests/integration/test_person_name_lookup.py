@@ -96,3 +96,21 @@ def test_a_name_alone_finds_no_one_and_a_family_name_only_ones_own_patients(
     assert exam_nos(search(stack, tokens["rad_a"], **family)) == {people["a"].exam.exam_no}
     assert exam_nos(search(stack, tokens["rad_b"], **family)) == {people["b"].exam.exam_no}
     assert search(stack, tokens["auditor"], **family).status_code == 403
+
+
+def test_patients_loaded_in_bulk_are_found_by_name(
+    stack: StackClient, tokens: dict[str, str]
+) -> None:
+    rng = random.Random(fresh_seed())  # noqa: S311 - sample data
+    name = rng.choice(HANZI) + "".join(rng.choices(HANZI, k=2))
+    study = make_study(fresh_seed(), "CT", instances=1, institution_code="H0001")
+    patient = patient_record(study) | {"mrn": study.patient.mrn, "name": name}
+    exam = exam_record(study) | {"exam_no": study.exam.exam_no}
+    with stack.gateway(tokens["admin"]) as api:
+        loaded = api.post(
+            "/api/v1/institutions/H0001/bulk", json={"patients": [patient], "exams": [exam]}
+        )
+    assert loaded.status_code == 200 and loaded.json()["counts"] == {"created": 2}, loaded.text
+    born = study.patient.birth_date.isoformat()
+    found = search(stack, tokens["rad_a"], name=name, birth_date=born)
+    assert exam_nos(found) == {study.exam.exam_no}
