@@ -21,7 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from deploy.samples.records import patient_record
+from deploy.samples.records import exam_record, patient_record
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient
 from indexer.services import ingest, national_id
@@ -239,6 +239,50 @@ def test_repeated_break_glass_reuses_the_users_live_grant(
     assert all(a.status_code == 200 for a in answers), answers[-1].text
     assert answers[0].json()["grant_id"] == answers[1].json()["grant_id"]
     assert answers[0].json()["alert_id"] != answers[1].json()["alert_id"]  # each use alerts
+
+
+def test_repeated_mutual_recognition_lookups_keep_one_live_grant(
+    stack: StackClient, gw: dict[str, httpx.Client], tokens: dict[str, str]
+) -> None:
+    """互认: each lookup of another hospital's exam with a purpose opens the study to the
+    caller's hospital; repeated, concurrent lookups share one live grant."""
+    study = make_study(fresh_seed(), "CT", instances=1, institution_code=A)
+    base = f"/api/v1/institutions/{A}"
+    for path, record in (
+        (f"{base}/patients/{study.patient.mrn}", patient_record(study)),
+        (f"{base}/exams/{study.exam.exam_no}", exam_record(study)),
+    ):
+        assert gw[A].put(path, json=record).status_code == 200
+    ds = next(study.instances())
+    assert gw[A].post("/orthanc/instances", content=part10(ds), headers=DICOM).status_code == 200
+    arrival = {
+        "study_instance_uid": study.exam.study_instance_uid,
+        "accession_number": study.exam.exam_no,
+        "modalities": ["CT"],
+        "series_count": 1,
+        "instance_count": 1,
+        "complete": True,
+    }
+    assert gw[A].post(f"{base}/studies", json=arrival).json()["linked_exam_no"]
+    deadline = time.monotonic() + 30
+    with stack.gateway(tokens["admin"]) as admin:
+        while not (exam := admin.get(f"{base}/exams/{study.exam.exam_no}").json())[
+            "master_index_id"
+        ]:
+            assert time.monotonic() < deadline, "no master index ID within 30 s"
+            time.sleep(0.2)
+    lookup = f"/api/v1/master-index/{exam['master_index_id']}"
+
+    def look(_: int) -> int:
+        with stack.gateway(tokens["rad_b"]) as radiologist:
+            return radiologist.get(lookup, params={"purpose": "second opinion"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(look, range(8))) == {200}
+    with stack.gateway(tokens["hadmin_a"]) as admin_of_a:
+        grants = admin_of_a.get(f"{base}/studies/{study.exam.study_instance_uid}/grants").json()
+    live = [g for g in grants if g["kind"] == "mutual-recognition" and g["revoked_at"] is None]
+    assert len(live) == 1, grants
 
 
 # -- hole 8 ---------------------------------------------------------------------------------
