@@ -165,3 +165,19 @@ def test_otherwise_central_is_asked_which_study_it_indexed(
     got = asyncio.run(ingest.indexed_study(central(study_uid, calls), CHECKED, stored))
     assert got == joined
     assert calls == ["GET /instances/i", "GET /series/s", "GET /studies/t"]
+
+
+@pytest.mark.parametrize(("status", "removed"), [("Success", True), ("AlreadyStored", False)])
+def test_an_instance_indexed_elsewhere_is_refused_and_taken_back_only_if_new(
+    status: str, removed: bool
+) -> None:
+    from indexer.api.audit_middleware import Decision
+    from indexer.api.routes.ingest import _indexed_as_checked
+
+    calls: list[str] = []
+    done = Decision("/instances")
+    stored = {"ID": "i", "ParentStudy": "t", "Status": status}
+    with pytest.raises(Ambiguous, match="other identifying elements"):
+        asyncio.run(_indexed_as_checked(central("9.9", calls), done, CHECKED, stored))
+    assert ("DELETE /instances/i" in calls) is removed
+    assert done.resource == "study:9.9"  # the study it really joined
