@@ -89,10 +89,10 @@ def test_accesses_are_recorded_pseudonymised_and_readable_by_auditors(
     reads = [
         e
         for e in by_action["dicomweb.read"]
-        if e["resource"] == f"study:{study.exam.study_instance_uid}"
+        if e["resource"] == f"study:{study.exam.study_instance_uid}/metadata"
     ]
     assert reads and reads[-1]["username"] == stack["DEMO_RADIOLOGIST_A_USER"]
-    assert reads[-1]["source"] == "127.0.0.1"
+    assert reads[-1]["source"] == "127.0.0.1" and reads[-1]["method"] == "GET"
 
 
 def test_edited_row_is_named_by_verify(stack: StackClient, stack_settings: StackSettings) -> None:
