@@ -140,6 +140,13 @@ def test_the_modality_may_not_query_or_retrieve(
     assert study.exam.study_instance_uid not in {str(d.StudyInstanceUID) for d in pacs_a.received}
 
 
+def test_not_even_the_pacs_may_c_get(stack: StackClient, study: SampleStudy) -> None:
+    """C-GET cannot be audited at the edge (Orthanc gives plugins no hook): nobody has it."""
+    done = Operation(stack, stack["EDGE_A_PACS_AET"]).run("get", study_query(study))
+    assert SUCCESS not in done.statuses and PENDING not in done.statuses, done.statuses
+    assert done.stored == []
+
+
 def test_the_pacs_queries_as_before_and_each_query_is_audited(
     stack: StackClient, study: SampleStudy
 ) -> None:
