@@ -26,6 +26,12 @@ SECRET_NAMES = (
     "indexer_platform_key",
     "gateway_h0001",
     "gateway_h0002",
+    # SeaweedFS's own JWT signing keys (security.toml): volume writes and reads, filer
+    # writes and reads. Only the processes of `weed server` hold them.
+    "weed_jwt_volume_write",
+    "weed_jwt_volume_read",
+    "weed_jwt_filer_write",
+    "weed_jwt_filer_read",
 )
 
 

@@ -1,8 +1,17 @@
-"""SeaweedFS: the S3 object store (master, volume, filer and S3 gateway in one process)."""
+"""SeaweedFS: the S3 object store (master, volume, filer and S3 gateway in one process).
+
+Only the S3 API, with the stack's keys, reaches the archive. SeaweedFS's own security
+(security.toml in the config directory) closes the other doors: the master's and filer's
+HTTP APIs are off (`-disableHttp`), the volume server wants a JWT signed with the stack's
+keys for every read and write, and every gRPC port wants a client certificate from the
+stack's CA with the common name "seaweedfs" (mutual TLS). Logs go to var/log, and the
+local sockets SeaweedFS makes in /tmp to a private directory (its own mount namespace).
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 from botocore.client import Config
@@ -10,7 +19,47 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..context import S3_BUCKET
 from ..errors import PrerequisiteMissing
+from ..pki import issue_leaf
 from .base import Service
+
+UNSHARE = "/usr/bin/unshare"
+# The common name every gRPC peer of SeaweedFS must present (the CA also signs others).
+GRPC_COMMON_NAME = "seaweedfs"
+_GRPC_SERVERS = ("master", "volume", "filer", "s3")
+
+
+def security_toml(keys: dict[str, str], ca: str, cert: str, key: str) -> str:
+    """SeaweedFS's security.toml: JWT signing keys and mutual TLS on every gRPC port."""
+    lines = [
+        "[jwt.signing]",
+        f'key = "{keys["weed_jwt_volume_write"]}"',
+        "expires_after_seconds = 10",
+        "[jwt.signing.read]",
+        f'key = "{keys["weed_jwt_volume_read"]}"',
+        "expires_after_seconds = 60",
+        "[jwt.filer_signing]",
+        f'key = "{keys["weed_jwt_filer_write"]}"',
+        "expires_after_seconds = 10",
+        "[jwt.filer_signing.read]",
+        f'key = "{keys["weed_jwt_filer_read"]}"',
+        "expires_after_seconds = 60",
+        "[access]",
+        "ui = false",
+        "[filer.expose_directory_metadata]",
+        "enabled = false",
+        # SeaweedFS's [guard] white list takes the address from X-Forwarded-For, so any
+        # caller can claim one: it protects nothing here. The HTTP APIs it would guard are
+        # off instead (-disableHttp), and the JWT keys guard the volume server.
+        "[guard]",
+        'white_list = ""',
+        "[grpc]",
+        f'ca = "{ca}"',
+    ]
+    for section in (*_GRPC_SERVERS, "client"):
+        lines += [f"[grpc.{section}]", f'cert = "{cert}"', f'key = "{key}"']
+        if section != "client":
+            lines.append(f'allowed_commonNames = "{GRPC_COMMON_NAME}"')
+    return "\n".join(lines) + "\n"
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str):
@@ -49,11 +98,30 @@ class SeaweedFS(Service):
     def endpoint(self) -> str:
         return self.ctx.http("weed_s3")
 
+    @property
+    def home(self) -> Path:
+        return self.ctx.state / "seaweedfs"
+
+    @property
+    def config_dir(self) -> Path:
+        """security.toml lives here; `weed shell -config_dir=...` uses it too."""
+        return self.home / "config"
+
     def prepare(self) -> None:
         weed = self.ctx.settings.venv_bin / "weed"
         if not weed.exists():
             raise PrerequisiteMissing(self.name, f"{weed} not found: run make install")
-        (self.ctx.state / "seaweedfs" / "data").mkdir(parents=True, exist_ok=True)
+        if not Path(UNSHARE).exists():
+            raise PrerequisiteMissing(self.name, f"{UNSHARE} not found (util-linux)")
+        for sub in ("", "data", "config", "tmp"):
+            (self.home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.home / sub).chmod(0o700)
+        cert, key = issue_leaf(self.ctx.pki["ca_cert"].parent, "seaweedfs", GRPC_COMMON_NAME)
+        security = self.config_dir / "security.toml"
+        security.touch(mode=0o600, exist_ok=True)
+        security.write_text(
+            security_toml(self.ctx.secrets, str(self.ctx.pki["ca_cert"]), str(cert), str(key))
+        )
         identities = {
             "identities": [
                 {
@@ -68,16 +136,35 @@ class SeaweedFS(Service):
                 }
             ]
         }
-        config = self.ctx.state / "seaweedfs" / "s3.json"
+        config = self.home / "s3.json"
         config.touch(mode=0o600, exist_ok=True)
         config.write_text(json.dumps(identities))
 
     def argv(self) -> list[str]:
+        # `weed server` puts plaintext gRPC sockets for its own components at fixed paths in
+        # /tmp (seaweedfs-<component>-grpc-<port>.sock), whatever TMPDIR says. It runs in
+        # a mount namespace of its own where /tmp is the stack's private seaweedfs/tmp/.
+        return [
+            UNSHARE,
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            'mount --bind "$0" /tmp && exec "$@"',
+            str(self.home / "tmp"),
+            *self.weed_argv(),
+        ]
+
+    def weed_argv(self) -> list[str]:
         p = self.ctx.ports
         return [
             str(self.ctx.settings.venv_bin / "weed"),
+            "-logtostderr",  # into var/log/seaweedfs.log, not /tmp/weed.*
+            f"-config_dir={self.config_dir}",
             "server",
-            f"-dir={self.ctx.state / 'seaweedfs' / 'data'}",
+            "-disableHttp",  # master and filer: gRPC only; S3 is the one HTTP door
+            f"-dir={self.home / 'data'}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             f"-master.port={p['weed_master']}",
@@ -95,7 +182,7 @@ class SeaweedFS(Service):
             f"-s3.port.grpc={p['weed_s3_grpc']}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            f"-s3.config={self.ctx.state / 'seaweedfs' / 's3.json'}",
+            f"-s3.config={self.home / 's3.json'}",
         ]
 
     def _client(self):
