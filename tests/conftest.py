@@ -22,11 +22,19 @@ from deploy.stack.settings import REPO_ROOT, StackSettings
 HERE = Path(__file__).parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "runs_last: runs after every other test of the session (e.g. log checks)"
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         kind = Path(str(item.fspath)).relative_to(HERE).parts[0]
         if kind in ("unit", "integration", "e2e"):
             item.add_marker(getattr(pytest.mark, kind))
+    # Checks of what the whole session left behind (every log) go after everything else.
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -16,6 +17,7 @@ from .context import (
     StackContext,
 )
 from .errors import PortInUse, StackError
+from .modes import tighten
 from .pki import ensure_pki, issue_leaf
 from .ports import allocate, port_is_free
 from .processes import stop
@@ -43,7 +45,12 @@ SERVICE_CLASSES: tuple[type[Service], ...] = (
 
 
 def load_context(settings: StackSettings) -> StackContext:
-    """Ports, secrets and certificates of a stack (created on first use)."""
+    """Ports, secrets and certificates of a stack (created on first use).
+
+    From here on, this process creates private files only (umask 077): the stack's state
+    holds secrets and personal data.
+    """
+    os.umask(0o077)
     for path in (settings.state_dir, settings.log_dir, settings.run_dir):
         path.mkdir(parents=True, exist_ok=True)
     return StackContext(
@@ -83,6 +90,7 @@ def up(ctx: StackContext, say=print) -> None:
     On any failure, everything is stopped again and the StackError propagates.
     """
     try:
+        tighten(ctx.state, skip=(ctx.settings.cache_dir,))
         for svc in services(ctx):
             pid = svc.pid()
             if pid is not None and svc.health() is None:

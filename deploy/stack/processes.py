@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,27 +48,48 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user: str | None = None,
+    redact_log: bool = False,
 ) -> int:
-    """Start a process in its own session (so its children stop with it); record its PID."""
+    """Start a process in its own session (so its children stop with it); record its PID.
+
+    Every file the process creates is private (umask 077), and so is its log (0600).
+    With redact_log, its output goes through deploy.stack.logredact on its way to the log.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    with open(log, "ab") as out:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {argv[0]}\n".encode())
         out.flush()
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=out,
+            stdout=subprocess.PIPE if redact_log else out,
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
             user=user,
             group=user,
+            umask=0o077,
         )
+    if redact_log:
+        assert proc.stdout is not None
+        # Its own session: the service's stop signals do not reach it; it ends at EOF.
+        subprocess.Popen(
+            [sys.executable, "-m", "deploy.stack.logredact", str(log)],
+            stdin=proc.stdout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parents[2]),
+            start_new_session=True,
+            umask=0o077,
+        )
+        proc.stdout.close()
     pid_file(run_dir, service).write_text(f"{proc.pid} {_start_time(proc.pid)}")
     return proc.pid
 

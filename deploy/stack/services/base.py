@@ -22,6 +22,8 @@ class Service:
     ports: tuple[str, ...] = ()
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 30.0
+    # Pipe the output through deploy.stack.logredact (for programs that log DICOM values).
+    redact_log: bool = False
 
     def __init__(self, ctx: StackContext) -> None:
         self.ctx = ctx
@@ -51,6 +53,7 @@ class Service:
             env=self.env(),
             cwd=self.ctx.state,
             user=self.user(),
+            redact_log=self.redact_log,
         )
 
     def health(self) -> str | None:

@@ -64,6 +64,7 @@ class OrthancService(Service):
     http_port: str = ""
     http_user: str = ""
     password_key: str = ""
+    redact_log = True  # Orthanc's core logs PatientID on some failed stores, at ERROR level
 
     @property
     def home(self) -> Path:

@@ -118,6 +118,16 @@ class Postgres(Service):
             "shared_buffers=128MB",
             "-c",
             "log_min_messages=warning",
+            # No values in the log: an error's DETAIL ("Key (mrn)=(...) already exists"),
+            # the failing statement's text and its bound parameters stay out.
+            "-c",
+            "log_error_verbosity=terse",
+            "-c",
+            "log_min_error_statement=panic",
+            "-c",
+            "log_parameter_max_length_on_error=0",
+            "-c",
+            "log_parameter_max_length=0",
         ]
 
     def _connect(self, dbname: str = "postgres") -> psycopg.Connection:
