@@ -75,7 +75,7 @@ class Indexer(Service):
                 "-c",
                 str(root / "indexer" / "alembic.ini"),
                 "upgrade",
-                "heads",
+                "head",
             ],
             "alembic upgrade",
         )

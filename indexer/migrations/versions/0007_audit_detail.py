@@ -1,7 +1,7 @@
 """audit detail: method, filters, count, edge DICOM events; sealing in commit order
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 
 Rows are chained by `seal_seq`, which the sealer assigns as it finds committed rows, so a
 row whose transaction commits after a higher id was sealed is sealed too (later). Rows
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

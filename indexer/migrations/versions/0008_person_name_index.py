@@ -1,7 +1,7 @@
 """person lookup by name: keyed blind index of each patient's name with birth date
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 
 One row per (patient, kind): kind 'name' is HMAC(full normalised name + birth date),
 'family' HMAC(family name + birth date), both under the blind-index key (security/pii.py).
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
