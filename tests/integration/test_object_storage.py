@@ -62,6 +62,7 @@ def archived(stack: StackClient) -> Iterator[tuple[str, bytes, str]]:
     s3.put_object(Bucket=stack["S3_BUCKET"], Key=key, Body=body)
     ports = _ports(stack)
     config_dir = Path(stack["STACK_DIR"]) / "seaweedfs" / "config"
+    config_dir = config_dir if config_dir.is_dir() else Path(stack["STACK_DIR"])
     shell = subprocess.run(
         [
             str(REPO_ROOT / ".venv" / "bin" / "weed"),
