@@ -10,6 +10,8 @@ python -m indexer audit seal --every 1         the deployment's sealer (one work
 python -m indexer serve UVICORN-ARGV...        uvicorn, with this node's sealer beside it
 python -m indexer audit purge [--days N]       drop sealed records older than N days
                                                (default INDEXER_AUDIT_RETENTION_DAYS)
+python -m indexer names index                  add patients registered before the name
+                                               index (0008) to it; quick when none are
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+
+from sqlalchemy.orm import Session
 
 from .config import get_settings
 from .db import get_engine, session_factory
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         default=audit.UNSEALED_AFTER_S,
         help="verify: seconds after which an unsealed record is a problem",
     )
+    names = sub.add_parser("names", help="the patients' name blind index")
+    names.add_argument("action", choices=["index"])
     serve_cmd = sub.add_parser("serve", help="uvicorn and this node's audit sealer")
     serve_cmd.add_argument("uvicorn", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             session.commit()
         print(f"institution {args.code}: {outcome}")
         return 0
+    if args.command == "names":
+        return index_names(sessions)
     if args.action == "seal" and args.every:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         sealer = audit.Sealer(get_engine(), every_s=args.every)
@@ -77,6 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit record {problem.id}: {problem.reason}")
     print(f"{checked} sealed audit records checked, {len(problems)} problems")
     return 1 if problems else 0
+
+
+def index_names(sessions: Callable[[], Session]) -> int:
+    """Index the names of patients the name index does not hold yet, a batch per
+    transaction (names are decrypted in memory only)."""
+    from .api.deps import get_pii
+
+    done, after = 0, 0
+    while True:
+        with sessions() as session, session.begin():
+            registry = Registry(session, get_pii(), gateway_url="")
+            last = registry.index_missing_names(after)
+        if last is None:
+            break
+        done, after = done + 1, last
+    print(f"name index: {done} batch(es) of patients added")
+    return 0
 
 
 def _stop_on_signals(stop: Callable[[], object]) -> None:

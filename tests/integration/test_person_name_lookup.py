@@ -8,13 +8,17 @@ import datetime as dt
 import random
 from typing import Any
 
+import psycopg
 import pytest
 
 from deploy.samples.records import exam_record, patient_record
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient
+from deploy.stack.launcher import load_context
+from deploy.stack.settings import StackSettings
 
 from .fresh import fresh_seed
+from .test_audit import indexer_cli
 
 SEARCH = "/api/v1/persons/exams/search"
 HANZI = "赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜"
@@ -114,3 +118,29 @@ def test_patients_loaded_in_bulk_are_found_by_name(
     born = study.patient.birth_date.isoformat()
     found = search(stack, tokens["rad_a"], name=name, birth_date=born)
     assert exam_nos(found) == {study.exam.exam_no}
+
+
+def test_patients_registered_before_the_name_index_join_it_by_the_command(
+    stack: StackClient, tokens: dict[str, str], stack_settings: StackSettings
+) -> None:
+    """A site upgraded to 0008 indexes its earlier patients with `indexer names index`
+    (the launcher runs it after the migrations); here a patient's rows are removed to
+    stand for one registered before."""
+    rng = random.Random(fresh_seed())  # noqa: S311 - sample data
+    name = rng.choice(HANZI) + "".join(rng.choices(HANZI, k=2))
+    study = make_study(fresh_seed(), "CT", instances=1, institution_code="H0001")
+    register(stack, tokens["admin"], "H0001", study, name=name)
+    born = study.patient.birth_date.isoformat()
+    ctx = load_context(stack_settings)
+    with psycopg.connect(ctx.pg_dsn("indexer", "indexer", "db_indexer"), autocommit=True) as db:
+        db.execute(
+            "DELETE FROM patient_name_index WHERE patient_id = (SELECT id FROM patients"
+            " WHERE institution_code = 'H0001' AND mrn = %s)",
+            (study.patient.mrn,),
+        )
+    assert exam_nos(search(stack, tokens["rad_a"], name=name, birth_date=born)) == set()
+    indexed = indexer_cli(stack_settings, "names", "index")
+    assert indexed.returncode == 0, indexed.stdout + indexed.stderr
+    assert exam_nos(search(stack, tokens["rad_a"], name=name, birth_date=born)) == {
+        study.exam.exam_no
+    }

@@ -79,6 +79,8 @@ class Indexer(Service):
             ],
             "alembic upgrade",
         )
+        # patients written before the name index (migration 0008) join it once
+        self._run([str(bin_dir / "python"), "-m", "indexer", "names", "index"], "name index")
         for code, name in INSTITUTIONS.items():
             self._run(
                 [str(bin_dir / "python"), "-m", "indexer", "institutions", "add", code, name],
