@@ -38,7 +38,7 @@ import httpx
 from bench.netns import WanLink
 from deploy.stack.launcher import load_context, read_stack_env
 from deploy.stack.pki import issue_leaf
-from deploy.stack.services.orthanc import ORTHANC_BIN, PLUGIN_DIR, deep_merge
+from deploy.stack.services.orthanc import ORTHANC_BIN, PLUGIN_DIR, deep_merge, dicom_modality
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
@@ -175,7 +175,7 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
             "RegisteredUsers": {"edge": password},
             "Plugins": [str(PLUGIN_DIR / "libOrthancPython.so")],
             "PythonScript": str(REPO_ROOT / "orthanc-plugins" / "edge_plugin.py"),
-            "DicomModalities": {"DEMO_CT": ["DEMO_CT", "127.0.0.1", 104]},
+            "DicomModalities": {"DEMO_CT": dicom_modality("DEMO_CT", 104)},
             "HttpsCACertificates": plan["ca_cert"],
             "OrthancPeers": {
                 "central": {
