@@ -75,7 +75,10 @@ def main() -> int:
         f"  Orthanc Explorer  {gw}/orthanc-login  "
         f"({stack['DEMO_ADMIN_USER']} / {stack['DEMO_ADMIN_PASSWORD']})"
     )
-    print(f"  Keycloak admin    {stack['KEYCLOAK_URL']}/admin/  (realm {stack['KEYCLOAK_REALM']})")
+    print(
+        f"  Keycloak admin    {stack['KEYCLOAK_INTERNAL_URL']}/admin/  (this host only; "
+        f"realm {stack['KEYCLOAK_REALM']})"
+    )
     print(
         f"  CA certificate    {stack['CA_CERT']}  (import it in the browser to trust the gateway)"
     )
