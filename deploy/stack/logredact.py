@@ -2,9 +2,12 @@
 
 Orthanc's core logs some DICOM values at ERROR level whatever the verbosity: a store that
 lacks a UID is logged as "... not present in the DICOM file (PatientID=..., ...)". No
-setting of Orthanc 1.10.1 stops that line, so the launcher pipes Orthanc's output through
-this filter: `python -m deploy.stack.logredact LOGFILE` reads stdin and appends to LOGFILE
-(mode 0600), masking the value of every patient attribute it recognises.
+setting of Orthanc stops that line. nginx's error log writes the request line of a request
+that failed upstream, query string and path included (a search's PatientName, a patient
+route's MRN, a share link's secret). So the launcher pipes the output of both through this
+filter: `python -m deploy.stack.logredact LOGFILE` reads stdin and appends to LOGFILE
+(mode 0600), masking the value of every patient attribute it recognises, every query
+string, MRNs in patient routes and share-link secrets.
 """
 
 from __future__ import annotations
@@ -31,16 +34,24 @@ PERSONAL_KEYWORDS = (
     "AccessionNumber",
 )
 _KEYS = "|".join(PERSONAL_KEYWORDS)
-# Keyword=value (up to a comma, parenthesis, semicolon, or line end) and "Keyword": "value".
-_ASSIGNED = re.compile(rf"\b({_KEYS})=([^,;)\n]*)")
+# Keyword=value up to the next ", Keyword=", a closing parenthesis or the line's end (a
+# value may hold commas), and "Keyword": "value".
+_ASSIGNED = re.compile(rf"\b({_KEYS})=(.*?)(?=, [A-Za-z][A-Za-z0-9]*=|\)|$)")
 _JSON = re.compile(rf'("(?:{_KEYS})"\s*:\s*)"((?:[^"\\\n]|\\.)*)"')
+# In URLs: any query string, the MRN of a patient route, a share link's secret.
+_QUERY = re.compile(r"(/[^\s\"?]*)\?[^\s\"]*")
+_MRN = re.compile(r"(/api/v1/institutions/[^/\s\"]+/patients/)[^/\s\"?]+")
+_SHARE = re.compile(r"(/s/)[^/\s\"?]+")
 MASK = "(redacted)"
 
 
 def redact(line: str) -> str:
     """The line with the values of personal attributes replaced by MASK."""
+    line = _QUERY.sub(lambda m: f"{m.group(1)}?{MASK}", line)  # first: ends at a space
     line = _ASSIGNED.sub(lambda m: f"{m.group(1)}={MASK}", line)
-    return _JSON.sub(lambda m: f'{m.group(1)}"{MASK}"', line)
+    line = _JSON.sub(lambda m: f'{m.group(1)}"{MASK}"', line)
+    line = _MRN.sub(lambda m: f"{m.group(1)}(mrn)", line)
+    return _SHARE.sub(lambda m: f"{m.group(1)}(secret)", line)
 
 
 def main(argv: list[str]) -> int:

@@ -40,6 +40,7 @@ class Gateway(Service):
     name = "gateway"
     ports = ("gateway",)
     stop_signal = signal.SIGQUIT  # graceful: finish open requests, then exit
+    redact_log = True  # its error log (stderr) writes failed request lines, queries included
 
     @property
     def home(self) -> Path:
