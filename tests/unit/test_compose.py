@@ -58,3 +58,23 @@ def test_images_are_pinned() -> None:
         image = service.get("image", "")
         if image and not image.startswith("imaging-cloud/"):
             assert re.search(r":[\w.]+$", image) and not image.endswith(":latest"), name
+
+
+def test_seaweedfs_runs_with_its_security_config_and_no_http_admin_api(tmp_path: Path) -> None:
+    from deploy.compose.seaweedfs_security import write
+
+    weed = load()["services"]["seaweedfs"]
+    assert "-disableHttp" in weed["command"].split()
+    assert any(v.endswith(":/etc/seaweedfs:ro") for v in weed["volumes"])
+    path = write(tmp_path / "weed")
+    assert path.stat().st_mode & 0o777 == 0o600
+    text = path.read_text()
+    for section in (
+        "jwt.signing",
+        "jwt.signing.read",
+        "jwt.filer_signing",
+        "jwt.filer_signing.read",
+    ):
+        keys = re.findall(rf'^\[{re.escape(section)}\]\nkey = "([^"]+)"', text, re.M)
+        assert len(keys) == 1 and len(keys[0]) >= 40, section
+
