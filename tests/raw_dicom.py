@@ -37,3 +37,38 @@ def with_study_uid_first(ds: Dataset, first: str) -> bytes:
     data = part10(ds)
     own = ui_element(0x0020, 0x000D, str(ds.StudyInstanceUID))
     return insert_before(data, own, ui_element(0x0020, 0x000D, first))
+
+
+def element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    """One element, Explicit VR Little Endian, with the length field that `vr` has in the
+    standard (2 bytes, or 2 reserved and 4 for OB, SQ, UN, ...); any other VR, 2 bytes."""
+    if len(value) % 2:
+        value += b"\0"
+    if vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def data_set_start(data: bytes) -> int:
+    """The offset of a Part 10 file's first data set element (past the file meta)."""
+    (meta_length,) = struct.unpack_from("<I", data, 140)  # (0002,0000)'s value
+    return 144 + meta_length
+
+
+def unknown_vr_polyglot(ds: Dataset, study_uid: str) -> bytes:
+    """The reviewer's file: `ds` with, first in its data set, (0008,0001) of VR 'ZZ' and
+    (0008,0003) OB that hides a SOP, a patient ID, `study_uid` and the series. pydicom
+    reads ZZ's length in 2 bytes (4) and skips the OB; DCMTK reads it in 4 bytes (12),
+    which swallows the OB's header, and reads the hidden elements as the instance's."""
+    data = part10(ds)
+    hidden = (
+        ui_element(0x0008, 0x0016, str(ds.SOPClassUID))
+        + ui_element(0x0008, 0x0018, str(ds.SOPInstanceUID))
+        + element(0x0010, 0x0020, b"LO", str(ds.PatientID).encode())
+        + ui_element(0x0020, 0x000D, study_uid)
+        + ui_element(0x0020, 0x000E, str(ds.SeriesInstanceUID))
+    )
+    zz = struct.pack("<HH2sHI", 0x0008, 0x0001, b"ZZ", 4, 12)
+    ob = struct.pack("<HH2sHI", 0x0008, 0x0003, b"OB", 0, len(hidden)) + hidden
+    start = data_set_start(data)
+    return data[:start] + zz + ob + data[start:]

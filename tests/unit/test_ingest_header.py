@@ -6,13 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
+import struct
+import subprocess
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.filereader import dcmread
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from deploy.samples.studies import make_study
 from indexer.errors import InvalidRecord
-from indexer.services.ingest import split_header
+from indexer.services.ingest import Ambiguous, HeaderTooLarge, split_header
+from tests.raw_dicom import data_set_start, part10, unknown_vr_polyglot
 
 
 def dicom_file() -> tuple[bytes, str]:
@@ -85,3 +102,134 @@ def test_a_deflated_file_gets_a_clear_refusal_not_a_crash() -> None:
     except InvalidRecord:
         return  # refused with a 422
     assert found.study == str(ds.StudyInstanceUID)  # or read: the UID came before the damage
+
+
+# -- the element walk reads each length as DCMTK does (#18, 1 review) ------------------------
+
+
+def dcmdump_study(data: bytes, tmp_path: Path) -> str:
+    """The StudyInstanceUID that DCMTK (Orthanc's reader) finds in `data`."""
+    path = tmp_path / "f.dcm"
+    path.write_bytes(data)
+    out = subprocess.run(
+        ["dcmdump", "+P", "0020,000d", str(path)], capture_output=True, text=True, timeout=30
+    ).stdout
+    return out.split("[", 1)[1].split("]", 1)[0]
+
+
+def test_an_unknown_vr_that_dcmtk_reads_with_a_long_length_is_refused(tmp_path: Path) -> None:
+    ds = next(make_study(9, "CT", instances=1).instances())
+    victim = "1.2.3.4.5.6.7.8.9"
+    data = unknown_vr_polyglot(ds, victim)
+    if shutil.which("dcmdump"):  # the two readers do see two studies in it
+        assert dcmdump_study(data, tmp_path) == victim
+    assert dcmread(io.BytesIO(data)).StudyInstanceUID == ds.StudyInstanceUID
+    with pytest.raises(Ambiguous, match=r"\(0008,0001\) has VR 'ZZ', not standard"):
+        asyncio.run(split_header(chunks(data, 4096)))
+
+
+@pytest.mark.parametrize("vr", [b"ZZ", b"ob", b"\x00\x01", b"O\xff"])
+def test_any_vr_outside_the_standard_is_refused(vr: bytes) -> None:
+    ds = next(make_study(9, "CT", instances=1).instances())
+    data = part10(ds)
+    start = data_set_start(data)
+    odd = struct.pack("<HH2sH", 0x0008, 0x0001, vr, 4) + b"1234"
+    with pytest.raises(Ambiguous, match="not standard"):
+        asyncio.run(split_header(chunks(data[:start] + odd + data[start:], 4096)))
+
+
+def item(**values: str) -> Dataset:
+    found = Dataset()
+    for name, value in values.items():
+        setattr(found, name, value)
+    return found
+
+
+def with_sequences(undefined: bool, syntax: str) -> tuple[bytes, Dataset]:
+    """A CT instance with ProcedureCodeSequence and ReferencedImageSequence (before the
+    UIDs), an item holding another study's UID and a nested sequence."""
+    ds = next(make_study(10, "CT", instances=1).instances())
+    ds.ProcedureCodeSequence = [item(CodeValue="CT01", CodingSchemeDesignator="L", CodeMeaning="x")]
+    inner = item(StudyInstanceUID=generate_uid(), ReferencedSOPInstanceUID=generate_uid())
+    inner.PurposeOfReferenceCodeSequence = [item(CodeValue="121311")]  # nested
+    ds.ReferencedImageSequence = [inner, item(ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2")]
+    if undefined:
+        for sequence in (ds.ProcedureCodeSequence, ds.ReferencedImageSequence):
+            for one in sequence:
+                one.is_undefined_length_sequence_item = True
+        for name in ("ProcedureCodeSequence", "ReferencedImageSequence"):
+            ds[name].is_undefined_length = True
+        inner["PurposeOfReferenceCodeSequence"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = syntax
+    return part10(ds), ds
+
+
+@pytest.mark.parametrize("undefined", [True, False], ids=["undefined length", "defined length"])
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    ],
+)
+@pytest.mark.parametrize("size", [7, 4096, 10**7])
+def test_sequences_before_the_uids_are_stepped_over_item_by_item(
+    undefined: bool, syntax: str, size: int
+) -> None:
+    data, ds = with_sequences(undefined, syntax)
+    found, _ = asyncio.run(split_header(chunks(data, size)))
+    assert (found.study, found.series, found.sop) == (
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+    )  # not the study UID inside the item
+
+
+def test_an_item_longer_than_its_sequence_is_refused() -> None:
+    data, ds = with_sequences(False, ExplicitVRLittleEndian)
+    code = ds.ProcedureCodeSequence[0]
+    at = data.index(b"\x08\x00\x32\x10SQ")  # ProcedureCodeSequence, defined length
+    (length,) = struct.unpack_from("<I", data, at + 8)
+    lying = data[: at + 8] + struct.pack("<I", length - 2) + data[at + 12 :]
+    assert code.CodeValue
+    with pytest.raises(Ambiguous, match="do not match their lengths"):
+        asyncio.run(split_header(chunks(lying, 4096)))
+
+
+def deflate_bomb(inflated_mb: int) -> bytes:
+    """A deflated file whose data set holds, before its UIDs, a private OB element of
+    `inflated_mb` MB of zeros: tiny on the wire, huge inflated."""
+    ds = next(make_study(12, "CT", instances=1).instances())
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    plain = part10(ds)
+    start = data_set_start(plain)
+    meta = plain[:start]
+    pack = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    size = inflated_mb * 1024 * 1024
+    body = [pack.compress(struct.pack("<HH2sHI", 0x0007, 0x0010, b"OB", 0, size))]
+    for _ in range(inflated_mb):
+        body.append(pack.compress(b"\0" * 1024 * 1024))
+    plain_ds = dcmread(io.BytesIO(plain))
+    buffer = io.BytesIO()
+    plain_ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dcmwrite(buffer, plain_ds, enforce_file_format=True)
+    rest = buffer.getvalue()[data_set_start(buffer.getvalue()) :]
+    body.append(pack.compress(rest) + pack.flush())
+    return meta + b"".join(body)
+
+
+def test_a_deflate_bomb_is_refused_at_the_limit_without_inflating_it() -> None:
+    bomb = deflate_bomb(256)
+    assert len(bomb) < 400_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderTooLarge, match="first 4 MB") as info:
+            asyncio.run(split_header(chunks(bomb, 65536)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.status == 400
+    assert peak < 32 * 1024 * 1024, peak
