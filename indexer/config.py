@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = 5
     # Public base URL of the HTTPS gateway, used to build DICOMweb and viewer links.
     gateway_url: str = "https://127.0.0.1"
+    # Sent by the gateway (nginx) on every request it passes here: only a request bearing
+    # it has its forwarded client address believed (the audit trail's source). Empty: none.
+    gateway_forward_secret: SecretStr = Field(
+        default=SecretStr(""), description="the gateway's X-Gateway-Secret header value"
+    )
     # Keys for personal data: {"key_id", "algorithm": "aes-256-gcm"|"sm4-gcm",
     # "encryption_key": base64 (32 bytes; 16 for SM4), "blind_index_key": base64 (32 bytes)}
     pii_key_file: Path = Field(description="JSON key file for personal data (mode 0600)")

@@ -24,6 +24,7 @@ SECRET_NAMES = (
     "demo_hospital_admin_a",
     "demo_clinician_b",
     "indexer_platform_key",
+    "gateway_forward_secret",  # nginx -> indexer: its forwarded client address is believed
     "gateway_h0001",
     "gateway_h0002",
     # SeaweedFS's own JWT signing keys (security.toml): volume writes and reads, filer

@@ -4,9 +4,11 @@ resource in pseudonymised form (DICOMweb at its real level: study, series, insta
 frames), the query's filters (personal values pseudonymised, secrets left out), purpose,
 source address and the HTTP status.
 
-The source address is the client's as the gateway saw it: uvicorn takes X-Forwarded-For
-only from the gateway's own loopback address (--forwarded-allow-ips, nginx's proxy_bind);
-from anyone else the header is ignored and the real peer recorded."""
+The source address is the client's as the gateway saw it: X-Real-IP (X-Original-Remote,
+X-Forwarded-For) is believed only on a request that carries the gateway's secret header
+(X-Gateway-Secret, set by nginx on every request it passes here, per-stack secret); from
+anyone else (a local process, whatever address it binds) the headers are ignored and the
+TCP peer recorded. uvicorn's own --proxy-headers is off: request.client is that peer."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
@@ -62,6 +66,16 @@ PERSONAL = {
 _PERSONAL_KEYS = {k.lower(): k for k in PERSONAL} | {t: k for k, t in PERSONAL.items() if t}
 _SECRET_KEYS = frozenset({"code", "state", "session_state", "token", "access_token", "secret"})
 _MAX_KEYS, _MAX_VALUE = 24, 64
+# Recorded filters always fit the column as valid JSON: characters that JSON would escape
+# to \uXXXX (controls, lone surrogates) become "?", and keys past what fits are left out
+# and counted under TRUNCATED. (An over-long value cut by the writer would be invalid JSON.)
+FILTERS_WIDTH = 4000  # audit_events.filters (migration 0007)
+TRUNCATED = "(truncated)"
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    return _UNPRINTABLE.sub("?", text[:_MAX_VALUE])
 
 
 def filters_of(query: str) -> str | None:
@@ -71,23 +85,40 @@ def filters_of(query: str) -> str | None:
 
 def filters_of_pairs(pairs: list[tuple[str, str]]) -> str | None:
     """Keys and values as JSON (a key asked twice: a list), personal values as pseudonyms,
-    secrets (an OAuth code, say) as "(secret)"; None without any."""
-    pairs = pairs[:_MAX_KEYS]
+    secrets (an OAuth code, say) as "(secret)"; None without any. At most _MAX_KEYS pairs
+    of _MAX_VALUE characters each, and never more than FILTERS_WIDTH characters: what is
+    left out is counted under "(truncated)"."""
     if not pairs:
         return None
-    out: dict[str, str | list[str]] = {}
-    for key, value in pairs:
-        key = key[:_MAX_VALUE]
+    left_out = max(0, len(pairs) - _MAX_KEYS)
+    out: dict[str, str | list[str] | int] = {}
+    for key, value in pairs[:_MAX_KEYS]:
+        key = _printable(key)
         keyword = _PERSONAL_KEYS.get(key.lower().strip("()").replace(",", ""))
+        if key == TRUNCATED:
+            key = "?truncated?"  # the marker is the recorder's alone
         if keyword:
             value = pseudonym(keyword, value)
         elif key.lower() in _SECRET_KEYS:
             value = "(secret)"
         else:
-            value = value[:_MAX_VALUE]
+            value = _printable(value)
         had = out.get(key)
-        out[key] = value if had is None else [*([had] if isinstance(had, str) else had), value]
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+        if had is None:
+            candidate = {**out, key: value}
+        else:
+            candidate = {**out, key: [*([had] if isinstance(had, str) else had), value]}  # type: ignore[list-item]
+        if len(_dump({**candidate, TRUNCATED: _MAX_KEYS})) > FILTERS_WIDTH:
+            left_out += 1
+            continue
+        out = candidate
+    if left_out:
+        out[TRUNCATED] = left_out
+    return _dump(out)
+
+
+def _dump(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 _LEVEL = {"studies": "study", "series": "series", "instances": "instance", "frames": "frames"}
@@ -238,5 +269,27 @@ async def audited(
         )
 
 
+GATEWAY_SECRET_HEADER = "x-gateway-secret"  # noqa: S105 - a header name
+_FORWARDED = ("x-real-ip", "x-original-remote", "x-forwarded-for")
+
+
+def from_gateway(request: Request) -> bool:
+    """Whether the request carries the gateway's secret (constant-time comparison)."""
+    settings = getattr(request.app.state, "settings", None)
+    secret = settings.gateway_forward_secret.get_secret_value() if settings else ""
+    sent = request.headers.get(GATEWAY_SECRET_HEADER, "")
+    return bool(secret) and hmac.compare_digest(sent.encode(), secret.encode())
+
+
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's address as the gateway saw it, or the TCP peer's (see the module)."""
+    peer = request.client.host if request.client else None
+    if not from_gateway(request):
+        return peer
+    for name in _FORWARDED:
+        value = request.headers.get(name, "").rsplit(",", 1)[-1].strip()
+        try:
+            return str(ip_address(value))
+        except ValueError:
+            continue
+    return peer

@@ -107,6 +107,8 @@ def event(
         **DETAIL_DEFAULTS,
         **detail,
     }
+    if len(record["filters"] or "") > WIDTHS["filters"]:  # cut JSON would not be JSON
+        record["filters"] = '{"(truncated)":"all"}'
     for column, width in WIDTHS.items():
         value = record[column]
         if isinstance(value, str):

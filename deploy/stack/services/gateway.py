@@ -74,6 +74,7 @@ class Gateway(Service):
                 "CENTRAL": f"127.0.0.1:{self.ctx.ports['central_http']}",
                 "CENTRAL_BASIC_AUTH": basic,
                 "INDEXER": f"127.0.0.1:{self.ctx.ports['indexer']}",
+                "GATEWAY_FORWARD_SECRET": self.ctx.secrets["gateway_forward_secret"],
                 "KEYCLOAK": f"127.0.0.1:{self.ctx.ports['keycloak']}",
                 "KEYCLOAK_ADMIN_ACCESS": keycloak_admin_access(
                     self.ctx.settings.keycloak_admin_cidrs

@@ -13,7 +13,6 @@ from ..context import INSTITUTION_A, INSTITUTION_B, REALM
 from ..errors import StackError
 from .base import Service, http_health
 
-GATEWAY_SOURCE = "127.0.0.2"  # nginx's proxy_bind towards the indexer
 INSTITUTIONS = {INSTITUTION_A: "Demo Hospital A", INSTITUTION_B: "Demo Hospital B"}
 
 
@@ -35,6 +34,8 @@ class Indexer(Service):
             "INDEXER_CENTRAL_URL": f"http://127.0.0.1:{self.ctx.ports['central_http']}",
             "INDEXER_CENTRAL_BASIC_AUTH": "central-admin:" + self.ctx.secrets["central_orthanc"],
             "INDEXER_PLATFORM_KEY": self.ctx.secrets["indexer_platform_key"],
+            # the gateway's X-Gateway-Secret: only its requests' forwarded address counts
+            "INDEXER_GATEWAY_FORWARD_SECRET": self.ctx.secrets["gateway_forward_secret"],
             "PYTHONPATH": str(self.ctx.settings.repo_root),
         }
 
@@ -89,9 +90,9 @@ class Indexer(Service):
 
     def argv(self) -> list[str]:
         # `serve` runs uvicorn with this node's audit sealer beside it (one, not one per
-        # worker). Forwarded headers (the client's address in the audit trail) count only
-        # from the gateway, which connects from its own loopback address (proxy_bind in
-        # nginx.conf.template): a local process's X-Forwarded-For is ignored.
+        # worker). uvicorn's own proxy headers are off (request.client stays the TCP peer):
+        # the indexer believes a forwarded client address only on a request bearing the
+        # gateway's secret header (audit_middleware.client_address), whoever connects.
         return [
             str(self.ctx.settings.venv_bin / "python"),
             "-m",
@@ -111,9 +112,7 @@ class Indexer(Service):
             "--http",
             "httptools",
             "--no-access-log",
-            "--proxy-headers",
-            "--forwarded-allow-ips",
-            GATEWAY_SOURCE,
+            "--no-proxy-headers",
         ]
 
     def health(self) -> str | None:

@@ -79,12 +79,23 @@ def audit_events(
             item["occurred_at"] = item["occurred_at"].isoformat()
         if item["event_id"] is not None:
             item["event_id"] = str(item["event_id"])
-        if item["filters"] is not None:
-            item["filters"] = json.loads(item["filters"])
+        item["filters"] = stored_filters(item["filters"])
         events.append(item)
     return Response(
         json.dumps({"events": events}, ensure_ascii=False), media_type="application/json"
     )
+
+
+def stored_filters(raw: str | None) -> dict[str, Any] | None:
+    """A row's filters as recorded; a value that is not a JSON object (a row written
+    before filters were always valid JSON) as {"(unparsed)": the text}: never a 500."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"(unparsed)": raw}
+    return value if isinstance(value, dict) else {"(unparsed)": raw}
 
 
 AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x20-\x5b\x5d-\x7e]{0,16}$")]
