@@ -238,4 +238,5 @@ async def search_one(
     kept = [(k, v) for k, v in params if k not in ("StudyInstanceUID", "limit", "offset")]
     split = qido_match.split(kept, CONTROL_KEYS)
     answer = await central.studies([*split.central, ("StudyInstanceUID", study)])
-    return [s for s in answer if all(f.matches(s) for f in split.local)]
+    # the link's study alone, whatever else the query named (a 0020000D key, say)
+    return [s for s in answer if study_uid(s) == study and all(f.matches(s) for f in split.local)]

@@ -119,12 +119,13 @@ def revoke(
     row = reg.session.get(Grant, grant_id, with_for_update=True)
     if row is None or row.owner_institution != code or row.study_instance_uid != study_instance_uid:
         raise NotFound("no such grant on this institution's study")
-    if row.revoked_at is None:  # and every other live row of its key, if any slipped in
-        now = dt.datetime.now(dt.UTC)
-        key = [getattr(Grant, name) == getattr(row, name) for name in LIVE_KEY]  # None: IS NULL
-        reg.session.execute(
-            update(Grant).where(*key, Grant.revoked_at.is_(None)).values(revoked_at=now)
-        )
+    # every live row of its key (study, grantee, kind), whatever the state of the named one:
+    # a copy that migration 0006 revoked names the grant it kept live
+    now = dt.datetime.now(dt.UTC)
+    key = [getattr(Grant, name) == getattr(row, name) for name in LIVE_KEY]  # None: IS NULL
+    reg.session.execute(
+        update(Grant).where(*key, Grant.revoked_at.is_(None)).values(revoked_at=now)
+    )
     reg.session.commit()
     reg.session.refresh(row)
     return _out(row)
