@@ -181,3 +181,57 @@ def test_an_instance_indexed_elsewhere_is_refused_and_taken_back_only_if_new(
         asyncio.run(_indexed_as_checked(central("9.9", calls), done, CHECKED, stored))
     assert ("DELETE /instances/i" in calls) is removed
     assert done.resource == "study:9.9"  # the study it really joined
+
+
+# -- a failed after-store check leaves nothing unchecked at central --------------------------
+
+
+def failing_central(calls: list[str], get: str, deletes_failing: int) -> httpx.AsyncClient:
+    """Central that fails the after-store check (`get`: "timeout" or "500"), then fails
+    the first `deletes_failing` removals (a timeout each)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        assert request.extensions["timeout"]["read"] is not None  # an explicit timeout
+        if request.method == "DELETE":
+            if calls.count(calls[-1]) <= deletes_failing:
+                raise httpx.ReadTimeout("slow", request=request)
+            return httpx.Response(200, json={})
+        if get == "timeout":
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(500, text="no")
+
+    return httpx.AsyncClient(
+        transport=httpx.MockTransport(answer),
+        base_url="http://central",
+        timeout=None,  # noqa: S113 (the code must set its own)
+    )
+
+
+@pytest.mark.parametrize("get", ["timeout", "500"])
+@pytest.mark.parametrize("status", ["Success", "AlreadyStored"])
+def test_an_instance_that_could_not_be_checked_is_taken_back_if_new(get: str, status: str) -> None:
+    from indexer.api.audit_middleware import Decision
+    from indexer.api.routes.ingest import _indexed_as_checked
+
+    calls: list[str] = []
+    done = Decision("study:1.2.3")
+    stored = {"ID": "i", "ParentStudy": "t", "Status": status}
+    with pytest.raises(ingest.CentralRefused, match="could not be checked"):
+        asyncio.run(_indexed_as_checked(failing_central(calls, get, 1), done, CHECKED, stored))
+    removals = [c for c in calls if c.startswith("DELETE")]
+    assert removals == (["DELETE /instances/i"] * 2 if status == "Success" else [])
+    assert done.resource == "study:1.2.3"
+
+
+def test_a_removal_that_keeps_failing_is_bounded_and_audited() -> None:
+    from indexer.api.audit_middleware import Decision
+    from indexer.api.routes.ingest import _indexed_as_checked
+
+    calls: list[str] = []
+    done = Decision("study:1.2.3")
+    stored = {"ID": "i", "ParentStudy": "t", "Status": "Success"}
+    with pytest.raises(ingest.CentralRefused, match="removal failed"):
+        asyncio.run(_indexed_as_checked(failing_central(calls, "500", 99), done, CHECKED, stored))
+    assert calls.count("DELETE /instances/i") == ingest.REMOVE_TRIES
+    assert done.resource == "study:1.2.3/instances/i"  # what is left at central

@@ -8,19 +8,21 @@ straight to central."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, InvalidRecord
+from ...errors import Forbidden, IndexerError, InvalidRecord
 from ...security.auth import PLATFORM_ADMIN, Principal
 from ...services import ingest, lookup_sql
 from ..audit_middleware import Decision, audited, client_address
 from ..deps import authenticate
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 
 def _edge_or_admin(request: Request, authorization: str | None) -> Principal:
@@ -74,18 +76,38 @@ async def _indexed_as_checked(
 ) -> None:
     """Refuse (and take back) an instance that Orthanc indexed in another study than the
     one checked: Orthanc read the file otherwise. An instance that was already stored is
-    left alone (it is someone else's); the audit row names the study it really is in."""
+    left alone (it is someone else's); the audit row names the study it really is in.
+    If the check itself fails (central times out, answers otherwise), an instance this
+    upload stored is taken back too: what was not checked does not stay."""
     if not isinstance(stored, dict) or "ID" not in stored:
         raise ingest.CentralRefused("central archive: unexpected answer to an upload")
-    joined = await ingest.indexed_study(client, checked, stored)
+    new = stored.get("Status") == "Success"
+    try:
+        joined = await ingest.indexed_study(client, checked, stored)
+    except (IndexerError, KeyError, TypeError, AttributeError) as exc:
+        if new:
+            await _take_back(client, done, str(stored["ID"]))
+        log.warning("after-store check failed (%s); new instance taken back: %s", exc, new)
+        raise ingest.CentralRefused(
+            "central archive: the stored instance could not be checked"
+        ) from exc
     if joined is None:
         return
     done.resource = f"study:{joined}"[:200]
-    if stored.get("Status") == "Success":
-        await ingest.remove(client, str(stored["ID"]))
+    if new:
+        await _take_back(client, done, str(stored["ID"]))
     raise ingest.Ambiguous(
         "body", "central read other identifying elements in this file than the check did"
     )
+
+
+async def _take_back(client: httpx.AsyncClient, done: Decision, instance_id: str) -> None:
+    try:
+        await ingest.remove(client, instance_id)
+    except ingest.CentralRefused as exc:  # the audit row names what is left at central
+        done.resource = f"{done.resource or 'study:?'}/instances/{instance_id}"[:200]
+        log.error("unchecked instance %s left at central: %s", instance_id, exc)
+        raise
 
 
 @router.post("/orthanc/tools/lookup")
