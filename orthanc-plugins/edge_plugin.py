@@ -404,12 +404,14 @@ SCP = DicomScp(
     RETRIEVER.retriever.fetch,
     AUDIT,
     notify=AUDIT_SENDER.notify if AUDIT_SENDER else lambda: None,
+    query_retrieve_aets=CONFIG.query_retrieve_aets,
 )
 
 
 def _on_find(answers, query, issuer_aet, called_aet):
-    """C-FIND from an AE that DicomModalities allows: answered from this edge's index, as
-    Orthanc's core would, and audited (imgcloud.dicom_scp). Raising fails the C-FIND."""
+    """C-FIND from any known AE: refused unless ImagingCloud.QueryRetrieveAETs names it, else
+    answered from this edge's index; audited either way (imgcloud.dicom_scp). Raising fails
+    the C-FIND."""
     asked = [
         (query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i), query.GetFindQueryValue(i))
         for i in range(query.GetFindQuerySize())
@@ -423,9 +425,9 @@ def _on_find(answers, query, issuer_aet, called_aet):
 
 
 def _on_move(**request):
-    """C-MOVE from the hospital PACS, audited (imgcloud.dicom_scp). Python plugin 4.0 leaks
-    a little memory per C-MOVE handled here (fixed in 4.1); C-MOVEs are rare next to
-    C-STOREs. Raising makes Orthanc answer the C-MOVE with a failure."""
+    """C-MOVE from any known AE, gated and audited as C-FIND (imgcloud.dicom_scp). Python
+    plugin 4.0 leaks a little memory per C-MOVE handled here (fixed in 4.1); C-MOVEs are
+    rare next to C-STOREs. Raising makes Orthanc answer the C-MOVE with a failure."""
     SCP.move(request)
 
 

@@ -1,8 +1,11 @@
-"""The edge's DICOM query/retrieve SCP (#18, 4), audited.
+"""The edge's DICOM query/retrieve SCP (#18, 4), audited, and its gate.
 
-Orthanc refuses, before any plugin sees it, every operation that `DicomModalities` does not
-allow the calling AE (modalities: C-STORE and C-ECHO only; the hospital PACS: C-FIND and
-C-MOVE; C-GET: nobody, as it cannot be observed). What is allowed comes here:
+Orthanc passes every C-FIND and C-MOVE of a known AE (a `DicomModalities` entry, each with
+AllowFind/AllowMove true, checked at load by imgcloud.config) to this plugin, which decides
+per calling AE (`ImagingCloud.QueryRetrieveAETs`: the hospital PACS by default) before any
+database access. A refused operation answers the SCU a failure with no dataset. C-GET is
+answered by Orthanc's core with no plugin hook: AllowGet is false for every AE. What the
+gate lets through:
 
 - C-FIND: answered from this edge's own index through its REST API (`/tools/find`, the
   same matching as Orthanc's core C-FIND: wildcards, ranges, lists, PN case-insensitive),
@@ -11,9 +14,10 @@ C-MOVE; C-GET: nobody, as it cannot be observed). What is allowed comes here:
 - C-MOVE: a study held here is sent as Orthanc would; a study only the cloud holds is
   fetched back from central first (回溯), then sent.
 
-Each becomes an audit event (calling AE, level, query, answers, outcome). The source
-address is the host `DicomModalities` names for the calling AE, which Orthanc checked
-(`DicomCheckModalityHost`): Python plugin 4.0 passes no peer address to these callbacks.
+Each operation, refused or not, becomes an audit event (calling AE, level, query, answers,
+outcome). The source address is the host `DicomModalities` names for the calling AE, which
+Orthanc checked (`DicomCheckModalityHost`): Python plugin 4.0 passes no peer address to
+these callbacks.
 """
 
 from __future__ import annotations
@@ -189,8 +193,10 @@ class DicomScp:
         fetch_back: Callable[[dict[str, str]], dict[str, Any]],
         outbox: AuditOutbox,
         notify: Callable[[], None] = lambda: None,
+        query_retrieve_aets: Iterable[str] = (),
     ) -> None:
         self.modalities = modality_entries(configuration)
+        self.query_retrieve_aets = frozenset(query_retrieve_aets)
         self.local = local
         self.fetch_back = fetch_back
         self.outbox = outbox
@@ -200,6 +206,11 @@ class DicomScp:
             str(configuration.get("DicomAet", "ORTHANC")),
             int(configuration.get("LimitFindResults", 0) or 0),
         )
+
+    def gate(self, operation: str, calling_ae: str) -> None:
+        """Raise DicomRefused unless the calling AE may query and retrieve here."""
+        if calling_ae.strip() not in self.query_retrieve_aets:
+            raise DicomRefused(f"{operation} is not allowed to this AE title")
 
     def audit(
         self,
@@ -241,6 +252,7 @@ class DicomScp:
         level, query = asked_keys(tags)
         sent, outcome = 0, "failed"
         try:
+            self.gate("C-FIND", calling_ae)  # before any database access
             answers, incomplete = self.finder.answers(level, query)
             for answer in answers:
                 add_answer(answer | {"SpecificCharacterSet": "ISO_IR 192"})
@@ -264,6 +276,7 @@ class DicomScp:
         query["MoveDestination"] = target_aet
         sent, outcome = 0, "failed"
         try:
+            self.gate("C-MOVE", calling_ae)  # before any database access
             sent = self._move(level, target_aet, request)
             outcome = "ok"
         except DicomRefused:

@@ -1,6 +1,7 @@
-"""The edge's C-FIND/C-MOVE SCP (#18, 4): answers built as Orthanc's core builds them, and an
-audit event for every operation with the calling AE, the level, the query, the number of
-answers and the outcome (a failure and a refusal too)."""
+"""The edge's C-FIND/C-MOVE SCP (#18, 4): the gate per calling AE, before any database
+access; answers built as Orthanc's core builds them, and an audit event for every operation
+with the calling AE, the level, the query, the number of answers and the outcome (a failure
+and a refusal too)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def local_orthanc(found: list[dict[str, Any]], seen: list[dict[str, Any]]) -> An
 
 def scp_with(tmp_path: Path, found: list[dict[str, Any]], seen: list | None = None) -> DicomScp:
     box = AuditOutbox(tmp_path / "audit.sqlite", lambda d, _n: d, lambda d, _n: d)
-    return DicomScp(CONFIG, local_orthanc(found, [] if seen is None else seen), _no_fetch, box)
+    local = local_orthanc(found, [] if seen is None else seen)
+    return DicomScp(CONFIG, local, _no_fetch, box, query_retrieve_aets={"HOSP_PACS"})
 
 
 def _no_fetch(request: dict[str, str]) -> dict[str, Any]:
@@ -192,3 +194,42 @@ def test_a_host_name_is_no_source_address(tmp_path: Path) -> None:
     scp.modalities["HOSP_PACS"] = ("pacs", "pacs.hospital.example")
     scp.find("HOSP_PACS", "E", [(0x0008, 0x0052, "STUDY")], list().append, lambda: None)
     assert scp.outbox.pending()[0]["source"] == ""
+
+
+def test_an_ae_not_allowed_to_query_is_refused_before_the_index_and_audited(
+    tmp_path: Path,
+) -> None:
+    """The CT modality's C-FIND reaches the plugin (AllowFind true): refused here, audited."""
+    seen: list[dict[str, Any]] = []
+    scp = scp_with(tmp_path, [STUDY], seen)
+    answers: list[dict[str, str]] = []
+    with pytest.raises(DicomRefused, match="C-FIND"):
+        scp.find("DEMO_CT", "EDGE_H0001", IDENTIFIER, answers.append, lambda: None)
+    assert answers == [] and seen == []  # no dataset, no database access
+    (audited,) = scp.outbox.pending()
+    assert (audited["action"], audited["outcome"], audited["answers"]) == (
+        "dicom.c-find",
+        "refused",
+        0,
+    )
+    assert (audited["calling_ae"], audited["source"]) == ("DEMO_CT", "10.0.0.7")
+    assert audited["query"]["PatientName"] == "WANG*"
+
+
+def test_an_ae_not_allowed_to_retrieve_is_refused_and_audited(tmp_path: Path) -> None:
+    scp = scp_with(tmp_path, [STUDY])
+    request = {"Level": "STUDY", "StudyInstanceUID": "1.2.3", "TargetAET": "HOSP_PACS"}
+    with pytest.raises(DicomRefused, match="C-MOVE"):
+        scp.move(request | {"OriginatorAET": "DEMO_CT", "SourceAET": "EDGE_H0001"})
+    assert scp.local.stored == []
+    (audited,) = scp.outbox.pending()
+    assert (audited["action"], audited["outcome"]) == ("dicom.c-move", "refused")
+    assert audited["calling_ae"] == "DEMO_CT"
+
+
+def test_without_a_list_nobody_may_query(tmp_path: Path) -> None:
+    box = AuditOutbox(tmp_path / "audit.sqlite", lambda d, _n: d, lambda d, _n: d)
+    scp = DicomScp(CONFIG, local_orthanc([STUDY], []), _no_fetch, box)
+    with pytest.raises(DicomRefused):
+        scp.find("HOSP_PACS", "E", IDENTIFIER, list().append, lambda: None)
+    assert box.pending()[0]["outcome"] == "refused"

@@ -60,9 +60,12 @@ def test_edge_allows_no_operation_to_every_caller() -> None:
         assert edge[f"DicomAlwaysAllow{operation}"] is False, operation
 
 
-def test_stack_modalities_store_only_and_the_pacs_queries_nobody_gets(tmp_path: Path) -> None:
-    """The demo modality may C-STORE and C-ECHO only; the hospital PACS also C-FIND and
-    C-MOVE; C-GET nobody. The edge plugin's own check accepts the result."""
+def test_stack_modalities_pass_queries_to_the_plugin_which_lets_only_the_pacs(
+    tmp_path: Path,
+) -> None:
+    """Every entry passes C-FIND and C-MOVE to the plugin (so that a refusal is audited),
+    C-GET to nobody; the plugin lets only the hospital PACS query and retrieve. The edge
+    plugin's own check accepts the result."""
     edge = SimpleNamespace(ctx=SimpleNamespace(ports={"hospital_pacs_a": 11112}), letter="A")
     modalities = EdgeOrthanc.local_modalities(edge)  # type: ignore[arg-type]
     allowed = {
@@ -70,7 +73,7 @@ def test_stack_modalities_store_only_and_the_pacs_queries_nobody_gets(tmp_path: 
         for name, entry in modalities.items()
     }
     assert allowed == {
-        DEMO_MODALITY_AET: {"Echo", "Store"},
+        DEMO_MODALITY_AET: {"Echo", "Store", "Find", "Move"},
         HOSPITAL_PACS_AET: {"Echo", "Store", "Find", "Move"},
     }
     static = json.loads((ROOT / "edge-orthanc/orthanc.json").read_text())
@@ -79,5 +82,7 @@ def test_stack_modalities_store_only_and_the_pacs_queries_nobody_gets(tmp_path: 
         "Institution": "H0001",
         "QueueFile": str(tmp_path / "queue.sqlite"),
         "HospitalPacs": HOSPITAL_PACS_AET,
+        "QueryRetrieveAETs": [HOSPITAL_PACS_AET],
     }
-    assert PluginConfig.from_orthanc(config).hospital_pacs == HOSPITAL_PACS_AET
+    loaded = PluginConfig.from_orthanc(config)
+    assert loaded.query_retrieve_aets == {HOSPITAL_PACS_AET}

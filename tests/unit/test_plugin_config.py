@@ -66,7 +66,10 @@ def pacs_without(key: str) -> dict:
             {"DicomModalities": {"pacs": {k: v for k, v in PACS.items() if k != "AllowFind"}}},
             "Find",
         ),
+        ({"DicomModalities": {"pacs": PACS | {"AllowFind": False}}}, "pacs.AllowFind"),
+        ({"DicomModalities": {"pacs": PACS | {"AllowMove": False}}}, "pacs.AllowMove"),
         ({"DicomAlwaysAllowFind": True}, "DicomAlwaysAllowFind"),
+        ({"DicomAlwaysAllowMove": True}, "DicomAlwaysAllowMove"),
         ({"DicomAlwaysAllowGet": True}, "DicomAlwaysAllowGet"),
     ],
 )
@@ -79,3 +82,25 @@ def test_an_edge_refuses_dicom_access_it_cannot_audit(change: dict, setting: str
 def test_an_edge_with_per_ae_permissions_loads() -> None:
     config = EDGE | {"DicomModalities": {"pacs": PACS}, "DicomAlwaysAllowEcho": True}
     assert PluginConfig.from_orthanc(config).role == "edge"
+
+
+def with_gate(aets: object, **section: object) -> dict:
+    config = EDGE | {"DicomModalities": {"pacs": PACS, "ct": PACS | {"AET": "CT1"}}}
+    gate = {} if aets is None else {"QueryRetrieveAETs": aets}
+    config["ImagingCloud"] = EDGE["ImagingCloud"] | gate | section
+    return config
+
+
+def test_the_gate_names_known_ae_titles_and_defaults_to_the_hospital_pacs() -> None:
+    """#18, 4: the plugin decides who may C-FIND and C-MOVE; the PACS only by default."""
+    assert PluginConfig.from_orthanc(with_gate(["HOSP_PACS"])).query_retrieve_aets == {"HOSP_PACS"}
+    assert PluginConfig.from_orthanc(with_gate(None, HospitalPacs="pacs")).query_retrieve_aets == {
+        "HOSP_PACS"
+    }
+    assert PluginConfig.from_orthanc(with_gate(None)).query_retrieve_aets == frozenset()
+
+
+@pytest.mark.parametrize("aets", [["NOBODY"], "HOSP_PACS", [""], [1]])
+def test_a_gate_that_names_no_entry_is_refused(aets: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"ImagingCloud\.QueryRetrieveAETs"):
+        PluginConfig.from_orthanc(with_gate(aets))

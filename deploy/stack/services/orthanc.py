@@ -38,19 +38,18 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def dicom_modality(
-    aet: str, port: int, host: str = "127.0.0.1", *, query_retrieve: bool = False
-) -> dict[str, Any]:
-    """A DicomModalities entry in the long form: C-STORE and C-ECHO for every AE; C-FIND
-    and C-MOVE only with `query_retrieve` (the hospital's own PACS); never C-GET."""
+def dicom_modality(aet: str, port: int, host: str = "127.0.0.1") -> dict[str, Any]:
+    """A DicomModalities entry of an edge in the long form: C-STORE and C-ECHO; C-FIND and
+    C-MOVE passed to the edge plugin, which decides per AE (ImagingCloud.QueryRetrieveAETs)
+    and audits each answer and refusal; never C-GET (Orthanc's core answers it, unaudited)."""
     return {
         "AET": aet,
         "Host": host,
         "Port": port,
         "AllowEcho": True,
         "AllowStore": True,
-        "AllowFind": query_retrieve,
-        "AllowMove": query_retrieve,
+        "AllowFind": True,  # the plugin is the gate: a refusal by Orthanc is not audited
+        "AllowMove": True,
         "AllowGet": False,
         "AllowFindWorklist": False,
         "AllowStorageCommitment": False,
@@ -233,6 +232,8 @@ class EdgeOrthanc(OrthancService):
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
                 "HospitalPacs": HOSPITAL_PACS_AET,
+                # who may C-FIND and C-MOVE here (the plugin refuses and audits the others)
+                "QueryRetrieveAETs": [HOSPITAL_PACS_AET],
                 # study records go to the indexer through the gateway, as the hospital's
                 # gateway service account (client credentials)
                 "Indexer": {
@@ -264,15 +265,16 @@ class EdgeOrthanc(OrthancService):
 
     def local_modalities(self) -> dict[str, dict[str, Any]]:
         """The AE titles this edge talks to in the local stack, all on loopback, in the long
-        form, which says per AE what it may ask (the short form allows everything): the
-        demo modality simulator only sends (C-STORE, C-ECHO); the hospital PACS stand-in
-        also queries and retrieves (C-FIND, C-MOVE) and receives pushed and fetched-back
-        studies. C-GET is refused to every AE: it cannot be audited (Orthanc 1.10.1 gives
-        plugins no hook for it)."""
+        form (the short form allows everything). Orthanc passes each one's C-FIND and C-MOVE
+        to the edge plugin, which lets only ImagingCloud.QueryRetrieveAETs (the hospital
+        PACS stand-in, which also receives pushed and fetched-back studies) through and
+        audits the refusals too: the demo modality simulator may only send (C-STORE,
+        C-ECHO). C-GET is refused to every AE by Orthanc: it cannot be audited (Orthanc
+        1.10.1 gives plugins no hook for it)."""
         pacs_port = self.ctx.ports[f"hospital_pacs_{self.letter.lower()}"]
         return {
             DEMO_MODALITY_AET: dicom_modality(DEMO_MODALITY_AET, 104),
-            HOSPITAL_PACS_AET: dicom_modality(HOSPITAL_PACS_AET, pacs_port, query_retrieve=True),
+            HOSPITAL_PACS_AET: dicom_modality(HOSPITAL_PACS_AET, pacs_port),
         }
 
     def dicom_tls_config(self) -> dict[str, Any]:
