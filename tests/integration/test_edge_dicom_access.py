@@ -1,7 +1,8 @@
 """Who may query and retrieve at an edge (#18, 4), with real DICOM clients (pynetdicom):
 the CT modality's AE title may only C-STORE (its C-FIND, C-GET and C-MOVE are refused and
-return no patient data); the hospital PACS may C-FIND as before, and each of its C-FINDs
-reaches the indexer's audit trail with the calling AE and the number of answers, without
+return no patient data, and its refused C-FIND and C-MOVE reach the indexer's audit trail
+as refused, 403, with its AE title); the hospital PACS may C-FIND as before, and each of
+its C-FINDs reaches the audit trail with the calling AE and the number of answers, without
 the edge logging the personal values it was asked for."""
 
 from __future__ import annotations
@@ -126,10 +127,25 @@ def all_patients() -> Dataset:
     return query
 
 
+def audit_rows(stack: StackClient, action: str, since: str, want: Any) -> list[dict[str, Any]]:
+    """The audit rows of `action` recorded since `since` that `want` keeps, once there are."""
+    auditor = stack.password_token(stack["DEMO_AUDITOR_USER"], stack["DEMO_AUDITOR_PASSWORD"])
+
+    def found() -> list[dict[str, Any]] | None:
+        with stack.gateway(auditor["access_token"]) as api:
+            answer = api.get("/api/v1/audit", params={"action": action, "since": since})
+        assert answer.status_code == 200, answer.text
+        rows = [e for e in answer.json()["events"] if want(e)]
+        return rows or None
+
+    return wait_until(found, 60, f"{action} in the indexer's audit trail")  # type: ignore[return-value]
+
+
 @pytest.mark.parametrize("kind", ["find", "patient-find", "get", "move"])
 def test_the_modality_may_not_query_or_retrieve(
     stack: StackClient, study: SampleStudy, pacs_a: HospitalPacs, kind: str
 ) -> None:
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).isoformat()
     if kind == "patient-find":
         query = all_patients()
     else:
@@ -138,6 +154,21 @@ def test_the_modality_may_not_query_or_retrieve(
     assert SUCCESS not in done.statuses and PENDING not in done.statuses, done.statuses
     assert done.identifiers == [] and done.stored == []
     assert study.exam.study_instance_uid not in {str(d.StudyInstanceUID) for d in pacs_a.received}
+    if kind == "get":
+        return  # Orthanc's core refuses C-GET (AllowGet false) with no plugin hook to audit it
+    action = "dicom.c-move" if kind == "move" else "dicom.c-find"
+    resource = f"study:{study.exam.study_instance_uid}"
+    if kind == "patient-find":
+        resource = "dicom:PATIENT"
+    (row,) = audit_rows(
+        stack,
+        action,
+        since,
+        lambda e: e.get("calling_ae") == "DEMO_CT" and e.get("resource") == resource,
+    )
+    assert row["outcome"] == 403 and row["answers"] == 0, row
+    assert row["called_ae"] == stack["EDGE_A_AET"]
+    assert study.patient.mrn not in str(row)  # pseudonymised by the indexer
 
 
 def test_not_even_the_pacs_may_c_get(stack: StackClient, study: SampleStudy) -> None:
