@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 
 def part10(ds: Dataset) -> bytes:
@@ -72,3 +74,25 @@ def unknown_vr_polyglot(ds: Dataset, study_uid: str) -> bytes:
     ob = struct.pack("<HH2sHI", 0x0008, 0x0003, b"OB", 0, len(hidden)) + hidden
     start = data_set_start(data)
     return data[:start] + zz + ob + data[start:]
+
+
+def deflate_bomb(ds: Dataset, inflated_mb: int) -> bytes:
+    """`ds` (without pixel data) as a deflated file whose data set holds, before the UIDs,
+    a private OB element of `inflated_mb` MB of zeros: tiny on the wire, huge inflated."""
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    plain = part10(ds)
+    start = data_set_start(plain)
+    meta = plain[:start].replace(
+        ui_element(0x0002, 0x0010, ExplicitVRLittleEndian),
+        ui_element(0x0002, 0x0010, DeflatedExplicitVRLittleEndian),
+    )
+    assert len(meta) == start + 2  # one UID 2 bytes longer: the meta group length too
+    (group,) = struct.unpack_from("<I", meta, 140)
+    meta = meta[:140] + struct.pack("<I", group + 2) + meta[144:]
+    pack = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    size = inflated_mb * 1024 * 1024
+    body = [pack.compress(struct.pack("<HH2sHI", 0x0007, 0x0010, b"OB", 0, size))]
+    body += [pack.compress(b"\0" * 1024 * 1024) for _ in range(inflated_mb)]
+    body.append(pack.compress(plain[start:]) + pack.flush())
+    return meta + b"".join(body)

@@ -19,13 +19,19 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from deploy.samples.records import exam_record, patient_record
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient
 from indexer.services import ingest, national_id
-from tests.raw_dicom import part10, ui_element, with_study_uid_first
+from tests.raw_dicom import (
+    deflate_bomb,
+    part10,
+    ui_element,
+    unknown_vr_polyglot,
+    with_study_uid_first,
+)
 
 from .fresh import fresh_seed
 
@@ -170,6 +176,52 @@ def test_central_indexes_a_plain_upload_under_the_ids_the_check_computes(
     stored = answer.json()
     assert stored["Status"] == "Success"
     assert checked.orthanc_ids() == (stored["ID"], stored["ParentStudy"])
+
+
+def test_an_unknown_vr_does_not_hide_another_hospitals_study_uid(
+    stack: StackClient, gw: dict[str, httpx.Client], study_of_a: StudyOfA
+) -> None:
+    """The review's file: (0008,0001) of VR 'ZZ', whose length pydicom reads in 2 bytes
+    and DCMTK in 4, so that DCMTK reads A's study UID hidden in the next element's value
+    and the check a fresh one. Refused by the check itself, before central sees it (the
+    after-store check is the second line, not the first)."""
+    ds = another_instance(study_of_a.ds, generate_uid())
+    attack = unknown_vr_polyglot(ds, study_of_a.uid)
+    before = instances_at_central(stack, study_of_a.orthanc_study)
+    answer = gw[B].post("/orthanc/instances", content=attack, headers=DICOM)
+    assert answer.status_code == 400, answer.text
+    assert instances_at_central(stack, study_of_a.orthanc_study) == before
+    assert "(0008,0001) has VR 'ZZ', not standard" in answer.text
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_sequences_before_the_uids_are_stored_under_the_outer_study(
+    gw: dict[str, httpx.Client], study_of_a: StudyOfA, syntax: str
+) -> None:
+    """Vendors write undefined-length sequences before SeriesInstanceUID; an item's own
+    StudyInstanceUID (here A's) is not the instance's."""
+    ds = next(make_study(fresh_seed(), "CT", instances=1, institution_code=B).instances())
+    ref = Dataset()
+    ref.StudyInstanceUID = study_of_a.uid
+    ref.ReferencedSOPInstanceUID = generate_uid()
+    ds.ReferencedImageSequence = [ref]
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    ref.is_undefined_length_sequence_item = True
+    ds.file_meta.TransferSyntaxUID = syntax
+    answer = gw[B].post("/orthanc/instances", content=part10(ds), headers=DICOM)
+    assert answer.status_code == 200, answer.text
+    own = ingest.Identity(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.PatientID
+    )
+    assert (own.orthanc_ids() or ("", ""))[1] == answer.json()["ParentStudy"]
+
+
+def test_a_deflate_bomb_gets_a_400_naming_the_limit(gw: dict[str, httpx.Client]) -> None:
+    ds = next(make_study(fresh_seed(), "CT", instances=1, institution_code=B).instances())
+    bomb = deflate_bomb(ds, 512)  # 512 MB inflated, about 500 kB on the wire
+    answer = gw[B].post("/orthanc/instances", content=bomb, headers=DICOM, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert "4 MB" in answer.text
 
 
 # -- hole 3 ---------------------------------------------------------------------------------

@@ -10,14 +10,12 @@ import shutil
 import struct
 import subprocess
 import tracemalloc
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -29,7 +27,7 @@ from pydicom.uid import (
 from deploy.samples.studies import make_study
 from indexer.errors import InvalidRecord
 from indexer.services.ingest import Ambiguous, HeaderTooLarge, split_header
-from tests.raw_dicom import data_set_start, part10, unknown_vr_polyglot
+from tests.raw_dicom import data_set_start, deflate_bomb, part10, unknown_vr_polyglot
 
 
 def dicom_file() -> tuple[bytes, str]:
@@ -198,31 +196,8 @@ def test_an_item_longer_than_its_sequence_is_refused() -> None:
         asyncio.run(split_header(chunks(lying, 4096)))
 
 
-def deflate_bomb(inflated_mb: int) -> bytes:
-    """A deflated file whose data set holds, before its UIDs, a private OB element of
-    `inflated_mb` MB of zeros: tiny on the wire, huge inflated."""
-    ds = next(make_study(12, "CT", instances=1).instances())
-    del ds.PixelData
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    plain = part10(ds)
-    start = data_set_start(plain)
-    meta = plain[:start]
-    pack = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    size = inflated_mb * 1024 * 1024
-    body = [pack.compress(struct.pack("<HH2sHI", 0x0007, 0x0010, b"OB", 0, size))]
-    for _ in range(inflated_mb):
-        body.append(pack.compress(b"\0" * 1024 * 1024))
-    plain_ds = dcmread(io.BytesIO(plain))
-    buffer = io.BytesIO()
-    plain_ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dcmwrite(buffer, plain_ds, enforce_file_format=True)
-    rest = buffer.getvalue()[data_set_start(buffer.getvalue()) :]
-    body.append(pack.compress(rest) + pack.flush())
-    return meta + b"".join(body)
-
-
 def test_a_deflate_bomb_is_refused_at_the_limit_without_inflating_it() -> None:
-    bomb = deflate_bomb(256)
+    bomb = deflate_bomb(next(make_study(12, "CT", instances=1).instances()), 256)
     assert len(bomb) < 400_000
     tracemalloc.start()
     try:
