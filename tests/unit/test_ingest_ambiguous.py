@@ -17,6 +17,7 @@ from pydicom.filereader import dcmread
 from pydicom.uid import generate_uid
 
 from deploy.samples.studies import make_study
+from indexer.errors import InvalidRecord
 from indexer.services import ingest
 from indexer.services.ingest import Ambiguous, Identity, split_header
 from tests.raw_dicom import insert_before, part10, ui_element, with_study_uid_first
@@ -117,7 +118,7 @@ def test_a_file_without_series_uid_is_refused() -> None:
     ds = instance()
     del ds.PixelData
     del ds.SeriesInstanceUID
-    with pytest.raises(ingest.InvalidRecord, match="SeriesInstanceUID"):
+    with pytest.raises(InvalidRecord, match="SeriesInstanceUID"):
         check(part10(ds))
 
 
