@@ -16,7 +16,7 @@ from ..errors import InvalidRecord
 from ..models import Exam, ImageStudy
 from ..schemas import BulkExam, BulkIn, BulkItemResult, BulkOut, BulkPatient, ExamIn, PatientIn
 from ..security.pii import name_digests
-from . import national_id
+from . import national_id, ownership
 from .registry import Registry, content_hash
 
 CHUNK = 1000
@@ -254,6 +254,7 @@ def _exams(
             {"c": code, "n": [e.exam_no for _, e in batch]},
         )
     }
+    foreign = ownership.foreign_studies(reg.session, code, (e.study_instance_uid for _, e in batch))
     seen_no: set[str] = set()
     seen_uid: set[Any] = set()
     rows = []
@@ -267,6 +268,8 @@ def _exams(
             _fail(results, index, "exam_uid", "this exam no. is registered with another exam_uid")
         elif e.exam_uid in taken and taken[e.exam_uid] != (code, e.exam_no):
             _fail(results, index, "exam_uid", "this exam_uid belongs to another exam")
+        elif e.study_instance_uid in foreign:
+            _fail(results, index, "study_instance_uid", ownership.FOREIGN_STUDY)
         else:
             seen_no.add(e.exam_no)
             seen_uid.add(e.exam_uid)
@@ -316,5 +319,5 @@ def _exams(
     ).scalars()
     for study in waiting:
         exam = reg.session.get(Exam, written[study.accession_number])
-        if exam is not None:
+        if exam is not None and ownership.may_relink(exam, study):
             reg._link(exam, study)

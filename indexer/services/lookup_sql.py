@@ -179,13 +179,17 @@ async def study_institution(pool: AsyncConnectionPool, study_instance_uid: str) 
     return str(row[0]) if row else None
 
 
+# A grant counts only while its owner is the study's owner by arrival (services/ownership).
 GRANT_SQL = """
-SELECT 1 FROM grants
-WHERE study_instance_uid = %(uid)s AND institution_code = %(institution)s
-  AND (grantee_subject IS NULL OR grantee_subject = %(subject)s)
-  AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+SELECT 1 FROM grants g
+JOIN image_studies s ON s.study_instance_uid = g.study_instance_uid
+  AND s.institution_code = g.owner_institution
+WHERE g.study_instance_uid = %(uid)s AND g.institution_code = %(institution)s
+  AND (g.grantee_subject IS NULL OR g.grantee_subject = %(subject)s)
+  AND g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > now())
 LIMIT 1
 """
+ARRIVAL_OWNER_SQL = "SELECT institution_code FROM image_studies WHERE study_instance_uid = %s"
 _ZERO = literal_column("0")
 # The same INSERT ... ON CONFLICT as the ORM routes' (models.grant.upsert), rendered once
 # for the async pool: one live 互认 grant per study and institution, extended.
@@ -214,6 +218,14 @@ async def has_grant(
             prepare=True,
         )
         return await cursor.fetchone() is not None
+
+
+async def arrival_owner(pool: AsyncConnectionPool, study_instance_uid: str) -> str | None:
+    """The institution whose edge's arrival record named the study (None: none yet)."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(ARRIVAL_OWNER_SQL, (study_instance_uid,), prepare=True)
+        row = await cursor.fetchone()
+    return str(row[0]) if row else None
 
 
 async def grant_mutual_recognition(

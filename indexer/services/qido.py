@@ -49,20 +49,24 @@ SELECT uid FROM (
     SELECT study_instance_uid AS uid, last_seen AS seen FROM image_studies
     WHERE institution_code = %(institution)s
     UNION ALL
-    SELECT study_instance_uid, created_at FROM grants
-    WHERE institution_code = %(institution)s AND revoked_at IS NULL
-      AND (grantee_subject IS NULL OR grantee_subject = %(subject)s)
-      AND (expires_at IS NULL OR expires_at > now())
+    SELECT g.study_instance_uid, g.created_at FROM grants g
+    JOIN image_studies s ON s.study_instance_uid = g.study_instance_uid
+      AND s.institution_code = g.owner_institution
+    WHERE g.institution_code = %(institution)s AND g.revoked_at IS NULL
+      AND (g.grantee_subject IS NULL OR g.grantee_subject = %(subject)s)
+      AND (g.expires_at IS NULL OR g.expires_at > now())
 ) readable GROUP BY uid ORDER BY max(seen) DESC, uid LIMIT %(limit)s OFFSET %(offset)s
 """
 AMONG_SQL = """
 SELECT study_instance_uid FROM image_studies
 WHERE study_instance_uid = ANY(%(uids)s) AND institution_code = %(institution)s
 UNION
-SELECT study_instance_uid FROM grants
-WHERE study_instance_uid = ANY(%(uids)s) AND institution_code = %(institution)s
-  AND (grantee_subject IS NULL OR grantee_subject = %(subject)s)
-  AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+SELECT g.study_instance_uid FROM grants g
+JOIN image_studies s ON s.study_instance_uid = g.study_instance_uid
+  AND s.institution_code = g.owner_institution
+WHERE g.study_instance_uid = ANY(%(uids)s) AND g.institution_code = %(institution)s
+  AND (g.grantee_subject IS NULL OR g.grantee_subject = %(subject)s)
+  AND g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > now())
 """
 
 

@@ -34,7 +34,7 @@ from ..schemas import (
     UnmatchedStudy,
 )
 from ..security.pii import PiiCipher, name_digests
-from . import national_id
+from . import national_id, ownership
 from .lifecycle import TIME_COLUMN, next_state
 from .links import study_links
 
@@ -228,6 +228,7 @@ class Registry:
         ).scalar_one_or_none()
         if other is not None and (exam is None or other != exam.id):
             raise Conflict("this exam_uid belongs to another exam")
+        ownership.refuse_foreign_study(self.session, code, record.study_instance_uid)
         outcome = "updated" if exam is not None else "created"
         if exam is None:
             exam = Exam(institution_code=code, exam_no=exam_no, state="registered")
@@ -256,7 +257,8 @@ class Registry:
             )
         ).scalars()
         for study in waiting:
-            self._link(exam, study)
+            if ownership.may_relink(exam, study):
+                self._link(exam, study)
         return outcome, exam
 
     def get_exam(self, code: str, exam_no: str) -> Exam:
@@ -392,7 +394,7 @@ class Registry:
                 .with_for_update()
             ).scalar_one_or_none()
         self.session.flush()
-        if exam is None:
+        if exam is None or (study.exam_id is None and not ownership.may_relink(exam, study)):
             return ArrivalResult(linked_exam_no=None, reconciliation=True)
         self._link(exam, study)
         return ArrivalResult(linked_exam_no=exam.exam_no, reconciliation=False)

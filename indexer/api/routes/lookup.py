@@ -65,10 +65,13 @@ async def resolve_master_index(
                 "another institution's exam: state the purpose of the lookup (?purpose=...)"
             ) from None
         request.state.audit_purpose = purpose
-        if exam["study_instance_uid"]:
+        uid = exam["study_instance_uid"]
+        # only the study's owner by arrival shares it: an exam naming another hospital's
+        # study, or one with no arrival yet, opens nothing (services/ownership)
+        if uid and await lookup_sql.arrival_owner(state.pool, uid) == exam["institution_code"]:
             await lookup_sql.grant_mutual_recognition(
                 state.pool,
-                exam["study_instance_uid"],
+                uid,
                 exam["institution_code"],
                 who.institution,
                 purpose,
