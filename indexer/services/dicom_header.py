@@ -14,12 +14,14 @@ is inflated once, never past HEADER_LIMIT.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import (
     UID,
@@ -252,6 +254,9 @@ def _elements(
         raise
 
 
+_UID_TEXT = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
 def _uid(element: _Element | None, name: str) -> str:
     if element is None or not element.value:
         raise Ambiguous("body", f"the file has no {name}")
@@ -261,7 +266,9 @@ def _uid(element: _Element | None, name: str) -> str:
         value = element.value.rstrip(b"\0 ").decode("ascii")
     except UnicodeDecodeError:
         raise Ambiguous("body", f"{name} is not a valid UID") from None
-    if not UID(value).is_valid:
+    # validated here, quietly (pydicom's own warning would write the value into the log);
+    # pydicom takes a leading space, DICOM does not
+    if not (_UID_TEXT.fullmatch(value) and UID(value, validation_mode=config.IGNORE).is_valid):
         raise Ambiguous("body", f"{name} is not a valid UID (digits and dots, 64 at most)")
     return value
 
