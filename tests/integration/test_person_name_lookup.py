@@ -144,3 +144,26 @@ def test_patients_registered_before_the_name_index_join_it_by_the_command(
     assert exam_nos(search(stack, tokens["rad_a"], name=name, birth_date=born)) == {
         study.exam.exam_no
     }
+
+
+def test_person_searches_are_limited_per_caller(
+    stack: StackClient, tokens: dict[str, str], people: dict[str, Any]
+) -> None:
+    """Guessing a birth date by hundreds of name searches a second is throttled at the
+    gateway (429 with a reason); another caller is not affected."""
+    token = stack.password_token(stack["DEMO_CLINICIAN_B_USER"], stack["DEMO_CLINICIAN_B_PASSWORD"])
+    born = dt.date.fromisoformat(people["born"])
+    name = people["family"] + people["given"]
+    with stack.gateway(str(token["access_token"])) as api:
+        codes = [
+            api.post(
+                SEARCH,
+                json={"purpose": PURPOSE, "name": name,
+                      "birth_date": (born - dt.timedelta(days=day)).isoformat()},
+            )
+            for day in range(60)
+        ]  # fmt: skip
+    limited = [answer for answer in codes if answer.status_code == 429]
+    assert len(limited) >= 20 and "too many person searches" in limited[0].json()["detail"]
+    assert all(answer.status_code in (200, 429) for answer in codes)
+    assert search(stack, tokens["rad_b"], name=name, birth_date=people["born"]).status_code == 200
