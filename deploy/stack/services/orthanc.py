@@ -18,10 +18,9 @@ from auth.provision import gateway_client_id
 from ..context import INSTITUTION_A, INSTITUTION_B, REALM, S3_BUCKET, StackContext
 from ..errors import PrerequisiteMissing
 from ..pki import issue_leaf
+from ..sandbox import PLUGIN_DIR, orthanc_command, platform_for
 from .base import Service, http_health
 
-ORTHANC_BIN = Path("/usr/sbin/Orthanc")
-PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 HOSPITAL_PACS_AET = "HOSP_PACS"
 DEMO_MODALITY_AET = "DEMO_CT"
 EDGE_STABLE_AGE_S = 3  # the static config's 60 s suits hospitals; the local stack is faster.
@@ -93,9 +92,7 @@ class OrthancService(Service):
         return path
 
     def prepare(self) -> None:
-        for path in (ORTHANC_BIN, PLUGIN_DIR / "libOrthancPython.so"):
-            if not path.exists():
-                raise PrerequisiteMissing(self.name, f"{path} not found: run make install")
+        platform_for(self.ctx.settings).check()
         if not self.ctx.settings.bind_shim.exists():
             raise PrerequisiteMissing(
                 self.name, f"{self.ctx.settings.bind_shim} not built: run make install"
@@ -108,16 +105,15 @@ class OrthancService(Service):
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(json.dumps(config, indent=2))
 
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        # Orthanc may write the stack's state only (its storage, queues, key rings).
+        return orthanc_command(self.ctx.settings, self.home / "orthanc.json", [self.ctx.state])
+
     def argv(self) -> list[str]:
-        return [str(ORTHANC_BIN), str(self.home / "orthanc.json")]
+        return self._command()[0]
 
     def env(self) -> dict[str, str]:
-        root = self.ctx.settings.repo_root
-        site = root / ".venv" / "lib" / "python3.11" / "site-packages"
-        return {
-            "LD_PRELOAD": str(self.ctx.settings.bind_shim),
-            "PYTHONPATH": f"{root / 'orthanc-plugins'}:{site}",
-        }
+        return self._command()[1]
 
     def common_runtime(self) -> dict[str, Any]:
         return {

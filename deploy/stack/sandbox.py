@@ -1,0 +1,158 @@
+"""Where Orthanc comes from: Debian 13's packages (Orthanc 1.12, Python plugin 5.0 with
+Python 3.13, DICOMweb 1.20, PostgreSQL 5.0), on every host.
+
+- A Debian 13 host runs them as installed (`deploy/install.sh` installs them with apt).
+- A Debian 12 host (the development machines, CI) cannot: their binaries need GLIBC 2.38.
+  `deploy/platform/orthanc-root.sh` builds a Debian 13 root under the cache (once per
+  pinned package list), and each Orthanc runs inside it: a private mount namespace
+  (`unshare --mount`), the root mounted read-only over itself, the repository read-only
+  and the stack's state read-write at their own paths inside it, then `chroot` and exec.
+  The process the launcher records is Orthanc itself (every step execs the next), so its
+  signals reach Orthanc directly; the mounts exist only in its namespace and vanish with
+  it, so nothing stays mounted on the host after `make down`.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PrerequisiteMissing
+from .settings import StackSettings
+
+ROOT_SCRIPT = "deploy/platform/orthanc-root.sh"
+INSIDE_VENV = Path("/opt/imgcloud-venv")
+PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
+ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+
+
+def debian_major(os_release: Path = Path("/etc/os-release")) -> int:
+    """The host's Debian release (0 when it is not Debian)."""
+    for line in os_release.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_ID":
+            return int(value.strip('"') or 0)
+    return 0
+
+
+@dataclass(frozen=True)
+class OrthancPlatform:
+    """How to run Orthanc here: `root` is the Debian 13 root, or None on a Debian 13
+    host. Paths (binary, plugins, Python libraries) are as Orthanc sees them."""
+
+    root: Path | None
+    host_venv: Path
+
+    @classmethod
+    def detect(cls, repo_root: Path, cache_dir: Path, host_venv: Path) -> OrthancPlatform:
+        if debian_major() >= 13:
+            return cls(None, host_venv)
+        try:
+            found = subprocess.run(
+                ["bash", str(repo_root / ROOT_SCRIPT), "--path", str(cache_dir)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise PrerequisiteMissing("orthanc", f"{ROOT_SCRIPT} --path: {exc}") from exc
+        return cls(Path(found).resolve(), host_venv)
+
+    @property
+    def python_site(self) -> Path:
+        venv = INSIDE_VENV if self.root else self.host_venv
+        return venv / "lib" / "python3.13" / "site-packages"
+
+    def visible(self, inside: Path) -> Path:
+        """Where a path of Orthanc's file system is on the host (for checks)."""
+        return self.root / inside.relative_to("/") if self.root else inside
+
+    def check(self) -> None:
+        """PrerequisiteMissing naming what is missing (run make install)."""
+        if self.root is not None and not (self.root / ".complete").exists():
+            raise PrerequisiteMissing(
+                "orthanc", f"the Debian 13 root {self.root} is not built: run make install"
+            )
+        for inside in (ORTHANC_BIN, PLUGIN_DIR / "libOrthancPython.so", self.python_site):
+            if not self.visible(inside).exists():
+                raise PrerequisiteMissing(
+                    "orthanc", f"{self.visible(inside)} not found: run make install"
+                )
+
+    def versions(self) -> dict[str, str]:
+        """Debian package versions in the root (package -> version); {} on a host."""
+        if self.root is None:
+            return {}
+        pairs = (line.split("=", 1) for line in (self.root / ".versions").read_text().split())
+        return dict(pairs)
+
+    def command(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        read_only: list[Path],
+        writable: list[Path],
+    ) -> tuple[list[str], dict[str, str]]:
+        """(argv, environment) that run `argv` with `env` on this platform."""
+        if self.root is None:
+            return argv, env
+        root = str(self.root)
+        points = [*read_only, *writable]
+        steps = ["set -e"]
+        steps += [f"mkdir -p {shlex.quote(root + str(p))}" for p in points]
+        steps += [f"mount --bind {shlex.quote(root)} {shlex.quote(root)}"]
+        for path in read_only:
+            target = shlex.quote(root + str(path))
+            steps += [f"mount --bind {shlex.quote(str(path))} {target}"]
+            steps += [f"mount -o remount,bind,ro {target}"]
+        for path in writable:
+            steps += [f"mount --bind {shlex.quote(str(path))} {shlex.quote(root + str(path))}"]
+        steps += [
+            f"mount -t proc proc {shlex.quote(root)}/proc",
+            f"mount --rbind /dev {shlex.quote(root)}/dev",
+            f"mount -t tmpfs -o mode=1777,size=256m tmpfs {shlex.quote(root)}/tmp",  # noqa: S108
+            f"mount -o remount,bind,ro {shlex.quote(root)}",
+        ]
+        inner = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
+        steps += ["exec chroot " + shlex.quote(root) + " " + shlex.join(inner)]
+        outer = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(steps)]
+        return outer, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+@functools.cache
+def _platform(repo_root: Path, cache_dir: Path, venv: Path) -> OrthancPlatform:
+    return OrthancPlatform.detect(repo_root, cache_dir, venv)
+
+
+def platform_for(settings: StackSettings) -> OrthancPlatform:
+    """This host's Orthanc platform (detected once per process)."""
+    return _platform(settings.repo_root, settings.cache_dir.resolve(), settings.venv_bin.parent)
+
+
+def orthanc_command(
+    settings: StackSettings,
+    config: Path,
+    writable: list[Path],
+    extra_env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    assert writable, "Orthanc needs a folder to write its state in"
+    """(argv, environment) that start Orthanc with `config` on this platform: its plugins'
+    code and libraries on PYTHONPATH, the loopback shim preloaded (Orthanc 1.12.7 has no
+    bind address), `writable` the only folders it may write (its state)."""
+    platform = platform_for(settings)
+    env = {
+        "LD_PRELOAD": str(settings.bind_shim),
+        "PYTHONPATH": f"{settings.repo_root / 'orthanc-plugins'}:{platform.python_site}",
+        "LC_ALL": "C.UTF-8",
+        "HOME": str(writable[0]),
+        **(extra_env or {}),
+    }
+    argv = [str(ORTHANC_BIN), str(config)]
+    shared = {settings.repo_root, settings.cache_dir.resolve(), settings.bind_shim.parent.resolve()}
+    read_only = sorted(shared)  # a folder before the ones inside it
+    return platform.command(argv, env, read_only=read_only, writable=writable)
