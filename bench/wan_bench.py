@@ -38,7 +38,8 @@ import httpx
 from bench.netns import WanLink
 from deploy.stack.launcher import load_context, read_stack_env
 from deploy.stack.pki import issue_leaf
-from deploy.stack.services.orthanc import ORTHANC_BIN, PLUGIN_DIR, deep_merge, dicom_modality
+from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
+from deploy.stack.services.orthanc import deep_merge, dicom_modality
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
@@ -216,19 +217,14 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
             }
         },
     }
-    site = REPO_ROOT / ".venv" / "lib" / "python3.11" / "site-packages"
-    env = os.environ | {
-        "LD_PRELOAD": plan["bind_shim"],
-        "PYTHONPATH": f"{REPO_ROOT / 'orthanc-plugins'}:{site}",
-    }
+    settings = StackSettings.from_env(plan["stack_dir"])
     procs = []
     for name, config in (("edge", edge_config), ("sender", sender_config)):
         path = home / name / "orthanc.json"
         path.write_text(json.dumps(config))
         log = (home / f"{name}.log").open("w")
-        procs.append(
-            subprocess.Popen([str(ORTHANC_BIN), str(path)], env=env, stdout=log, stderr=log)
-        )
+        argv, env = orthanc_command(settings, path, [home, Path(plan["stack_dir"])])
+        procs.append(subprocess.Popen(argv, env=os.environ | env, stdout=log, stderr=log))
     edge_pid = procs[0].pid
     auth = ("edge", password)
     edge_url, sender_url = f"http://127.0.0.1:{EDGE_HTTP}", f"http://127.0.0.1:{SENDER_HTTP}"
@@ -418,9 +414,11 @@ def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
             )
         )
         log = (state / "receiver.log").open("w")
+        argv, env = orthanc_command(settings, receiver_config, [receiver_home])
         helpers.append(
             subprocess.Popen(
-                [*link.prefix(link.central_ns), str(ORTHANC_BIN), str(receiver_config)],
+                [*link.prefix(link.central_ns), *argv],
+                env=os.environ | env,
                 stdout=log,
                 stderr=log,
             )
@@ -436,7 +434,7 @@ def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
             "central_user": stack["CENTRAL_ORTHANC_USER"],
             "central_password": stack["CENTRAL_ORTHANC_PASSWORD"],
             "receiver_password": receiver_password,
-            "bind_shim": str(settings.bind_shim),
+            "stack_dir": str(stack_dir),
         }
         print(f"measuring inside {link.edge_ns} ...", file=sys.stderr, flush=True)
         done = subprocess.run(

@@ -101,25 +101,26 @@ class OrthancPlatform:
         """(argv, environment) that run `argv` with `env` on this platform."""
         if self.root is None:
             return argv, env
-        root = str(self.root)
-        points = [*read_only, *writable]
-        steps = ["set -e"]
-        steps += [f"mkdir -p {shlex.quote(root + str(p))}" for p in points]
-        steps += [f"mount --bind {shlex.quote(root)} {shlex.quote(root)}"]
-        for path in read_only:
-            target = shlex.quote(root + str(path))
-            steps += [f"mount --bind {shlex.quote(str(path))} {target}"]
-            steps += [f"mount -o remount,bind,ro {target}"]
-        for path in writable:
-            steps += [f"mount --bind {shlex.quote(str(path))} {shlex.quote(root + str(path))}"]
-        steps += [
-            f"mount -t proc proc {shlex.quote(root)}/proc",
-            f"mount --rbind /dev {shlex.quote(root)}/dev",
-            f"mount -t tmpfs -o mode=1777,size=256m tmpfs {shlex.quote(root)}/tmp",  # noqa: S108
-            f"mount -o remount,bind,ro {shlex.quote(root)}",
+        root = shlex.quote(str(self.root))
+
+        def at(path: Path) -> str:
+            return shlex.quote(str(self.root) + str(path))
+
+        steps = [
+            "set -e",
+            f"mount --bind {root} {root}",
+            f"mount -t proc proc {root}/proc",
+            f"mount --rbind /dev {root}/dev",
+            f"mount -t tmpfs -o mode=1777,size=256m tmpfs {root}/tmp",  # noqa: S108
         ]
+        for path in read_only:  # mount points made first: the root is still writable
+            steps += [f"mkdir -p {at(path)}", f"mount --bind {shlex.quote(str(path))} {at(path)}"]
+            steps += [f"mount -o remount,bind,ro {at(path)}"]
+        for path in writable:
+            steps += [f"mkdir -p {at(path)}", f"mount --bind {shlex.quote(str(path))} {at(path)}"]
+        steps += [f"mount -o remount,bind,ro {root}"]
         inner = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
-        steps += ["exec chroot " + shlex.quote(root) + " " + shlex.join(inner)]
+        steps += [f"exec chroot {root} {shlex.join(inner)}"]
         outer = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(steps)]
         return outer, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 

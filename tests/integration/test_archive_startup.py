@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stack.ports import pick_free
-from deploy.stack.services.orthanc import ORTHANC_BIN, PLUGIN_DIR
+from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
 
@@ -34,17 +34,13 @@ def start_orthanc_with_ring(tmp_path: Path, ring_text: str | None) -> tuple[int,
     config = tmp_path / "orthanc.json"
     config.write_text(json.dumps(static))
     settings = StackSettings.from_env()
-    site = REPO_ROOT / ".venv/lib/python3.11/site-packages"
+    argv, env = orthanc_command(settings, config, [tmp_path])
     result = subprocess.run(
-        [str(ORTHANC_BIN), str(config)],
+        argv,
         capture_output=True,
         text=True,
         timeout=60,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "LD_PRELOAD": str(settings.bind_shim),
-            "PYTHONPATH": f"{REPO_ROOT / 'orthanc-plugins'}:{site}",
-        },
+        env={"PATH": "/usr/bin:/bin", **env},
         check=False,
     )
     return result.returncode, result.stdout + result.stderr
