@@ -77,6 +77,16 @@ def ensure_pki(pki_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def _has_key_ids(cert_path: Path) -> bool:
+    """A leaf issued before the key identifiers were added is issued again."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
 def issue_leaf(
     pki_dir: Path, name: str, common_name: str, extra_ips: tuple[str, ...] = ()
 ) -> tuple[Path, Path]:
@@ -86,7 +96,7 @@ def issue_leaf(
     Created once; returns (certificate, key) paths.
     """
     cert_path, key_path = pki_dir / f"{name}.pem", pki_dir / f"{name}.key"
-    if cert_path.exists() and key_path.exists():
+    if cert_path.exists() and key_path.exists() and _has_key_ids(cert_path):
         return cert_path, key_path
     ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
@@ -111,6 +121,13 @@ def issue_leaf(
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Python 3.13 (Orthanc's Python plugin on Debian 13) verifies strictly (X.509
+        # strict mode): a leaf without its authority key identifier is refused.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
