@@ -98,7 +98,7 @@ def _verify(output, uri, **request):
         valid = False
     if not valid:
         message = 'body must be {"instances": {"<SOP UID>": "<sha256 hex>"}, "discard": bool}'
-        output.SendHttpStatus(400, message, len(message.encode()))  # (status, str, size) on 4.0
+        glue_common.send_status(output, 400, message)
         return
     result = verify_against(_stored_hash, claimed, _discard if discard else lambda _sop: None)
     output.AnswerBuffer(
@@ -119,7 +119,7 @@ PUSHES = PushRegistry(central_conninfo(CONFIGURATION))
 
 def _answer_error(output, status: int, message: str) -> None:
     body = json.dumps({"error": message})
-    output.SendHttpStatus(status, body, len(body.encode()))  # (status, str, size) on 4.0
+    glue_common.send_status(output, status, body)
 
 
 def _pushes(output, uri, **request):

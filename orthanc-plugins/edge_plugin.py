@@ -262,7 +262,7 @@ def _answer_json(output, status: int, body: object) -> None:
     if status == 200:
         output.AnswerBuffer(text, "application/json")
     else:
-        output.SendHttpStatus(status, text, len(text.encode()))  # (status, str, size) on 4.0
+        glue_common.send_status(output, status, text)
 
 
 def _new_job(kind: str, model, output, request) -> None:
@@ -356,7 +356,7 @@ def _study_forwarding(output, uri, **request):
     status = QUEUE.status(request["groups"][0])
     if status is None:
         message = "this study has not been queued for forwarding"
-        output.SendHttpStatus(404, message, len(message.encode()))  # (status, str, size) on 4.0
+        glue_common.send_status(output, 404, message)
         return
     output.AnswerBuffer(json.dumps(status.as_dict()), "application/json")
 
@@ -385,7 +385,7 @@ def _rules(output, uri, **request):
         rules = RULES.replace(request["body"])
     except RulesRejected as exc:
         message = f"rules refused, version {RULES.current.version} stays in force: {exc}"
-        output.SendHttpStatus(400, message, len(message.encode()))  # (status, str, size) on 4.0
+        glue_common.send_status(output, 400, message)
         return
     WORKER.notify()
     orthanc.LogWarning(f"imaging-cloud: edge rules version {rules.version} in force")
