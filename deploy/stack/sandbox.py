@@ -15,6 +15,7 @@ Python 3.13, DICOMweb 1.20, PostgreSQL 5.0), on every host.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -146,7 +147,11 @@ def orthanc_command(
     code and libraries on PYTHONPATH, the loopback shim preloaded (Orthanc 1.12.7 has no
     bind address), `writable` the only folders it may write (its state)."""
     platform = platform_for(settings)
+    # Orthanc starts with a clean environment; the stack's own IMGCLOUD_* settings (the
+    # integration tests' fault-injection hook among them) go through.
+    passed = {k: v for k, v in os.environ.items() if k.startswith("IMGCLOUD_")}
     env = {
+        **passed,
         "LD_PRELOAD": str(settings.bind_shim),
         "PYTHONPATH": f"{settings.repo_root / 'orthanc-plugins'}:{platform.python_site}",
         "LC_ALL": "C.UTF-8",
