@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from sqlalchemy.exc import IntegrityError
 
 from ...errors import Forbidden
 from ...schemas import CODE, UID, ArrivalResult, ExamOut, Resolve, StudyArrival, UnmatchedStudy
@@ -21,8 +22,15 @@ def study_arrived(
     """A study seen at the institution's edge (or central): linked to its exam by
     institution + accession no., or put on the reconciliation list."""
     who.may_write(code)
-    result = reg.record_arrival(code, body)
-    reg.session.commit()
+    try:
+        result = reg.record_arrival(code, body)
+        reg.session.commit()
+    except IntegrityError:
+        # The same study's first arrival reported twice at once (the edge, and central or
+        # a retry): the other insert won; this one now finds the row and updates it.
+        reg.session.rollback()
+        result = reg.record_arrival(code, body)
+        reg.session.commit()
     return result
 
 
