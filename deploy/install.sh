@@ -113,7 +113,7 @@ if [ ! -f "$shim" ] || [ "$here/loopback/bindlo.c" -nt "$shim" ]; then
   gcc -O2 -Wall -shared -fPIC -o "$shim" "$here/loopback/bindlo.c" -ldl || die "gcc deploy/loopback/bindlo.c"
 fi
 # 6. Orthanc 1.12 (Debian 13). A Debian 12 host runs it from a Debian 13 root built once
-#    per pinned package list (deploy/platform/orthanc-root.sh; about 2 minutes, 600 MB).
+#    per pinned package list (deploy/platform/orthanc-root.sh; about 2 minutes, 1.2 GB).
 if [ "$debian" -lt 13 ]; then
   root=$(bash "$here/platform/orthanc-root.sh" --path "$cache")
   if [ ! -f "$root/.complete" ]; then
