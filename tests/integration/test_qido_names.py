@@ -20,6 +20,9 @@ from deploy.stack.client import StackClient, find_study
 from .fresh import fresh_seed
 
 HANZI = "赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜"
+# Rare characters the sample generator never uses: a two-character family name made of them
+# is this run's alone, so "马*" style searches cannot meet another test's patient.
+RARE = "亓仉禚訾阙隗缑亢郜璩"
 RETRIEVE_URL = "00081190"  # central's own URL in its answer, the gateway's in ours
 
 
@@ -55,7 +58,7 @@ def names(stack: StackClient) -> dict[str, Named]:
     rng = random.Random(fresh_seed())  # noqa: S311 - sample data
     family = "CS" + "".join(rng.choices(string.ascii_uppercase, k=6))
     given = "".join(rng.choices(string.ascii_uppercase, k=5))
-    family_hanzi, given_hanzi = rng.choice(HANZI), "".join(rng.choices(HANZI, k=2))
+    family_hanzi, given_hanzi = "".join(rng.sample(RARE, 2)), "".join(rng.choices(HANZI, k=2))
     made = {}
     for edge, code in (("A", "H0001"), ("B", "H0002")):
         study = make_study(fresh_seed(), "CT", instances=1, institution_code=code)
