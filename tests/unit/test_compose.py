@@ -77,4 +77,3 @@ def test_seaweedfs_runs_with_its_security_config_and_no_http_admin_api(tmp_path:
     ):
         keys = re.findall(rf'^\[{re.escape(section)}\]\nkey = "([^"]+)"', text, re.M)
         assert len(keys) == 1 and len(keys[0]) >= 40, section
-
