@@ -24,8 +24,7 @@ KEYS = ("weed_jwt_volume_write", "weed_jwt_volume_read", "weed_jwt_filer_write",
 def write(folder: Path) -> Path:
     from deploy.stack.services.seaweedfs import security_toml
 
-    text = security_toml({k: secrets.token_urlsafe(32) for k in KEYS}, "", "", "")
-    text = text[: text.index("[grpc]")]  # no gRPC TLS without the site's certificates
+    text = security_toml({k: secrets.token_urlsafe(32) for k in KEYS})  # no gRPC TLS here
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / "security.toml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -18,9 +18,9 @@ from deploy.stack.settings import StackSettings
 
 from .test_audit import token
 from .test_audit_detail import SPOOFED, trail, uid
-from .test_ingest_identity_and_grants import A, B, StudyOfA, b_reads, gw, study_of_a
+from .test_ingest_identity_and_grants import A, B, StudyOfA, b_reads, study_of_a
 
-__all__ = ["gw", "study_of_a"]  # the fixtures, shared
+__all__ = ["study_of_a"]  # the fixture, shared (gw comes from conftest.py)
 LIES = {"X-Forwarded-For": SPOOFED, "X-Original-Remote": SPOOFED, "X-Real-IP": SPOOFED}
 
 

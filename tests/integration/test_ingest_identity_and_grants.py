@@ -11,7 +11,7 @@ import asyncio
 import copy
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,15 +45,6 @@ class StudyOfA:
     uid: str
     orthanc_study: str
     orthanc_instance: str
-
-
-@pytest.fixture(scope="module")
-def gw(stack: StackClient) -> Iterator[dict[str, httpx.Client]]:
-    with (
-        stack.gateway(stack.gateway_account_token(A)) as a,
-        stack.gateway(stack.gateway_account_token(B)) as b,
-    ):
-        yield {A: a, B: b}
 
 
 @pytest.fixture(scope="module")

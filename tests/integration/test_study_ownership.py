@@ -9,13 +9,11 @@ institution whose edge's arrival named it (services/ownership.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from pydicom.uid import generate_uid
 
 from deploy.samples.records import exam_record, patient_record
@@ -36,15 +34,6 @@ class Delivered:
     study: SampleStudy
     uid: str
     orthanc_instance: str
-
-
-@pytest.fixture(scope="module")
-def gw(stack: StackClient) -> Iterator[dict[str, httpx.Client]]:
-    with (
-        stack.gateway(stack.gateway_account_token(A)) as a,
-        stack.gateway(stack.gateway_account_token(B)) as b,
-    ):
-        yield {A: a, B: b}
 
 
 def arrival(uid: str, accession: str) -> dict[str, Any]:

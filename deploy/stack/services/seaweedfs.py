@@ -28,8 +28,11 @@ GRPC_COMMON_NAME = "seaweedfs"
 _GRPC_SERVERS = ("master", "volume", "filer", "s3")
 
 
-def security_toml(keys: dict[str, str], ca: str, cert: str, key: str) -> str:
-    """SeaweedFS's security.toml: JWT signing keys and mutual TLS on every gRPC port."""
+def security_toml(
+    keys: dict[str, str], ca: str | None = None, cert: str = "", key: str = ""
+) -> str:
+    """SeaweedFS's security.toml: JWT signing keys, and mutual TLS on every gRPC port when
+    a CA is given (the compose deployment has none of its own: deploy/compose)."""
     lines = [
         "[jwt.signing]",
         f'key = "{keys["weed_jwt_volume_write"]}"',
@@ -52,9 +55,10 @@ def security_toml(keys: dict[str, str], ca: str, cert: str, key: str) -> str:
         # off instead (-disableHttp), and the JWT keys guard the volume server.
         "[guard]",
         'white_list = ""',
-        "[grpc]",
-        f'ca = "{ca}"',
     ]
+    if ca is None:
+        return "\n".join(lines) + "\n"
+    lines += ["[grpc]", f'ca = "{ca}"']
     for section in (*_GRPC_SERVERS, "client"):
         lines += [f"[grpc.{section}]", f'cert = "{cert}"', f'key = "{key}"']
         if section != "client":
