@@ -10,7 +10,7 @@ import json
 import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
-from imgcloud.delivery import verify_against
+from imgcloud.delivery import discard_copy, verify_against
 from imgcloud.errors import PluginError
 from imgcloud.instance_hashes import HashRegistry, central_conninfo
 from imgcloud.pushes import PushRegistry, PushRejected, validate_request
@@ -53,8 +53,7 @@ def _discard(sop_uid: str) -> None:
     """Remove a copy that does not match its sender's hash, so the resend can replace it."""
     orthanc_id = _orthanc_id(sop_uid)
     if orthanc_id:
-        orthanc.RestApiDelete(f"/instances/{orthanc_id}")
-        HASHES.forget(orthanc_id)
+        discard_copy(orthanc_id, HASHES.forget, lambda i: orthanc.RestApiDelete(f"/instances/{i}"))
         orthanc.LogWarning(f"imaging-cloud: discarded instance {orthanc_id}: hash mismatch")
 
 

@@ -131,3 +131,17 @@ def verify_against(
             result.mismatched.add(sop_uid)
             discard(sop_uid)
     return result
+
+
+def discard_copy(
+    orthanc_id: str, forget_hash: Callable[[str], None], delete: Callable[[str], None]
+) -> None:
+    """Central side: remove a copy whose hash did not match, so a resend replaces it.
+
+    The hash goes first: Orthanc IDs derive from the UIDs, so a resend stored between the
+    two steps has the same ID, and forgetting after the delete would erase its fresh hash
+    (central would answer "missing" for good, its store of the next resend "already
+    stored", with no hash recorded). A resend that comes before the delete is only
+    answered "already stored" and is sent again once the copy is gone."""
+    forget_hash(orthanc_id)
+    delete(orthanc_id)

@@ -28,6 +28,7 @@ class QueueWorker:
         self.is_stable = is_stable  # no instance for a while: what is here is the study
         self._wake = threading.Event()
         self._stopping = False
+        self._thread: threading.Thread | None = None
 
     def notify(self) -> None:
         self._wake.set()
@@ -71,8 +72,13 @@ class QueueWorker:
         self.queue.requeue_partial()
         thread = threading.Thread(target=self.run_forever, name="imgcloud-forwarder", daemon=True)
         thread.start()
+        self._thread = thread
         return thread
 
-    def stop(self) -> None:
+    def stop(self, join_s: float = 5.0) -> None:
+        """Stop after the current step; waits at most `join_s` for it (Orthanc is stopping,
+        and the worker may be inside an SDK call)."""
         self._stopping = True
         self._wake.set()
+        if self._thread is not None:
+            self._thread.join(join_s)

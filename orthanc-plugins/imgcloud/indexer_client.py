@@ -113,11 +113,19 @@ class RecordSender:
         self.every_s = every_s
         self._wake = threading.Event()
         self._stopping = False
+        # One round at a time: the push route runs a round from an HTTP thread while this
+        # sender's thread may be in one; both would report the same records at once.
+        self._round = threading.Lock()
 
     def notify(self) -> None:
         self._wake.set()
 
     def run_once(self) -> int:
+        """Send the pending records (one round at a time); returns how many went."""
+        with self._round:
+            return self._round_unlocked()
+
+    def _round_unlocked(self) -> int:
         sent = 0
         for uid, record, recorded_at in self.records.pending_public():
             try:

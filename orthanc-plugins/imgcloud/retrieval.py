@@ -305,6 +305,7 @@ class RetrievalWorker:
         self._last_poll = 0.0
         self._wake = threading.Event()
         self._stopping = False
+        self._thread: threading.Thread | None = None
 
     def notify(self) -> None:
         self._wake.set()
@@ -390,8 +391,12 @@ class RetrievalWorker:
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run_forever, name="imgcloud-retriever", daemon=True)
         thread.start()
+        self._thread = thread
         return thread
 
-    def stop(self) -> None:
+    def stop(self, join_s: float = 5.0) -> None:
+        """Stop after the current job; waits at most `join_s` for it."""
         self._stopping = True
         self._wake.set()
+        if self._thread is not None:
+            self._thread.join(join_s)

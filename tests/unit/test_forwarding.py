@@ -1,4 +1,5 @@
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,23 @@ def test_study_still_arriving_is_partial_until_stable_and_survives_a_restart(
     restarted.requeue_partial()  # done by start()
     assert worker.run_once()
     assert restarted.status("s1").state == "delivered"  # type: ignore[union-attr]
+
+
+def test_stop_waits_for_the_study_being_sent(queue: ForwardQueue) -> None:
+    """Orthanc is stopping: the worker may be inside an SDK call; stop() lets it finish its
+    step (bounded) instead of leaving it running while Orthanc tears down."""
+    entered, stopping = threading.Event(), threading.Event()
+
+    def deliver(study_id: str) -> tuple[int, int]:
+        entered.set()
+        stopping.wait(10)
+        return 3, 300
+
+    worker = QueueWorker(queue, deliver)
+    queue.enqueue("s1")
+    thread = worker.start()
+    assert entered.wait(10)
+    stopping.set()
+    worker.stop(join_s=10)
+    assert not thread.is_alive()
+    assert queue.status("s1").state == "delivered"  # type: ignore[union-attr]

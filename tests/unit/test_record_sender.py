@@ -4,6 +4,7 @@ hospital that came here by a push: 409) must not hold up the records behind it; 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,28 @@ def test_an_outage_stops_the_round_and_keeps_every_record(tmp_path: Path) -> Non
     assert [uid for uid, _, _ in store.pending_public()] == ["2.1", "2.2"]
     indexer.answers = {}
     assert sender.run_once() == 2
+
+
+def test_rounds_run_one_at_a_time(tmp_path: Path) -> None:
+    """The push route runs a round from an HTTP thread while the sender's own thread may be
+    in one: each record is still reported once."""
+    store = store_with(tmp_path, ["3.1", "3.2"])
+    entered, go_on = threading.Event(), threading.Event()
+
+    class SlowIndexer(Indexer):
+        def report_arrival(self, institution: str, arrival: dict[str, Any]) -> dict[str, Any]:
+            entered.set()
+            go_on.wait(10)
+            return super().report_arrival(institution, arrival)
+
+    indexer = SlowIndexer({})
+    sender = RecordSender(store, indexer, "H0001")  # type: ignore[arg-type]
+    background = threading.Thread(target=sender.run_once)
+    background.start()
+    assert entered.wait(10)
+    other = threading.Thread(target=sender.run_once)
+    other.start()
+    go_on.set()
+    background.join(10)
+    other.join(10)
+    assert sorted(indexer.accepted) == ["3.1", "3.2"]
