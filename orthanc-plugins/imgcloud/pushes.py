@@ -20,7 +20,13 @@ from psycopg.rows import dict_row
 
 from .errors import PluginError
 
+# One transaction (one simple query), one central at a time (the advisory lock): open
+# duplicates an older central made are closed, then one open push per study and receiver
+# is kept by a unique partial index (create() is INSERT ... ON CONFLICT). Of duplicates, a
+# claimed one stays (its edge is at work), else the oldest; the others become `failed`,
+# naming the push that stays. Cheap on every start once the index exists.
 SCHEMA = """
+SELECT pg_advisory_xact_lock(7411);
 CREATE TABLE IF NOT EXISTS imgcloud_pushes (
     push_id             UUID PRIMARY KEY,
     study_instance_uid  TEXT NOT NULL,
@@ -36,7 +42,17 @@ CREATE TABLE IF NOT EXISTS imgcloud_pushes (
     delivered_at        TIMESTAMPTZ
 );
 CREATE INDEX IF NOT EXISTS imgcloud_pushes_to_state ON imgcloud_pushes (to_institution, state);
+UPDATE imgcloud_pushes p SET state = 'failed', updated_at = now(),
+       detail = 'superseded by push ' || k.keeper || ' (one open push per study and receiver)'
+FROM (SELECT push_id, first_value(push_id) OVER (
+          PARTITION BY study_instance_uid, to_institution
+          ORDER BY state = 'claimed' DESC, created_at, push_id) AS keeper
+      FROM imgcloud_pushes WHERE state IN ('pending', 'claimed')) k
+WHERE p.push_id = k.push_id AND k.push_id <> k.keeper;
+CREATE UNIQUE INDEX IF NOT EXISTS imgcloud_pushes_one_open
+    ON imgcloud_pushes (study_instance_uid, to_institution) WHERE state IN ('pending', 'claimed');
 """
+OPEN = "state IN ('pending', 'claimed')"
 TRANSITIONS = {
     "pending": {"claimed"},
     "claimed": {"claimed", "delivered", "failed"},  # re-claim after the edge restarted
@@ -119,34 +135,43 @@ class PushRegistry:
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
             return self._conn().execute(sql, params).fetchall()
+        except psycopg.errors.UniqueViolation:  # the one-open-push index (ids are random)
+            raise PushRejected(
+                "another push of this study to this institution is open", 409
+            ) from None
         except psycopg.Error as exc:
             self._local.conn = None
             raise PluginError(f"push registry unavailable: {type(exc).__name__}") from exc
 
     def create(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Record a push; an open push of the same study to the same place is reused."""
-        open_push = self._run(
-            """SELECT * FROM imgcloud_pushes WHERE study_instance_uid = %s
-               AND to_institution = %s AND state IN ('pending', 'claimed')
-               ORDER BY created_at LIMIT 1""",
-            (request["study_instance_uid"], request["to_institution"]),
-        )
-        if open_push:
-            return _public(open_push[0]), False
-        row = self._run(
-            """INSERT INTO imgcloud_pushes (push_id, study_instance_uid, from_institution,
-                   to_institution, deliver_to, requested_by, state)
-               VALUES (%s, %s, %s, %s, %s, %s, 'pending') RETURNING *""",
-            (
-                uuid.uuid4(),
-                request["study_instance_uid"],
-                request["from_institution"],
-                request["to_institution"],
-                request["deliver_to"],
-                request["requested_by"],
-            ),
-        )
-        return _public(row[0]), True
+        """Record a push; an open push of the same study to the same place is reused
+        (the unique index decides between concurrent creators, on any central)."""
+        for _ in range(3):  # the open one may close between the INSERT and the SELECT
+            row = self._run(
+                f"""INSERT INTO imgcloud_pushes (push_id, study_instance_uid, from_institution,
+                       to_institution, deliver_to, requested_by, state)
+                   VALUES (%s, %s, %s, %s, %s, %s, 'pending')
+                   ON CONFLICT (study_instance_uid, to_institution) WHERE {OPEN}
+                   DO NOTHING RETURNING *""",  # noqa: S608 - a fixed condition
+                (
+                    uuid.uuid4(),
+                    request["study_instance_uid"],
+                    request["from_institution"],
+                    request["to_institution"],
+                    request["deliver_to"],
+                    request["requested_by"],
+                ),
+            )
+            if row:
+                return _public(row[0]), True
+            open_push = self._run(
+                f"""SELECT * FROM imgcloud_pushes WHERE study_instance_uid = %s
+                   AND to_institution = %s AND {OPEN} LIMIT 1""",  # noqa: S608
+                (request["study_instance_uid"], request["to_institution"]),
+            )
+            if open_push:
+                return _public(open_push[0]), False
+        raise PushRejected("the study's open push keeps changing; retry", 409)
 
     def get(self, push_id: str) -> dict[str, Any] | None:
         try:
