@@ -40,6 +40,14 @@ from imgcloud.study_records import RecordStore, build_record
 from imgcloud.tokens import BearerAuth, ClientCredentials
 
 CONFIG, CONFIGURATION = glue_common.load("edge")
+if (CONFIGURATION.get("Python") or {}).get("AllowThreads") is not True:
+    # Without it a worker thread keeps the GIL inside an SDK call while Orthanc's own
+    # threads (a synchronous C-STORE job reading our storage area) wait for it.
+    orthanc.LogError(
+        "imaging-cloud edge plugin: invalid configuration: Python.AllowThreads: must be true "
+        "(the plugin's worker threads call Orthanc's SDK)"
+    )
+    raise ConfigurationError("Python.AllowThreads must be true")
 STORAGE, ARCHIVE = glue_common.register_storage("edge", CONFIGURATION)
 if ARCHIVE is None:
     orthanc.LogError(
@@ -72,13 +80,10 @@ def _on_received(dicom, origin):
     return orthanc.ReceivedInstanceAction.MODIFY, compressed
 
 
-# The worker threads never call orthanc.*: Python plugin 4.0 keeps the GIL during every SDK
-# call, and Orthanc calls back into Python (our storage area) while holding its own locks,
-# so an SDK call from a worker thread can deadlock against them. They use this Orthanc's
-# REST API over loopback instead, blocking in socket I/O without the GIL.
-SELF_URL = f"http://127.0.0.1:{CONFIGURATION.get('HttpPort', 8042)}"
-SELF_AUTH = next(iter((CONFIGURATION.get("RegisteredUsers") or {"": ""}).items()))
-LOCAL = LocalOrthanc(SELF_URL, SELF_AUTH, CONFIGURATION.get("DicomAet", "ORTHANC"))
+# The plugin's threads (forwarding, retrieval, the senders) call this Orthanc's REST API
+# in-process through the SDK; the static configuration turns on Python.AllowThreads, so the
+# GIL is released during those calls and Orthanc may call our storage area meanwhile.
+LOCAL = LocalOrthanc(glue_common.in_process_transport(), CONFIGURATION.get("DicomAet", "ORTHANC"))
 # An https peer is verified against Orthanc's own CA bundle setting (the hospital's CA).
 CA_BUNDLE = CONFIGURATION.get("HttpsCACertificates") or True
 KNOWN_MODALITIES = set(CONFIGURATION.get("DicomModalities") or {})

@@ -10,6 +10,7 @@ import orthanc  # type: ignore[import-not-found]
 from imgcloud import logs
 from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError, StorageError
+from imgcloud.local_api import InProcessTransport
 from imgcloud.storage.archive import EncryptedArchive
 from imgcloud.storage.settings import storage_settings
 
@@ -71,3 +72,34 @@ def send_status(output, status: int, text: str) -> None:  # type: ignore[no-unty
         output.SendHttpStatus(status, text)
     except TypeError:
         output.SendHttpStatus(status, text, len(text.encode()))
+
+
+def _rest_call(method: str, path: str, body: bytes) -> bytes:
+    """One call to this Orthanc's built-in REST API through the SDK. With
+    "Python": {"AllowThreads": true} the GIL is released for its duration, so Orthanc may
+    call our storage area from its own threads meanwhile (a synchronous C-STORE job does)."""
+    if method == "GET":
+        return bytes(orthanc.RestApiGet(path))
+    if method == "POST":
+        return bytes(orthanc.RestApiPost(path, body))
+    if method == "PUT":
+        return bytes(orthanc.RestApiPut(path, body))
+    if method == "DELETE":
+        orthanc.RestApiDelete(path)
+        return b""
+    raise ValueError(f"no SDK call for HTTP method {method}")
+
+
+def _error_code(exc: Exception) -> int | None:
+    """The Orthanc error code of an SDK failure (its first argument), None for others."""
+    if isinstance(exc, orthanc.OrthancException) and exc.args:
+        try:
+            return int(exc.args[0])
+        except (TypeError, ValueError):
+            return 500
+    return None
+
+
+def in_process_transport() -> InProcessTransport:
+    """An httpx transport to this Orthanc's REST API through the SDK (no socket)."""
+    return InProcessTransport(_rest_call, _error_code)

@@ -1,36 +1,85 @@
-"""The edge plugin's calls to its own Orthanc, over loopback REST.
+"""The edge plugin's calls to its own Orthanc's REST API, answered in-process.
 
-Python plugin 4.0 holds the GIL during every orthanc.* call while Orthanc may call back
-into our storage area holding its own locks, so the plugin's worker threads never use the
-SDK: they use this client, which blocks in socket I/O without the GIL.
+Python plugin 4.0 held the GIL during every orthanc.* call while Orthanc may call back into
+our storage area from another thread, so worker threads went over loopback HTTP (with the
+edge's own admin password). Python plugin 5.0 with `"Python": {"AllowThreads": true}`
+releases the GIL during SDK calls: the requests built here go through an httpx transport
+that the glue makes of `orthanc.RestApiGet/Post/Put/Delete` (glue_common.SdkTransport), so
+no socket, no HTTP server thread and no credentials. That transport is the seam: unit tests
+give an `httpx.MockTransport` instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from .errors import LocalOrthancError
 
+# The HTTP status Orthanc's REST API gives each error code (Orthanc's
+# ConvertErrorCodeToHttpStatus): the SDK raises the code, callers expect the status.
+HTTP_STATUS_OF_ERROR = {
+    3: 400,  # ParameterOutOfRange
+    5: 400,  # BadParameterType
+    7: 404,  # InexistentItem
+    8: 400,  # BadRequest
+    12: 400,  # UriSyntax
+    13: 404,  # InexistentFile
+    15: 400,  # BadFileFormat
+    17: 404,  # UnknownResource
+    21: 404,  # InexistentTag
+    28: 400,  # BadJson
+    29: 401,  # Unauthorized
+    34: 406,  # NotAcceptable
+    36: 503,  # DatabaseUnavailable
+    41: 416,  # BadRange
+    42: 503,  # DatabaseCannotSerialize
+    43: 409,  # Revision
+    45: 403,  # ForbiddenAccess
+    46: 409,  # DuplicateResource
+}
+
+# (method, path with its query, body) -> answer body; raises what the glue translates
+RestCall = Callable[[str, str, bytes], bytes]
+
+
+class InProcessTransport(httpx.BaseTransport):
+    """httpx requests answered by a call into this Orthanc (no network).
+
+    `call` is the glue's wrapper of the SDK; `error_code` tells an SDK failure from any other
+    exception and returns its Orthanc error code (None: not an SDK failure, re-raised)."""
+
+    def __init__(self, call: RestCall, error_code: Callable[[Exception], int | None]) -> None:
+        self.call = call
+        self.error_code = error_code
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode("ascii")
+        try:
+            body = self.call(request.method, path, request.read())
+        except Exception as exc:
+            code = self.error_code(exc)
+            if code is None:
+                raise
+            status = HTTP_STATUS_OF_ERROR.get(code, 500)
+            return httpx.Response(status, text=f"Orthanc error {code}: {exc}", request=request)
+        return httpx.Response(200, content=body, request=request)
+
 
 class LocalOrthanc:
-    def __init__(self, url: str, auth: tuple[str, str] | None, aet: str) -> None:
+    def __init__(self, transport: httpx.BaseTransport, aet: str) -> None:
         self.aet = aet
-        self.client = httpx.Client(
-            base_url=url,
-            auth=auth,
-            timeout=httpx.Timeout(600, connect=5),
-            limits=httpx.Limits(max_connections=16, keepalive_expiry=0.5),
-        )
+        # No timeout applies in-process: a synchronous C-STORE or C-MOVE is bounded by
+        # Orthanc's own DicomScuTimeout.
+        self.client = httpx.Client(base_url="http://orthanc.local", transport=transport)
 
     def _call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise LocalOrthancError(
-                f"local Orthanc did not answer ({what}): {type(exc).__name__}"
-            ) from exc
+            raise LocalOrthancError(f"local Orthanc failed ({what}): {type(exc).__name__}") from exc
         if response.status_code >= 400:
             raise LocalOrthancError(
                 f"local Orthanc refused ({what}): HTTP {response.status_code} "

@@ -86,3 +86,11 @@ def test_stack_modalities_pass_queries_to_the_plugin_which_lets_only_the_pacs(
     }
     loaded = PluginConfig.from_orthanc(config)
     assert loaded.query_retrieve_aets == {HOSPITAL_PACS_AET}
+
+
+def test_python_plugin_releases_the_gil_during_sdk_calls() -> None:
+    """The edge's worker threads call the SDK (imgcloud.local_api); central's HTTP threads
+    too (verification): both need Python.AllowThreads (off by default in plugin 5.0)."""
+    for path in ("central-orthanc/orthanc.json", "edge-orthanc/orthanc.json"):
+        config = json.loads((ROOT / path).read_text())
+        assert config["Python"]["AllowThreads"] is True, path
