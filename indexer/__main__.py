@@ -7,7 +7,11 @@ python -m indexer audit seal                   chain the newest records now
 python -m indexer audit seal --every 1         the deployment's sealer (one works at a
                                                time, by a PostgreSQL lease; SIGTERM stops
                                                it after its batch)
-python -m indexer serve UVICORN-ARGV...        uvicorn, with this node's sealer beside it
+python -m indexer outbox deliver [--every S]   the deployment's notification deliverer
+                                               (one works at a time, by a lease; needs
+                                               INDEXER_ALERT_WEBHOOK_URL)
+python -m indexer serve UVICORN-ARGV...        uvicorn, with this node's sealer (and
+                                               deliverer, with a webhook) beside it
 python -m indexer audit purge [--days N]       drop sealed records older than N days
                                                (default INDEXER_AUDIT_RETENTION_DAYS)
 python -m indexer names index                  add patients registered before the name
@@ -22,14 +26,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
 from .config import get_settings
 from .db import get_engine, session_factory
-from .services import audit
+from .services import audit, outbox
+from .services.leased_loop import LeasedLoop
 from .services.registry import Registry
+
+STOP_WITHIN_S = 30.0  # serve: how long a SIGTERM waits for the loops' batches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         default=audit.UNSEALED_AFTER_S,
         help="verify: seconds after which an unsealed record is a problem",
     )
+    deliver = sub.add_parser("outbox", help="the notification outbox")
+    deliver.add_argument("action", choices=["deliver"])
+    deliver.add_argument("--every", type=float, default=1.0)
     names = sub.add_parser("names", help="the patients' name blind index")
     names.add_argument("action", choices=["index"])
     serve_cmd = sub.add_parser("serve", help="uvicorn and this node's audit sealer")
@@ -56,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.uvicorn)
+    if args.command == "outbox":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        deliverer = _deliverer(every_s=args.every)
+        if deliverer is None:
+            print("outbox: INDEXER_ALERT_WEBHOOK_URL is not set", file=sys.stderr)
+            return 2
+        _stop_on_signals(deliverer.stop)
+        deliverer.run_forever()
+        return 0
     sessions = session_factory()
     if args.command == "institutions":
         with sessions() as session:
@@ -112,21 +132,41 @@ def _stop_on_signals(stop: Callable[[], object]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def serve(uvicorn_argv: list[str]) -> int:
+def _deliverer(every_s: float = 1.0) -> outbox.Deliverer | None:
+    settings = get_settings()
+    if not settings.alert_webhook_url:
+        return None
+    return outbox.Deliverer(get_engine(), settings.alert_webhook_url, every_s=every_s)
+
+
+def background_loops() -> list[LeasedLoop]:
+    """This node's leased loops: the audit sealer, and with a webhook the deliverer."""
+    deliverer = _deliverer()
+    return [audit.Sealer(get_engine(), every_s=1.0), *([deliverer] if deliverer else [])]
+
+
+def serve(uvicorn_argv: list[str], stop_within_s: float = STOP_WITHIN_S) -> int:
     """uvicorn as a child (same process group: the launcher's SIGTERM reaches it and its
-    workers) and the sealer in this process, so a node has one sealer, not one per worker.
-    On SIGTERM the sealer finishes its batch; when uvicorn ends, so does this."""
+    workers) and the node's leased loops in this process, so a node has one of each, not
+    one per worker. On SIGTERM each loop finishes its batch, and this waits for them (at
+    most `stop_within_s` in all); when uvicorn ends, so does this."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     argv = uvicorn_argv[1:] if uvicorn_argv[:1] == ["--"] else uvicorn_argv
     if not argv:
         print("serve: the uvicorn command line is missing", file=sys.stderr)
         return 2
-    sealer = audit.Sealer(get_engine(), every_s=1.0)
+    loops = background_loops()
     stopping = threading.Event()
-    _stop_on_signals(lambda: (stopping.set(), sealer.stop()))
+
+    def stop() -> None:
+        stopping.set()
+        for loop in loops:
+            loop.stop()
+
+    _stop_on_signals(stop)
     child = subprocess.Popen(argv)  # the launcher's own command line
-    sealing = threading.Thread(target=sealer.run_forever, name="audit-sealer")
-    sealing.start()
+    for loop in loops:
+        loop.start()
     while child.poll() is None and not stopping.is_set():
         stopping.wait(0.5)
     if child.poll() is None:
@@ -135,9 +175,11 @@ def serve(uvicorn_argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             child.terminate()
             child.wait(timeout=25)
-    sealer.stop()
-    sealing.join(timeout=30)
-    return child.returncode or 0
+    for loop in loops:
+        loop.stop()
+    deadline = time.monotonic() + stop_within_s
+    stopped = all([loop.join(max(0.0, deadline - time.monotonic())) for loop in loops])
+    return (child.returncode or 0) if stopped else 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from .exam import STATES, Exam
 from .grant import Grant
 from .image_study import ImageStudy
 from .institution import Institution
+from .notification import Notification
 from .patient import Patient
 from .person import Person
 from .platform_request import PlatformRequest
@@ -23,6 +24,7 @@ __all__ = [
     "Grant",
     "ImageStudy",
     "Institution",
+    "Notification",
     "Patient",
     "Person",
     "PlatformRequest",

@@ -15,18 +15,17 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import CursorResult, Engine, String, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import CursorResult, String, text
 from sqlalchemy.orm import Session
 
 from ..models import AuditEvent
+from .leased_loop import LeasedLoop
 
 log = logging.getLogger(__name__)
 GENESIS = bytes(32)
@@ -337,59 +336,17 @@ def purge(session: Session, retention_days: int) -> int:
     return int(deleted)
 
 
-class Sealer:
-    """The deployment's sealer: seals every `every_s` while it holds the lease (a
-    session-level advisory lock on its own connection: released by PostgreSQL if this
-    process or its connection dies, and then another node's sealer takes over). `stop()`
-    (SIGTERM) lets the current batch finish. Runs as `python -m indexer audit seal --every
-    1`, or beside uvicorn under `python -m indexer serve` (one per node, not per worker)."""
+class Sealer(LeasedLoop):
+    """The deployment's sealer: seals every `every_s` while it holds the lease (see
+    leased_loop: released by PostgreSQL if this process or its connection dies, and then
+    another node's sealer takes over). `stop()` (SIGTERM) lets the current batch finish.
+    Runs as `python -m indexer audit seal --every 1`, or beside uvicorn under `python -m
+    indexer serve` (one per node, not per worker)."""
 
-    def __init__(self, engine: Engine, every_s: float = 1.0) -> None:
-        self.engine = engine
-        self.every_s = every_s
-        self._stop = threading.Event()
-        self.working = False
+    lock_id = LEASE_LOCK
+    name = "audit sealer"
+    application_name = "imgcloud-audit-sealer"
 
-    def run_forever(self) -> None:
-        lease = None
-        try:
-            while not self._stop.is_set():
-                try:
-                    if lease is None:
-                        lease = self.engine.connect().execution_options(
-                            isolation_level="AUTOCOMMIT"
-                        )
-                        lease.execute(text("SET application_name = 'imgcloud-audit-sealer'"))
-                    if not self.working:
-                        self.working = bool(
-                            lease.execute(
-                                text(f"SELECT pg_try_advisory_lock({LEASE_LOCK})")
-                            ).scalar()
-                        )
-                        if self.working:
-                            log.info("audit sealer: holding the lease, sealing")
-                    else:
-                        lease.execute(text("SELECT 1"))  # still ours while this answers
-                    while self.working and not self._stop.is_set():
-                        with Session(self.engine) as session, session.begin():
-                            if seal(session) < 5000:
-                                break
-                except DBAPIError:
-                    log.exception("audit sealer: database error, the lease is given up")
-                    self.working = False
-                    if lease is not None:
-                        lease.invalidate()
-                        lease.close()
-                    lease = None
-                except Exception:  # a bug must not end the trail's sealing: logged, retried
-                    log.exception("audit sealer error")
-                self._stop.wait(self.every_s)
-        finally:
-            if lease is not None:  # closed for good (not back to the pool): the lease goes
-                lease.invalidate()
-                lease.close()
-            self.working = False
-            log.info("audit sealer stopped")
-
-    def stop(self) -> None:
-        self._stop.set()
+    def work(self) -> bool:
+        with Session(self.engine) as session, session.begin():
+            return seal(session) >= 5000

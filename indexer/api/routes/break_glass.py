@@ -9,8 +9,7 @@ import datetime as dt
 import logging
 from typing import Annotated
 
-import httpx
-from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import AwareDatetime, Field
 from sqlalchemy import select
 
@@ -19,6 +18,7 @@ from ...models import Alert
 from ...models import grant as grant_model
 from ...schemas import UID, Strict
 from ...security.auth import PLATFORM_ADMIN, Principal
+from ...services import outbox
 from ..deps import Caller, Reg, get_pii
 
 router = APIRouter(prefix="/v1", tags=["break-glass"])
@@ -50,18 +50,8 @@ class AlertOut(Strict):
     acknowledged_at: dt.datetime | None
 
 
-def _notify(url: str, alert_id: int, kind: str, owner: str) -> None:
-    """Tell the operators' alerting endpoint (no personal data: ids and codes only)."""
-    try:
-        httpx.post(url, json={"alert_id": alert_id, "kind": kind, "owner": owner}, timeout=5)
-    except httpx.HTTPError as exc:
-        log.warning("alert %s: webhook failed (%s)", alert_id, type(exc).__name__)
-
-
 @router.post("/break-glass", response_model=BreakGlassOut)
-def break_glass(
-    body: BreakGlassIn, who: Caller, reg: Reg, request: Request, tasks: BackgroundTasks
-) -> BreakGlassOut:
+def break_glass(body: BreakGlassIn, who: Caller, reg: Reg, request: Request) -> BreakGlassOut:
     """Emergency access to another institution's study for the caller alone, for
     `break_glass_hours`. The reason is required, audited and raises an alert."""
     if not who.has("radiologist", "clinician") or not who.institution:
@@ -98,6 +88,10 @@ def break_glass(
         reason_enc=get_pii().encrypt(body.reason, "alerts.reason"),
     )
     reg.session.add(alert)
+    if settings.alert_webhook_url:  # posted by the node holding the outbox lease
+        reg.session.flush()  # no personal data: ids and codes only
+        payload = {"alert_id": alert.id, "kind": "break-glass", "owner": owner}
+        outbox.enqueue(reg.session, "break-glass", payload)
     reg.session.commit()
     request.state.audit_resource = f"study:{uid}"
     request.state.audit_purpose = "break-glass"
@@ -108,8 +102,6 @@ def break_glass(
         who.institution,
         owner,
     )
-    if settings.alert_webhook_url:
-        tasks.add_task(_notify, settings.alert_webhook_url, alert.id, "break-glass", owner)
     return BreakGlassOut(
         grant_id=grant_id, alert_id=alert.id, study_instance_uid=uid, expires_at=expires
     )
