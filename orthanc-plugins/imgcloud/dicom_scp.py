@@ -92,7 +92,7 @@ def _universal(value: str) -> bool:
 
 
 class LocalIndex:
-    """This edge's Orthanc index, read over loopback REST (never the SDK: see local_api)."""
+    """This edge's Orthanc index, read through local_api's client (in-process SDK calls)."""
 
     def __init__(self, client: httpx.Client) -> None:
         self.client = client
