@@ -34,6 +34,10 @@ def ensure_pki(pki_dir: Path) -> dict[str, Path]:
         "server_key": pki_dir / "server.key",
     }
     if all(p.exists() for p in paths.values()):
+        # A stack started before the leaves had key identifiers (Orthanc 1.10.1's) is
+        # upgraded in place: its gateway certificate is issued again, or the edges' Python
+        # 3.13 refuses the gateway (docs/upgrade.md).
+        issue_leaf(pki_dir, "server", "localhost")
         return paths
     for stale in pki_dir.glob("*.pem"):  # leaves of an older CA would not verify
         stale.unlink()
