@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 
 from ..errors import Forbidden, Unauthenticated
 
@@ -54,11 +55,18 @@ class Principal:
             raise Forbidden("person-level lookups need a clinician or radiologist account")
 
 
+VERIFIED_TOKENS = 10_000  # tokens verified, remembered until they expire (per process)
+
+
 class TokenVerifier:
     def __init__(self, issuer: str, jwks_url: str, audience: str, timeout_s: float) -> None:
         self.issuer = issuer
         self.audience = audience
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        # per process, and needs no more: a verification's result is the token's own (the
+        # signature cannot change); an entry goes at its token's expiry, the oldest first
+        self._verified: TLRUCache[str, tuple[Principal, float]] = TLRUCache(
+            maxsize=VERIFIED_TOKENS, ttu=lambda _token, entry, _now: entry[1], timer=time.time
+        )
         self._keys = jwt.PyJWKClient(
             jwks_url, cache_keys=True, lifespan=600, timeout=int(max(1, timeout_s))
         )
@@ -70,8 +78,6 @@ class TokenVerifier:
         if cached is not None and cached[1] > time.time():
             return cached[0]
         principal, expires = self._verify(token)
-        if len(self._verified) >= 10_000:
-            self._verified.clear()
         self._verified[token] = (principal, expires)
         return principal
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from cachetools import TTLCache
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import IndexerError, InvalidRecord
@@ -112,6 +113,9 @@ def study_uid(study: dict[str, Any]) -> str | None:
     return str(values[0]) if values else None
 
 
+STUDY_OF_ENTRIES = 100_000  # Orthanc resource ID -> study UID, per process
+
+
 class CentralQido:
     """The central archive (loopback, central's own credentials): its QIDO-RS, and which
     study an Orthanc resource ID belongs to (a fixed fact, so it is remembered)."""
@@ -125,7 +129,9 @@ class CentralQido:
             # Orthanc 1.10 drops idle keep-alive connections after about a second
             limits=httpx.Limits(keepalive_expiry=0.5),
         )
-        self._study_of: dict[str, str] = {}
+        # a fact that does not change (Orthanc's IDs are hashes of the UIDs): per process
+        # is enough; bounded, and an hour's life lets a deleted study's entry go
+        self._study_of: TTLCache[str, str] = TTLCache(maxsize=STUDY_OF_ENTRIES, ttl=3600)
 
     async def studies(self, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         # raw characters: Orthanc 1.10.1 does not percent-decode query values
@@ -159,8 +165,6 @@ class CentralQido:
             raise CentralUnavailable(f"central archive answered {response.status_code}")
         uid = (response.json().get("MainDicomTags") or {}).get("StudyInstanceUID")
         if uid:
-            if len(self._study_of) >= 100_000:
-                self._study_of.clear()
             self._study_of[key] = str(uid)
         return str(uid) if uid else None
 
