@@ -4,8 +4,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
+mirror_override=${ORTHANC_ROOT_MIRROR:-}  # an environment's mirror wins (orthanc-root.sh)
 # shellcheck source=versions.env
 . "$here/versions.env"
+export ORTHANC_ROOT_MIRROR=${mirror_override:-$ORTHANC_ROOT_MIRROR}
 cache="$top/var/cache"
 mkdir -p "$cache"
 log() { echo "[install] $*"; }

@@ -9,13 +9,20 @@
 # The root is built once per pinned package list (deploy/versions.env), requirements.lock
 # and the script's FORMAT: their hash names the root (CACHE_DIR/orthanc-root-<hash>), so a changed
 # list builds a new one beside the old, and a root built for another list is never used.
-# It is built in a temporary folder and renamed into place only when complete; any failing
-# step stops with one line naming the step and its log, and leaves no half-built root.
+# It is built in a temporary folder and renamed into place only when complete (the stamp
+# .complete is its last file); any failing step stops with one line naming the step and
+# its log, and leaves no half-built root and nothing mounted. Every step is bounded: each
+# download times out (wget for debootstrap, apt, pip) and each step has a hard limit.
+#
+# ORTHANC_ROOT_MIRROR in the environment overrides the pinned Debian mirror (it is part of
+# the root's key, so a root from another mirror is another root).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
+mirror_override=${ORTHANC_ROOT_MIRROR:-}
 # shellcheck source=../versions.env
 . "$top/deploy/versions.env"
+ORTHANC_ROOT_MIRROR=${mirror_override:-$ORTHANC_ROOT_MIRROR}
 only_path=
 if [ "${1:-}" = --path ]; then only_path=1; shift; fi
 cache=${1:?usage: orthanc-root.sh [--path] CACHE_DIR}
@@ -34,10 +41,22 @@ mkdir -p "$cache"
 command -v debootstrap >/dev/null || die "debootstrap is not installed (deploy/install.sh installs it)"
 work="$cache/orthanc-root-$key.building"
 log="$cache/orthanc-root-$key.log"
-rm -rf "$work"
+unmount_under() {  # every mount at or below $1 (deepest first), as a failed step may leave
+  awk -v top="$1" '$5 == top || index($5, top "/") == 1 { print $5 }' /proc/self/mountinfo \
+    | sort -r | while read -r point; do umount -l "$point" 2>/dev/null || true; done
+}
+cleanup() {
+  unmount_under "$work"
+  rm -rf --one-file-system "$work"
+  [ -z "${WGETRC:-}" ] || rm -f "$WGETRC"
+}
+cleanup
 : >"$log"
 chmod 0600 "$log"
-trap 'rm -rf "$work"' EXIT
+trap cleanup EXIT
+# debootstrap downloads with wget: bounded tries and timeouts instead of 20 tries of 900 s.
+export WGETRC="$cache/orthanc-root-$key.wgetrc"
+printf 'timeout = 30\ntries = 3\nwaitretry = 2\n' >"$WGETRC"
 step() {  # step NAME SECONDS COMMAND...: bounded, logged, one line on failure
   local name=$1 limit=$2
   shift 2
@@ -46,8 +65,9 @@ step() {  # step NAME SECONDS COMMAND...: bounded, logged, one line on failure
 }
 inroot=(chroot "$work" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin
         DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8)
+apt_bounded=(-o Acquire::http::Timeout=30 -o Acquire::Retries=2)
 
-step "debootstrap $ORTHANC_ROOT_SUITE" 900 \
+step "debootstrap $ORTHANC_ROOT_SUITE from $ORTHANC_ROOT_MIRROR" 900 \
   debootstrap --variant=minbase "$ORTHANC_ROOT_SUITE" "$work" "$ORTHANC_ROOT_MIRROR"
 cat >"$work/etc/apt/sources.list" <<EOF
 deb $ORTHANC_ROOT_MIRROR $ORTHANC_ROOT_SUITE main
@@ -63,22 +83,24 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   mkdir -p "$work/usr/local/share/ca-certificates"
   cp /usr/local/share/ca-certificates/*.crt "$work/usr/local/share/ca-certificates/"
 fi
-step "apt-get update in the root" 300 "${inroot[@]}" apt-get update -q
+step "apt-get update in the root" 300 "${inroot[@]}" apt-get "${apt_bounded[@]}" update -q
 # shellcheck disable=SC2086 # the package list is a word list
 step "apt-get install $ORTHANC_ROOT_PACKAGES" 900 \
-  "${inroot[@]}" apt-get install -y -q --no-install-recommends $ORTHANC_ROOT_PACKAGES
+  "${inroot[@]}" apt-get "${apt_bounded[@]}" install -y -q --no-install-recommends $ORTHANC_ROOT_PACKAGES
 step "update-ca-certificates in the root" 120 "${inroot[@]}" update-ca-certificates
 # The plugins' Python libraries, for the Python that Orthanc's plugin embeds (3.13 here).
 step "python3 -m venv in the root" 120 "${inroot[@]}" python3 -m venv /opt/imgcloud-venv
 cp "$top/requirements.lock" "$work/tmp/requirements.lock"
 step "pip install -r requirements.lock in the root" 900 \
   "${inroot[@]}" /opt/imgcloud-venv/bin/pip install -q --disable-pip-version-check \
-  --cert /etc/ssl/certs/ca-certificates.crt -r /tmp/requirements.lock
+  --timeout 30 --retries 2 --cert /etc/ssl/certs/ca-certificates.crt -r /tmp/requirements.lock
 "${inroot[@]}" apt-get clean >>"$log" 2>&1 || true
 # What the root holds, for the launcher and the tests to compare with /system.
 "${inroot[@]}" dpkg-query -W -f='${Package}=${Version}\n' $ORTHANC_ROOT_PACKAGES >"$work/.versions" \
   2>>"$log" || die "dpkg-query in the root (log: $log)"
+unmount_under "$work"
 touch "$work/.complete"
 trap - EXIT
-mv "$work" "$root"
+mv "$work" "$root" || { cleanup; die "renaming $work to $root (log: $log)"; }
+rm -f "$WGETRC"
 echo "$root"

@@ -21,6 +21,7 @@ from .modes import tighten
 from .pki import ensure_pki, issue_leaf
 from .ports import allocate, port_is_free
 from .processes import stop
+from .sandbox import platform_for
 from .secrets_store import ensure_secrets
 from .services.base import Service
 from .services.gateway import Gateway
@@ -91,6 +92,7 @@ def up(ctx: StackContext, say=print) -> None:
     """
     try:
         tighten(ctx.state, skip=(ctx.settings.cache_dir,))
+        platform_for(ctx.settings).check()  # before starting anything: a missing root
         for svc in services(ctx):
             pid = svc.pid()
             if pid is not None and svc.health() is None:

@@ -75,14 +75,31 @@ class OrthancPlatform:
     def check(self) -> None:
         """PrerequisiteMissing naming what is missing (run make install)."""
         if self.root is not None and not (self.root / ".complete").exists():
-            raise PrerequisiteMissing(
-                "orthanc", f"the Debian 13 root {self.root} is not built: run make install"
-            )
+            raise self.root_missing()
         for inside in (ORTHANC_BIN, PLUGIN_DIR / "libOrthancPython.so", self.python_site):
             if not self.visible(inside).exists():
                 raise PrerequisiteMissing(
                     "orthanc", f"{self.visible(inside)} not found: run make install"
                 )
+
+    def root_missing(self) -> PrerequisiteMissing:
+        """The error for a root not built for this package list: it names the expected
+        root, any root built for another list (never used instead), and the log of a
+        build of this one that failed."""
+        assert self.root is not None
+        others = sorted(
+            p.name
+            for p in self.root.parent.glob("orthanc-root-*")
+            if p != self.root and p.is_dir() and (p / ".complete").exists()
+        )
+        besides = f" (built for another package list, not used: {', '.join(others)})"
+        log = self.root.with_name(self.root.name + ".log")
+        return PrerequisiteMissing(
+            "orthanc",
+            f"Orthanc root for this package list not built: {self.root}"
+            f"{besides if others else ''}: run make install",
+            log if log.exists() else None,
+        )
 
     def versions(self) -> dict[str, str]:
         """Debian package versions in the root (package -> version); {} on a host."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from deploy.stack.processes import read_pid
-from deploy.stack.settings import REPO_ROOT
+from deploy.stack.sandbox import platform_for
+from deploy.stack.settings import REPO_ROOT, StackSettings
 
 
 @pytest.fixture
@@ -82,6 +83,9 @@ def test_service_never_healthy_stops_up_with_its_log(state_dir: Path) -> None:
 def test_missing_prerequisite_stops_up_and_what_had_started(state_dir: Path) -> None:
     empty_cache = state_dir / "empty-cache"
     empty_cache.mkdir()
+    root = platform_for(StackSettings.from_env()).root  # up checks the Orthanc root first
+    if root is not None:
+        (empty_cache / root.name).symlink_to(root)
     result = run_up(state_dir, STACK_CACHE_DIR=str(empty_cache))
     assert result.returncode == 1
     line = failure_line(result)
