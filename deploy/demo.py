@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.samples.pacs import HospitalPacs
+from deploy.samples.pacs import HospitalPacs, PacsTls
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, wait_for_instances
 from deploy.stack.settings import StackSettings
@@ -104,9 +104,10 @@ def share_link(stack: StackClient, study_uid: str, qr_path: Path) -> str:
 
 def push_to_b(stack: StackClient, study_uid: str, count: int) -> int:
     """跨院推送: A pushes the study to B; B's edge polls central and C-STOREs it to B's PACS."""
-    pacs = HospitalPacs(
+    pacs = HospitalPacs(  # mutual TLS only: B's edge reaches it through its TLS sidecar
         aet=stack["EDGE_B_PACS_AET"],
         port=int(stack["EDGE_B_PACS_PORT"]),
+        tls=PacsTls(stack["CA_CERT"], stack["PACS_TLS_CERT"], stack["PACS_TLS_KEY"]),
     )
     started = time.monotonic()
     with pacs, stack.orthanc("EDGE_A") as edge_a:

@@ -1,10 +1,14 @@
 """A stand-in for a hospital PACS (pynetdicom): it receives C-STORE, answers study-level
 C-FIND and performs C-MOVE to known AE titles. The demo and the tests run it where the
-edges' `HOSP_PACS` entry points (EDGE_X_PACS_PORT in var/stack.env), always on loopback.
+edges' TLS sidecars reach `HOSP_PACS` (EDGE_X_PACS_PORT in var/stack.env), always on
+loopback. With `tls`, it speaks only mutual TLS, as server and as client (its C-MOVE
+sub-operations and its own C-MOVE requests): the edges let the PACS AE title in only
+through their TLS listener.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,11 +53,34 @@ def _date_matches(value: str, wanted: str) -> bool:
     return value == wanted
 
 
+@dataclass(frozen=True)
+class PacsTls:
+    """The PACS's certificate and the CA it trusts, for mutual DICOM TLS both ways."""
+
+    ca_cert: str
+    cert: str
+    key: str
+
+    def server(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca_cert)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED  # mutual: no certificate, no association
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def client(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_cert)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
 @dataclass
 class HospitalPacs:
     aet: str
     port: int
     destinations: dict[str, tuple[str, int]] = field(default_factory=dict)  # AET -> host, port
+    tls: PacsTls | None = None  # mutual TLS only (as server and client), else plain TCP
     received: list[Dataset] = field(default_factory=list)  # what was C-STOREd to it
     held: dict[str, Dataset] = field(default_factory=dict)  # SOP UID -> dataset it serves
     _server: Any = None
@@ -124,7 +151,11 @@ class HospitalPacs:
         if destination is None:
             yield None, None
             return
-        yield destination
+        host, port = destination
+        if self.tls is None:
+            yield host, port
+        else:  # pynetdicom passes these to the sub-operations' associate()
+            yield host, port, {"tls_args": (self.tls.client(), host)}
         instances = [d for study in self._studies(event.identifier) for d in study]
         yield len(instances)
         for ds in instances:
@@ -139,7 +170,8 @@ class HospitalPacs:
         ae = AE(ae_title=self.aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate(host, port, ae_title=called_aet)
+        tls_args = (self.tls.client(), host) if self.tls else None
+        assoc = ae.associate(host, port, ae_title=called_aet, tls_args=tls_args)
         if not assoc.is_established:
             raise ConnectionError(f"{called_aet} refused the association")
         query = Dataset()
@@ -177,7 +209,12 @@ class HospitalPacs:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
         ]
-        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self.tls.server() if self.tls else None,
+        )
         return self
 
     def stop(self) -> None:

@@ -50,20 +50,26 @@ class StackClient:
     def send_to_edge(
         self, edge: str, datasets: Iterable[Dataset], calling_aet: str = "DEMO_CT"
     ) -> modality.StoreResult:
-        """C-STORE to edge 'A' or 'B' as the demo modality (over TLS where that edge wants it)."""
-        tls = None
-        if self.env.get(f"EDGE_{edge}_DICOM_TLS") == "1":
-            tls = modality.tls_context(
-                self.env["CA_CERT"], self.env["MODALITY_TLS_CERT"], self.env["MODALITY_TLS_KEY"]
-            )
+        """C-STORE to edge 'A' or 'B' as `calling_aet`, on the listener that AE may use."""
+        port, tls = self.edge_dicom(edge, calling_aet)
         return modality.send(
             datasets,
             host="127.0.0.1",
-            port=int(self.env[f"EDGE_{edge}_DICOM_PORT"]),
+            port=port,
             called_aet=self.env[f"EDGE_{edge}_AET"],
             calling_aet=calling_aet,
             tls=tls,
         )
+
+    def edge_dicom(self, edge: str, calling_aet: str) -> tuple[int, ssl.SSLContext | None]:
+        """Where `calling_aet` reaches edge 'A' or 'B': the mutual-TLS listener with the PACS
+        stand-in's certificate for a TLS-only AE title, else the plain port."""
+        if calling_aet in self.env[f"EDGE_{edge}_TLS_ONLY_AETS"].split(","):
+            tls = modality.tls_context(
+                self.env["CA_CERT"], self.env["PACS_TLS_CERT"], self.env["PACS_TLS_KEY"]
+            )
+            return int(self.env[f"EDGE_{edge}_DICOM_TLS_PORT"]), tls
+        return int(self.env[f"EDGE_{edge}_DICOM_PORT"]), None
 
     def gateway(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

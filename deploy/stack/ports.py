@@ -27,6 +27,12 @@ PORT_NAMES = (
     "edge_a_dicom",
     "edge_b_http",
     "edge_b_dicom",
+    # Each edge's mutual-TLS DICOM listener (its nginx sidecar; the plain one is Orthanc's),
+    # and the sidecar's port on its own loopback address that opens TLS to the PACS.
+    "edge_a_dicom_tls",
+    "edge_b_dicom_tls",
+    "edge_a_pacs_tls",
+    "edge_b_pacs_tls",
     "indexer",
     "gateway",
     # Where each hospital's PACS stand-in listens (started by the demo or a test, not by
@@ -68,16 +74,20 @@ def pick_free(count: int, avoid: Iterable[int]) -> list[int]:
 
 
 def allocate(path: Path) -> dict[str, int]:
-    """Ports for this stack: the recorded ones, else the environment's, else free ones."""
+    """Ports for this stack: the recorded ones, else the environment's, else free ones.
+
+    A stack recorded before a port was added keeps its ports and gains the new one."""
+    recorded: dict[str, int] = {}
     if path.exists():
-        ports = {k: int(v) for k, v in json.loads(path.read_text()).items()}
-        if set(PORT_NAMES) <= set(ports):
-            return ports
+        recorded = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+        if set(PORT_NAMES) <= set(recorded):
+            return recorded
     fixed = {
         name: int(os.environ[f"IMGCLOUD_PORT_{name.upper()}"])
         for name in PORT_NAMES
         if os.environ.get(f"IMGCLOUD_PORT_{name.upper()}")
     }
+    fixed |= {k: v for k, v in recorded.items() if k in PORT_NAMES}
     wanted = [n for n in PORT_NAMES if n not in fixed]
     ports = dict(fixed)
     ports.update(zip(wanted, pick_free(len(wanted), fixed.values()), strict=True))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .errors import ConfigurationError
 
@@ -39,6 +42,91 @@ def _check_dicom_access(configuration: dict[str, Any]) -> None:
             raise ConfigurationError(
                 f"DicomModalities.{name}.AllowGet: must be false (C-GET cannot be audited)"
             )
+
+
+AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x21-\x5b\x5d-\x7e]{1,16}$")]
+_DICOM_ALWAYS = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+
+
+class DicomListeners(BaseModel):
+    """ImagingCloud.DicomListeners: which AE titles may use which of the edge's two DICOM
+    listeners. Orthanc's own port is the plain one; the TLS sidecar passes every mutual-TLS
+    association to it from `TlsSourceAddress`. The AE titles in `TlsOnlyAETs` may come
+    only from there, every other one never (docs/edge.md, "Two DICOM listeners")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tls_source_address: str = Field(alias="TlsSourceAddress")
+    tls_only_aets: frozenset[AeTitle] = Field(alias="TlsOnlyAETs", default=frozenset())
+
+
+def _entry_aet_host(name: str, entry: Any) -> tuple[str, str]:
+    if isinstance(entry, dict):
+        return str(entry.get("AET", name)), str(entry.get("Host", ""))
+    return str(entry[0]), str(entry[1])
+
+
+def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
+    """Validate the block against DicomModalities and the settings Orthanc's host check
+    depends on; raise ConfigurationError naming the setting or the entry at fault."""
+    where = "ImagingCloud.DicomListeners"
+    try:
+        listeners = DicomListeners.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(block)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"{where}: {problems}") from None
+    try:
+        ipaddress.ip_address(listeners.tls_source_address)
+    except ValueError:
+        raise ConfigurationError(
+            f"{where}.TlsSourceAddress: must be an IP address (Orthanc compares the caller's "
+            f"address with DicomModalities' Host as text), not {listeners.tls_source_address!r}"
+        ) from None
+    if configuration.get("DicomCheckModalityHost") is not True:
+        raise ConfigurationError(
+            f"DicomCheckModalityHost: must be true with {where}: without it Orthanc lets a "
+            "TLS-only AE title in on the plain port"
+        )
+    for operation in _DICOM_ALWAYS:  # any of these skips Orthanc's AE and host check
+        if configuration.get(f"DicomAlwaysAllow{operation}") is True:
+            raise ConfigurationError(
+                f"DicomAlwaysAllow{operation}: must be false with {where} (Orthanc then "
+                "accepts every association, whatever its AE title and address)"
+            )
+    if configuration.get("DicomTlsEnabled") is True:
+        raise ConfigurationError(
+            f"DicomTlsEnabled: must be false with {where}: Orthanc's port is the plain "
+            "listener, the TLS sidecar the TLS one"
+        )
+    # Orthanc compares AE titles case-insensitively unless StrictAetComparison is set
+    strict = configuration.get("StrictAetComparison") is True
+
+    def same(aet: str) -> str:
+        return aet if strict else aet.lower()
+
+    tls_only = {same(a) for a in listeners.tls_only_aets}
+    seen: set[str] = set()
+    for name, entry in (configuration.get("DicomModalities") or {}).items():
+        aet, host = _entry_aet_host(name, entry)
+        seen.add(same(aet))
+        if same(aet) in tls_only and host != listeners.tls_source_address:
+            raise ConfigurationError(
+                f"DicomModalities.{name}: {aet} may use the TLS listener only, so its Host "
+                f"must be {where}.TlsSourceAddress ({listeners.tls_source_address}), not "
+                f"{host!r}"
+            )
+        if same(aet) not in tls_only and host == listeners.tls_source_address:
+            raise ConfigurationError(
+                f"DicomModalities.{name}: Host {host} is the TLS sidecar's address, which "
+                f"only the AE titles of {where}.TlsOnlyAETs may use ({aet} is not one)"
+            )
+    unknown = sorted(a for a in listeners.tls_only_aets if same(a) not in seen)
+    if unknown:
+        raise ConfigurationError(
+            f"{where}.TlsOnlyAETs: not the AET of any DicomModalities entry: {', '.join(unknown)}"
+        )
+    return listeners
 
 
 def _query_retrieve_aets(
@@ -79,6 +167,7 @@ class PluginConfig:
     queue_file: str | None = None
     hospital_pacs: str | None = None  # the DicomModalities entry pushed studies go to
     query_retrieve_aets: frozenset[str] = frozenset()  # who may C-FIND and C-MOVE (edge)
+    dicom_listeners: DicomListeners | None = None  # edge: who may use which listener
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> PluginConfig:
@@ -115,9 +204,12 @@ class PluginConfig:
                 "ImagingCloud.HospitalPacs: must name an entry of DicomModalities"
             )
         query_retrieve: frozenset[str] = frozenset()
+        listeners = None
         if role == "edge":
             _check_dicom_access(configuration)
             query_retrieve = _query_retrieve_aets(configuration, section, hospital_pacs)
+            if section.get("DicomListeners") is not None:
+                listeners = _dicom_listeners(configuration, section["DicomListeners"])
         retry = section.get("ForwardRetryMaxSeconds", 300)
         if not isinstance(retry, int | float) or retry <= 0:
             raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")
@@ -129,4 +221,5 @@ class PluginConfig:
             queue_file=queue_file,
             hospital_pacs=hospital_pacs,
             query_retrieve_aets=query_retrieve,
+            dicom_listeners=listeners,
         )

@@ -1,4 +1,6 @@
-"""DICOM TLS at hospital B's edge: mutual TLS with local-CA certificates, nothing else."""
+"""DICOM TLS at hospital B's edge: its TLS listener (the nginx sidecar beside Orthanc) takes
+mutual TLS with local-CA certificates, TLS 1.2 or 1.3, and nothing else; behind it, only
+the AE titles allowed over TLS (the PACS) are let in."""
 
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from deploy.stack.client import StackClient, find_study
 from .fresh import fresh_seed
 
 
-def echo(stack: StackClient, tls: ssl.SSLContext | None) -> bool:
-    ae = AE(ae_title="DEMO_CT")
+def tls_port(stack: StackClient) -> int:
+    return int(stack["EDGE_B_DICOM_TLS_PORT"])
+
+
+def echo(stack: StackClient, tls: ssl.SSLContext | None, calling_aet: str = "HOSP_PACS") -> bool:
+    ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.add_requested_context(Verification)
-    port = int(stack["EDGE_B_DICOM_PORT"])
     assoc = ae.associate(
         "127.0.0.1",
-        port,
+        tls_port(stack),
         ae_title=stack["EDGE_B_AET"],
         tls_args=(tls, "127.0.0.1") if tls else None,
     )
@@ -34,23 +39,34 @@ def echo(stack: StackClient, tls: ssl.SSLContext | None) -> bool:
     return bool(status) and status.Status == 0
 
 
+def pacs_tls(stack: StackClient) -> ssl.SSLContext:
+    return modality.tls_context(stack["CA_CERT"], stack["PACS_TLS_CERT"], stack["PACS_TLS_KEY"])
+
+
 def test_mutual_tls_c_echo_and_c_store(stack: StackClient) -> None:
-    assert stack["EDGE_B_DICOM_TLS"] == "1"
-    tls = modality.tls_context(
-        stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
-    )
+    assert stack["EDGE_B_TLS_ONLY_AETS"] == "HOSP_PACS"
+    tls = pacs_tls(stack)
     assert echo(stack, tls)
     study = make_study(fresh_seed(), "DX", institution_code=stack["EDGE_B_INSTITUTION"])
     result = modality.send(
         study.instances(),
         host="127.0.0.1",
-        port=int(stack["EDGE_B_DICOM_PORT"]),
+        port=tls_port(stack),
         called_aet=stack["EDGE_B_AET"],
+        calling_aet="HOSP_PACS",
         tls=tls,
     )
     assert result.ok and result.sent == 1
     with stack.orthanc("EDGE_B") as edge:
         assert find_study(edge, study.exam.study_instance_uid) is not None
+
+
+def test_an_ae_title_allowed_only_plain_is_refused_over_tls(stack: StackClient) -> None:
+    """The modality's certificate is good, but its AE title may use the plain port only."""
+    tls = modality.tls_context(
+        stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
+    )
+    assert not echo(stack, tls, calling_aet="DEMO_CT")
 
 
 def test_plain_tcp_association_is_refused_on_the_tls_port(stack: StackClient) -> None:
@@ -67,12 +83,11 @@ def test_tls_without_a_client_certificate_is_refused(stack: StackClient) -> None
 
 
 def test_the_edge_presents_a_certificate_from_the_local_ca(stack: StackClient) -> None:
-    context = ssl.create_default_context(cafile=stack["CA_CERT"])
-    context.load_cert_chain(stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"])
-    with socket.create_connection(("127.0.0.1", int(stack["EDGE_B_DICOM_PORT"])), 10) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with socket.create_connection(("127.0.0.1", tls_port(stack)), 10) as raw:
+        with pacs_tls(stack).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            assert tls.getpeercert()["subject"] == ((("commonName", stack["EDGE_B_AET"]),),)
     untrusting = ssl.create_default_context()  # the system CAs do not know our local CA
     with pytest.raises(ssl.SSLCertVerificationError):
-        with socket.create_connection(("127.0.0.1", int(stack["EDGE_B_DICOM_PORT"])), 10) as raw:
+        with socket.create_connection(("127.0.0.1", tls_port(stack)), 10) as raw:
             untrusting.wrap_socket(raw, server_hostname="127.0.0.1")

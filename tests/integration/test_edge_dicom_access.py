@@ -58,7 +58,8 @@ class Operation:
     def __init__(self, stack: StackClient, calling_aet: str) -> None:
         self.ae = AE(ae_title=calling_aet)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
-        self.port = int(stack["EDGE_A_DICOM_PORT"])
+        # the PACS's AE title over mutual TLS (the only way it is let in), the others plain
+        self.port, self.tls = stack.edge_dicom("A", calling_aet)
         self.called = stack["EDGE_A_AET"]
         self.statuses: list[int | None] = []
         self.identifiers: list[Dataset] = []
@@ -94,6 +95,7 @@ class Operation:
             ae_title=self.called,
             ext_neg=roles,
             evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+            tls_args=(self.tls, "127.0.0.1") if self.tls else None,
         )
         assert assoc.is_established, f"{self.called} refused the association"
         try:

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from deploy.samples.pacs import HospitalPacs
+from deploy.samples.pacs import HospitalPacs, PacsTls
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 
@@ -24,11 +24,13 @@ RUN = random.randrange(10_000, 90_000) * 10  # noqa: S311 - not a secret
 
 
 def pacs_for(stack: StackClient, letter: str) -> HospitalPacs:
+    """The hospital's PACS stand-in: mutual TLS only, its C-MOVEs to the edge's TLS port."""
     edge_aet = stack[f"EDGE_{letter}_AET"]
     return HospitalPacs(
         aet=stack[f"EDGE_{letter}_PACS_AET"],
         port=int(stack[f"EDGE_{letter}_PACS_PORT"]),
-        destinations={edge_aet: ("127.0.0.1", int(stack[f"EDGE_{letter}_DICOM_PORT"]))},
+        destinations={edge_aet: ("127.0.0.1", int(stack[f"EDGE_{letter}_DICOM_TLS_PORT"]))},
+        tls=PacsTls(stack["CA_CERT"], stack["PACS_TLS_CERT"], stack["PACS_TLS_KEY"]),
     )
 
 
@@ -164,7 +166,7 @@ def test_pacs_c_move_of_a_study_only_the_cloud_holds_fetches_it_back(
     # the hospital PACS asks the edge, as it would ask any DICOM node, to send it the study
     status = pacs_a.move(
         "127.0.0.1",
-        int(stack["EDGE_A_DICOM_PORT"]),
+        int(stack["EDGE_A_DICOM_TLS_PORT"]),
         stack["EDGE_A_AET"],
         uid,
         destination=stack["EDGE_A_PACS_AET"],
@@ -176,7 +178,7 @@ def test_pacs_c_move_of_a_study_only_the_cloud_holds_fetches_it_back(
     # a study neither here nor in the cloud fails the C-MOVE, and the edge keeps serving
     missing = pacs_a.move(
         "127.0.0.1",
-        int(stack["EDGE_A_DICOM_PORT"]),
+        int(stack["EDGE_A_DICOM_TLS_PORT"]),
         stack["EDGE_A_AET"],
         "1.2.3.4.5.6.7.8.9",
         destination=stack["EDGE_A_PACS_AET"],

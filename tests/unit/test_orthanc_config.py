@@ -9,7 +9,8 @@ from deploy.stack.services.gateway import render_template
 from deploy.stack.services.orthanc import (
     DEMO_MODALITY_AET,
     HOSPITAL_PACS_AET,
-    EdgeOrthanc,
+    EdgeA,
+    EdgeB,
     deep_merge,
 )
 
@@ -66,8 +67,9 @@ def test_stack_modalities_pass_queries_to_the_plugin_which_lets_only_the_pacs(
     """Every entry passes C-FIND and C-MOVE to the plugin (so that a refusal is audited),
     C-GET to nobody; the plugin lets only the hospital PACS query and retrieve. The edge
     plugin's own check accepts the result."""
-    edge = SimpleNamespace(ctx=SimpleNamespace(ports={"hospital_pacs_a": 11112}), letter="A")
-    modalities = EdgeOrthanc.local_modalities(edge)  # type: ignore[arg-type]
+    ports = {"hospital_pacs_a": 11112, "edge_a_pacs_tls": 11113}
+    edge = EdgeA(SimpleNamespace(ports=ports))  # type: ignore[arg-type]
+    modalities = edge.local_modalities()
     allowed = {
         name: {op for op in ("Echo", "Store", "Find", "Move", "Get") if entry[f"Allow{op}"]}
         for name, entry in modalities.items()
@@ -83,9 +85,30 @@ def test_stack_modalities_pass_queries_to_the_plugin_which_lets_only_the_pacs(
         "QueueFile": str(tmp_path / "queue.sqlite"),
         "HospitalPacs": HOSPITAL_PACS_AET,
         "QueryRetrieveAETs": [HOSPITAL_PACS_AET],
+        "DicomListeners": edge.dicom_listeners(),
     }
     loaded = PluginConfig.from_orthanc(config)
     assert loaded.query_retrieve_aets == {HOSPITAL_PACS_AET}
+    assert loaded.dicom_listeners is not None
+    assert loaded.dicom_listeners.tls_only_aets == {HOSPITAL_PACS_AET}
+
+
+def test_each_edge_reaches_its_pacs_only_through_its_tls_sidecar() -> None:
+    """The PACS's entry is the sidecar's address and outbound port; the modality keeps its
+    own host; the two edges' sidecars have addresses of their own."""
+    addresses = set()
+    for cls, low in ((EdgeA, "a"), (EdgeB, "b")):
+        ports = {f"hospital_pacs_{low}": 11112, f"edge_{low}_pacs_tls": 11113}
+        edge = cls(SimpleNamespace(ports=ports))  # type: ignore[arg-type]
+        modalities = edge.local_modalities()
+        pacs, modality = modalities[HOSPITAL_PACS_AET], modalities[DEMO_MODALITY_AET]
+        assert (pacs["Host"], pacs["Port"]) == (edge.tls_source_address, 11113)
+        assert (modality["Host"], modality["Port"]) == ("127.0.0.1", 104)
+        assert edge.tls_source_address.startswith("127.") and edge.tls_source_address != (
+            "127.0.0.1"
+        )
+        addresses.add(edge.tls_source_address)
+    assert len(addresses) == 2
 
 
 def test_python_plugin_releases_the_gil_during_sdk_calls() -> None:

@@ -8,6 +8,7 @@ paths, credentials, peers), written to the state directory.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,23 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+@dataclass(frozen=True)
+class DicomPeer:
+    """An AE title an edge talks to and which of its two listeners that AE may use.
+
+    A TLS-only peer reaches the edge through the edge's TLS sidecar (deploy/stack/services/
+    dicom_tls.py), so Orthanc sees it come from the sidecar's address; the edge reaches it
+    through the sidecar too, at `outbound_port` on that address, which opens mutual TLS to
+    `host:port` (its certificate checked against the hospital CA for `server_name`)."""
+
+    aet: str
+    host: str
+    port: int
+    tls_only: bool = False
+    outbound_port: int = 0  # a TLS-only peer's port on the sidecar's address
+    server_name: str = "localhost"  # the name its certificate must carry
 
 
 def dicom_modality(aet: str, port: int, host: str = "127.0.0.1") -> dict[str, Any]:
@@ -191,7 +209,9 @@ class EdgeOrthanc(OrthancService):
     institution: str = ""
     letter: str = ""
     cipher: str = "aes-256-gcm"
-    dicom_tls: bool = False
+    # Where the TLS sidecar connects to Orthanc from: a loopback address of this edge's own
+    # (Linux routes all of 127/8 to lo), named by the DicomModalities entries of TLS-only AEs.
+    tls_source_address: str = ""
 
     def __init__(self, ctx: StackContext) -> None:
         super().__init__(ctx)
@@ -223,13 +243,14 @@ class EdgeOrthanc(OrthancService):
             # (no password of central's: the edge's token is checked at the gateway).
             "OrthancPeers": {"central": {"Url": f"{self.ctx.gateway_url}/orthanc/"}},
             "HttpsCACertificates": str(self.ctx.pki["ca_cert"]),
-            **self.dicom_tls_config(),
             "ImagingCloud": {
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
                 "HospitalPacs": HOSPITAL_PACS_AET,
                 # who may C-FIND and C-MOVE here (the plugin refuses and audits the others)
                 "QueryRetrieveAETs": [HOSPITAL_PACS_AET],
+                # which AE titles may use which DICOM listener (checked at plugin load)
+                "DicomListeners": self.dicom_listeners(),
                 # study records go to the indexer through the gateway, as the hospital's
                 # gateway service account (client credentials)
                 "Indexer": {
@@ -259,43 +280,67 @@ class EdgeOrthanc(OrthancService):
         path.write_text(json.dumps({"ClientSecret": secret}))
         return path
 
+    @property
+    def tls_port(self) -> str:
+        """The ports.json name of this edge's mutual-TLS DICOM listener (the sidecar)."""
+        return f"edge_{self.letter.lower()}_dicom_tls"
+
+    def dicom_peers(self) -> list[DicomPeer]:
+        """The AE titles this edge talks to in the local stack, all on loopback: the demo
+        modality simulator over plain TCP, the hospital PACS stand-in over mutual TLS only
+        (in, through the sidecar's listener; out, through the sidecar's port for it)."""
+        low = self.letter.lower()
+        return [
+            DicomPeer(DEMO_MODALITY_AET, "127.0.0.1", 104),
+            DicomPeer(
+                HOSPITAL_PACS_AET,
+                "127.0.0.1",
+                self.ctx.ports[f"hospital_pacs_{low}"],
+                tls_only=True,
+                outbound_port=self.ctx.ports[f"edge_{low}_pacs_tls"],
+            ),
+        ]
+
     def local_modalities(self) -> dict[str, dict[str, Any]]:
-        """The AE titles this edge talks to in the local stack, all on loopback, in the long
-        form (the short form allows everything). Orthanc passes each one's C-FIND and C-MOVE
-        to the edge plugin, which lets only ImagingCloud.QueryRetrieveAETs (the hospital
-        PACS stand-in, which also receives pushed and fetched-back studies) through and
-        audits the refusals too: the demo modality simulator may only send (C-STORE,
-        C-ECHO). C-GET is refused to every AE by Orthanc: it cannot be audited (Orthanc
-        1.10.1 gives plugins no hook for it)."""
-        pacs_port = self.ctx.ports[f"hospital_pacs_{self.letter.lower()}"]
+        """DicomModalities in the long form (the short form allows everything). Orthanc
+        passes each one's C-FIND and C-MOVE to the edge plugin, which lets only
+        ImagingCloud.QueryRetrieveAETs (the hospital PACS stand-in, which also receives
+        pushed and fetched-back studies) through and audits the refusals too: the demo
+        modality simulator may only send (C-STORE, C-ECHO). C-GET is refused to every AE by
+        Orthanc: it cannot be audited (Orthanc gives plugins no hook for it). A TLS-only AE
+        is at the sidecar's address: Orthanc (DicomCheckModalityHost) refuses an association
+        claiming it from anywhere else, the plain port included."""
+        modalities = {}
+        for peer in self.dicom_peers():
+            if peer.tls_only:
+                entry = dicom_modality(peer.aet, peer.outbound_port, self.tls_source_address)
+            else:
+                entry = dicom_modality(peer.aet, peer.port, peer.host)
+            modalities[peer.aet] = entry
+        return modalities
+
+    def dicom_listeners(self) -> dict[str, Any]:
+        """ImagingCloud.DicomListeners: the sidecar's source address, the TLS-only AEs."""
         return {
-            DEMO_MODALITY_AET: dicom_modality(DEMO_MODALITY_AET, 104),
-            HOSPITAL_PACS_AET: dicom_modality(HOSPITAL_PACS_AET, pacs_port),
+            "TlsSourceAddress": self.tls_source_address,
+            "TlsOnlyAETs": [p.aet for p in self.dicom_peers() if p.tls_only],
         }
 
-    def dicom_tls_config(self) -> dict[str, Any]:
-        """Mutual DICOM TLS with certificates of the local CA (when this hospital wants it)."""
-        if not self.dicom_tls:
-            return {}
-        cert, key = issue_leaf(self.ctx.pki["ca_cert"].parent, self.name, self.aet)
-        return {
-            "DicomTlsEnabled": True,
-            "DicomTlsCertificate": str(cert),
-            "DicomTlsPrivateKey": str(key),
-            "DicomTlsTrustedCertificates": str(self.ctx.pki["ca_cert"]),
-            "DicomTlsRemoteCertificateRequired": True,
-        }
+    def tls_leaf(self) -> tuple[Path, Path]:
+        """This edge's certificate and key (the local CA's), for its TLS sidecar."""
+        return issue_leaf(self.ctx.pki["ca_cert"].parent, self.name, self.aet)
 
 
 class EdgeA(EdgeOrthanc):
     institution = INSTITUTION_A
     letter = "A"
+    tls_source_address = "127.0.0.2"
 
 
 class EdgeB(EdgeOrthanc):
     institution = INSTITUTION_B
     letter = "B"
-    # Hospital B runs the national-crypto profile (GB/T 39786) and accepts DICOM only over
-    # mutual TLS, so the local stack exercises both ciphers and both kinds of DICOM port.
+    # Hospital B runs the national-crypto profile (GB/T 39786), so the local stack
+    # exercises both ciphers. Both edges have both DICOM listeners.
     cipher = "sm4-gcm"
-    dicom_tls = True
+    tls_source_address = "127.0.0.3"
