@@ -24,10 +24,11 @@ from .processes import stop
 from .sandbox import platform_for
 from .secrets_store import ensure_secrets
 from .services.base import Service
+from .services.dicom_tls import DicomTlsA, DicomTlsB
 from .services.gateway import Gateway
 from .services.indexer import Indexer
 from .services.keycloak import Keycloak
-from .services.orthanc import CentralOrthanc, EdgeA, EdgeB
+from .services.orthanc import CentralOrthanc, EdgeA, EdgeB, EdgeOrthanc
 from .services.postgres import Postgres
 from .services.seaweedfs import SeaweedFS
 from .settings import StackSettings
@@ -40,6 +41,8 @@ SERVICE_CLASSES: tuple[type[Service], ...] = (
     CentralOrthanc,
     EdgeA,
     EdgeB,
+    DicomTlsA,
+    DicomTlsB,
     Indexer,
     Gateway,
 )
@@ -206,16 +209,24 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
     }
     modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
     env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}
+    # the hospital PACS stand-ins' certificate (server and client), for the demo and tests
+    pacs_cert, pacs_key = issue_leaf(ctx.pki["ca_cert"].parent, "hospital-pacs", "HOSP_PACS")
+    env |= {"PACS_TLS_CERT": str(pacs_cert), "PACS_TLS_KEY": str(pacs_key)}
+    edges: dict[str, EdgeOrthanc] = {"A": EdgeA(ctx), "B": EdgeB(ctx)}
     for letter, institution in (("A", INSTITUTION_A), ("B", INSTITUTION_B)):
         low = letter.lower()
+        listeners = edges[letter].dicom_listeners()
         env |= {
             f"EDGE_{letter}_URL": ctx.http(f"edge_{low}_http"),
             f"EDGE_{letter}_USER": f"edge-{low}-admin",
             f"EDGE_{letter}_PASSWORD": s[f"edge_{low}_orthanc"],
             f"EDGE_{letter}_AET": f"EDGE_{institution}",
+            # two DICOM listeners: Orthanc's plain port, the sidecar's mutual-TLS port
             f"EDGE_{letter}_DICOM_PORT": str(p[f"edge_{low}_dicom"]),
+            f"EDGE_{letter}_DICOM_TLS_PORT": str(p[f"edge_{low}_dicom_tls"]),
+            f"EDGE_{letter}_TLS_ONLY_AETS": ",".join(listeners["TlsOnlyAETs"]),
+            f"EDGE_{letter}_TLS_SOURCE_ADDRESS": listeners["TlsSourceAddress"],
             f"EDGE_{letter}_INSTITUTION": institution,
-            f"EDGE_{letter}_DICOM_TLS": "1" if letter == "B" else "0",
             f"EDGE_{letter}_PACS_AET": "HOSP_PACS",
             f"EDGE_{letter}_PACS_PORT": str(p[f"hospital_pacs_{low}"]),
         }
