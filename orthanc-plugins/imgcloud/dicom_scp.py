@@ -16,8 +16,10 @@ gate lets through:
 
 Each operation, refused or not, becomes an audit event (calling AE, level, query, answers,
 outcome). The source address is the host `DicomModalities` names for the calling AE, which
-Orthanc checked (`DicomCheckModalityHost`): Python plugin 4.0 passes no peer address to
-these callbacks.
+Orthanc checked (`DicomCheckModalityHost`): the Python plugin passes no peer address to
+these callbacks. For an AE title allowed only over TLS (`ImagingCloud.DicomListeners`) that
+host is the TLS sidecar's own address, so its events' source says the association came
+over mutual TLS (the sidecar's access log has the peer's address and certificate).
 """
 
 from __future__ import annotations
