@@ -17,6 +17,8 @@ EXPECTED = {
     "central",
     "edge-a",
     "edge-b",
+    "edge-a-dicom-tls",
+    "edge-b-dicom-tls",
     "viewer",
     "gateway",
 }

@@ -92,6 +92,7 @@ class DicomTlsSidecar(Service):
             (self.ctx.settings.repo_root / "deploy/edge/dicom-tls.conf.template").read_text(),
             {
                 "SIDECAR_HOME": str(self.home),
+                "SIDECAR_LOGS": str(self.home / "logs"),
                 "NGINX_USER": "www-data",
                 "STREAM_MODULE": str(STREAM_MODULE),
                 "CONNECT_TIMEOUT": CONNECT_TIMEOUT,
