@@ -59,8 +59,12 @@ class OrthancPlatform:
                 timeout=30,
                 check=True,
             ).stdout.strip()
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired as exc:
             raise PrerequisiteMissing("orthanc", f"{ROOT_SCRIPT} --path: {exc}") from exc
+        except subprocess.CalledProcessError as exc:
+            said = (exc.stderr or "").strip().splitlines()
+            why = said[-1] if said else f"exit status {exc.returncode}"
+            raise PrerequisiteMissing("orthanc", f"{ROOT_SCRIPT} --path: {why}") from exc
         return cls(Path(found).resolve(), host_venv)
 
     @property
