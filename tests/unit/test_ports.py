@@ -46,3 +46,15 @@ def test_a_recycled_pid_is_not_taken_for_our_service(tmp_path: Path) -> None:
     finally:
         pid_file(tmp_path, "sleeper").write_text(" ".join(recorded))
         assert stop(tmp_path, "sleeper", timeout_s=5)
+
+
+def test_a_stack_recorded_before_a_port_was_added_keeps_its_ports(tmp_path: Path) -> None:
+    """An older stack's ports.json (no TLS listener yet) keeps every port it had."""
+    path = tmp_path / "ports.json"
+    ports = allocate(path)
+    older = {k: v for k, v in ports.items() if "tls" not in k}
+    path.write_text(json.dumps(older))
+    again = allocate(path)
+    assert set(again) == set(PORT_NAMES)
+    assert {k: again[k] for k in older} == older
+    assert len(set(again.values())) == len(PORT_NAMES)
