@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.samples import modality
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 from deploy.stack.launcher import down, load_context, up
@@ -139,6 +140,26 @@ def multipart_parts(response: httpx.Response) -> list[bytes]:
     return parts
 
 
+def send_as_1_10_stack_wants(
+    stack: StackClient, letter: str, study: SampleStudy
+) -> modality.StoreResult:
+    """The demo modality's C-STORE as the 1.10.1 stack took it (its stack.env): one DICOM
+    port per edge, Orthanc's own TLS at hospital B. Today's client picks a listener from
+    keys that stack.env did not have yet."""
+    tls = None
+    if stack.env.get(f"EDGE_{letter}_DICOM_TLS") == "1":
+        tls = modality.tls_context(
+            stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
+        )
+    return modality.send(
+        study.instances(),
+        host="127.0.0.1",
+        port=int(stack[f"EDGE_{letter}_DICOM_PORT"]),
+        called_aet=stack[f"EDGE_{letter}_AET"],
+        tls=tls,
+    )
+
+
 def send_study(stack: StackClient, letter: str, seed: int) -> SampleStudy:
     study = make_study(
         seed,
@@ -147,7 +168,11 @@ def send_study(stack: StackClient, letter: str, seed: int) -> SampleStudy:
         institution_code=stack[f"EDGE_{letter}_INSTITUTION"],
         institution_name=f"Demo Hospital {letter}",
     )
-    result = stack.send_to_edge(letter, study.instances())
+    result = (
+        stack.send_to_edge(letter, study.instances())
+        if f"EDGE_{letter}_TLS_ONLY_AETS" in stack.env
+        else send_as_1_10_stack_wants(stack, letter, study)
+    )
     assert result.ok and result.sent == SLICES[letter], result.failed
     return study
 
