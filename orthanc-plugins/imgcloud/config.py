@@ -99,6 +99,12 @@ def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
             f"DicomTlsEnabled: must be false with {where}: Orthanc's port is the plain "
             "listener, the TLS sidecar the TLS one"
         )
+    if configuration.get("DicomModalitiesInDatabase") is True:
+        raise ConfigurationError(
+            f"DicomModalitiesInDatabase: must be false with {where}: modalities added "
+            "through the REST API are not checked here, and a second entry of a TLS-only AE "
+            "title with another Host would let it in on the plain port"
+        )
     # Orthanc compares AE titles case-insensitively unless StrictAetComparison is set
     strict = configuration.get("StrictAetComparison") is True
 

@@ -126,6 +126,7 @@ def test_a_modality_entry_at_odds_with_the_listeners_is_named(
         ({"DicomAlwaysAllowStore": True}, r"DicomAlwaysAllowStore: must be false"),
         ({"DicomAlwaysAllowEcho": True}, r"DicomAlwaysAllowEcho: must be false"),
         ({"DicomTlsEnabled": True}, r"DicomTlsEnabled: must be false"),
+        ({"DicomModalitiesInDatabase": True}, r"DicomModalitiesInDatabase: must be false"),
     ],
 )
 def test_settings_that_would_bypass_the_host_check_are_refused(
