@@ -13,20 +13,16 @@ from imgcloud import __version__
 from imgcloud.delivery import discard_copy, verify_against
 from imgcloud.errors import PluginError
 from imgcloud.instance_hashes import HashRegistry, central_conninfo
-from imgcloud.pushes import PushRegistry, PushRejected, validate_request
+from imgcloud.pushes import PushCreate, PushRegistry, PushRejected, PushReport
+from imgcloud.routes import Method, Reply, Request, Route, error
+from imgcloud.verification import VerifyRequest
 
 CONFIG, CONFIGURATION = glue_common.load("central")
 STORAGE, _ARCHIVE = glue_common.register_storage("central", CONFIGURATION)
 
 
-def _status(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    output.AnswerBuffer(
-        json.dumps({"role": CONFIG.role, "version": __version__, "storage": STORAGE}),
-        "application/json",
-    )
+def _status(request: Request) -> Reply:
+    return Reply(200, {"role": CONFIG.role, "version": __version__, "storage": STORAGE})
 
 
 HASHES = HashRegistry.from_orthanc(CONFIGURATION)
@@ -73,124 +69,90 @@ def _study_uids(sop_uids: set[str]) -> dict[str, str]:
     return out
 
 
-def _verify(output, uri, **request):
+def _verify(request: Request) -> Reply:
     """POST {"instances": {SOP Instance UID: SHA-256}[, "discard": false]} -> confirmed /
     missing / mismatched, and the study of every instance held here. A mismatching copy is
     discarded (so the resend replaces it) unless "discard" is false: the gateway's check
     asks that way first, and lets discards through only for the caller's own studies."""
-    if request["method"] != "POST":
-        output.SendMethodNotAllowed("POST")
-        return
-    try:
-        body = json.loads(request["body"])
-        claimed = body["instances"]
-        discard = body.get("discard", True)
-        valid = (
-            isinstance(claimed, dict)
-            and isinstance(discard, bool)
-            and all(
-                isinstance(k, str) and isinstance(v, str) and len(v) == 64
-                for k, v in claimed.items()
-            )
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        valid = False
-    if not valid:
-        message = 'body must be {"instances": {"<SOP UID>": "<sha256 hex>"}, "discard": bool}'
-        glue_common.send_status(output, 400, message)
-        return
-    result = verify_against(_stored_hash, claimed, _discard if discard else lambda _sop: None)
-    output.AnswerBuffer(
-        json.dumps(
-            {
-                "confirmed": sorted(result.confirmed),
-                "missing": sorted(result.missing),
-                "mismatched": sorted(result.mismatched),
-                "studies": _study_uids(result.confirmed | result.mismatched),
-            }
-        ),
-        "application/json",
+    body: VerifyRequest = request.body
+    result = verify_against(
+        _stored_hash, body.instances, _discard if body.discard else lambda _sop: None
+    )
+    return Reply(
+        200,
+        {
+            "confirmed": sorted(result.confirmed),
+            "missing": sorted(result.missing),
+            "mismatched": sorted(result.mismatched),
+            "studies": _study_uids(result.confirmed | result.mismatched),
+        },
     )
 
 
 PUSHES = PushRegistry(central_conninfo(CONFIGURATION))
 
 
-def _answer_error(output, status: int, message: str) -> None:
-    body = json.dumps({"error": message})
-    glue_common.send_status(output, status, body)
-
-
-def _pushes(output, uri, **request):
-    """POST: record a push of a study held here; GET ?to=CODE[&state=S]: list pushes."""
+def _registry_call(call) -> Reply:
+    """Run a push registry call; its refusals and outages become answers."""
     try:
-        if request["method"] == "POST":
-            try:
-                body = json.loads(request["body"])
-            except ValueError:
-                raise PushRejected("body must be JSON") from None
-            push_request = validate_request(body)
-            if not orthanc.LookupStudy(push_request["study_instance_uid"]):
-                raise PushRejected("the study is not in the central archive", 404)
-            push, created = PUSHES.create(push_request)
-            if created:
-                orthanc.LogWarning(
-                    f"imaging-cloud: push {push['push_id']} recorded "
-                    f"{push['from_institution']} -> {push['to_institution']}"
-                )
-            output.AnswerBuffer(json.dumps(push), "application/json")
-        elif request["method"] == "GET":
-            to = request["get"].get("to")
-            if not to:
-                raise PushRejected("query parameter 'to' (institution code) is required", 422)
-            pushes = PUSHES.list(to, request["get"].get("state"))
-            output.AnswerBuffer(json.dumps({"pushes": pushes}), "application/json")
-        else:
-            output.SendMethodNotAllowed("GET,POST")
+        return call()
     except PushRejected as exc:
-        _answer_error(output, exc.status, str(exc))
-    except orthanc.OrthancException:
-        _answer_error(output, 404, "the study is not in the central archive")
+        return error(exc.status, str(exc))
     except PluginError as exc:
-        _answer_error(output, 503, str(exc))
+        return error(503, str(exc))
 
 
-def _push(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    try:
-        push = PUSHES.get(request["groups"][0])
-    except PluginError as exc:
-        _answer_error(output, 503, str(exc))
-        return
-    if push is None:
-        _answer_error(output, 404, "no such push")
-        return
-    output.AnswerBuffer(json.dumps(push), "application/json")
+def _create_push(request: Request) -> Reply:
+    """POST: record a push of a study held here."""
+    push_request: PushCreate = request.body
 
-
-def _push_state(output, uri, **request):
-    if request["method"] != "POST":
-        output.SendMethodNotAllowed("POST")
-        return
-    try:
+    def create() -> Reply:
         try:
-            body = json.loads(request["body"])
-        except ValueError:
-            raise PushRejected("body must be JSON") from None
-        push = PUSHES.change(request["groups"][0], body)
-        output.AnswerBuffer(json.dumps(push), "application/json")
-    except PushRejected as exc:
-        _answer_error(output, exc.status, str(exc))
-    except PluginError as exc:
-        _answer_error(output, 503, str(exc))
+            held = orthanc.LookupStudy(push_request.study_instance_uid)
+        except orthanc.OrthancException:
+            held = None
+        if not held:
+            raise PushRejected("the study is not in the central archive", 404)
+        push, created = PUSHES.create(push_request.model_dump())
+        if created:
+            orthanc.LogWarning(
+                f"imaging-cloud: push {push['push_id']} recorded "
+                f"{push['from_institution']} -> {push['to_institution']}"
+            )
+        return Reply(200, push)
+
+    return _registry_call(create)
 
 
-orthanc.RegisterRestCallback("/imaging-cloud/pushes", _pushes)
-orthanc.RegisterRestCallback("/imaging-cloud/pushes/([0-9a-f-]+)", _push)
-orthanc.RegisterRestCallback("/imaging-cloud/pushes/([0-9a-f-]+)/state", _push_state)
-orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
-orthanc.RegisterRestCallback("/imaging-cloud/verify", _verify)
+def _list_pushes(request: Request) -> Reply:
+    """GET ?to=CODE[&state=S]: the pushes to one institution."""
+    to = request.query.get("to")
+    if not to:
+        return error(422, "query parameter 'to' (institution code) is required")
+    return _registry_call(
+        lambda: Reply(200, {"pushes": PUSHES.list(to, request.query.get("state"))})
+    )
+
+
+def _get_push(request: Request) -> Reply:
+    push = _registry_call(lambda: Reply(200, PUSHES.get(request.groups[0])))
+    return error(404, "no such push") if push.status == 200 and push.body is None else push
+
+
+def _push_state(request: Request) -> Reply:
+    return _registry_call(lambda: Reply(200, PUSHES.change(request.groups[0], request.body)))
+
+
+glue_common.route(
+    "/imaging-cloud/pushes",
+    Route(GET=_list_pushes, POST=Method(_create_push, PushCreate, invalid_status=422)),
+)
+glue_common.route("/imaging-cloud/pushes/([0-9a-f-]+)", Route(GET=_get_push))
+glue_common.route(
+    "/imaging-cloud/pushes/([0-9a-f-]+)/state",
+    Route(POST=Method(_push_state, PushReport, invalid_status=422)),
+)
+glue_common.route("/imaging-cloud/status", Route(GET=_status))
+glue_common.route("/imaging-cloud/verify", Route(POST=Method(_verify, VerifyRequest)))
 orthanc.RegisterOnStoredInstanceCallback(_on_stored)
 orthanc.LogWarning(f"imaging-cloud central plugin {__version__} loaded, storage {STORAGE}")

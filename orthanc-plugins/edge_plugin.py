@@ -22,13 +22,7 @@ from imgcloud.compression import CompressionPolicy, compress
 from imgcloud.delivery import StudyDelivery
 from imgcloud.dicom_audit import AuditOutbox, AuditSender
 from imgcloud.dicom_scp import DicomScp
-from imgcloud.edge_requests import (
-    FetchRequest,
-    PacsPullRequest,
-    PushRequest,
-    RequestRejected,
-    parse,
-)
+from imgcloud.edge_requests import FetchRequest, PacsPullRequest, PushRequest, RequestRejected
 from imgcloud.edge_rules import RulesRejected, RulesStore
 from imgcloud.errors import CentralError, ConfigurationError, ServiceCallError
 from imgcloud.forward_queue import ForwardQueue
@@ -36,6 +30,7 @@ from imgcloud.forwarding import QueueWorker
 from imgcloud.indexer_client import IndexerClient, RecordSender
 from imgcloud.local_api import LocalOrthanc
 from imgcloud.retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
+from imgcloud.routes import Method, Reply, Request, Route, error
 from imgcloud.study_records import RecordStore, build_record
 from imgcloud.tokens import BearerAuth, ClientCredentials
 
@@ -244,79 +239,44 @@ def _on_change(change_type, level, resource_id):
                 sender.stop()
 
 
-def _status(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    body = {
-        "role": CONFIG.role,
-        "institution": CONFIG.institution,
-        "version": __version__,
-        "storage": STORAGE,
-        "compression": RULES.current.compression,
-        "rules_version": RULES.current.version,
-        "forwarding_now": RULES.current.may_forward(dt.datetime.now()),
-        **QUEUE.counters(),
-        **AUDIT.counters(),
-    }
-    output.AnswerBuffer(json.dumps(body), "application/json")
+def _status(request: Request) -> Reply:
+    return Reply(
+        200,
+        {
+            "role": CONFIG.role,
+            "institution": CONFIG.institution,
+            "version": __version__,
+            "storage": STORAGE,
+            "compression": RULES.current.compression,
+            "rules_version": RULES.current.version,
+            "forwarding_now": RULES.current.may_forward(dt.datetime.now()),
+            **QUEUE.counters(),
+            **AUDIT.counters(),
+        },
+    )
 
 
-def _answer_json(output, status: int, body: object) -> None:
-    text = json.dumps(body)
-    if status == 200:
-        output.AnswerBuffer(text, "application/json")
-    else:
-        glue_common.send_status(output, status, text)
-
-
-def _new_job(kind: str, model, output, request) -> None:
-    if request["method"] != "POST":
-        output.SendMethodNotAllowed("POST")
-        return
-    try:
-        parsed = parse(model, request["body"])
-        named = {getattr(parsed, "deliver_to", None), getattr(parsed, "source_aet", None)}
-        unknown = sorted(aet for aet in named - KNOWN_MODALITIES if aet)
-        if unknown:
-            raise RequestRejected(f"AE titles not configured on this edge: {', '.join(unknown)}")
-    except RequestRejected as exc:
-        _answer_json(output, exc.status, {"error": str(exc)})
-        return
+def _new_job(kind: str, request: Request) -> Reply:
+    parsed = request.body
+    named = {getattr(parsed, "deliver_to", None), getattr(parsed, "source_aet", None)}
+    unknown = sorted(aet for aet in named - KNOWN_MODALITIES if aet)
+    if unknown:
+        return error(422, f"AE titles not configured on this edge: {', '.join(unknown)}")
     job = JOBS.add(kind, parsed.model_dump(exclude_none=True))
     RETRIEVER.notify()
-    _answer_json(output, 200, job.as_dict())
+    return Reply(200, job.as_dict())
 
 
-def _retrievals(output, uri, **request):
-    """POST {study_instance_uid, deliver_to?}: fetch a study back from the cloud (回溯)."""
-    _new_job("fetch", FetchRequest, output, request)
+def _job(request: Request) -> Reply:
+    job = JOBS.get(request.groups[0])
+    return error(404, "no such job") if job is None else Reply(200, job.as_dict())
 
 
-def _pacs_pulls(output, uri, **request):
-    """POST {source_aet, criteria...}: C-FIND at the PACS, C-MOVE the studies here."""
-    _new_job("pacs-pull", PacsPullRequest, output, request)
-
-
-def _job(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    job = JOBS.get(request["groups"][0])
-    if job is None:
-        _answer_json(output, 404, {"error": "no such job"})
-        return
-    _answer_json(output, 200, job.as_dict())
-
-
-def _pushes(output, uri, **request):
+def _pushes(request: Request) -> Reply:
     """POST {study_instance_uid, to_institution, deliver_to?}: push a study to another
     hospital (跨院推送); central records it and the receiving edge collects it."""
-    if request["method"] != "POST":
-        output.SendMethodNotAllowed("POST")
-        return
+    push = request.body
     try:
-        push = parse(PushRequest, request["body"])
         if push.to_institution == CONFIG.institution:
             raise RequestRejected("to_institution: must differ from this hospital's code")
         if SENDER is not None:
@@ -334,67 +294,50 @@ def _pushes(output, uri, **request):
             push.model_dump(exclude_none=True) | {"from_institution": CONFIG.institution}
         )
     except RequestRejected as exc:
-        _answer_json(output, exc.status, {"error": str(exc)})
-        return
+        return error(exc.status, str(exc))
     except ServiceCallError as exc:
-        status = exc.status if exc.status in (404, 409, 422) else 502
-        _answer_json(output, status, {"error": str(exc)})
-        return
-    _answer_json(output, 200, answer)
+        return error(exc.status if exc.status in (404, 409, 422) else 502, str(exc))
+    return Reply(200, answer)
 
 
-def _push(output, uri, **request):
+def _push(request: Request) -> Reply:
     """GET a push's state as central records it (either hospital may ask)."""
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
     try:
-        _answer_json(output, 200, CENTRAL.get_push(request["groups"][0]))
+        return Reply(200, CENTRAL.get_push(request.groups[0]))
     except CentralError as exc:
-        _answer_json(output, 404 if exc.status == 404 else 502, {"error": str(exc)})
+        return error(404 if exc.status == 404 else 502, str(exc))
 
 
-def _study_forwarding(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    status = QUEUE.status(request["groups"][0])
+def _study_forwarding(request: Request) -> Reply:
+    status = QUEUE.status(request.groups[0])
     if status is None:
-        message = "this study has not been queued for forwarding"
-        glue_common.send_status(output, 404, message)
-        return
-    output.AnswerBuffer(json.dumps(status.as_dict()), "application/json")
+        return Reply(404, "this study has not been queued for forwarding")
+    return Reply(200, status.as_dict())
 
 
-def _study_record(output, uri, **request):
+def _study_record(request: Request) -> Reply:
     """GET the tags recorded for a study (patient data opened for the hospital's own API)."""
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    record = RECORDS.get(request["groups"][0])
-    if record is None:
-        _answer_json(output, 404, {"error": "no record for this study yet"})
-        return
-    _answer_json(output, 200, record)
+    record = RECORDS.get(request.groups[0])
+    return error(404, "no record for this study yet") if record is None else Reply(200, record)
 
 
-def _rules(output, uri, **request):
-    """GET the rules in force; PUT a new document (validated, newer version, persisted)."""
-    if request["method"] == "GET":
-        output.AnswerBuffer(RULES.current.model_dump_json(), "application/json")
-        return
-    if request["method"] != "PUT":
-        output.SendMethodNotAllowed("GET,PUT")
-        return
+def _rules_get(request: Request) -> Reply:
+    return Reply(200, RULES.current.model_dump_json())
+
+
+def _rules_put(request: Request) -> Reply:
+    """PUT a new rules document (validated, newer version, persisted)."""
     try:
-        rules = RULES.replace(request["body"])
+        rules = RULES.replace(request.body)
     except RulesRejected as exc:
-        message = f"rules refused, version {RULES.current.version} stays in force: {exc}"
-        glue_common.send_status(output, 400, message)
-        return
+        return Reply(400, f"rules refused, version {RULES.current.version} stays in force: {exc}")
     WORKER.notify()
     orthanc.LogWarning(f"imaging-cloud: edge rules version {rules.version} in force")
-    output.AnswerBuffer(rules.model_dump_json(), "application/json")
+    return Reply(200, rules.model_dump_json())
+
+
+def _json_body(handler, model) -> Method:
+    return Method(handler, model, invalid_status=422, json_status=422)
 
 
 AUDIT = AuditOutbox(
@@ -439,16 +382,22 @@ def _on_move(**request):
 orthanc.RegisterReceivedInstanceCallback(_on_received)
 orthanc.RegisterFindCallback(_on_find)
 orthanc.RegisterMoveCallback(_on_move)
-orthanc.RegisterRestCallback("/imaging-cloud/rules", _rules)
 orthanc.RegisterOnChangeCallback(_on_change)
-orthanc.RegisterRestCallback("/imaging-cloud/status", _status)
-orthanc.RegisterRestCallback("/imaging-cloud/studies/([0-9a-f-]+)/forwarding", _study_forwarding)
-orthanc.RegisterRestCallback("/imaging-cloud/studies/([0-9a-f-]+)/record", _study_record)
-orthanc.RegisterRestCallback("/imaging-cloud/retrievals", _retrievals)
-orthanc.RegisterRestCallback("/imaging-cloud/pacs-pulls", _pacs_pulls)
-orthanc.RegisterRestCallback("/imaging-cloud/jobs/([0-9a-f-]+)", _job)
-orthanc.RegisterRestCallback("/imaging-cloud/pushes", _pushes)
-orthanc.RegisterRestCallback("/imaging-cloud/pushes/([0-9a-f-]+)", _push)
+glue_common.route("/imaging-cloud/rules", Route(GET=_rules_get, PUT=_rules_put))
+glue_common.route("/imaging-cloud/status", Route(GET=_status))
+glue_common.route("/imaging-cloud/studies/([0-9a-f-]+)/forwarding", Route(GET=_study_forwarding))
+glue_common.route("/imaging-cloud/studies/([0-9a-f-]+)/record", Route(GET=_study_record))
+glue_common.route(
+    "/imaging-cloud/retrievals",
+    Route(POST=_json_body(lambda r: _new_job("fetch", r), FetchRequest)),
+)
+glue_common.route(
+    "/imaging-cloud/pacs-pulls",
+    Route(POST=_json_body(lambda r: _new_job("pacs-pull", r), PacsPullRequest)),
+)
+glue_common.route("/imaging-cloud/jobs/([0-9a-f-]+)", Route(GET=_job))
+glue_common.route("/imaging-cloud/pushes", Route(POST=_json_body(_pushes, PushRequest)))
+glue_common.route("/imaging-cloud/pushes/([0-9a-f-]+)", Route(GET=_push))
 orthanc.LogWarning(
     f"imaging-cloud edge plugin {__version__} loaded for {CONFIG.institution}, storage {STORAGE}"
 )

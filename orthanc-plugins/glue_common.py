@@ -11,6 +11,7 @@ from imgcloud import logs
 from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError, StorageError
 from imgcloud.local_api import InProcessTransport
+from imgcloud.routes import NotAllowed, Route
 from imgcloud.storage.archive import EncryptedArchive
 from imgcloud.storage.settings import storage_settings
 
@@ -72,6 +73,27 @@ def send_status(output, status: int, text: str) -> None:  # type: ignore[no-unty
         output.SendHttpStatus(status, text)
     except TypeError:
         output.SendHttpStatus(status, text, len(text.encode()))
+
+
+def route(path: str, route: Route) -> None:
+    """Register a REST route: methods it does not take get 405, a 200 answer is JSON,
+    any other status goes out with its body through send_status."""
+
+    def callback(output, uri, **request):  # type: ignore[no-untyped-def]
+        reply = route.dispatch(
+            request["method"],
+            tuple(request.get("groups") or ()),
+            request.get("get") or {},
+            request.get("body") or b"",
+        )
+        if isinstance(reply, NotAllowed):
+            output.SendMethodNotAllowed(reply.allowed)
+        elif reply.status == 200:
+            output.AnswerBuffer(reply.text(), "application/json")
+        else:
+            send_status(output, reply.status, reply.text())
+
+    orthanc.RegisterRestCallback(path, callback)
 
 
 def _rest_call(method: str, path: str, body: bytes) -> bytes:

@@ -13,12 +13,24 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import PluginError
+from .routes import describe
+
+M = TypeVar("M", bound=BaseModel)
 
 # One transaction (one simple query), one central at a time (the advisory lock): open
 # duplicates an older central made are closed, then one open push per study and receiver
@@ -72,32 +84,86 @@ class PushRejected(PluginError):
         self.status = status
 
 
-def validate_request(body: Any) -> dict[str, Any]:
+def _matching(pattern: re.Pattern[str], message: str, max_length: int = 64) -> Any:
+    """A before-validator: the value must be a string matching `pattern`, else `message`."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not pattern.match(value) or len(value) > max_length:
+            raise ValueError(message)
+        return value
+
+    return BeforeValidator(check)
+
+
+_INSTITUTION_CODE = _matching(_INSTITUTION, "must be an institution code (2-16 A-Z, 0-9)")
+
+
+class PushCreate(BaseModel):
     """A push request: study UID, from and to institution codes, optional target AE."""
+
+    model_config = ConfigDict(validate_default=True)
+    study_instance_uid: Annotated[str, _matching(_UID, "must be a DICOM UID")] = ""
+    from_institution: Annotated[str, _INSTITUTION_CODE] = ""
+    to_institution: Annotated[str, _INSTITUTION_CODE] = ""
+    deliver_to: Annotated[str | None, _matching(_AET, "must be an AE title (1-16 characters)")] = (
+        None
+    )
+    requested_by: str | None = None
+
+    @field_validator("deliver_to", mode="wrap")
+    @classmethod
+    def _optional(cls, value: Any, handler: Any) -> Any:
+        return None if value is None else handler(value)
+
+    @field_validator("requested_by", mode="before")
+    @classmethod
+    def _requester(cls, value: Any) -> str | None:
+        return str(value or "")[:128] or None
+
+    @model_validator(mode="after")
+    def _two_hospitals(self) -> PushCreate:
+        if self.from_institution == self.to_institution:
+            raise ValueError("to_institution: must differ from from_institution")
+        return self
+
+
+class PushReport(BaseModel):
+    """A state report from the receiving hospital's edge."""
+
+    institution: Any = None
+    state: Any = None
+    instances: Annotated[int, Field(strict=True, ge=0)] | None = None
+    detail: str | None = None
+
+    @field_validator("instances", mode="wrap")
+    @classmethod
+    def _count(cls, value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError("must be a count") from None
+
+    @field_validator("detail", mode="before")
+    @classmethod
+    def _detail(cls, value: Any) -> str | None:
+        return str(value or "")[:500] or None
+
+
+def _validated(model: type[M], body: Any) -> M:
+    """`body` as `model`, or PushRejected (422) naming every field at fault."""
+    if isinstance(body, model):
+        return body
     if not isinstance(body, dict):
         raise PushRejected("body must be a JSON object")
-    problems = []
-    uid = body.get("study_instance_uid")
-    if not isinstance(uid, str) or not _UID.match(uid) or len(uid) > 64:
-        problems.append("study_instance_uid: must be a DICOM UID")
-    for field in ("from_institution", "to_institution"):
-        value = body.get(field)
-        if not isinstance(value, str) or not _INSTITUTION.match(value):
-            problems.append(f"{field}: must be an institution code (2-16 A-Z, 0-9)")
-    if body.get("from_institution") == body.get("to_institution"):
-        problems.append("to_institution: must differ from from_institution")
-    target = body.get("deliver_to")
-    if target is not None and (not isinstance(target, str) or not _AET.match(target)):
-        problems.append("deliver_to: must be an AE title (1-16 characters)")
-    if problems:
-        raise PushRejected("; ".join(problems), 422)
-    return {
-        "study_instance_uid": uid,
-        "from_institution": body["from_institution"],
-        "to_institution": body["to_institution"],
-        "deliver_to": target,
-        "requested_by": str(body.get("requested_by") or "")[:128] or None,
-    }
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise PushRejected(describe(exc), 422) from None
+
+
+def validate_request(body: Any) -> dict[str, Any]:
+    """A push request as the registry stores it (PushRejected if invalid)."""
+    return _validated(PushCreate, body).model_dump()
 
 
 def check_transition(current: str, proposed: Any) -> str:
@@ -146,6 +212,7 @@ class PushRegistry:
     def create(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Record a push; an open push of the same study to the same place is reused
         (the unique index decides between concurrent creators, on any central)."""
+        request = validate_request(request)
         for _ in range(3):  # the open one may close between the INSERT and the SELECT
             row = self._run(
                 f"""INSERT INTO imgcloud_pushes (push_id, study_instance_uid, from_institution,
@@ -196,14 +263,10 @@ class PushRegistry:
         push = self.get(push_id)
         if push is None:
             raise PushRejected("no such push", 404)
-        if not isinstance(body, dict):
-            raise PushRejected("body must be a JSON object")
-        if body.get("institution") != push["to_institution"]:
+        report = _validated(PushReport, body)
+        if report.institution != push["to_institution"]:
             raise PushRejected("only the receiving institution reports on a push", 403)
-        state = check_transition(push["state"], body.get("state"))
-        instances = body.get("instances")
-        if instances is not None and (not isinstance(instances, int) or instances < 0):
-            raise PushRejected("instances: must be a count", 422)
+        state = check_transition(push["state"], report.state)
         rows = self._run(
             """UPDATE imgcloud_pushes SET state = %s, detail = %s,
                    instances = COALESCE(%s, instances), updated_at = now(),
@@ -211,8 +274,8 @@ class PushRegistry:
                WHERE push_id = %s AND state = %s RETURNING *""",
             (
                 state,
-                str(body.get("detail") or "")[:500] or None,
-                instances,
+                report.detail,
+                report.instances,
                 state,
                 uuid.UUID(push_id),
                 push["state"],
