@@ -224,8 +224,9 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
             # two DICOM listeners: Orthanc's plain port, the sidecar's mutual-TLS port
             f"EDGE_{letter}_DICOM_PORT": str(p[f"edge_{low}_dicom"]),
             f"EDGE_{letter}_DICOM_TLS_PORT": str(p[f"edge_{low}_dicom_tls"]),
-            f"EDGE_{letter}_TLS_ONLY_AETS": ",".join(listeners["TlsOnlyAETs"]),
-            f"EDGE_{letter}_TLS_SOURCE_ADDRESS": listeners["TlsSourceAddress"],
+            f"EDGE_{letter}_TLS_ONLY_AETS": ",".join(p["AET"] for p in listeners["TlsPeers"]),
+            # the sidecar's address for the PACS's certificate
+            f"EDGE_{letter}_TLS_SOURCE_ADDRESS": edges[letter].tls_source_address,
             f"EDGE_{letter}_INSTITUTION": institution,
             f"EDGE_{letter}_PACS_AET": "HOSP_PACS",
             f"EDGE_{letter}_PACS_PORT": str(p[f"hospital_pacs_{low}"]),

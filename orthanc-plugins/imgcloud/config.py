@@ -7,7 +7,14 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ConfigurationError
 
@@ -48,21 +55,89 @@ AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x21-\x5b\x5d-\x7e]{1,16}
 _DICOM_ALWAYS = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
 
 
-class DicomListeners(BaseModel):
-    """ImagingCloud.DicomListeners: which AE titles may use which of the edge's two DICOM
-    listeners. Orthanc's own port is the plain one; the TLS sidecar passes every mutual-TLS
-    association to it from `TlsSourceAddress`. The AE titles in `TlsOnlyAETs` may come
-    only from there, every other one never (docs/edge.md, "Two DICOM listeners")."""
+# A client certificate's subject as nginx 1.11.6 and later prints it ($ssl_client_s_dn,
+# RFC 2253, the most specific RDN first, e.g. "CN=pacs01,OU=Radiology,O=Hospital A"): the
+# sidecar compares it as text, so only single-valued RDNs of attribute types OpenSSL and RFC
+# 4514 name alike, with plain ASCII values (OpenSSL escapes anything else).
+_SUBJECT_VALUE = r"[A-Za-z0-9_.-](?:[A-Za-z0-9 _.-]{0,126}[A-Za-z0-9_.-])?"
+_SUBJECT_RDN = rf"(?:CN|OU|O|L|ST|C|DC)={_SUBJECT_VALUE}"
+CertificateSubject = Annotated[
+    str, StringConstraints(pattern=rf"^{_SUBJECT_RDN}(?:,{_SUBJECT_RDN}){{0,15}}$")
+]
+
+
+class TlsPeer(BaseModel):
+    """An AE title let in only over mutual TLS: the subject of its client certificate, and
+    the address the sidecar connects to Orthanc's plain port from for that certificate and
+    no other. Its DicomModalities entry names that address, so Orthanc's host check lets
+    the AE title in only from a connection of that certificate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tls_source_address: str = Field(alias="TlsSourceAddress")
-    tls_only_aets: frozenset[AeTitle] = Field(alias="TlsOnlyAETs", default=frozenset())
+    aet: AeTitle = Field(alias="AET")
+    certificate_subject: CertificateSubject = Field(alias="CertificateSubject")
+    source_address: str = Field(alias="SourceAddress")
+
+
+class DicomListeners(BaseModel):
+    """ImagingCloud.DicomListeners: which AE titles may use which of the edge's two DICOM
+    listeners. Orthanc's own port is the plain one; the TLS sidecar passes a mutual-TLS
+    association to it only from a client certificate of `TlsPeers`, from that peer's
+    `SourceAddress`. The AE titles of `TlsPeers` may come only from there, every other one
+    never (docs/edge.md, "Two DICOM listeners")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tls_peers: tuple[TlsPeer, ...] = Field(alias="TlsPeers", default=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_the_old_form(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and {"TlsSourceAddress", "TlsOnlyAETs"} & raw.keys():
+            raise ValueError(
+                "TlsSourceAddress and TlsOnlyAETs are replaced by TlsPeers (each TLS-only "
+                "AE title with its CertificateSubject and a SourceAddress of its own): "
+                "without them any certificate of the CA could claim those AE titles"
+            )
+        return raw
+
+    @property
+    def tls_only_aets(self) -> frozenset[str]:
+        """The AE titles let in only over mutual TLS."""
+        return frozenset(p.aet for p in self.tls_peers)
 
 
 def _entry_aet_host(name: str, entry: Any) -> tuple[str, str]:
     if isinstance(entry, dict):
         return str(entry.get("AET", name)), str(entry.get("Host", ""))
     return str(entry[0]), str(entry[1])
+
+
+def _check_tls_peers(where: str, peers: tuple[TlsPeer, ...], same: Any) -> None:
+    """Each TLS peer an AE title, a certificate subject and an address of its own: two
+    peers sharing an address could each claim the other's AE title."""
+    seen: dict[str, set[object]] = {
+        "AET": set(),
+        "CertificateSubject": set(),
+        "SourceAddress": set(),
+    }
+    for peer in peers:
+        at = f"{where}.TlsPeers.{peer.aet}"
+        try:
+            address = ipaddress.ip_address(peer.source_address)
+        except ValueError:
+            raise ConfigurationError(
+                f"{at}.SourceAddress: must be an IP address (Orthanc compares the caller's "
+                f"address with DicomModalities' Host as text), not {peer.source_address!r}"
+            ) from None
+        for what, value in (
+            ("AET", same(peer.aet)),
+            ("CertificateSubject", peer.certificate_subject),
+            ("SourceAddress", address),
+        ):
+            if value in seen[what]:
+                raise ConfigurationError(
+                    f"{at}.{what}: another TLS peer has it too; each needs its own"
+                )
+            seen[what].add(value)
 
 
 def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
@@ -76,13 +151,6 @@ def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
             f"{'.'.join(str(p) for p in e['loc']) or '(block)'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigurationError(f"{where}: {problems}") from None
-    try:
-        ipaddress.ip_address(listeners.tls_source_address)
-    except ValueError:
-        raise ConfigurationError(
-            f"{where}.TlsSourceAddress: must be an IP address (Orthanc compares the caller's "
-            f"address with DicomModalities' Host as text), not {listeners.tls_source_address!r}"
-        ) from None
     if configuration.get("DicomCheckModalityHost") is not True:
         raise ConfigurationError(
             f"DicomCheckModalityHost: must be true with {where}: without it Orthanc lets a "
@@ -111,26 +179,29 @@ def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
     def same(aet: str) -> str:
         return aet if strict else aet.lower()
 
-    tls_only = {same(a) for a in listeners.tls_only_aets}
+    _check_tls_peers(where, listeners.tls_peers, same)
+    address_of = {same(p.aet): p.source_address for p in listeners.tls_peers}
+    peer_at = {p.source_address: p.aet for p in listeners.tls_peers}
     seen: set[str] = set()
     for name, entry in (configuration.get("DicomModalities") or {}).items():
         aet, host = _entry_aet_host(name, entry)
         seen.add(same(aet))
-        if same(aet) in tls_only and host != listeners.tls_source_address:
+        if same(aet) in address_of and host != address_of[same(aet)]:
             raise ConfigurationError(
                 f"DicomModalities.{name}: {aet} may use the TLS listener only, so its Host "
-                f"must be {where}.TlsSourceAddress ({listeners.tls_source_address}), not "
-                f"{host!r}"
+                f"must be {where}.TlsPeers.{aet}.SourceAddress ({address_of[same(aet)]}), "
+                f"not {host!r}"
             )
-        if same(aet) not in tls_only and host == listeners.tls_source_address:
+        if same(aet) not in address_of and host in peer_at:
             raise ConfigurationError(
-                f"DicomModalities.{name}: Host {host} is the TLS sidecar's address, which "
-                f"only the AE titles of {where}.TlsOnlyAETs may use ({aet} is not one)"
+                f"DicomModalities.{name}: Host {host} is the TLS sidecar's address for "
+                f"{peer_at[host]}'s certificate, which only that AE title may use ({aet} is "
+                "not it)"
             )
-    unknown = sorted(a for a in listeners.tls_only_aets if same(a) not in seen)
+    unknown = sorted(p.aet for p in listeners.tls_peers if same(p.aet) not in seen)
     if unknown:
         raise ConfigurationError(
-            f"{where}.TlsOnlyAETs: not the AET of any DicomModalities entry: {', '.join(unknown)}"
+            f"{where}.TlsPeers: not the AET of any DicomModalities entry: {', '.join(unknown)}"
         )
     return listeners
 

@@ -1,5 +1,6 @@
 """ImagingCloud.DicomListeners: which AE titles may use which of an edge's two DICOM
-listeners, checked at plugin load against DicomModalities and Orthanc's host check."""
+listeners, and which client certificate may claim each TLS-only AE title (its own source
+address), checked at plugin load against DicomModalities and Orthanc's host check."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError
 
 SIDECAR = "127.0.0.2"
+PACS_SUBJECT = "CN=HOSP_PACS"
+
+
+def peer(aet: str, address: str, subject: str) -> dict[str, str]:
+    return {"AET": aet, "SourceAddress": address, "CertificateSubject": subject}
+
+
+PACS_PEER = peer("HOSP_PACS", SIDECAR, PACS_SUBJECT)
 
 
 def entry(aet: str, host: str, port: int) -> dict[str, Any]:
@@ -36,7 +45,7 @@ EDGE: dict[str, Any] = {
         "Institution": "H0001",
         "ForwardPeer": "central",
         "QueueFile": "/var/lib/imaging-cloud/queue.sqlite",
-        "DicomListeners": {"TlsSourceAddress": SIDECAR, "TlsOnlyAETs": ["HOSP_PACS"]},
+        "DicomListeners": {"TlsPeers": [PACS_PEER]},
     },
 }
 
@@ -61,8 +70,13 @@ def listeners_with(block: Any) -> dict[str, Any]:
 def test_a_tls_only_pacs_and_a_plain_modality_load() -> None:
     listeners = PluginConfig.from_orthanc(EDGE).dicom_listeners
     assert listeners is not None
-    assert listeners.tls_source_address == SIDECAR
     assert listeners.tls_only_aets == {"HOSP_PACS"}
+    (pacs,) = listeners.tls_peers
+    assert (pacs.aet, pacs.source_address, pacs.certificate_subject) == (
+        "HOSP_PACS",
+        SIDECAR,
+        PACS_SUBJECT,
+    )
 
 
 def test_an_edge_without_the_block_has_one_plain_listener() -> None:
@@ -79,7 +93,8 @@ def test_an_edge_without_the_block_has_one_plain_listener() -> None:
         (
             {"HOSP_PACS": entry("HOSP_PACS", "10.0.0.8", 104)},
             r"DicomModalities\.HOSP_PACS: HOSP_PACS may use the TLS listener only, so its "
-            r"Host must be ImagingCloud\.DicomListeners\.TlsSourceAddress \(127\.0\.0\.2\)",
+            r"Host must be ImagingCloud\.DicomListeners\.TlsPeers\.HOSP_PACS\.SourceAddress "
+            r"\(127\.0\.0\.2\)",
         ),
         # a second entry for the same AE title (Orthanc matches titles case-insensitively)
         (
@@ -95,8 +110,8 @@ def test_an_edge_without_the_block_has_one_plain_listener() -> None:
                 "HOSP_PACS": entry("HOSP_PACS", SIDECAR, 11113),
                 "DEMO_CT": entry("DEMO_CT", SIDECAR, 104),
             },
-            r"DicomModalities\.DEMO_CT: Host 127\.0\.0\.2 is the TLS sidecar's address, which "
-            r"only the AE titles of ImagingCloud\.DicomListeners\.TlsOnlyAETs may use",
+            r"DicomModalities\.DEMO_CT: Host 127\.0\.0\.2 is the TLS sidecar's address for "
+            r"HOSP_PACS's certificate, which only that AE title may use",
         ),
         # short form too
         (
@@ -106,7 +121,7 @@ def test_an_edge_without_the_block_has_one_plain_listener() -> None:
         # a TLS-only AE title nobody configured
         (
             {"DEMO_CT": entry("DEMO_CT", "127.0.0.1", 104)},
-            r"ImagingCloud\.DicomListeners\.TlsOnlyAETs: not the AET of any DicomModalities "
+            r"ImagingCloud\.DicomListeners\.TlsPeers: not the AET of any DicomModalities "
             r"entry: HOSP_PACS",
         ),
     ],
@@ -148,12 +163,19 @@ def test_strict_ae_comparison_tells_titles_of_another_case_apart() -> None:
 @pytest.mark.parametrize(
     ("block", "message"),
     [
-        ({"TlsSourceAddress": "sidecar.local", "TlsOnlyAETs": ["HOSP_PACS"]}, "must be an IP"),
-        ({"TlsOnlyAETs": ["HOSP_PACS"]}, r"TlsSourceAddress: Field required"),
-        ({"TlsSourceAddress": SIDECAR, "TlsOnlyAETs": ["A" * 17]}, r"TlsOnlyAETs\.0"),
-        ({"TlsSourceAddress": SIDECAR, "TlsOnlyAETs": "HOSP_PACS"}, r"TlsOnlyAETs"),
-        ({"TlsSourceAddress": SIDECAR, "TlsOnly": ["HOSP_PACS"]}, r"TlsOnly: Extra inputs"),
+        ({"TlsPeers": [peer("HOSP_PACS", "sidecar.local", PACS_SUBJECT)]}, "must be an IP"),
+        ({"TlsPeers": [{"AET": "HOSP_PACS", "SourceAddress": SIDECAR}]}, r"Field required"),
+        ({"TlsPeers": [peer("A" * 17, SIDECAR, PACS_SUBJECT)]}, r"TlsPeers\.0\.AET"),
+        ({"TlsPeers": PACS_PEER}, r"TlsPeers"),
+        ({"TlsPeers": [PACS_PEER], "TlsOnly": ["HOSP_PACS"]}, r"TlsOnly: Extra inputs"),
+        ({"TlsPeers": [PACS_PEER | {"Fingerprint": "ab"}]}, r"Fingerprint: Extra inputs"),
         ("127.0.0.2", r"ImagingCloud\.DicomListeners: \(block\)"),
+        # the form before certificates were bound to AE titles: any certificate of the CA
+        # could claim them
+        (
+            {"TlsSourceAddress": SIDECAR, "TlsOnlyAETs": ["HOSP_PACS"]},
+            r"TlsSourceAddress and TlsOnlyAETs are replaced by TlsPeers",
+        ),
     ],
 )
 def test_a_malformed_block_is_named(block: Any, message: str) -> None:
@@ -161,3 +183,96 @@ def test_a_malformed_block_is_named(block: Any, message: str) -> None:
         PluginConfig.from_orthanc(listeners_with(block))
     with pytest.raises(ConfigurationError, match=message):
         PluginConfig.from_orthanc(listeners_with(block))
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "CN=HOSP_PACS",
+        "CN=pacs01.hospital-a.local,OU=Radiology,O=Hospital A,C=CN",
+        "CN=pacs,DC=hospital-a,DC=local",
+    ],
+)
+def test_a_certificate_subject_as_nginx_prints_it_loads(subject: str) -> None:
+    config = listeners_with({"TlsPeers": [peer("HOSP_PACS", SIDECAR, subject)]})
+    listeners = PluginConfig.from_orthanc(config).dicom_listeners
+    assert listeners is not None
+    assert listeners.tls_peers[0].certificate_subject == subject
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "",
+        "/CN=HOSP_PACS",  # nginx's legacy format ($ssl_client_s_dn_legacy)
+        "CN = HOSP_PACS",
+        "cn=HOSP_PACS",  # OpenSSL prints CN: the text would never match
+        "CN=HOSP_PACS, O=Hospital A",
+        "CN=HOSP_PACS+OU=Radiology",  # a multi-valued RDN
+        "CN=HOSP\\,PACS",  # an escaped comma
+        'CN=HOSP"PACS',
+        "CN=HOSP_PACS;",
+        "CN=HOSP_PACS$",
+        "CN=HOSP_PACS}",
+        "CN=医院",  # OpenSSL prints \XX escapes for non-ASCII values
+        "CN= HOSP_PACS",
+        "CN=HOSP_PACS ",
+        "serialNumber=42",  # OpenSSL's name, RFC 4514's is an OID
+        "CN=" + "A" * 129,
+    ],
+)
+def test_a_subject_the_sidecar_could_not_match_as_text_is_refused(subject: str) -> None:
+    config = listeners_with({"TlsPeers": [peer("HOSP_PACS", SIDECAR, subject)]})
+    with pytest.raises(ConfigurationError, match=r"TlsPeers\.0\.CertificateSubject"):
+        PluginConfig.from_orthanc(config)
+
+
+def two_tls_peers(vna: dict[str, str], vna_host: str = "127.0.0.4") -> dict[str, Any]:
+    """EDGE with a second TLS-only AE title (a VNA) beside the PACS."""
+    config = copy.deepcopy(EDGE)
+    config["DicomModalities"]["HOSP_VNA"] = entry("HOSP_VNA", vna_host, 11114)
+    config["ImagingCloud"]["DicomListeners"] = {"TlsPeers": [PACS_PEER, vna]}
+    return config
+
+
+def test_each_tls_peer_has_an_address_of_its_own() -> None:
+    """Two TLS-only AE titles, each bound to its certificate by its own source address."""
+    vna = peer("HOSP_VNA", "127.0.0.4", "CN=HOSP_VNA")
+    listeners = PluginConfig.from_orthanc(two_tls_peers(vna)).dicom_listeners
+    assert listeners is not None
+    assert listeners.tls_only_aets == {"HOSP_PACS", "HOSP_VNA"}
+
+
+@pytest.mark.parametrize(
+    ("vna", "vna_host", "message"),
+    [
+        # sharing the PACS's address, the VNA's certificate could claim the PACS's AE title
+        (
+            peer("HOSP_VNA", SIDECAR, "CN=HOSP_VNA"),
+            SIDECAR,
+            r"TlsPeers\.HOSP_VNA\.SourceAddress: another TLS peer has it too",
+        ),
+        (
+            peer("HOSP_VNA", "127.0.0.4", PACS_SUBJECT),
+            "127.0.0.4",
+            r"TlsPeers\.HOSP_VNA\.CertificateSubject: another TLS peer has it too",
+        ),
+        (
+            peer("hosp_pacs", "127.0.0.4", "CN=HOSP_VNA"),
+            "127.0.0.4",
+            r"TlsPeers\.hosp_pacs\.AET: another TLS peer has it too",
+        ),
+        # the VNA's entry at the PACS's address: the PACS's certificate could claim it
+        (
+            peer("HOSP_VNA", "127.0.0.4", "CN=HOSP_VNA"),
+            SIDECAR,
+            r"DicomModalities\.HOSP_VNA: HOSP_VNA may use the TLS listener only, so its Host "
+            r"must be ImagingCloud\.DicomListeners\.TlsPeers\.HOSP_VNA\.SourceAddress",
+        ),
+    ],
+)
+def test_tls_peers_that_could_claim_each_others_ae_title_are_refused(
+    vna: dict[str, str], vna_host: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        PluginConfig.from_orthanc(two_tls_peers(vna, vna_host))

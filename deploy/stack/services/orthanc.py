@@ -8,6 +8,7 @@ paths, credentials, peers), written to the state directory.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from .base import Service, http_health
 
 HOSPITAL_PACS_AET = "HOSP_PACS"
 DEMO_MODALITY_AET = "DEMO_CT"
+# the subject of the PACS stand-ins' certificate (the launcher's "hospital-pacs" leaf), as
+# nginx prints it: the one certificate the sidecars let claim HOSP_PACS
+HOSPITAL_PACS_SUBJECT = f"CN={HOSPITAL_PACS_AET}"
 EDGE_STABLE_AGE_S = 3  # the static config's 60 s suits hospitals; the local stack is faster.
 
 
@@ -43,15 +47,19 @@ class DicomPeer:
     """An AE title an edge talks to and which of its two listeners that AE may use.
 
     A TLS-only peer reaches the edge through the edge's TLS sidecar (deploy/stack/services/
-    dicom_tls.py), so Orthanc sees it come from the sidecar's address; the edge reaches it
-    through the sidecar too, at `outbound_port` on that address, which opens mutual TLS to
-    `host:port` (its certificate checked against the hospital CA for `server_name`)."""
+    dicom_tls.py) only with a client certificate of `certificate_subject`, and Orthanc sees
+    it come from `source_address`, the sidecar's address for that certificate alone; the
+    edge reaches it through the sidecar too, at `outbound_port` on that address, which opens
+    mutual TLS to `host:port` (its certificate checked against the hospital CA for
+    `server_name`)."""
 
     aet: str
     host: str
     port: int
     tls_only: bool = False
     outbound_port: int = 0  # a TLS-only peer's port on the sidecar's address
+    source_address: str = ""  # a TLS-only peer's: the sidecar's address for its certificate
+    certificate_subject: str = ""  # a TLS-only peer's client certificate (RFC 2253)
     server_name: str = "localhost"  # the name its certificate must carry
 
 
@@ -98,15 +106,38 @@ class OrthancService(Service):
         raise NotImplementedError
 
     @property
+    def key_dir(self) -> Path:
+        """This Orthanc's own folder of keys/ (its key ring, its credentials): the only
+        one of keys/ its mount namespace shows it, read-only (0700, the service uid)."""
+        return self.ctx.state / "keys" / self.name
+
+    @property
     def key_ring_file(self) -> Path:
         """This Orthanc's master key ring (generated once per stack, mode 0600)."""
-        return self.ctx.state / "keys" / f"{self.name}-keyring.json"
+        return self.key_dir / "keyring.json"
 
     def ensure_key_ring(self) -> Path:
         path = self.key_ring_file
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A stack started before the service uid kept every ring flat in keys/, where
+        # one Orthanc's namespace cannot show its own without the others'.
+        flat = self.ctx.state / "keys" / f"{self.name}-keyring.json"
+        for old, new in ((flat, path), (flat.with_suffix(".rewrap-checkpoint"),
+                                        path.with_suffix(".rewrap-checkpoint"))):  # fmt: skip
+            if old.exists() and not new.exists():
+                os.replace(old, new)
         if not path.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_key_ring(KeyRing.generate("k1"), path)
+        return path
+
+    def write_private(self, name: str, content: str) -> Path:
+        """A credentials file in this Orthanc's key folder (0600, the service uid); the
+        flat keys/ copy an older stack wrote is removed."""
+        path = self.key_dir / name
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_text(content)
+        (self.ctx.state / "keys" / f"{self.name}-{name}").unlink(missing_ok=True)
         return path
 
     def prepare(self) -> None:
@@ -119,13 +150,16 @@ class OrthancService(Service):
         self.ensure_key_ring()
         static = json.loads((self.ctx.settings.repo_root / self.static_config).read_text())
         config = deep_merge(static, self.runtime_config())
-        path = self.home / "orthanc.json"
+        path = self.home / "orthanc.json"  # it holds passwords: 0600, the service uid
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(json.dumps(config, indent=2))
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
-        # Orthanc may write the stack's state only (its storage, queues, key rings).
-        return orthanc_command(self.ctx.settings, self.home / "orthanc.json", [self.ctx.state])
+        # Orthanc writes its own home only (storage, queues) and reads its own key folder;
+        # the other Orthancs' homes and keys are not in its mount namespace.
+        return orthanc_command(
+            self.ctx.settings, self.home / "orthanc.json", [self.home], private=[self.key_dir]
+        )
 
     def argv(self) -> list[str]:
         return self._command()[0]
@@ -189,18 +223,10 @@ class CentralOrthanc(OrthancService):
         }
 
     def _s3_credentials_file(self) -> Path:
-        path = self.ctx.state / "keys" / "central-s3.json"
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "AccessKey": self.ctx.secrets["s3_access_key"],
-                    "SecretKey": self.ctx.secrets["s3_secret_key"],
-                }
-            )
+        keys = {"AccessKey": "s3_access_key", "SecretKey": "s3_secret_key"}
+        return self.write_private(
+            "s3.json", json.dumps({k: self.ctx.secrets[v] for k, v in keys.items()})
         )
-        return path
 
 
 class EdgeOrthanc(OrthancService):
@@ -209,8 +235,9 @@ class EdgeOrthanc(OrthancService):
     institution: str = ""
     letter: str = ""
     cipher: str = "aes-256-gcm"
-    # Where the TLS sidecar connects to Orthanc from: a loopback address of this edge's own
-    # (Linux routes all of 127/8 to lo), named by the DicomModalities entries of TLS-only AEs.
+    # Where the TLS sidecar connects to Orthanc from with the PACS's certificate: a loopback
+    # address of this edge's own (Linux routes all of 127/8 to lo), named by the PACS's
+    # DicomModalities entry only. Another TLS-only AE would need an address of its own.
     tls_source_address: str = ""
 
     def __init__(self, ctx: StackContext) -> None:
@@ -242,7 +269,7 @@ class EdgeOrthanc(OrthancService):
             # Central through the HTTPS gateway, as the hospital's gateway service account
             # (no password of central's: the edge's token is checked at the gateway).
             "OrthancPeers": {"central": {"Url": f"{self.ctx.gateway_url}/orthanc/"}},
-            "HttpsCACertificates": str(self.ctx.pki["ca_cert"]),
+            "HttpsCACertificates": str(self._gateway_ca_file()),
             "ImagingCloud": {
                 "Institution": self.institution,
                 "QueueFile": str(self.home / "forward-queue.sqlite"),
@@ -273,11 +300,15 @@ class EdgeOrthanc(OrthancService):
         }
 
     def _gateway_secret_file(self) -> Path:
-        path = self.ctx.state / "keys" / f"{self.name}-gateway.json"
+        secret = self.ctx.secrets[f"gateway_{self.institution.lower()}"]
+        return self.write_private("gateway.json", json.dumps({"ClientSecret": secret}))
+
+    def _gateway_ca_file(self) -> Path:
+        """The local CA's certificate, copied into the home: pki/ is root's own."""
+        path = self.home / "gateway-ca.pem"
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.touch(mode=0o600, exist_ok=True)
-        secret = self.ctx.secrets[f"gateway_{self.institution.lower()}"]
-        path.write_text(json.dumps({"ClientSecret": secret}))
+        path.write_bytes(self.ctx.pki["ca_cert"].read_bytes())
         return path
 
     @property
@@ -298,6 +329,8 @@ class EdgeOrthanc(OrthancService):
                 self.ctx.ports[f"hospital_pacs_{low}"],
                 tls_only=True,
                 outbound_port=self.ctx.ports[f"edge_{low}_pacs_tls"],
+                source_address=self.tls_source_address,
+                certificate_subject=HOSPITAL_PACS_SUBJECT,
             ),
         ]
 
@@ -308,22 +341,30 @@ class EdgeOrthanc(OrthancService):
         pushed and fetched-back studies) through and audits the refusals too: the demo
         modality simulator may only send (C-STORE, C-ECHO). C-GET is refused to every AE by
         Orthanc: it cannot be audited (Orthanc gives plugins no hook for it). A TLS-only AE
-        is at the sidecar's address: Orthanc (DicomCheckModalityHost) refuses an association
-        claiming it from anywhere else, the plain port included."""
+        is at the sidecar's address for its certificate: Orthanc (DicomCheckModalityHost)
+        refuses an association claiming it from anywhere else, the plain port and other
+        certificates included."""
         modalities = {}
         for peer in self.dicom_peers():
             if peer.tls_only:
-                entry = dicom_modality(peer.aet, peer.outbound_port, self.tls_source_address)
+                entry = dicom_modality(peer.aet, peer.outbound_port, peer.source_address)
             else:
                 entry = dicom_modality(peer.aet, peer.port, peer.host)
             modalities[peer.aet] = entry
         return modalities
 
     def dicom_listeners(self) -> dict[str, Any]:
-        """ImagingCloud.DicomListeners: the sidecar's source address, the TLS-only AEs."""
+        """ImagingCloud.DicomListeners: each TLS-only AE, its certificate and address."""
         return {
-            "TlsSourceAddress": self.tls_source_address,
-            "TlsOnlyAETs": [p.aet for p in self.dicom_peers() if p.tls_only],
+            "TlsPeers": [
+                {
+                    "AET": p.aet,
+                    "CertificateSubject": p.certificate_subject,
+                    "SourceAddress": p.source_address,
+                }
+                for p in self.dicom_peers()
+                if p.tls_only
+            ]
         }
 
     def tls_leaf(self) -> tuple[Path, Path]:
