@@ -1,40 +1,52 @@
-"""Glue shared by the edge and central scripts: configuration, logging, storage area.
+"""Glue shared by the edge and central scripts: configuration, logging, storage area,
+REST routes.
 
 Imports `orthanc`, so it is loaded only inside Orthanc, like the role scripts.
 """
 
 import json
 import logging
+from collections.abc import Callable
+from typing import TypeVar, overload
 
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import logs
-from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError, StorageError
 from imgcloud.local_api import InProcessTransport
 from imgcloud.routes import NotAllowed, Route
 from imgcloud.storage.archive import EncryptedArchive
-from imgcloud.storage.settings import storage_settings
+from imgcloud.storage.settings import StorageSettings
 
 log = logging.getLogger("imgcloud.glue")
 
 
-def load(role_name: str) -> tuple[PluginConfig, dict]:
-    """Validate our configuration sections; one clear log line and a raise if invalid."""
+S = TypeVar("S")
+
+
+def load(role_name: str, from_orthanc: Callable[[dict], S]) -> S:
+    """The plugin's settings, built once from Orthanc's configuration (for instance
+    EdgeSettings.from_orthanc); one clear log line and a raise if invalid."""
     logs.install(orthanc.LogInfo, orthanc.LogWarning, orthanc.LogError)
-    configuration = json.loads(orthanc.GetConfiguration())
     try:
-        return PluginConfig.from_orthanc(configuration), configuration
+        return from_orthanc(json.loads(orthanc.GetConfiguration()))
     except ConfigurationError as exc:
         orthanc.LogError(f"imaging-cloud {role_name} plugin: invalid configuration: {exc}")
         raise
 
 
-def register_storage(role_name: str, configuration: dict) -> tuple[str, EncryptedArchive | None]:
+@overload
+def register_storage(role_name: str, settings: StorageSettings) -> tuple[str, EncryptedArchive]: ...
+@overload
+def register_storage(
+    role_name: str, settings: StorageSettings | None
+) -> tuple[str, EncryptedArchive | None]: ...
+def register_storage(
+    role_name: str, settings: StorageSettings | None
+) -> tuple[str, EncryptedArchive | None]:
     """Register the encrypted storage area if configured; returns a description and it."""
+    if settings is None:
+        return "orthanc-default", None
     try:
-        settings = storage_settings(configuration)
-        if settings is None:
-            return "orthanc-default", None
         archive = EncryptedArchive.from_settings(settings)
     except ConfigurationError as exc:
         orthanc.LogError(f"imaging-cloud {role_name} plugin: invalid configuration: {exc}")

@@ -1,0 +1,197 @@
+"""A hospital edge, assembled: compression on arrival, the durable forwarding queue to
+central with SHA-256 confirmation, study records for the indexer, retrieval and pushes,
+and the audited C-FIND / C-MOVE SCP.
+
+Plain Python: edge_plugin.py builds one EdgeApp with the few Orthanc calls it needs
+(the in-process REST transport, transcoding) and passes Orthanc's callbacks to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .bandwidth import RateLimiter, mbps_to_bytes_per_s
+from .central_api import CentralApi
+from .compression import compress
+from .delivery import StudyDelivery
+from .dicom_audit import AuditOutbox, AuditSender
+from .dicom_scp import DicomScp
+from .edge_rules import RulesStore
+from .forward_queue import ForwardQueue
+from .forwarding import QueueWorker
+from .indexer_client import IndexerClient, RecordSender
+from .local_api import LocalOrthanc
+from .plugin_settings import EdgeSettings
+from .retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
+from .storage.archive import EncryptedArchive
+from .study_records import RecordStore, build_record
+from .tokens import BearerAuth, ClientCredentials
+
+SEND_THREADS = 6  # uploads in flight: hides central's per-instance store latency
+Transcode = Callable[[bytes, str], bytes]
+
+
+class EdgeApp:
+    """Every part of the edge, wired together from its settings."""
+
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        archive: EncryptedArchive,
+        storage: str,
+        transport: httpx.BaseTransport,
+        transcode: Transcode,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.institution = str(settings.plugin.institution)
+        self.transcode = transcode
+        data = settings.data_dir
+        self.rules = RulesStore(data / "edge-rules.json", settings.compression.name)
+        # The plugin's threads call this Orthanc's REST API in-process through the SDK
+        # (Python.AllowThreads releases the GIL meanwhile).
+        self.local = LocalOrthanc(transport, settings.dicom_aet)
+        self.known_modalities = set(settings.dicom_modalities)
+        self.rules.known_modalities = self.known_modalities
+        self.limiter = RateLimiter(
+            lambda: mbps_to_bytes_per_s(self.rules.current.bandwidth_limit_mbps)
+        )
+        verify = settings.ca_bundle
+        credentials = None
+        if settings.indexer is not None:
+            indexer = settings.indexer
+            secret = indexer.client_secret.get_secret_value()
+            credentials = ClientCredentials(
+                indexer.token_url, indexer.client_id, secret, verify=verify
+            )
+        # Central through the gateway with the gateway account's token when the peer has
+        # no password of its own; directly with the peer's credentials otherwise.
+        peer = settings.peer
+        auth: Any = BearerAuth(credentials) if credentials and not peer.username else peer.auth
+        self.central = CentralApi(peer.base_url, auth, verify=verify)
+        self.records = RecordStore(
+            data / "study-records.sqlite", archive.seal_record, archive.open_record
+        )
+        retry_max_s = settings.plugin.forward_retry_max_s
+        self.queue = ForwardQueue(settings.queue_file, retry_max_s=retry_max_s)
+        self.delivery = StudyDelivery(
+            self.local.list_instances,
+            self.local.read_instance,
+            self.send,
+            self.central.verify,
+            cache=self.queue,
+        )
+        self.sender: RecordSender | None = None
+        if credentials is not None and settings.indexer is not None:
+            client = IndexerClient(settings.indexer.api_url, credentials, verify=verify)
+            self.sender = RecordSender(self.records, client, self.institution)
+        self.worker = QueueWorker(
+            self.queue,
+            self.record_and_deliver,
+            may_forward=lambda: self.rules.current.may_forward(dt.datetime.now()),  # local
+            is_stable=self.local.is_stable,
+        )
+        self.jobs = JobQueue(data / "jobs.sqlite", retry_max_s=retry_max_s)
+        self.retriever = RetrievalWorker(
+            self.jobs,
+            Retriever(self.central, self.local, self.institution),
+            schedules=self.schedules,
+            push_poll_s=lambda: self.rules.current.push_poll_seconds,
+            push_target=lambda: (
+                self.rules.current.deliver_pushes_to or settings.plugin.hospital_pacs
+            ),
+        )
+        self.audit = AuditOutbox(
+            data / "dicom-audit.sqlite", archive.seal_record, archive.open_record
+        )
+        self.audit_sender = (
+            AuditSender(self.audit, self.sender.indexer) if self.sender is not None else None
+        )
+        self.scp = DicomScp(
+            settings.dicom_scp_configuration(),
+            self.local,
+            self.retriever.retriever.fetch,
+            self.audit,
+            notify=self.audit_sender.notify if self.audit_sender else lambda: None,
+            query_retrieve_aets=settings.plugin.query_retrieve_aets,
+        )
+
+    def compressed(self, dicom: bytes) -> bytes | None:
+        """The instance compressed losslessly as the rules say, None to keep it as is."""
+        return compress(dicom, self.rules.current.compression_policy, self.transcode)
+
+    def send_one(self, item: tuple[str, bytes | None]) -> int:
+        instance_id, data = item
+        if data is None:
+            data = self.local.read_instance(instance_id)
+        self.limiter.acquire(len(data))
+        self.central.store(data)
+        return len(data)
+
+    def send(self, items: list[tuple[str, bytes | None]]) -> int:
+        with ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="imgcloud-send") as pool:
+            return sum(pool.map(self.send_one, items))  # the first failure propagates
+
+    def record_and_deliver(self, study_id: str) -> tuple[int, int]:
+        """Record the study's tags for the indexer (personal data sealed), then forward it."""
+        record = build_record(
+            self.institution, self.local.study_tags(study_id), self.local.study_series(study_id)
+        )
+        self.records.save(study_id, record)
+        result = self.delivery.deliver(study_id)
+        if self.sender is not None:
+            self.sender.notify()
+        return result
+
+    def schedules(self) -> list[PullSchedule]:
+        return [
+            PullSchedule(
+                pull.name,
+                pull.every_minutes * 60,
+                pull.model_dump(include={"source_aet", "modalities", "days_back"}),
+            )
+            for pull in self.rules.current.pacs_pulls
+        ]
+
+    def instance_arrived(self, instance_id: str, study_id: str) -> None:
+        """Stream: the study is queued (durably) at its first instance and goes to central
+        while the modality is still sending; each arrival marks it to go again."""
+        self.queue.forget_instance(instance_id)
+        self.queue.enqueue(study_id)
+        self.worker.notify()
+
+    def study_stable(self, study_id: str) -> None:
+        self.queue.enqueue(study_id)
+        self.worker.notify()
+
+    def _background(self) -> list[Any]:
+        return [self.worker, self.retriever, *(s for s in (self.sender, self.audit_sender) if s)]
+
+    def start(self) -> None:
+        """Start the workers: they resume whatever a restart or crash left queued."""
+        for worker in self._background():
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self._background():
+            worker.stop()
+
+    def status(self) -> dict[str, Any]:
+        current = self.rules.current
+        return {
+            "role": self.settings.plugin.role,
+            "institution": self.institution,
+            "version": __version__,
+            "storage": self.storage,
+            "compression": current.compression,
+            "rules_version": current.version,
+            "forwarding_now": current.may_forward(dt.datetime.now()),
+            **self.queue.counters(),
+            **self.audit.counters(),
+        }

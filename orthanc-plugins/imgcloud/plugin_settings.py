@@ -1,0 +1,179 @@
+"""Each plugin's settings: one pydantic model built once, at load, from the JSON of
+`orthanc.GetConfiguration()`. Nothing else in the plugins reads Orthanc's configuration.
+
+    EdgeSettings.from_orthanc(configuration)     # ImagingCloud (edge), storage, peer, ...
+    CentralSettings.from_orthanc(configuration)  # ImagingCloud (central), storage, PostgreSQL
+
+Each refusal is a ConfigurationError whose message names the setting at fault.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SkipValidation, ValidationError
+
+from .compression import CompressionPolicy
+from .config import PluginConfig
+from .errors import ConfigurationError
+from .instance_hashes import central_conninfo
+from .routes import describe
+from .storage.settings import StorageSettings, storage_settings
+
+
+class _Section(BaseModel):
+    """A block of Orthanc's configuration: its keys as Orthanc spells them."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+def _validated(model: type[_Section], document: Any, where: str) -> Any:
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{where}{describe(exc)}") from None
+
+
+class PeerSettings(_Section):
+    """The OrthancPeers entry the edge forwards to (central, or the gateway in front of it)."""
+
+    url: str = Field(alias="Url", min_length=1)
+    username: str = Field("", alias="Username")
+    password: SecretStr = Field(SecretStr(""), alias="Password")
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return self.username, self.password.get_secret_value()
+
+
+class IndexerSettings(_Section):
+    """ImagingCloud.Indexer: the hospital gateway's Keycloak service account, and where the
+    indexer's API is. The client secret is read from its file at load."""
+
+    api_url: str = Field(alias="ApiUrl", min_length=1)
+    token_url: str = Field(alias="TokenUrl", min_length=1)
+    client_id: str = Field(alias="ClientId", min_length=1)
+    client_secret_file: Path = Field(alias="ClientSecretFile")
+    client_secret: SecretStr = SecretStr("")
+
+
+def _indexer(section: Any) -> IndexerSettings | None:
+    if not section:
+        return None
+    where = "ImagingCloud.Indexer."
+    indexer: IndexerSettings = _validated(IndexerSettings, section, where)
+    try:
+        secret = json.loads(indexer.client_secret_file.read_text())["ClientSecret"]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{where}ClientSecretFile: {type(exc).__name__}: cannot read ClientSecret from "
+            f"{indexer.client_secret_file}"
+        ) from None
+    return indexer.model_copy(update={"client_secret": SecretStr(str(secret))})
+
+
+class _Python(_Section):
+    allow_threads: Any = Field(None, alias="AllowThreads")
+
+
+class _EdgeSection(_Section):
+    compression: str = Field("jpeg-ls-lossless", alias="Compression")
+    indexer: Any = Field(None, alias="Indexer")
+
+
+class _EdgeOrthanc(_Section):
+    """The parts of Orthanc's own configuration the edge plugin uses."""
+
+    python: _Python = Field(_Python.model_validate({}), alias="Python")
+    dicom_aet: str = Field("ORTHANC", alias="DicomAet")
+    https_ca: str | None = Field(None, alias="HttpsCACertificates")
+    dicom_modalities: dict[str, Any] = Field(default_factory=dict, alias="DicomModalities")
+    limit_find_results: int | None = Field(None, alias="LimitFindResults", ge=0)
+    peers: dict[str, Any] = Field(default_factory=dict, alias="OrthancPeers")
+    imaging_cloud: _EdgeSection = Field(alias="ImagingCloud")
+
+
+class EdgeSettings(BaseModel):
+    """Everything the edge plugin reads from Orthanc's configuration."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    plugin: Annotated[PluginConfig, SkipValidation]
+    storage: Annotated[StorageSettings, SkipValidation]
+    compression: Annotated[CompressionPolicy, SkipValidation]
+    peer: PeerSettings
+    indexer: IndexerSettings | None
+    dicom_aet: str
+    ca_bundle: str | bool  # an https peer is verified against the hospital's CA bundle
+    dicom_modalities: dict[str, Any]
+    limit_find_results: int
+
+    @classmethod
+    def from_orthanc(cls, configuration: dict[str, Any]) -> EdgeSettings:
+        """Validate the edge's configuration; ConfigurationError names the setting."""
+        plugin = PluginConfig.from_orthanc(configuration)
+        orthanc: _EdgeOrthanc = _validated(_EdgeOrthanc, configuration, "")
+        if orthanc.python.allow_threads is not True:
+            # Without it a worker thread keeps the GIL inside an SDK call while Orthanc's
+            # own threads (a synchronous C-STORE job reading our storage area) wait for it.
+            raise ConfigurationError(
+                "Python.AllowThreads: must be true (the plugin's worker threads call Orthanc's SDK)"
+            )
+        storage = storage_settings(configuration)
+        if storage is None:
+            raise ConfigurationError(
+                "ImagingCloud.Storage: an edge needs its encrypted storage (its key ring also "
+                "seals the patient data it records)"
+            )
+        peer_name = str(plugin.forward_peer)
+        return cls(
+            plugin=plugin,
+            storage=storage,
+            compression=CompressionPolicy.from_name(orthanc.imaging_cloud.compression),
+            peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}."),
+            indexer=_indexer(orthanc.imaging_cloud.indexer),
+            dicom_aet=orthanc.dicom_aet,
+            ca_bundle=orthanc.https_ca or True,
+            dicom_modalities=orthanc.dicom_modalities,
+            limit_find_results=orthanc.limit_find_results or 0,
+        )
+
+    @property
+    def queue_file(self) -> Path:
+        """The durable forwarding queue; the edge's other files sit beside it."""
+        return Path(str(self.plugin.queue_file))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.queue_file.parent
+
+    def dicom_scp_configuration(self) -> dict[str, Any]:
+        """The settings imgcloud.dicom_scp takes, under Orthanc's names."""
+        return {
+            "DicomModalities": self.dicom_modalities,
+            "DicomAet": self.dicom_aet,
+            "LimitFindResults": self.limit_find_results,
+        }
+
+
+class CentralSettings(BaseModel):
+    """Everything the central plugin reads from Orthanc's configuration."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    plugin: Annotated[PluginConfig, SkipValidation]
+    storage: Annotated[StorageSettings | None, SkipValidation]
+    conninfo: dict[str, Any] = Field(repr=False)  # central's own tables, its PostgreSQL index
+
+    @classmethod
+    def from_orthanc(cls, configuration: dict[str, Any]) -> CentralSettings:
+        """Validate central's configuration; ConfigurationError names the setting."""
+        return cls(
+            plugin=PluginConfig.from_orthanc(configuration),
+            storage=storage_settings(configuration),
+            conninfo=central_conninfo(configuration),
+        )
