@@ -2,6 +2,8 @@
 (`image_studies`). An exam record only links to a study; it never makes one its
 institution's. A grant counts only while its owner is that institution (the SQL in
 lookup_sql.GRANT_SQL and qido.RECENT_SQL/AMONG_SQL says the same).
+
+It also loads the facts services/access.py decides on (`study_facts`, `arrival_facts`).
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict
 from ..models import Exam, ImageStudy
+from ..security.auth import Principal
+from . import lookup_sql
+from .access import StudyFacts
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +66,32 @@ def may_relink(exam: Exam, study: ImageStudy) -> bool:
         study.study_instance_uid,
     )
     return False
+
+
+# The facts of one study for services/access.py, in one statement: its institution (as
+# lookup_sql.study_institution: arrivals, else exams) and whether a live grant lets the
+# caller's institution, or the caller alone, read it (as lookup_sql.has_grant).
+STUDY_FACTS_SQL = (
+    f"SELECT ({lookup_sql.STUDY_INSTITUTION_SQL}) AS owner,\n"
+    f"       EXISTS ({lookup_sql.GRANT_SQL}) AS granted"
+)
+
+
+async def study_facts(pool: AsyncConnectionPool, who: Principal, uid: str | None) -> StudyFacts:
+    """What the index holds about the study `uid` for this caller (None: no study named)."""
+    if uid is None:
+        return StudyFacts(None)
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            STUDY_FACTS_SQL,
+            {"uid": uid, "institution": who.institution, "subject": who.subject},
+            prepare=True,
+        )
+        row = await cursor.fetchone()
+    owner, granted = row if row else (None, False)
+    return StudyFacts(uid, None if owner is None else str(owner), bool(granted))
+
+
+async def arrival_facts(pool: AsyncConnectionPool, uid: str) -> StudyFacts:
+    """The study with its owner by arrival alone (image_studies; None: no arrival yet)."""
+    return StudyFacts(uid, await lookup_sql.arrival_owner(pool, uid))

@@ -1,0 +1,358 @@
+"""One access decision: whether a caller may read, add to, share or push a study, and the
+indexer's other questions of access (records, searches, alerts, the audit trail).
+
+Pure: a principal and the facts the index holds (`StudyFacts`, loaded by
+services/ownership.py) in, a `Decision` out; no database, no request. The routes load the
+facts, call one of these and act on the answer; they never compare institutions, owners or
+roles themselves (tests/unit/test_access_routes.py walks them to check). A refusal's
+`message` is the text the caller gets; `basis` says in a word why, for logs and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import Forbidden, IndexerError, InvalidRecord, NotFound
+from ..security.auth import PLATFORM_ADMIN, STAFF_ROLES, WRITER_ROLES, Principal
+
+# Readers: a viewer's DICOMweb (staff of an institution), or a hospital's edge through its
+# gateway account (central's REST API).
+Via = Literal["viewer", "edge"]
+
+# bases of decisions that the routes act on
+WHOLE_ARCHIVE = "platform-admin"  # reads and writes everything (not the audit trail)
+GATEWAY = "gateway"  # a hospital's gateway on central's REST API: the call's own check decides
+MUTUAL_RECOGNITION = "mutual-recognition"  # 互认: another institution's exam, a stated purpose
+NOT_ALLOWED = "not allowed"  # the gateway's one refusal text: it tells nothing about a study
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the index holds about one study, as far as access goes."""
+
+    uid: str | None  # None: the request names no study (see may_read)
+    owner: str | None = None  # its institution (arrivals, else exams); None: unknown
+    # a live grant to the caller's institution, or to the caller alone (push, 互认, consent,
+    # break-glass), made by the study's owner by arrival (services/ownership.py)
+    granted: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Allowed or not, why (`basis`), and for a refusal what the caller is told and with
+    which status (403, 404 or 422 naming `field`). `scope`: the institution an allowed
+    permission is confined to (None: not confined)."""
+
+    allowed: bool
+    basis: str
+    message: str = ""
+    status: int = 403
+    field: str | None = None
+    scope: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def allow(basis: str, scope: str | None = None) -> Decision:
+    return Decision(True, basis, scope=scope)
+
+
+def refuse(message: str, basis: str = "refused", status: int = 403, field: str = "") -> Decision:
+    return Decision(False, basis, message, status, field or None)
+
+
+def require(decision: Decision) -> Decision:
+    """The decision if allowed; else its refusal raised (403, 404, or 422 on its field)."""
+    if decision.allowed:
+        return decision
+    error: IndexerError
+    if decision.status == 404:
+        error = NotFound(decision.message)
+    elif decision.status == 422:
+        error = InvalidRecord(decision.field or "body", decision.message)
+    else:
+        error = Forbidden(decision.message)
+    raise error
+
+
+def _admin(who: Principal) -> bool:
+    return who.has(PLATFORM_ADMIN)
+
+
+def _own(who: Principal, owner: str | None) -> bool:
+    return owner is not None and owner == who.institution
+
+
+# --- a study: read, add, share, push, break-glass ------------------------------------
+
+
+def may_read(who: Principal, study: StudyFacts, via: Via) -> Decision:
+    """A study's images. Platform administrators read all. Otherwise the study must be the
+    caller's institution's, or granted to it (or to the caller alone). A viewer is staff of
+    an institution, and a request naming no single study (a search across studies) is
+    refused. An edge is its hospital's gateway account; a resource central does not hold
+    (no study) is let through: central answers 404 itself, there is nothing to protect."""
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    if via == "viewer":
+        if study.uid is None:
+            return refuse(NOT_ALLOWED, "no single study")
+        if not (who.roles & STAFF_ROLES and who.institution):
+            return refuse(NOT_ALLOWED, "not staff of an institution")
+    else:
+        if not (who.has("gateway") and who.institution):
+            return refuse(NOT_ALLOWED, "not a hospital's gateway")
+        if study.uid is None:
+            return allow("no such resource at central")
+    if _own(who, study.owner):
+        return allow("own institution's study", who.institution)
+    if study.owner is not None and study.granted:
+        return allow("granted", who.institution)
+    return refuse(NOT_ALLOWED, "another institution's study")
+
+
+def may_read_by_link(link_study: str, uid: str | None, write: bool) -> Decision:
+    """A patient's share link (云胶片): reads of its one study, nothing else."""
+    if not write and uid is not None and uid == link_study:
+        return allow("share link")
+    return refuse(NOT_ALLOWED, "share link: another study, or a write")
+
+
+def may_write_images(who: Principal) -> Decision:
+    """STOW-RS through DICOMweb: platform administrators only (edges upload through
+    central's REST API, checked by may_add)."""
+    return allow(WHOLE_ARCHIVE) if _admin(who) else refuse(NOT_ALLOWED, "STOW-RS")
+
+
+def may_add(who: Principal, study: StudyFacts) -> Decision:
+    """An instance into a study: a hospital's gateway adds to its hospital's studies, or
+    starts a new one (no owner yet); a platform administrator adds to any."""
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    refused = refuse("this study belongs to another institution", "another institution's study")
+    if not (who.has("gateway") and who.institution):
+        return refused
+    if study.owner is None:
+        return allow("a new study", who.institution)
+    return allow("own institution's study", who.institution) if _own(who, study.owner) else refused
+
+
+def may_share(who: Principal, code: str) -> Decision:
+    """Share links of an institution's studies: made, listed and revoked by its staff."""
+    if who.roles & STAFF_ROLES and who.institution == code:
+        return allow("own institution's staff", code)
+    return refuse("share links are made by the study's own institution's staff")
+
+
+def held_by(code: str, study: StudyFacts) -> Decision:
+    """The study (or a grant or link of it) is this institution's: else 404, as if the
+    path named nothing."""
+    if study.owner is not None and study.owner == code:
+        return allow("the institution's study", code)
+    return refuse("no study with this UID at this institution", "not there", 404)
+
+
+def may_speak_for(who: Principal, claimant: str, claimed: object) -> Decision:
+    """A body's institution field (`claimant`: a push's sender, a push report's receiver)
+    names the caller's own institution; platform administrators speak for any."""
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    if who.institution and claimed == who.institution:
+        return allow("own institution", who.institution)
+    return refuse(f"{claimant} must be the caller's own institution")
+
+
+def may_push(who: Principal, study: StudyFacts | None) -> Decision:
+    """A new push (跨院推送): a hospital pushes its own studies. None: the body names no
+    study (central refuses it itself)."""
+    if _admin(who) or study is None:
+        return allow(WHOLE_ARCHIVE if study is not None else "central checks the body")
+    if _own(who, study.owner):
+        return allow("own institution's study", who.institution)
+    return refuse("a hospital pushes its own studies")
+
+
+def may_break_glass(who: Principal, study: StudyFacts) -> Decision:
+    """Emergency access to another institution's study, for a clinician or radiologist of
+    an institution, alone."""
+    if not (who.has("radiologist", "clinician") and who.institution):
+        return refuse("break-glass is for clinicians and radiologists of an institution")
+    if study.owner is None:
+        return refuse("no study with this UID", "unknown study", 404)
+    if _own(who, study.owner):
+        return refuse(
+            "your own institution's study needs no break-glass",
+            "own institution's study",
+            422,
+            "study_instance_uid",
+        )
+    return allow("break-glass", who.institution)
+
+
+def opens_by_mutual_recognition(arrival: StudyFacts, exam_institution: str) -> bool:
+    """A 互认 lookup of an exam opens its study only when the exam's institution owns the
+    study by arrival: an exam naming another hospital's study, or one with no arrival
+    yet, opens nothing (services/ownership.py). `arrival.owner`: the owner by arrival."""
+    return arrival.uid is not None and arrival.owner == exam_institution
+
+
+# --- central's REST API, for hospital gateways ---------------------------------------
+
+
+def may_use_central(who: Principal, listed: bool) -> Decision:
+    """Central's REST API: platform administrators all of it; a hospital's gateway the
+    calls its edge makes (`listed`), each then decided by its own check (basis GATEWAY)."""
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    if listed and who.has("gateway") and who.institution:
+        return allow(GATEWAY, who.institution)
+    return refuse(NOT_ALLOWED, "not a call of the edge's")
+
+
+def may_stand_in(who: Principal) -> Decision:
+    """The indexer's routes standing in for central's calls whose subject is in the body
+    (uploads, lookups, hash checks, pushes): platform administrators and gateway accounts,
+    each call then deciding on what its body names."""
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    if who.has("gateway"):
+        return allow(GATEWAY, who.institution)
+    return refuse(NOT_ALLOWED, "not a gateway")
+
+
+def sees_whole_archive(who: Principal) -> bool:
+    """Platform administrators: every study, unconfined (a hash check's full answer)."""
+    return _admin(who)
+
+
+def may_list_pushes(who: Principal, to: list[str] | None) -> Decision:
+    """A push list: exactly the caller's own institution's (`to`: the query's receivers,
+    None when the query has any other shape)."""
+    if who.institution and to == [who.institution]:
+        return allow("own institution's pushes", who.institution)
+    return refuse(NOT_ALLOWED, "another institution's pushes")
+
+
+def may_read_push(who: Principal) -> Decision:
+    """One push by its ID, for a hospital's gateway: central answers it to the push's
+    sender and receiver only."""
+    if who.has("gateway") and who.institution:
+        return allow("central checks the push's parties", who.institution)
+    return refuse(NOT_ALLOWED, "not a hospital's gateway")
+
+
+# --- records, searches, alerts, the audit trail --------------------------------------
+
+
+def may_write_records(who: Principal, code: str) -> Decision:
+    """Record intake for an institution: its own gateway or admin, or a platform admin."""
+    if _admin(who) or (who.roles & WRITER_ROLES and who.institution == code):
+        return allow("writer of the institution", code)
+    return refuse("this account may not write records of that institution")
+
+
+def may_read_records(who: Principal, code: str) -> Decision:
+    """An institution's own records: its staff, or a platform admin."""
+    if _admin(who) or (who.roles & STAFF_ROLES and who.institution == code):
+        return allow("staff of the institution", code)
+    return refuse("this account may not read records of that institution")
+
+
+def may_register_institution(who: Principal) -> Decision:
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    return refuse("only platform administrators register institutions")
+
+
+def may_search_persons(who: Principal) -> Decision:
+    """互认 lookups across institutions: treating clinicians and radiologists."""
+    if who.has("clinician", "radiologist", PLATFORM_ADMIN):
+        return allow("treating staff")
+    return refuse("person-level lookups need a clinician or radiologist account")
+
+
+def may_search_family_name(who: Principal) -> Decision:
+    """A family-name search, among the caller's own institution's patients."""
+    if who.institution:
+        return allow("own institution's patients", who.institution)
+    return refuse("a family-name search is among your own institution's patients")
+
+
+def may_look_up_exam(who: Principal, exam_institution: str, purpose: str | None) -> Decision:
+    """An exam by its master index ID: its institution's staff (and platform admins); for
+    another institution's exam (互认), a treating clinician or radiologist of an
+    institution who states a purpose (basis MUTUAL_RECOGNITION: the study opens to the
+    caller's institution)."""
+    own = may_read_records(who, exam_institution)
+    if own:
+        return own
+    persons = may_search_persons(who)
+    if not persons:
+        return persons
+    if not purpose or not who.institution:
+        return refuse("another institution's exam: state the purpose of the lookup (?purpose=...)")
+    return allow(MUTUAL_RECOGNITION, who.institution)
+
+
+def may_search_studies(who: Principal) -> Decision:
+    """QIDO-RS study searches: platform administrators the whole archive (scope None);
+    staff their institution's studies and those granted to it (scope: the institution)."""
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    if who.roles & STAFF_ROLES and who.institution:
+        return allow("own and granted studies", who.institution)
+    return refuse(NOT_ALLOWED, "not staff of an institution")
+
+
+def may_list_unmatched(who: Principal, institution: str | None) -> Decision:
+    """The reconciliation list: platform admins all of it, hospital admins their own."""
+    if _admin(who) or (
+        who.has("hospital-admin") and institution is not None and institution == who.institution
+    ):
+        return allow("reconciliation", institution)
+    return refuse("hospital admins list their own institution (?institution=CODE)")
+
+
+def may_resolve(who: Principal, study: StudyFacts) -> Decision:
+    """Link an unmatched study to an exam: its institution's admins, or platform admins."""
+    if _admin(who) or (who.has("hospital-admin") and _own(who, study.owner)):
+        return allow("reconciliation", study.owner)
+    return refuse("only the study's institution admins or platform admins resolve it")
+
+
+def may_see_alerts(who: Principal) -> Decision:
+    """Alerts: auditors and platform admins all (scope None), hospital admins those of
+    their institution's studies (scope: the institution)."""
+    if who.has("auditor", PLATFORM_ADMIN):
+        return allow("every alert")
+    if who.has("hospital-admin") and who.institution:
+        return allow("own institution's alerts", who.institution)
+    return refuse("alerts are for auditors and hospital or platform administrators")
+
+
+def may_see_alert(who: Principal, owner: str) -> Decision:
+    """One alert, about a study of `owner`: 404 outside the caller's scope."""
+    seen = may_see_alerts(who)
+    if seen and (seen.scope is None or seen.scope == owner):
+        return seen
+    return refuse("no such alert", "outside the caller's alerts", 404)
+
+
+def may_read_audit(who: Principal) -> Decision:
+    if who.has("auditor"):
+        return allow("auditor")
+    return refuse("the audit trail is for auditors")
+
+
+def may_report_edge_events(who: Principal) -> Decision:
+    if who.has("gateway") and who.institution:
+        return allow(GATEWAY, who.institution)
+    return refuse("edge events are reported by a hospital's gateway account")
+
+
+def may_use_explorer(who: Principal) -> Decision:
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE)
+    return refuse("Orthanc Explorer is for platform administrators")

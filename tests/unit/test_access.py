@@ -1,0 +1,230 @@
+"""The one access decision (indexer/services/access.py), pure: principals against the
+facts of studies, with the answer expected in every cell. No database, no request."""
+
+from __future__ import annotations
+
+import pytest
+
+from indexer.errors import Forbidden, InvalidRecord, NotFound
+from indexer.security.auth import Principal
+from indexer.services import access
+from indexer.services.access import StudyFacts
+
+
+def _who(name: str, institution: str | None, *roles: str) -> Principal:
+    return Principal(f"sub-{name}", name, institution, frozenset(roles))
+
+
+WHO = {
+    "admin": _who("admin", None, "platform-admin"),
+    "rad_a": _who("rad_a", "H0001", "radiologist"),
+    "clin_b": _who("clin_b", "H0002", "clinician"),
+    "hadmin_a": _who("hadmin_a", "H0001", "hospital-admin"),
+    "gw_a": _who("gw_a", "H0001", "gateway"),
+    "gw_b": _who("gw_b", "H0002", "gateway"),
+    "auditor": _who("auditor", None, "auditor"),
+    "rad_nowhere": _who("rad_nowhere", None, "radiologist"),  # no institution claim
+    "gw_nowhere": _who("gw_nowhere", None, "gateway"),
+}
+STUDY = {
+    "A": StudyFacts("1.2.1", "H0001"),
+    "B": StudyFacts("1.2.2", "H0002"),
+    "B granted": StudyFacts("1.2.2", "H0002", granted=True),
+    "new": StudyFacts("1.2.3"),  # the index knows no owner
+    "no study": StudyFacts(None),  # the request names none
+}
+COLUMNS = tuple(STUDY)
+
+# fmt: off
+READ_VIEWER = {          # A      B      B gr.  new    no study
+    "admin":            (True,  True,  True,  True,  True),
+    "rad_a":            (True,  False, True,  False, False),
+    "clin_b":           (False, True,  True,  False, False),
+    "hadmin_a":         (True,  False, True,  False, False),
+    "gw_a":             (False, False, False, False, False),
+    "gw_b":             (False, False, False, False, False),
+    "auditor":          (False, False, False, False, False),
+    "rad_nowhere":      (False, False, False, False, False),
+    "gw_nowhere":       (False, False, False, False, False),
+}
+READ_EDGE = {            # A      B      B gr.  new    no study (central: 404)
+    "admin":            (True,  True,  True,  True,  True),
+    "rad_a":            (False, False, False, False, False),
+    "clin_b":           (False, False, False, False, False),
+    "hadmin_a":         (False, False, False, False, False),
+    "gw_a":             (True,  False, True,  False, True),
+    "gw_b":             (False, True,  True,  False, True),
+    "auditor":          (False, False, False, False, False),
+    "rad_nowhere":      (False, False, False, False, False),
+    "gw_nowhere":       (False, False, False, False, False),
+}
+ADD = {                  # A      B      B gr.  new    no study
+    "admin":            (True,  True,  True,  True,  True),
+    "rad_a":            (False, False, False, False, False),
+    "clin_b":           (False, False, False, False, False),
+    "hadmin_a":         (False, False, False, False, False),
+    "gw_a":             (True,  False, False, True,  True),
+    "gw_b":             (False, True,  True,  True,  True),
+    "auditor":          (False, False, False, False, False),
+    "rad_nowhere":      (False, False, False, False, False),
+    "gw_nowhere":       (False, False, False, False, False),
+}
+BREAK_GLASS = {          # A      B      B gr.  new    no study
+    "admin":            (403,   403,   403,   403,   403),
+    "rad_a":            (422,   200,   200,   404,   404),
+    "clin_b":           (200,   422,   422,   404,   404),
+    "hadmin_a":         (403,   403,   403,   403,   403),
+    "gw_a":             (403,   403,   403,   403,   403),
+    "auditor":          (403,   403,   403,   403,   403),
+    "rad_nowhere":      (403,   403,   403,   403,   403),
+}
+# fmt: on
+
+
+def _cells(table: dict[str, tuple[object, ...]]) -> list[tuple[str, str, object]]:
+    return [(w, s, row[i]) for w, row in table.items() for i, s in enumerate(COLUMNS)]
+
+
+@pytest.mark.parametrize(("who", "study", "expected"), _cells(READ_VIEWER))
+def test_a_viewer_reads_own_and_granted_studies(who: str, study: str, expected: bool) -> None:
+    decision = access.may_read(WHO[who], STUDY[study], "viewer")
+    assert decision.allowed is expected
+    assert decision.allowed or decision.message == "not allowed"  # the gateway's one text
+
+
+@pytest.mark.parametrize(("who", "study", "expected"), _cells(READ_EDGE))
+def test_an_edge_reads_its_hospitals_and_granted_studies(
+    who: str, study: str, expected: bool
+) -> None:
+    assert access.may_read(WHO[who], STUDY[study], "edge").allowed is expected
+
+
+@pytest.mark.parametrize(("who", "study", "expected"), _cells(ADD))
+def test_a_gateway_adds_to_its_own_or_a_new_study(who: str, study: str, expected: bool) -> None:
+    decision = access.may_add(WHO[who], STUDY[study])
+    assert decision.allowed is expected
+    assert decision.allowed or decision.message == "this study belongs to another institution"
+
+
+@pytest.mark.parametrize(("who", "study", "status"), _cells(BREAK_GLASS))
+def test_break_glass_is_for_another_institutions_known_study(
+    who: str, study: str, status: int
+) -> None:
+    decision = access.may_break_glass(WHO[who], STUDY[study])
+    assert (200 if decision else decision.status) == status
+
+
+def test_a_grant_without_an_owner_by_arrival_opens_nothing() -> None:
+    orphan = StudyFacts("1.2.9", None, granted=True)
+    assert not access.may_read(WHO["rad_a"], orphan, "viewer")
+    assert not access.may_read(WHO["gw_a"], orphan, "edge")
+
+
+@pytest.mark.parametrize(
+    ("who", "code", "expected"),
+    [
+        ("rad_a", "H0001", True),
+        ("hadmin_a", "H0001", True),
+        ("rad_a", "H0002", False),
+        ("gw_a", "H0001", False),
+        ("admin", "H0001", False),  # share links are the study's own staff's
+        ("rad_nowhere", "H0001", False),
+    ],
+)
+def test_share_links_are_made_by_the_studys_own_staff(who: str, code: str, expected: bool) -> None:
+    assert access.may_share(WHO[who], code).allowed is expected
+
+
+def test_a_share_link_reads_its_one_study_only() -> None:
+    assert access.may_read_by_link("1.2.1", "1.2.1", write=False)
+    assert not access.may_read_by_link("1.2.1", "1.2.1", write=True)
+    assert not access.may_read_by_link("1.2.1", "1.2.2", write=False)
+    assert not access.may_read_by_link("1.2.1", None, write=False)
+
+
+@pytest.mark.parametrize(
+    ("who", "study", "expected"),
+    [
+        ("gw_a", "A", True),
+        ("gw_a", "B", False),
+        ("gw_a", "B granted", False),  # a grant lets one read, not push on
+        ("gw_a", "new", False),
+        ("gw_nowhere", "new", False),
+        ("admin", "B", True),
+    ],
+)
+def test_a_hospital_pushes_its_own_studies(who: str, study: str, expected: bool) -> None:
+    assert access.may_push(WHO[who], STUDY[study]).allowed is expected
+
+
+def test_a_push_body_speaks_for_the_callers_own_institution() -> None:
+    assert access.may_speak_for(WHO["gw_a"], "from_institution", "H0001")
+    refused = access.may_speak_for(WHO["gw_a"], "from_institution", "H0002")
+    assert refused.message == "from_institution must be the caller's own institution"
+    assert not access.may_speak_for(WHO["gw_nowhere"], "institution", None)
+    assert access.may_speak_for(WHO["admin"], "institution", "H0002")
+
+
+def test_central_rest_api_is_the_admins_and_the_edges_listed_calls() -> None:
+    assert access.may_use_central(WHO["admin"], listed=False).basis == access.WHOLE_ARCHIVE
+    assert access.may_use_central(WHO["gw_a"], listed=True).basis == access.GATEWAY
+    assert not access.may_use_central(WHO["gw_a"], listed=False)
+    assert not access.may_use_central(WHO["rad_a"], listed=True)
+    assert not access.may_use_central(WHO["gw_nowhere"], listed=True)
+    assert access.may_list_pushes(WHO["gw_b"], ["H0002"])
+    assert not access.may_list_pushes(WHO["gw_b"], ["H0002", "H0001"])
+    assert not access.may_list_pushes(WHO["gw_b"], None)
+
+
+def test_records_are_written_by_writers_and_read_by_staff_of_their_institution() -> None:
+    assert access.may_write_records(WHO["gw_a"], "H0001")
+    assert access.may_write_records(WHO["hadmin_a"], "H0001")
+    assert not access.may_write_records(WHO["rad_a"], "H0001")
+    assert not access.may_write_records(WHO["gw_a"], "H0002")
+    assert access.may_read_records(WHO["rad_a"], "H0001")
+    assert not access.may_read_records(WHO["gw_a"], "H0001")
+    assert access.may_read_records(WHO["admin"], "H0002")
+
+
+def test_another_institutions_exam_needs_treating_staff_and_a_purpose() -> None:
+    assert access.may_look_up_exam(WHO["rad_a"], "H0001", None).basis != access.MUTUAL_RECOGNITION
+    foreign = access.may_look_up_exam(WHO["rad_a"], "H0002", "follow-up")
+    assert foreign.basis == access.MUTUAL_RECOGNITION and foreign.scope == "H0001"
+    assert "purpose" in access.may_look_up_exam(WHO["rad_a"], "H0002", None).message
+    assert "clinician" in access.may_look_up_exam(WHO["hadmin_a"], "H0002", "x y").message
+    assert not access.may_look_up_exam(WHO["rad_nowhere"], "H0002", "follow-up")
+    arrival = StudyFacts("1.2.2", "H0002")
+    assert access.opens_by_mutual_recognition(arrival, "H0002")
+    assert not access.opens_by_mutual_recognition(arrival, "H0001")
+    assert not access.opens_by_mutual_recognition(StudyFacts("1.2.2"), "H0002")
+
+
+def test_searches_alerts_reconciliation_and_the_audit_trail() -> None:
+    assert access.may_search_studies(WHO["admin"]).scope is None
+    assert access.may_search_studies(WHO["clin_b"]).scope == "H0002"
+    assert not access.may_search_studies(WHO["gw_a"])
+    assert access.may_see_alerts(WHO["auditor"]).scope is None
+    assert access.may_see_alerts(WHO["hadmin_a"]).scope == "H0001"
+    assert not access.may_see_alerts(WHO["rad_a"])
+    assert access.may_see_alert(WHO["hadmin_a"], "H0001")
+    assert access.may_see_alert(WHO["hadmin_a"], "H0002").status == 404
+    assert access.may_list_unmatched(WHO["hadmin_a"], "H0001")
+    assert not access.may_list_unmatched(WHO["hadmin_a"], None)
+    assert not access.may_list_unmatched(WHO["hadmin_a"], "H0002")
+    assert access.may_resolve(WHO["hadmin_a"], STUDY["A"])
+    assert not access.may_resolve(WHO["hadmin_a"], STUDY["new"])
+    assert access.may_read_audit(WHO["auditor"]) and not access.may_read_audit(WHO["admin"])
+    assert access.may_report_edge_events(WHO["gw_a"])
+    assert not access.may_report_edge_events(WHO["gw_nowhere"])
+    assert access.may_use_explorer(WHO["admin"]) and not access.may_use_explorer(WHO["gw_a"])
+
+
+def test_require_raises_the_refusal_with_its_status() -> None:
+    with pytest.raises(Forbidden, match="break-glass is for"):
+        access.require(access.may_break_glass(WHO["gw_a"], STUDY["B"]))
+    with pytest.raises(NotFound):
+        access.require(access.may_break_glass(WHO["rad_a"], STUDY["new"]))
+    with pytest.raises(InvalidRecord) as raised:
+        access.require(access.may_break_glass(WHO["rad_a"], STUDY["A"]))
+    assert raised.value.field == "study_instance_uid"
+    assert access.require(access.may_break_glass(WHO["rad_a"], STUDY["B"])).basis == "break-glass"
