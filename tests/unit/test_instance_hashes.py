@@ -1,0 +1,156 @@
+"""Central's registry of instance hashes (imgcloud.instance_hashes): connection settings from
+Orthanc's PostgreSQL section, hashes recorded, replaced, read and forgotten, and a database
+failure reported as the plugin's own error with a fresh connection next time. A stand-in
+connection answers the SQL; the real table is exercised by the integration tests (verify)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from imgcloud import instance_hashes
+from imgcloud.errors import ConfigurationError, PluginError
+from imgcloud.instance_hashes import HashRegistry, central_conninfo
+
+ORTHANC = {
+    "PostgreSQL": {
+        "EnableIndex": True,
+        "Host": "db.local",
+        "Port": "5433",
+        "Database": "orthanc_central",
+        "Username": "central",
+        "Password": "secret",
+    }
+}
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_conninfo_comes_from_orthancs_postgresql_section() -> None:
+    assert central_conninfo(ORTHANC) == {
+        "host": "db.local",
+        "port": 5433,
+        "dbname": "orthanc_central",
+        "user": "central",
+        "password": "secret",
+        "connect_timeout": 10,
+    }
+    defaults = central_conninfo({"PostgreSQL": {"EnableIndex": True, "Database": "d"}})
+    assert (defaults["host"], defaults["port"]) == ("localhost", 5432)
+
+
+@pytest.mark.parametrize("configuration", [{}, {"PostgreSQL": {"EnableIndex": False}}])
+def test_without_the_postgresql_index_central_refuses_naming_the_setting(
+    configuration: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"PostgreSQL\.EnableIndex"):
+        central_conninfo(configuration)
+
+
+class Database:
+    """One imgcloud_instance_sha256 table shared by every connection made to it."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+        self.connections: list[Connection] = []
+        self.failing = False
+        self.schema_made = 0
+
+    def connect(self, **conninfo: Any) -> Connection:
+        assert conninfo.get("autocommit") is True  # one statement, no open transaction
+        conn = Connection(self)
+        self.connections.append(conn)
+        return conn
+
+
+class Connection:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.closed = False
+        self._row: tuple[str] | None = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def execute(self, sql: str, params: tuple[str, ...] = ()) -> Connection:
+        if self.db.failing:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        statement = " ".join(sql.split())
+        if statement.startswith("CREATE TABLE IF NOT EXISTS imgcloud_instance_sha256"):
+            self.db.schema_made += 1
+        elif statement.startswith("INSERT INTO imgcloud_instance_sha256"):
+            assert "ON CONFLICT (orthanc_id) DO UPDATE" in statement
+            self.db.rows[params[0]] = params[1]
+        elif statement.startswith("SELECT sha256 FROM imgcloud_instance_sha256"):
+            found = self.db.rows.get(params[0])
+            self._row = (found,) if found else None
+        elif statement.startswith("DELETE FROM imgcloud_instance_sha256"):
+            self.db.rows.pop(params[0], None)
+        else:
+            raise AssertionError(f"unexpected SQL: {statement[:80]}")
+        return self
+
+    def fetchone(self) -> tuple[str] | None:
+        return self._row
+
+
+@pytest.fixture
+def db(monkeypatch: pytest.MonkeyPatch) -> Database:
+    database = Database()
+    monkeypatch.setattr(instance_hashes.psycopg, "connect", database.connect)
+    return database
+
+
+def test_the_table_is_made_once_at_start(db: Database) -> None:
+    HashRegistry.from_orthanc(ORTHANC)
+    assert db.schema_made == 1
+
+
+def test_a_hash_is_recorded_replaced_read_and_forgotten(db: Database) -> None:
+    registry = HashRegistry.from_orthanc(ORTHANC)
+    assert registry.lookup("oid-1") is None
+    registry.record("oid-1", SHA_A)
+    registry.record("oid-2", SHA_B)
+    assert (registry.lookup("oid-1"), registry.lookup("oid-2")) == (SHA_A, SHA_B)
+    registry.record("oid-1", SHA_B)  # stored again (a resend): the new copy's hash counts
+    assert registry.lookup("oid-1") == SHA_B
+    registry.forget("oid-1")
+    assert registry.lookup("oid-1") is None and registry.lookup("oid-2") == SHA_B
+
+
+def test_a_database_failure_is_the_plugins_error_and_the_next_call_reconnects(
+    db: Database,
+) -> None:
+    registry = HashRegistry.from_orthanc(ORTHANC)
+    registry.record("oid-1", SHA_A)
+    before = len(db.connections)
+    db.failing = True
+    with pytest.raises(PluginError, match="oid-1") as recording:
+        registry.record("oid-1", SHA_B)
+    assert isinstance(recording.value.__cause__, psycopg.Error)
+    with pytest.raises(PluginError, match="oid-1"):
+        registry.lookup("oid-1")
+    db.failing = False
+    assert registry.lookup("oid-1") == SHA_A  # the failed write did not happen
+    assert len(db.connections) > before  # a fresh connection, not the broken one
+
+
+def test_each_orthanc_thread_has_its_own_connection(db: Database) -> None:
+    registry = HashRegistry.from_orthanc(ORTHANC)
+    registry.record("oid-main", SHA_A)
+    used: list[Connection] = []
+
+    def in_another_thread() -> None:
+        registry.record("oid-thread", SHA_B)
+        used.append(db.connections[-1])
+
+    thread = threading.Thread(target=in_another_thread)
+    thread.start()
+    thread.join(timeout=10)
+    assert registry.lookup("oid-thread") == SHA_B
+    at_start, main, other = db.connections[0], db.connections[1], used[0]
+    assert at_start.closed and main is not other and not main.closed
