@@ -32,9 +32,11 @@ def hostile_query(keys: int) -> str:
 
 
 def test_hostile_filters_are_valid_json_within_the_column_and_marked_truncated() -> None:
+    width = WIDTHS["filters"]
+    assert width is not None
     for keys in (1, 24, 25, 200):
         text = audit_middleware.filters_of(hostile_query(keys))
-        assert text is not None and len(text) <= WIDTHS["filters"]
+        assert text is not None and len(text) <= width
         recorded = event(None, "dicomweb.read", None, None, 403, filters=text)["filters"]
         parsed = json.loads(recorded)
         assert isinstance(parsed, dict)

@@ -8,6 +8,10 @@ from __future__ import annotations
 from imgcloud.delivery import discard_copy
 
 
+def forget(hashes: dict[str, str], orthanc_id: str) -> None:
+    hashes.pop(orthanc_id, None)
+
+
 def test_a_resend_stored_during_the_discard_keeps_its_hash() -> None:
     hashes = {"oid": "bad"}
     held = {"oid"}
@@ -18,7 +22,7 @@ def test_a_resend_stored_during_the_discard_keeps_its_hash() -> None:
         held.add(orthanc_id)
         hashes[orthanc_id] = "good"
 
-    discard_copy("oid", lambda i: hashes.pop(i, None), delete)
+    discard_copy("oid", lambda i: forget(hashes, i), delete)
     assert hashes == {"oid": "good"}
     assert held == {"oid"}
 
@@ -26,6 +30,6 @@ def test_a_resend_stored_during_the_discard_keeps_its_hash() -> None:
 def test_a_discarded_copy_leaves_no_hash_behind() -> None:
     hashes = {"oid": "bad", "other": "ok"}
     held = {"oid", "other"}
-    discard_copy("oid", lambda i: hashes.pop(i, None), held.discard)
+    discard_copy("oid", lambda i: forget(hashes, i), held.discard)
     assert hashes == {"other": "ok"}
     assert held == {"other"}

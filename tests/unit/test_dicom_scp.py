@@ -67,6 +67,10 @@ def scp_with(tmp_path: Path, found: list[dict[str, Any]], seen: list | None = No
     return DicomScp(CONFIG, local, _no_fetch, box, query_retrieve_aets={"HOSP_PACS"})
 
 
+def ignore_answer(answer: dict[str, str]) -> None:
+    """A C-FIND answer callback for tests that look only at the refusal."""
+
+
 def _no_fetch(request: dict[str, str]) -> dict[str, Any]:
     raise RuntimeError("not in the cloud")
 
@@ -143,7 +147,7 @@ def test_a_c_find_that_fails_is_audited_as_failed(tmp_path: Path) -> None:
 def test_a_c_find_at_an_unknown_level_is_refused_and_audited(tmp_path: Path) -> None:
     scp = scp_with(tmp_path, [STUDY])
     with pytest.raises(DicomRefused):
-        scp.find("HOSP_PACS", "E", [(0x0008, 0x0052, "WORKLIST")], list().append, lambda: None)
+        scp.find("HOSP_PACS", "E", [(0x0008, 0x0052, "WORKLIST")], ignore_answer, lambda: None)
     assert scp.outbox.pending()[0]["outcome"] == "refused"
 
 
@@ -192,7 +196,7 @@ def test_a_c_move_refused_or_failed_is_audited(
 def test_a_host_name_is_no_source_address(tmp_path: Path) -> None:
     scp = scp_with(tmp_path, [])
     scp.modalities["HOSP_PACS"] = ("pacs", "pacs.hospital.example")
-    scp.find("HOSP_PACS", "E", [(0x0008, 0x0052, "STUDY")], list().append, lambda: None)
+    scp.find("HOSP_PACS", "E", [(0x0008, 0x0052, "STUDY")], ignore_answer, lambda: None)
     assert scp.outbox.pending()[0]["source"] == ""
 
 
@@ -231,5 +235,5 @@ def test_without_a_list_nobody_may_query(tmp_path: Path) -> None:
     box = AuditOutbox(tmp_path / "audit.sqlite", lambda d, _n: d, lambda d, _n: d)
     scp = DicomScp(CONFIG, local_orthanc([STUDY], []), _no_fetch, box)
     with pytest.raises(DicomRefused):
-        scp.find("HOSP_PACS", "E", IDENTIFIER, list().append, lambda: None)
+        scp.find("HOSP_PACS", "E", IDENTIFIER, ignore_answer, lambda: None)
     assert box.pending()[0]["outcome"] == "refused"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from deploy.samples.studies import make_study
 from indexer.errors import InvalidRecord
@@ -101,7 +101,7 @@ def test_a_uid_that_is_not_valid_is_refused(
     ds = instance()
     setattr(ds, attribute, value)
     if attribute == "SOPInstanceUID":
-        ds.file_meta.MediaStorageSOPInstanceUID = value
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(value)
     if value.startswith(" "):  # pydicom strips it when writing: put it in the bytes
         ds.StudyInstanceUID = "99.8.7.6.5.4.3"
         data = part10(ds).replace(b"99.8.7.6.5.4.3", value.encode(), 1)

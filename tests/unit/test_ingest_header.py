@@ -17,6 +17,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -158,7 +159,7 @@ def with_sequences(undefined: bool, syntax: str) -> tuple[bytes, Dataset]:
         for name in ("ProcedureCodeSequence", "ReferencedImageSequence"):
             ds[name].is_undefined_length = True
         inner["PurposeOfReferenceCodeSequence"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     return part10(ds), ds
 
 
