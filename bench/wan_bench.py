@@ -160,6 +160,8 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
     (home / "edge" / "storage").mkdir(parents=True)
     (home / "sender" / "storage").mkdir(parents=True)
     keyring = home / "edge" / "keyring.json"
+    edge_ca = home / "edge" / "ca.pem"  # the stack's pki/ is root's own, not the edge's
+    edge_ca.write_bytes(Path(plan["ca_cert"]).read_bytes())
     write_key_ring(KeyRing.generate("k1"), keyring)
     password = secrets.token_urlsafe(16)
     central_ip = plan["central_ip"]
@@ -177,7 +179,7 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
             "Plugins": [str(PLUGIN_DIR / "libOrthancPython.so")],
             "PythonScript": str(REPO_ROOT / "orthanc-plugins" / "edge_plugin.py"),
             "DicomModalities": {"DEMO_CT": dicom_modality("DEMO_CT", 104)},
-            "HttpsCACertificates": plan["ca_cert"],
+            "HttpsCACertificates": str(edge_ca),
             "OrthancPeers": {
                 "central": {
                     "Url": f"https://{central_ip}:{RELAY_PORT}/",
@@ -223,7 +225,7 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
         path = home / name / "orthanc.json"
         path.write_text(json.dumps(config))
         log = (home / f"{name}.log").open("w")
-        argv, env = orthanc_command(settings, path, [home, Path(plan["stack_dir"])])
+        argv, env = orthanc_command(settings, path, [home])
         procs.append(subprocess.Popen(argv, env=os.environ | env, stdout=log, stderr=log))
     edge_pid = procs[0].pid
     auth = ("edge", password)

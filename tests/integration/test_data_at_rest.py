@@ -64,6 +64,14 @@ def _file_rows() -> list[FileRow]:
     return rows
 
 
+def _owner(uid: int) -> str:
+    """A user's name, or its number when it has none (the Orthancs' service uid 10042)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _most_specific(rows: list[FileRow], relative: str) -> FileRow | None:
     """The row whose pattern matches the deepest ancestor (or the path itself)."""
     parts = relative.split("/")
@@ -101,7 +109,7 @@ def test_every_file_of_the_stack_matches_its_row(stack: StackClient) -> None:
                 continue
             allowed = row.dirs if stat.S_ISDIR(info.st_mode) else row.files
             mode = stat.S_IMODE(info.st_mode)
-            owner = pwd.getpwuid(info.st_uid).pw_name
+            owner = _owner(info.st_uid)
             if allowed is None or mode & ~allowed or owner != row.owner:
                 wrong[relative] = f"{owner} {oct(mode)} (row {row.pattern})"
     assert unlisted == []

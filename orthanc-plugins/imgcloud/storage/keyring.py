@@ -111,9 +111,13 @@ class KeyRing:
 
 
 def write_key_ring(ring: KeyRing, path: Path) -> None:
-    """Write a key ring file readable by its owner only (atomically)."""
+    """Write a key ring file readable by its owner only (atomically). A ring root replaces
+    (rotation, retirement) keeps its owner: the Orthanc's service uid must still read it."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if os.geteuid() == 0 and path.exists():
+        before = path.stat()
+        os.fchown(fd, before.st_uid, before.st_gid)
     with os.fdopen(fd, "w") as out:
         out.write(ring.to_json())
     os.replace(tmp, path)
