@@ -183,7 +183,7 @@ def test_rotation_rewrap_and_retirement(
     old_keys = [
         k
         for k in json.loads(
-            (stack_settings.state_dir / "keys" / "central-keyring.json").read_text()
+            (stack_settings.state_dir / "keys" / "central" / "keyring.json").read_text()
         )["keys"]
         if k != "k-rot-2"
     ]
