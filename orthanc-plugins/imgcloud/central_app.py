@@ -80,7 +80,9 @@ class CentralApp:
             push: Route(GET=self.get_push),
             f"{push}/state": Route(POST=Method(self.push_state, PushReport, invalid_status=422)),
             "/imaging-cloud/status": Route(GET=self.status),
-            "/imaging-cloud/verify": Route(POST=Method(self.verify, VerifyRequest)),
+            "/imaging-cloud/verify": Route(
+                POST=Method(self.verify, VerifyRequest, hint=VerifyRequest.SHAPE)
+            ),
         }
 
     def status(self, request: Request) -> Reply:

@@ -50,21 +50,26 @@ Handler = Callable[[Request], Reply]
 class Method:
     """One method of a route: its handler and, for a JSON body, the pydantic model.
     A body that is not JSON is answered `json_status`, one the model refuses
-    `invalid_status`, each with a message naming every field at fault."""
+    `invalid_status`, each with a message naming every field at fault (and `hint`, the
+    body expected, when given)."""
 
     handler: Handler
     model: type[BaseModel] | None = None
     invalid_status: int = 400
     json_status: int = 400
+    hint: str = ""
+
+    def refused(self, status: int, message: str) -> Reply:
+        return error(status, f"{message}; {self.hint}" if self.hint else message)
 
 
-def describe(exc: ValidationError) -> str:
-    """Each pydantic error as 'field.path: message' (a whole-body rule's message names
-    its fields itself), joined by '; '."""
+def describe(exc: ValidationError, prefix: str = "") -> str:
+    """Each pydantic error as 'field.path: message' (under `prefix`, e.g. a configuration
+    section; a whole-body rule's message names its fields itself), joined by '; '."""
     parts = []
     for problem in exc.errors():
         message = str(problem["msg"]).removeprefix("Value error, ")
-        where = ".".join(str(p) for p in problem["loc"])
+        where = ".".join([*([prefix] if prefix else []), *(str(p) for p in problem["loc"])])
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
@@ -101,11 +106,11 @@ class Route:
             try:
                 document = json.loads(body)
             except ValueError:
-                return error(spec.json_status, "body must be JSON")
+                return spec.refused(spec.json_status, "body must be JSON")
             if not isinstance(document, dict):
-                return error(spec.json_status, "body must be a JSON object")
+                return spec.refused(spec.json_status, "body must be a JSON object")
             try:
                 parsed = spec.model.model_validate(document)
             except ValidationError as exc:
-                return error(spec.invalid_status, describe(exc))
+                return spec.refused(spec.invalid_status, describe(exc))
         return spec.handler(Request(method, tuple(groups), dict(query or {}), parsed))

@@ -45,3 +45,10 @@ def test_a_body_that_is_not_a_json_object_gets_the_routes_status() -> None:
 def test_a_text_body_goes_out_as_it_is() -> None:
     assert Reply(404, "no such thing").text() == "no such thing"
     assert Reply(200, {"a": 1}).text() == '{"a": 1}'
+
+
+def test_a_hint_says_what_body_was_expected() -> None:
+    route = Route(POST=Method(echo, FetchRequest, hint="body must be {study_instance_uid}"))
+    refused = route.dispatch("POST", body=b"{}")
+    assert isinstance(refused, Reply)
+    assert refused.body["error"].endswith("; body must be {study_instance_uid}")
