@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,6 +16,7 @@ from pydantic import (
 )
 
 from .errors import ConfigurationError
+from .routes import describe
 
 _INSTITUTION = re.compile(r"^[A-Z0-9]{2,16}$")
 # Operations an edge never grants to every caller: the plugin decides C-FIND and C-MOVE per
@@ -206,27 +206,20 @@ def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
     return listeners
 
 
+def _aet_of(name: str, entry: Any) -> str:
+    return _entry_aet_host(name, entry)[0]
+
+
 def _query_retrieve_aets(
-    configuration: dict[str, Any], section: dict[str, Any], hospital_pacs: str | None
+    modalities: dict[str, Any], aets: list[str] | None, hospital_pacs: str | None
 ) -> frozenset[str]:
     """The AE titles the plugin lets C-FIND and C-MOVE: each must be the AET of a
     DicomModalities entry; by default the hospital PACS's only, else nobody."""
-    modalities = configuration.get("DicomModalities") or {}
-    known = {
-        str(entry.get("AET", name)) if isinstance(entry, dict) else str(entry[0])
-        for name, entry in modalities.items()
-    }
-    aets = section.get("QueryRetrieveAETs")
     if aets is None:
         if hospital_pacs is None:
             return frozenset()
-        entry = modalities[hospital_pacs]
-        return frozenset(
-            {str(entry.get("AET", hospital_pacs)) if isinstance(entry, dict) else str(entry[0])}
-        )
-    if not isinstance(aets, list) or not all(isinstance(a, str) and a for a in aets):
-        raise ConfigurationError("ImagingCloud.QueryRetrieveAETs: must be a list of AE titles")
-    unknown = sorted(set(aets) - known)
+        return frozenset({_aet_of(hospital_pacs, modalities[hospital_pacs])})
+    unknown = sorted(set(aets) - {_aet_of(n, e) for n, e in modalities.items()})
     if unknown:
         raise ConfigurationError(
             "ImagingCloud.QueryRetrieveAETs: not the AET of any DicomModalities entry: "
@@ -235,8 +228,29 @@ def _query_retrieve_aets(
     return frozenset(aets)
 
 
-@dataclass(frozen=True)
-class PluginConfig:
+class _ImagingCloud(BaseModel):
+    """The ImagingCloud section as Orthanc's configuration spells it (types and ranges;
+    what depends on the role or on other sections is checked in PluginConfig)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    role: Literal["edge", "central"] = Field(alias="Role")
+    institution: str | None = Field(None, alias="Institution")
+    forward_peer: str | None = Field(None, alias="ForwardPeer")
+    forward_retry_max_s: Annotated[float, Field(gt=0, strict=True)] = Field(
+        300, alias="ForwardRetryMaxSeconds"
+    )
+    queue_file: str | None = Field(None, alias="QueueFile")
+    hospital_pacs: str | None = Field(None, alias="HospitalPacs")
+    query_retrieve_aets: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        None, alias="QueryRetrieveAETs"
+    )
+    dicom_listeners: Any = Field(None, alias="DicomListeners")
+
+
+class PluginConfig(BaseModel):
+    """The ImagingCloud section, validated: PluginConfig.from_orthanc(configuration)."""
+
+    model_config = ConfigDict(frozen=True)
     role: str
     institution: str | None
     forward_peer: str | None
@@ -249,54 +263,47 @@ class PluginConfig:
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> PluginConfig:
         """Validate the ImagingCloud section; raise ConfigurationError naming the setting."""
-        section = configuration.get("ImagingCloud")
-        if not isinstance(section, dict):
+        if not isinstance(configuration.get("ImagingCloud"), dict):
             raise ConfigurationError("ImagingCloud: section missing from the configuration")
-        role = section.get("Role")
-        if role not in ("edge", "central"):
-            raise ConfigurationError("ImagingCloud.Role: must be 'edge' or 'central'")
-        institution = section.get("Institution")
-        peer = section.get("ForwardPeer")
-        if role == "edge":
-            if not isinstance(institution, str) or not _INSTITUTION.match(institution):
+        try:
+            section = _ImagingCloud.model_validate(configuration["ImagingCloud"])
+        except ValidationError as exc:
+            raise ConfigurationError(describe(exc, "ImagingCloud")) from None
+        modalities = configuration.get("DicomModalities") or {}
+        if section.role == "edge":
+            if not _INSTITUTION.match(section.institution or ""):
                 raise ConfigurationError(
                     "ImagingCloud.Institution: an edge needs its institution code "
                     "(2-16 upper-case letters or digits)"
                 )
-            peers = configuration.get("OrthancPeers") or {}
-            if not isinstance(peer, str) or peer not in peers:
+            if section.forward_peer not in (configuration.get("OrthancPeers") or {}):
                 raise ConfigurationError(
                     "ImagingCloud.ForwardPeer: must name an entry of OrthancPeers"
                 )
-        queue_file = section.get("QueueFile")
-        if role == "edge" and (not isinstance(queue_file, str) or not queue_file):
-            raise ConfigurationError(
-                "ImagingCloud.QueueFile: an edge needs a path for its durable forwarding queue"
-            )
-        hospital_pacs = section.get("HospitalPacs")
-        if hospital_pacs is not None and hospital_pacs not in (
-            configuration.get("DicomModalities") or {}
-        ):
+            if not section.queue_file:
+                raise ConfigurationError(
+                    "ImagingCloud.QueueFile: an edge needs a path for its durable forwarding queue"
+                )
+        if section.hospital_pacs is not None and section.hospital_pacs not in modalities:
             raise ConfigurationError(
                 "ImagingCloud.HospitalPacs: must name an entry of DicomModalities"
             )
         query_retrieve: frozenset[str] = frozenset()
         listeners = None
-        if role == "edge":
+        if section.role == "edge":
             _check_dicom_access(configuration)
-            query_retrieve = _query_retrieve_aets(configuration, section, hospital_pacs)
-            if section.get("DicomListeners") is not None:
-                listeners = _dicom_listeners(configuration, section["DicomListeners"])
-        retry = section.get("ForwardRetryMaxSeconds", 300)
-        if not isinstance(retry, int | float) or retry <= 0:
-            raise ConfigurationError("ImagingCloud.ForwardRetryMaxSeconds: must be > 0")
+            query_retrieve = _query_retrieve_aets(
+                modalities, section.query_retrieve_aets, section.hospital_pacs
+            )
+            if section.dicom_listeners is not None:
+                listeners = _dicom_listeners(configuration, section.dicom_listeners)
         return cls(
-            role=role,
-            institution=institution,
-            forward_peer=peer,
-            forward_retry_max_s=float(retry),
-            queue_file=queue_file,
-            hospital_pacs=hospital_pacs,
+            role=section.role,
+            institution=section.institution,
+            forward_peer=section.forward_peer,
+            forward_retry_max_s=float(section.forward_retry_max_s),
+            queue_file=section.queue_file,
+            hospital_pacs=section.hospital_pacs,
             query_retrieve_aets=query_retrieve,
             dicom_listeners=listeners,
         )

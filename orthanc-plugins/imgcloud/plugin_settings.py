@@ -29,11 +29,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
-def _validated(model: type[_Section], document: Any, where: str) -> Any:
+def _validated(model: type[_Section], document: Any, where: str = "") -> Any:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise ConfigurationError(f"{where}{describe(exc)}") from None
+        raise ConfigurationError(describe(exc, where)) from None
 
 
 class PeerSettings(_Section):
@@ -66,13 +66,13 @@ class IndexerSettings(_Section):
 def _indexer(section: Any) -> IndexerSettings | None:
     if not section:
         return None
-    where = "ImagingCloud.Indexer."
+    where = "ImagingCloud.Indexer"
     indexer: IndexerSettings = _validated(IndexerSettings, section, where)
     try:
         secret = json.loads(indexer.client_secret_file.read_text())["ClientSecret"]
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ConfigurationError(
-            f"{where}ClientSecretFile: {type(exc).__name__}: cannot read ClientSecret from "
+            f"{where}.ClientSecretFile: {type(exc).__name__}: cannot read ClientSecret from "
             f"{indexer.client_secret_file}"
         ) from None
     return indexer.model_copy(update={"client_secret": SecretStr(str(secret))})
@@ -117,7 +117,7 @@ class EdgeSettings(BaseModel):
     def from_orthanc(cls, configuration: dict[str, Any]) -> EdgeSettings:
         """Validate the edge's configuration; ConfigurationError names the setting."""
         plugin = PluginConfig.from_orthanc(configuration)
-        orthanc: _EdgeOrthanc = _validated(_EdgeOrthanc, configuration, "")
+        orthanc: _EdgeOrthanc = _validated(_EdgeOrthanc, configuration)
         if orthanc.python.allow_threads is not True:
             # Without it a worker thread keeps the GIL inside an SDK call while Orthanc's
             # own threads (a synchronous C-STORE job reading our storage area) wait for it.
@@ -135,7 +135,7 @@ class EdgeSettings(BaseModel):
             plugin=plugin,
             storage=storage,
             compression=CompressionPolicy.from_name(orthanc.imaging_cloud.compression),
-            peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}."),
+            peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}"),
             indexer=_indexer(orthanc.imaging_cloud.indexer),
             dicom_aet=orthanc.dicom_aet,
             ca_bundle=orthanc.https_ca or True,

@@ -22,9 +22,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigurationError
+from ..routes import describe
 from .backends import S3Settings
 from .envelope import Algorithm
 
@@ -41,15 +44,47 @@ class StorageSettings:
     filesystem_root: Path | None
 
 
-def _number(section: dict[str, Any], name: str, default: float, where: str) -> float:
-    value = section.get(name, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigurationError(f"{where}.{name}: must be a positive number")
-    return float(value)
+Positive = Annotated[float, Field(gt=0, strict=True)]
 
 
-def _s3_credentials(section: dict[str, Any], where: str) -> tuple[str, str]:
-    path = section.get("CredentialsFile")
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _S3(_Block):
+    bucket: str = Field(alias="Bucket", min_length=1)
+    endpoint: str | None = Field(None, alias="Endpoint")
+    region: str = Field("us-east-1", alias="Region")
+    credentials_file: str | None = Field(None, alias="CredentialsFile")
+    path_style: bool = Field(True, alias="PathStyle")
+    pool_size: Positive = Field(32, alias="PoolSize")
+    connect_timeout: Positive = Field(3, alias="ConnectTimeout")
+    read_timeout: Positive = Field(30, alias="ReadTimeout")
+    max_attempts: Positive = Field(4, alias="MaxAttempts")
+
+
+class _Filesystem(_Block):
+    root: str = Field(alias="Root", min_length=1)
+
+
+class _Storage(_Block):
+    backend: Literal["s3", "filesystem"] = Field(alias="Backend")
+    key_ring_file: str = Field(alias="KeyRingFile", min_length=1)
+    algorithm: str = Field("aes-256-gcm", alias="Algorithm")
+    key_prefix: str = Field("", alias="KeyPrefix")
+    s3: _S3 | None = Field(None, alias="S3")
+    filesystem: _Filesystem | None = Field(None, alias="Filesystem")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _relative(cls, prefix: str) -> str:
+        if prefix.startswith("/"):
+            raise ValueError("a string not starting with '/'")
+        return prefix
+
+
+def _s3_credentials(s3: _S3, where: str) -> tuple[str, str]:
+    path = s3.credentials_file
     if path:
         try:
             doc = json.loads(Path(path).read_text())
@@ -75,47 +110,39 @@ def storage_settings(configuration: dict[str, Any]) -> StorageSettings | None:
         return None
     if not isinstance(section, dict):
         raise ConfigurationError(f"{SECTION}: must be an object")
-    backend = section.get("Backend")
-    if backend not in ("s3", "filesystem"):
-        raise ConfigurationError(f"{SECTION}.Backend: must be 's3' or 'filesystem'")
-    ring = section.get("KeyRingFile")
-    if not isinstance(ring, str) or not ring:
-        raise ConfigurationError(f"{SECTION}.KeyRingFile: the master key ring file is required")
     try:
-        algorithm = Algorithm.from_name(str(section.get("Algorithm", "aes-256-gcm")))
+        storage = _Storage.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigurationError(describe(exc, SECTION)) from None
+    try:
+        algorithm = Algorithm.from_name(storage.algorithm)
     except ValueError as exc:
         raise ConfigurationError(f"{SECTION}.Algorithm: {exc}") from None
-    prefix = section.get("KeyPrefix", "")
-    if not isinstance(prefix, str) or prefix.startswith("/"):
-        raise ConfigurationError(f"{SECTION}.KeyPrefix: a string not starting with '/'")
     s3 = None
     root = None
-    if backend == "s3":
+    if storage.backend == "s3":
         where = f"{SECTION}.S3"
-        s3_section = section.get("S3")
-        if not isinstance(s3_section, dict):
+        if storage.s3 is None:
             raise ConfigurationError(f"{where}: required when Backend is 's3'")
-        bucket = s3_section.get("Bucket")
-        if not isinstance(bucket, str) or not bucket:
-            raise ConfigurationError(f"{where}.Bucket: required")
-        access, secret = _s3_credentials(s3_section, where)
+        access, secret = _s3_credentials(storage.s3, where)
         s3 = S3Settings(
-            endpoint=s3_section.get("Endpoint") or None,
-            region=str(s3_section.get("Region", "us-east-1")),
-            bucket=bucket,
+            endpoint=storage.s3.endpoint or None,
+            region=storage.s3.region,
+            bucket=storage.s3.bucket,
             access_key=access,
             secret_key=secret,
-            path_style=bool(s3_section.get("PathStyle", True)),
-            pool_size=int(_number(s3_section, "PoolSize", 32, where)),
-            connect_timeout_s=_number(s3_section, "ConnectTimeout", 3, where),
-            read_timeout_s=_number(s3_section, "ReadTimeout", 30, where),
-            max_attempts=int(_number(s3_section, "MaxAttempts", 4, where)),
+            path_style=storage.s3.path_style,
+            pool_size=int(storage.s3.pool_size),
+            connect_timeout_s=storage.s3.connect_timeout,
+            read_timeout_s=storage.s3.read_timeout,
+            max_attempts=int(storage.s3.max_attempts),
         )
     else:
-        fs = section.get("Filesystem") or {}
-        if not isinstance(fs, dict) or not fs.get("Root"):
+        if storage.filesystem is None:
             raise ConfigurationError(
                 f"{SECTION}.Filesystem.Root: required when Backend is 'filesystem'"
             )
-        root = Path(fs["Root"])
-    return StorageSettings(backend, Path(ring), algorithm, prefix, s3, root)
+        root = Path(storage.filesystem.root)
+    return StorageSettings(
+        storage.backend, Path(storage.key_ring_file), algorithm, storage.key_prefix, s3, root
+    )
