@@ -1,45 +1,126 @@
 """An instance corrupted between the edge and central is caught by its SHA-256 and resent.
 
-The edge's test hook (IMGCLOUD_TEST_CORRUPT_SENDS) flips a byte in the first uploads after
-they were hashed, as a faulty link would; the edge is restarted with it for this test only.
+A relay of the test's own (plain HTTP on 127.0.0.1, forwarding to the gateway over
+HTTPS) stands between edge A and central, as a faulty link would: it flips a byte in the
+first uploads it passes on. Edge A is restarted with the relay as its central peer for
+this test only; nothing in the plugins knows about it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
+import json
 import random
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
 
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, find_study
-from deploy.stack.launcher import load_context, start_service, stop_service
+from deploy.stack.launcher import load_context, service, start_service, stop_service
 from deploy.stack.settings import StackSettings
 
 from .test_edge_resilience import forwarding_state, wait_until
 
 CORRUPTED = 2
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+class CorruptingRelay(ThreadingHTTPServer):
+    """Passes every request on to `upstream`, flipping one byte in each of the first
+    `corrupt` instance uploads (POST .../instances) after the edge hashed them."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, ca_cert: str, corrupt: int) -> None:
+        super().__init__(("127.0.0.1", 0), _RelayHandler)
+        self.upstream = upstream.rstrip("/")
+        self.client = httpx.Client(verify=ca_cert, timeout=httpx.Timeout(60, connect=5))
+        self.left = corrupt
+        self.corrupted = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def in_transit(self, method: str, path: str, body: bytes) -> bytes:
+        if method != "POST" or not path.endswith("/instances") or not body:
+            return body
+        with self.lock:
+            if self.left <= 0:
+                return body
+            self.left -= 1
+            self.corrupted += 1
+        position = len(body) * 3 // 4  # inside the pixel data of any image worth sending
+        return body[:position] + bytes([body[position] ^ 0xFF]) + body[position + 1 :]
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: CorruptingRelay
+
+    def _relay(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        try:
+            answer = self.server.client.request(
+                self.command,
+                self.server.upstream + self.path,
+                content=self.server.in_transit(self.command, self.path, body),
+                headers=headers,
+            )
+            status, content = answer.status_code, answer.content
+            out = {
+                k: v
+                for k, v in answer.headers.items()
+                if k.lower() not in HOP_BY_HOP | {"content-encoding"}
+            }
+        except httpx.HTTPError as exc:
+            status, content, out = 502, f"relay: {type(exc).__name__}".encode(), {}
+        self.send_response(status)
+        for key, value in out.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the edge's and gateway's own logs say what went through
 
 
 @pytest.fixture
-def edge_a_with_a_bad_link(stack_settings: StackSettings) -> Iterator[None]:
+def bad_link(stack_settings: StackSettings) -> Iterator[CorruptingRelay]:
     ctx = load_context(stack_settings)
+    relay = CorruptingRelay(ctx.gateway_url, str(ctx.pki["ca_cert"]), CORRUPTED)
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    edge = service(ctx, "edge-a")
     stop_service(ctx, "edge-a")
-    os.environ["IMGCLOUD_TEST_CORRUPT_SENDS"] = str(CORRUPTED)
     try:
-        start_service(ctx, "edge-a")
-    finally:
-        del os.environ["IMGCLOUD_TEST_CORRUPT_SENDS"]
-    try:
-        yield
+        edge.prepare()  # the configuration as the launcher writes it, then the relay as peer
+        path = edge.home / "orthanc.json"  # type: ignore[attr-defined]
+        config = json.loads(path.read_text())
+        config["OrthancPeers"]["central"]["Url"] = f"{relay.url}/orthanc/"
+        path.write_text(json.dumps(config, indent=2))
+        edge.start()
+        edge.wait_healthy(stack_settings.start_timeout_s)
+        edge.after_healthy()
+        yield relay
     finally:
         stop_service(ctx, "edge-a")
-        start_service(ctx, "edge-a")  # without the hook
+        start_service(ctx, "edge-a")  # its own configuration again: central through the gateway
+        relay.shutdown()
+        relay.server_close()
+        relay.client.close()
 
 
 def file_hashes(client, study_uid: str) -> dict[str, str]:
@@ -52,7 +133,7 @@ def file_hashes(client, study_uid: str) -> dict[str, str]:
 
 
 def test_corrupted_upload_is_detected_and_resent(
-    stack: StackClient, stack_settings: StackSettings, edge_a_with_a_bad_link: None
+    stack: StackClient, stack_settings: StackSettings, bad_link: CorruptingRelay
 ) -> None:
     central_log = stack_settings.log("central")
     discards_before = central_log.read_text(errors="replace").count("hash mismatch")
@@ -70,6 +151,7 @@ def test_corrupted_upload_is_detected_and_resent(
         180,
         "delivery despite the bad link",
     )
+    assert bad_link.corrupted == CORRUPTED  # the uploads did go through the bad link
     with stack.orthanc("EDGE_A") as edge:
         at_edge = file_hashes(edge, uid)
         edge_bytes = sum(
