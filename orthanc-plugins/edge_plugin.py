@@ -13,7 +13,7 @@ import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.edge_app import EdgeApp
-from imgcloud.edge_routes import EdgeRoutes
+from imgcloud.edge_routes import MODALITY_CHANGE_REFUSED, EdgeRoutes, method_name, modality_change
 from imgcloud.plugin_settings import EdgeSettings
 
 SETTINGS = glue_common.load("edge", EdgeSettings.from_orthanc)
@@ -69,6 +69,20 @@ def _on_move(**request):
     APP.scp.move(request)
 
 
+def _http_filter(uri, **request):
+    """Every HTTP request: a REST change to DICOM modalities is refused (403) and logged,
+    as it would escape the load-time checks of DicomModalities."""
+    method = method_name(request.get("method"))
+    if not modality_change(method, uri):
+        return True
+    orthanc.LogWarning(
+        f"imaging-cloud: refused {method} {uri} from {request.get('ip', '?')}: "
+        f"{MODALITY_CHANGE_REFUSED}"
+    )
+    return False
+
+
+orthanc.RegisterIncomingHttpRequestFilter(_http_filter)
 orthanc.RegisterReceivedInstanceCallback(_on_received)
 orthanc.RegisterFindCallback(_on_find)
 orthanc.RegisterMoveCallback(_on_move)

@@ -1,15 +1,47 @@
 """The edge's REST API for the hospital (/imaging-cloud/...), as plain route handlers over
-an EdgeApp."""
+an EdgeApp, and the one kind of change to Orthanc's own API the edge refuses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from .edge_app import EdgeApp
 from .edge_requests import FetchRequest, PacsPullRequest, PushRequest, RequestRejected
 from .edge_rules import RulesRejected
 from .errors import CentralError, ServiceCallError
 from .routes import Method, Reply, Request, Route, error
+
+# Orthanc's REST API may add, change or remove DICOM modalities at run time (PUT and
+# DELETE /modalities/{id}); the edge's load-time checks of DicomModalities (per-AE
+# permissions, the TLS-only AE titles' Host) would not see those. POSTs below an entry
+# (echo, store, query, move) only use it and stay allowed.
+MODALITY_CHANGE_REFUSED = (
+    "DICOM modalities are fixed by this edge's configuration (DicomModalities, checked at "
+    "load); the REST API may not add, change or remove them"
+)
+
+
+_HTTP_METHODS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}  # OrthancPluginHttpMethod
+
+
+def method_name(method: object) -> str:
+    """An HTTP filter's method (Orthanc passes the SDK's number) as its name."""
+    if isinstance(method, str):
+        return method.upper()
+    try:
+        return _HTTP_METHODS.get(int(method), str(method))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return str(method)
+
+
+def modality_change(method: str, uri: str) -> bool:
+    """True for a request that would change DICOM modalities through Orthanc's REST API
+    (any spelling of the path Orthanc would route there: doubled slashes, %-escapes)."""
+    parts = [part for part in unquote(uri).split("/") if part]
+    if not parts or parts[0] != "modalities":
+        return False
+    return method in ("PUT", "DELETE") or (method == "POST" and len(parts) <= 2)
 
 
 def _json_body(handler: Callable[[Request], Reply], model: type) -> Method:
