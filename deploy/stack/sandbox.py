@@ -257,5 +257,5 @@ def orthanc_command(
         env,
         read_only=sorted(shared | set(private)),
         writable=writable,
-        hidden=[settings.state_dir.resolve()],
+        hidden=[state] if (state := settings.state_dir.resolve()).is_dir() else [],
     )
