@@ -23,7 +23,12 @@ def test_groups_and_query_reach_the_handler() -> None:
 
 def test_a_body_is_validated_and_each_bad_field_named() -> None:
     seen = []
-    route = Route(POST=Method(lambda r: seen.append(r.body) or Reply(200, {}), FetchRequest))
+
+    def handler(request: Request) -> Reply:
+        seen.append(request.body)
+        return Reply(200, {})
+
+    route = Route(POST=Method(handler, FetchRequest))
     ok = route.dispatch("POST", body=b'{"study_instance_uid": "1.2.3"}')
     assert isinstance(ok, Reply) and ok.status == 200
     assert seen == [FetchRequest(study_instance_uid="1.2.3")]
