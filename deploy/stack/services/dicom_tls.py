@@ -2,15 +2,18 @@
 
 Orthanc's own DICOM port is the edge's plain listener, where every gate of the edge (its
 C-STORE, C-FIND and C-MOVE rules and their audit) lives. The sidecar terminates mutual TLS
-(the hospital CA's certificates, TLS 1.2 or 1.3) and passes each association to that port
-from a loopback address of its own; the edge's DicomModalities name that address for the
-TLS-only AE titles only, so Orthanc refuses those titles on the plain port and every other
-title through the sidecar. Outbound, the sidecar listens on the same address, one port per
-TLS-only peer, and opens mutual TLS to the peer (deploy/edge/dicom-tls.conf.template).
+(the hospital CA's certificates, TLS 1.2 or 1.3) and passes an association to that port
+only from the client certificate of a TLS-only peer, from a loopback address of that
+peer's own; the edge's DicomModalities name that address for that peer's AE title only, so
+Orthanc refuses the title on the plain port and from any other certificate, and every other
+title through the sidecar. Any other certificate of the CA reaches nothing. Outbound, the
+sidecar listens on each peer's address, at a port of its own, and opens mutual TLS to the
+peer (deploy/edge/dicom-tls.conf.template).
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 from pathlib import Path
@@ -23,13 +26,24 @@ from .orthanc import DicomPeer, EdgeA, EdgeB, EdgeOrthanc
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # libnginx-mod-stream
 CONNECT_TIMEOUT = "10s"
 IDLE_TIMEOUT = "600s"
+# what ImagingCloud.DicomListeners lets a certificate subject hold (imgcloud/config.py):
+# no quote, backslash, dollar, brace or semicolon can end up in nginx's configuration
+_SAFE_SUBJECT = re.compile(r"[A-Za-z0-9 _.,=-]+")
 
 
-def outbound_server(peer: DicomPeer, source: str, cert: Path, key: Path, ca: Path) -> str:
+def peer_subject_line(peer: DicomPeer) -> str:
+    """The map line that gives `peer`'s certificate, and no other, its source address: its
+    subject matched whole, case included, as text (PCRE's \\Q...\\E)."""
+    if not _SAFE_SUBJECT.fullmatch(peer.certificate_subject) or not peer.source_address:
+        raise ValueError(f"{peer.aet}: no usable certificate subject or source address")
+    return f'        "~^\\Q{peer.certificate_subject}\\E$" {peer.source_address};\n'
+
+
+def outbound_server(peer: DicomPeer, cert: Path, key: Path, ca: Path) -> str:
     """The nginx stream server that carries the edge's associations to `peer` over TLS."""
     return f"""    # to {peer.aet}
     server {{
-        listen {source}:{peer.outbound_port};
+        listen {peer.source_address}:{peer.outbound_port};
         proxy_pass {peer.host}:{peer.port};
         proxy_ssl on;
         proxy_ssl_protocols TLSv1.2 TLSv1.3;
@@ -71,8 +85,7 @@ class DicomTlsSidecar(Service):
 
     def _listeners(self) -> list[tuple[str, int]]:
         inbound = ("127.0.0.1", self.ctx.ports[self.edge.tls_port])
-        source = self.edge.tls_source_address
-        return [inbound, *((source, p.outbound_port) for p in self._tls_peers())]
+        return [inbound, *((p.source_address, p.outbound_port) for p in self._tls_peers())]
 
     def prepare(self) -> None:
         for path, package in ((NGINX, "nginx"), (STREAM_MODULE, "libnginx-mod-stream")):
@@ -86,8 +99,8 @@ class DicomTlsSidecar(Service):
         (self.home / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
         cert, key = self.edge.tls_leaf()
         ca = self.ctx.pki["ca_cert"]
-        source = self.edge.tls_source_address
-        outbound = "".join(outbound_server(p, source, cert, key, ca) for p in self._tls_peers())
+        peers = self._tls_peers()
+        outbound = "".join(outbound_server(p, cert, key, ca) for p in peers)
         conf = render_template(
             (self.ctx.settings.repo_root / "deploy/edge/dicom-tls.conf.template").read_text(),
             {
@@ -101,7 +114,7 @@ class DicomTlsSidecar(Service):
                 "EDGE_CERT": str(cert),
                 "EDGE_KEY": str(key),
                 "CA_CERT": str(ca),
-                "TLS_SOURCE": source,
+                "TLS_PEERS": "".join(peer_subject_line(p) for p in peers).rstrip("\n"),
                 "ORTHANC_DICOM": f"127.0.0.1:{self.ctx.ports[self.edge.dicom_port]}",
                 "OUTBOUND_SERVERS": outbound,
             },
