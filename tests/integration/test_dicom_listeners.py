@@ -2,7 +2,9 @@
 the hospital PACS's AE title is let in only over mutual TLS (the edge's nginx sidecar), the
 modality's only over plain TCP (Orthanc's own port); what either sends lands at central. A
 plain association claiming the PACS's AE title is refused, and so is TLS without a client
-certificate; the edge reaches the PACS over TLS too (C-MOVE to it, through the sidecar)."""
+certificate, and TLS with another certificate of the hospital CA than the PACS's (refused by
+the sidecar: no byte reaches Orthanc); the edge reaches the PACS over TLS too (C-MOVE to
+it, through the sidecar)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from deploy.samples import modality
 from deploy.samples.pacs import HospitalPacs
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
+from deploy.stack.pki import issue_leaf
 
 from .fresh import fresh_seed
 from .test_edge_resilience import wait_until
@@ -216,3 +219,53 @@ def test_a_c_move_to_the_pacs_goes_out_over_tls_through_the_sidecar(
 
 def stack_edge_tls(stack: StackClient) -> tuple[str, int, str]:
     return "127.0.0.1", tls_port(stack), stack["EDGE_A_AET"]
+
+
+def sidecar_log(stack: StackClient) -> str:
+    log = Path(stack["STACK_DIR"]) / "edge-a-tls" / "logs" / "access.log"
+    return log.read_text() if log.exists() else ""
+
+
+@pytest.mark.parametrize(
+    "common_name",
+    [
+        "NOT_THE_PACS",  # another peer's certificate of the same CA
+        "hosp_pacs",  # the PACS's subject in another case: compared as text, case included
+    ],
+)
+def test_another_certificate_of_the_ca_cannot_claim_the_pacs_ae_title(
+    stack: StackClient, tmp_path: Path, common_name: str
+) -> None:
+    """A good client certificate of the hospital CA, not the PACS's, presenting the PACS's AE
+    title over TLS: the sidecar closes the connection after the handshake (its log: 502,
+    no upstream), so Orthanc never sees the association (not even to reject it), with
+    pynetdicom and with storescu +tls; nothing is stored. The PACS's own certificate still
+    lands at central (test_pynetdicom_tls_..., test_storescu_tls_...)."""
+    cert, key = issue_leaf(Path(stack["CA_CERT"]).parent, f"test-peer-{common_name}", common_name)
+    ae = AE(ae_title=PACS)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    tls = modality.tls_context(stack["CA_CERT"], str(cert), str(key))
+    assoc = ae.associate(
+        "127.0.0.1", tls_port(stack), ae_title=stack["EDGE_A_AET"], tls_args=(tls, "127.0.0.1")
+    )
+    established, rejected = assoc.is_established, assoc.is_rejected
+    if established:
+        assoc.release()
+    assert not established and not rejected
+    study = dx_study(stack)
+    files = write_files(study, tmp_path)
+    options = ["+tls", str(key), str(cert), "+cf", stack["CA_CERT"]]
+    done = storescu(stack, PACS, tls_port(stack), files, *options)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "Association Rejected" not in done.stdout + done.stderr  # Orthanc never saw it
+    assert not_at_edge(stack, study)
+    subject = f'"CN={common_name}" '
+
+    def refused_twice() -> bool:
+        lines = [line for line in sidecar_log(stack).splitlines() if subject in line]
+        return len(lines) >= 2 and all(
+            " 502 " in ln and " dicom_tls_refused " in ln for ln in lines
+        )
+
+    wait_until(refused_twice, 15, f"the sidecar's log of {common_name}'s refused connections")

@@ -1,11 +1,12 @@
 """DICOM TLS at hospital B's edge: its TLS listener (the nginx sidecar beside Orthanc) takes
-mutual TLS with local-CA certificates, TLS 1.2 or 1.3, and nothing else; behind it, only
-the AE titles allowed over TLS (the PACS) are let in."""
+mutual TLS with local-CA certificates, TLS 1.2 or 1.3, and nothing else; only the PACS's
+certificate gets through, and behind it only the PACS's AE title is let in."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 from pynetdicom import AE
@@ -67,6 +68,28 @@ def test_an_ae_title_allowed_only_plain_is_refused_over_tls(stack: StackClient) 
         stack["CA_CERT"], stack["MODALITY_TLS_CERT"], stack["MODALITY_TLS_KEY"]
     )
     assert not echo(stack, tls, calling_aet="DEMO_CT")
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "subject"),
+    [
+        ("MODALITY_TLS_CERT", "MODALITY_TLS_KEY", "CN=DEMO_CT"),
+        # the edge's own certificate (it presents it to the PACS) is not the PACS's either
+        (None, None, "CN=EDGE_H0002"),
+    ],
+)
+def test_another_certificate_of_the_ca_cannot_claim_the_pacs_ae_title(
+    stack: StackClient, cert: str | None, key: str | None, subject: str
+) -> None:
+    """The certificate is good (the CA's), the AE title is the PACS's: the sidecar passes
+    only the PACS's certificate on, so this one reaches nothing (502 in its log)."""
+    pki = Path(stack["CA_CERT"]).parent
+    cert_path = stack[cert] if cert else str(pki / "edge-b.pem")
+    key_path = stack[key] if key else str(pki / "edge-b.key")
+    assert not echo(stack, modality.tls_context(stack["CA_CERT"], cert_path, key_path))
+    log = Path(stack["STACK_DIR"]) / "edge-b-tls" / "logs" / "access.log"
+    lines = [line for line in log.read_text().splitlines() if f'"{subject}" ' in line]
+    assert lines and " 502 " in lines[-1] and " dicom_tls_refused " in lines[-1], lines
 
 
 def test_plain_tcp_association_is_refused_on_the_tls_port(stack: StackClient) -> None:
