@@ -195,8 +195,12 @@ def main() -> None:
     try:
         up(ctx, say=lambda msg: print(msg, flush=True))
         stack = StackClient.from_file(settings.stack_env)
-        if stack.env.get("EDGE_A_DICOM_TLS") == "1":
-            raise SystemExit("edge A of this stack takes DICOM over TLS only; storescu is plain")
+        # every edge has a plain and a TLS listener (EDGE_A_DICOM_PORT, _DICOM_TLS_PORT);
+        # storescu sends plain, so the demo modality's AE title must not be TLS-only
+        if stack.edge_dicom("A", DEMO_MODALITY_AET)[1] is not None:
+            raise SystemExit(
+                f"{DEMO_MODALITY_AET} may reach edge A over TLS only; storescu is plain"
+            )
         edge_a = json.loads((state / "edge-a" / "orthanc.json").read_text())
         seed = 9100
         for round_no in range(args.rounds):
