@@ -81,6 +81,8 @@ async def study_facts(pool: AsyncConnectionPool, who: Principal, uid: str | None
     """What the index holds about the study `uid` for this caller (None: no study named)."""
     if uid is None:
         return StudyFacts(None)
+    if "\x00" in uid:  # PostgreSQL text holds no NUL: no study of the index has one
+        return StudyFacts(uid)
     async with pool.connection() as conn:
         cursor = await conn.execute(
             STUDY_FACTS_SQL,

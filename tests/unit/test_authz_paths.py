@@ -1,12 +1,16 @@
 """Which study a DICOMweb request is confined to, as the gateway's check sees it: only a
 path naming one study counts, and anything a proxy or Orthanc could read differently
-(dot segments, encoded separators, a second study in the query) confines it to none."""
+(dot segments, encoded separators, a second study in the query) confines it to none. And
+which row of the gateway's table of central's REST calls a request is, and what it decides."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from indexer.api.routes.authz import study_of
+from indexer.api.routes.authz import gateway_call, gateway_may, study_of
+from indexer.security.auth import Principal
 
 UID = "1.2.826.0.1.3680043.8.498.71986104404705979535517013728157915242"  # 38-digit part
 
@@ -51,3 +55,55 @@ def test_a_path_naming_one_study_is_confined_to_it(path: str) -> None:
 )
 def test_anything_else_is_confined_to_no_study(path: str) -> None:
     assert study_of(path) is None
+
+
+# The gateway's check of central's REST API: a table of (method, path, check) rows.
+GW_A = Principal("sub-gw-a", "gw-a", "H0001", frozenset({"gateway"}))
+GW_B = Principal("sub-gw-b", "gw-b", "H0002", frozenset({"gateway"}))
+ADMIN = Principal("sub-admin", "admin", None, frozenset({"platform-admin"}))
+RAD_A = Principal("sub-rad-a", "rad-a", "H0001", frozenset({"radiologist"}))
+ORTHANC_ID = "0" * 8 + "-" + "-".join(["1" * 8] * 4)
+PUSH_ID = "12345678-1234-1234-1234-123456789abc"
+
+
+@pytest.mark.parametrize(
+    ("method", "uri", "check"),
+    [
+        ("GET", f"/orthanc/studies/{ORTHANC_ID}/instances", "_study_resource"),
+        ("GET", f"/orthanc/instances/{ORTHANC_ID}/file", "_study_resource"),
+        ("GET", "/orthanc/imaging-cloud/pushes?to=H0002", "_push_list"),
+        ("GET", f"/orthanc/imaging-cloud/pushes/{PUSH_ID}", "_one_push"),
+        ("DELETE", f"/orthanc/studies/{ORTHANC_ID}", None),
+        ("GET", "/orthanc/system", None),
+        ("GET", f"/orthanc/instances/{ORTHANC_ID}/%2e%2e/file", None),
+        ("GET", f"/orthanc/instances/{ORTHANC_ID}/file#x", None),
+    ],
+)
+def test_each_call_of_the_edge_has_its_row(method: str, uri: str, check: str | None) -> None:
+    found = gateway_call(method, uri)
+    assert (found[0].check.__name__ if found else None) == check
+
+
+def _may(who: Principal, uri: str, method: str = "GET") -> bool:
+    # these rows' checks read nothing of the request: no app, no database
+    return bool(asyncio.run(gateway_may(None, who, method, uri)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("who", "uri", "allowed"),
+    [
+        (GW_B, "/orthanc/imaging-cloud/pushes?to=H0002", True),
+        (GW_B, "/orthanc/imaging-cloud/pushes?to=H0002&state=delivered", True),
+        (GW_B, "/orthanc/imaging-cloud/pushes?to=H0001", False),
+        (GW_B, "/orthanc/imaging-cloud/pushes?to=H0002&to=H0001", False),
+        (GW_B, "/orthanc/imaging-cloud/pushes?state=delivered&to=H0002", False),
+        (GW_B, "/orthanc/imaging-cloud/pushes", False),
+        (GW_A, f"/orthanc/imaging-cloud/pushes/{PUSH_ID}", True),
+        (GW_A, "/orthanc/system", False),
+        (RAD_A, f"/orthanc/imaging-cloud/pushes/{PUSH_ID}", False),
+        (ADMIN, "/orthanc/system", True),
+        (ADMIN, "/orthanc/imaging-cloud/pushes?to=H0001&to=H0002", True),
+    ],
+)
+def test_the_table_decides_the_edges_calls(who: Principal, uri: str, allowed: bool) -> None:
+    assert _may(who, uri) is allowed

@@ -13,11 +13,15 @@ request through to the central archive.
   owner, a 互认 lookup with a stated purpose (time-limited), or the patient's consent; or
   to the caller alone: break-glass, with a reason and an alert.
 - Without a token, a patient's share link (its cookie) reads its one study, nothing else.
+
+The rules are services/access.py's; this module loads the facts and asks it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
@@ -25,8 +29,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from ...errors import Forbidden
-from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES, Principal
-from ...services import lookup_sql, sharing
+from ...security.auth import Principal
+from ...services import access, lookup_sql, ownership, sharing
 from ..audit_middleware import audited, client_address, dicomweb_resource, filters_of
 from ..deps import authenticate
 from . import admin_console
@@ -102,10 +106,10 @@ async def dicomweb(
         shared = None if authorization else await share_link_reader(request)
         if shared is not None:  # a patient's share link: its one study, reading
             decision.who, study = shared
-            if not write and uid == study:
-                decision.status = 204
-                return Response(status_code=204)
-            raise Forbidden("not allowed")
+            if not access.may_read_by_link(study, uid, write):
+                raise Forbidden(access.NOT_ALLOWED)
+            decision.status = 204
+            return Response(status_code=204)
         decision.who = authenticate(request, authorization)
         response = await _decide(request, decision.who, x_original_uri, x_original_method)
         decision.status = response.status_code
@@ -113,75 +117,91 @@ async def dicomweb(
 
 
 async def _decide(request: Request, who: Principal, uri: str, method_name: str) -> Response:
-    x_original_uri = uri
-    method = method_name.upper()
-    if method not in READ_METHODS:
+    if method_name.upper() not in READ_METHODS:
         # STOW-RS: platform administrators only. Edges upload through central's REST API
         # (/orthanc/instances), which is where their gateway accounts are allowed.
-        if who.has(PLATFORM_ADMIN):
-            return Response(status_code=204)
-        raise Forbidden("not allowed")
-    if who.has(PLATFORM_ADMIN):
-        return Response(status_code=204)
-    uid = study_of(x_original_uri)
-    if uid is not None and who.roles & STAFF_ROLES and who.institution:
-        pool = request.app.state.pool
-        institution = await lookup_sql.study_institution(pool, uid)
-        if institution == who.institution:
-            return Response(status_code=204)
-        if institution is not None and await lookup_sql.has_grant(
-            pool, uid, who.institution, who.subject
-        ):
-            return Response(status_code=204)  # pushed to this institution, 互认, consent
-    raise Forbidden("not allowed")
+        decision = access.may_write_images(who)
+    else:
+        study = await ownership.study_facts(request.app.state.pool, who, study_of(uri))
+        decision = access.may_read(who, study, "viewer")  # own, pushed, 互认, consent
+    if not decision:
+        raise Forbidden(access.NOT_ALLOWED)
+    return Response(status_code=204)
 
 
-# What a hospital gateway account may do on central's REST API (behind /orthanc/). Reads
-# of a study's files are for studies the gateway's institution may read (its own, or
-# granted to it: a push), and push lists are its own.
+# What a hospital gateway account may do on central's REST API (behind /orthanc/): a row
+# per call its edge makes, (method, path, check). Reads of a study's files are for studies
+# the gateway's institution may read (its own, or granted to it: a push), and push lists
+# are its own.
 # (Uploads, POST /instances, lookups, POST /tools/lookup, hash checks, POST
 # /imaging-cloud/verify, and the pushes' POSTs do not come here: the gateway sends them to
 # the indexer's routes that read the body; see routes/ingest.py.)
-GATEWAY_CALLS = [
-    ("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$")),
-    ("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$")),
-    ("GET", re.compile(r"^/imaging-cloud/pushes$")),
-    ("GET", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}$")),
-]
+Check = Callable[[Request, Principal, re.Match[str], str], Awaitable[access.Decision]]
+
+
+@dataclass(frozen=True)
+class GatewayCall:
+    method: str
+    path: re.Pattern[str]
+    check: Check
+
+
+async def _study_resource(
+    request: Request, who: Principal, match: re.Match[str], _uri: str
+) -> access.Decision:
+    """A study's instance list, an instance's file: the study it is in must be readable."""
+    uid = await request.app.state.central_qido.study_of_resource(match[1], match[2])
+    study = await ownership.study_facts(request.app.state.pool, who, uid)
+    return access.may_read(who, study, "edge")  # no such resource: central answers 404
 
 
 _PUSH_LIST_QUERY = re.compile(r"to=[A-Z0-9]{2,16}(&state=[a-z-]{1,20})?")
 
 
-def gateway_call(method: str, uri: str) -> re.Match[str] | None:
+async def _push_list(
+    _request: Request, who: Principal, _match: re.Match[str], uri: str
+) -> access.Decision:
+    # exactly ?to=<code>[&state=...]: no second key Orthanc might read as "to"
+    query = urlsplit(uri).query
+    to = parse_qs(query).get("to") if _PUSH_LIST_QUERY.fullmatch(query) else None
+    return access.may_list_pushes(who, to)
+
+
+async def _one_push(
+    _request: Request, who: Principal, _match: re.Match[str], _uri: str
+) -> access.Decision:
+    return access.may_read_push(who)
+
+
+GATEWAY_CALLS = [
+    GatewayCall("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$"), _study_resource),
+    GatewayCall("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$"), _study_resource),
+    GatewayCall("GET", re.compile(r"^/imaging-cloud/pushes$"), _push_list),
+    GatewayCall("GET", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}$"), _one_push),
+]
+
+
+def gateway_call(method: str, uri: str) -> tuple[GatewayCall, re.Match[str]] | None:
+    """The row of GATEWAY_CALLS a request is, with its path's match (None: no row)."""
     if "#" in uri or "_method" in uri.lower() or _EVASIVE.search(urlsplit(uri).path):
         return None
     path = urlsplit(uri).path.removeprefix("/orthanc")
-    for allowed, pattern in GATEWAY_CALLS:
-        match = pattern.match(path) if method == allowed else None
+    for call in GATEWAY_CALLS:
+        match = call.path.match(path) if method == call.method else None
         if match:
-            return match
+            return call, match
     return None
 
 
-async def gateway_may(request: Request, who: Principal, method: str, uri: str) -> bool:
-    match = gateway_call(method, uri)
-    if match is None or not who.institution:
-        return False
-    if match.re.pattern.endswith("pushes$") and method == "GET":
-        # exactly ?to=<own code>[&state=...]: no second key Orthanc might read as "to"
-        return _PUSH_LIST_QUERY.fullmatch(urlsplit(uri).query) is not None and (
-            parse_qs(urlsplit(uri).query).get("to") == [who.institution]
-        )
-    if match.re.groups != 2:
-        return True
-    uid = await request.app.state.central_qido.study_of_resource(match[1], match[2])
-    if uid is None:
-        return True  # central answers 404 itself: nothing to protect
-    pool = request.app.state.pool
-    return await lookup_sql.study_institution(pool, uid) == who.institution or (
-        await lookup_sql.has_grant(pool, uid, who.institution, who.subject)
-    )
+async def gateway_may(request: Request, who: Principal, method: str, uri: str) -> access.Decision:
+    """Central's REST API: platform administrators all of it; a hospital's gateway the
+    calls of GATEWAY_CALLS, each as its row's check decides."""
+    found = gateway_call(method, uri)
+    decision = access.may_use_central(who, listed=found is not None)
+    if found is None or decision.basis != access.GATEWAY:
+        return decision  # a platform administrator, or refused
+    call, match = found
+    return await call.check(request, who, match, uri)
 
 
 @router.api_route("/orthanc", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
@@ -207,9 +227,7 @@ async def orthanc_rest(
             # Orthanc Explorer in an administrator's browser (see admin_console.py)
             authorization = "Bearer " + request.cookies[admin_console.ADMIN_COOKIE]
         who = decision.who = authenticate(request, authorization)
-        if who.has(PLATFORM_ADMIN) or (
-            who.has("gateway") and await gateway_may(request, who, method, x_original_uri)
-        ):
-            decision.status = 204
-            return Response(status_code=204)
-        raise Forbidden("not allowed")
+        if not await gateway_may(request, who, method, x_original_uri):
+            raise Forbidden(access.NOT_ALLOWED)
+        decision.status = 204
+        return Response(status_code=204)
