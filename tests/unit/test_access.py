@@ -3,6 +3,8 @@ facts of studies, with the answer expected in every cell. No database, no reques
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from indexer.errors import Forbidden, InvalidRecord, NotFound
@@ -81,7 +83,7 @@ BREAK_GLASS = {          # A      B      B gr.  new    no study
 # fmt: on
 
 
-def _cells(table: dict[str, tuple[object, ...]]) -> list[tuple[str, str, object]]:
+def _cells(table: Mapping[str, tuple[object, ...]]) -> list[tuple[str, str, object]]:
     return [(w, s, row[i]) for w, row in table.items() for i, s in enumerate(COLUMNS)]
 
 

@@ -16,8 +16,8 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
 from ...errors import Forbidden, IndexerError, InvalidRecord
-from ...security.auth import PLATFORM_ADMIN, Principal
-from ...services import ingest, lookup_sql
+from ...security.auth import Principal
+from ...services import access, ingest, ownership
 from ..audit_middleware import Decision, audited, client_address
 from ..deps import authenticate
 
@@ -27,18 +27,9 @@ log = logging.getLogger(__name__)
 
 def _edge_or_admin(request: Request, authorization: str | None) -> Principal:
     who = authenticate(request, authorization)
-    if not who.has(PLATFORM_ADMIN, "gateway"):
-        raise Forbidden("not allowed")
+    if not access.may_stand_in(who):
+        raise Forbidden(access.NOT_ALLOWED)
     return who
-
-
-async def _may_add_to(request: Request, who: Principal, uid: str) -> bool:
-    if who.has(PLATFORM_ADMIN):
-        return True
-    if not who.has("gateway") or not who.institution:
-        return False
-    owner = await lookup_sql.study_institution(request.app.state.pool, uid)
-    return owner is None or owner == who.institution  # a new study, or one of its own
 
 
 @router.post("/orthanc/instances")
@@ -57,8 +48,8 @@ async def upload(
                 done.resource = f"study:{exc.study}"[:200]
             raise
         done.resource = f"study:{checked.study}"
-        if not await _may_add_to(request, who, checked.study):
-            raise Forbidden("this study belongs to another institution")
+        study = await ownership.study_facts(request.app.state.pool, who, checked.study)
+        access.require(access.may_add(who, study))  # its own study, or a new one
         client = request.app.state.central_qido.client
         answer = await ingest.store(client, prefix, stream)
         done.status = answer.status_code
@@ -121,25 +112,13 @@ async def lookup(
     async with audited(request, "orthanc.lookup", "/tools/lookup", client_address(request)) as done:
         who = done.who = _edge_or_admin(request, authorization)
         done.status = 200
-        if not who.has(PLATFORM_ADMIN) and not await _may_read(request, who, body):
+        study = await ownership.study_facts(request.app.state.pool, who, body)
+        if not access.may_read(who, study, "edge"):  # own or granted (a push)
             return Response("[]", media_type="application/json")
         client = request.app.state.central_qido.client
         answer = await client.post("/tools/lookup", content=body)
         done.status = answer.status_code
         return Response(answer.content, status_code=done.status, media_type="application/json")
-
-
-async def _may_read(request: Request, who: Principal, uid: str) -> bool:
-    """A study UID the gateway's hospital may read: its own, or granted (a push)."""
-    if not who.institution:
-        return False
-    pool = request.app.state.pool
-    owner = await lookup_sql.study_institution(pool, uid)
-    if owner is None:
-        return False
-    return owner == who.institution or await lookup_sql.has_grant(
-        pool, uid, who.institution, who.subject
-    )
 
 
 @router.post("/orthanc/imaging-cloud/verify")
@@ -161,8 +140,9 @@ async def verify(
         if not isinstance(claimed, dict):
             raise InvalidRecord("instances", 'expected {"instances": {SOP UID: sha256}}')
         client = request.app.state.central_qido.client
-        answer = await _central_verify(client, claimed, discard=who.has(PLATFORM_ADMIN))
-        if not who.has(PLATFORM_ADMIN):
+        everything = access.sees_whole_archive(who)
+        answer = await _central_verify(client, claimed, discard=everything)
+        if not everything:
             answer = await _confine(request, who, client, claimed, answer)
         done.status = 200
         return Response(json.dumps(answer), media_type="application/json")
@@ -195,14 +175,12 @@ async def _confine(
     missing; mismatching copies in its own studies are discarded now."""
     studies: dict[str, str] = answer.get("studies") or {}
     pool = request.app.state.pool
-    readable: dict[str, bool] = {}  # study UID -> the caller owns it (else: granted)
+    readable: dict[str, bool] = {}  # study UID -> the caller may add to it (else: granted)
     for uid in set(studies.values()):
-        owner = await lookup_sql.study_institution(pool, uid)
-        if owner is None or owner == who.institution:
+        study = await ownership.study_facts(pool, who, uid)
+        if access.may_add(who, study):  # its own, or one the index knows no owner of
             readable[uid] = True
-        elif who.institution and await lookup_sql.has_grant(
-            pool, uid, who.institution, who.subject
-        ):
+        elif access.may_read(who, study, "edge"):
             readable[uid] = False
     confirmed = [s for s in answer["confirmed"] if studies.get(s) in readable]
     mismatched = [s for s in answer["mismatched"] if studies.get(s) in readable]
@@ -225,7 +203,7 @@ async def _relay(
     action: str,
 ) -> Response:
     """Pass a JSON body to central once its institution field (`claimant`) is the caller's
-    own, and for a new push the study is its own too (`_owns`)."""
+    own, and for a new push the study is its own too."""
     async with audited(request, action, path[:200], client_address(request)) as done:
         who = done.who = _edge_or_admin(request, authorization)
         try:
@@ -234,24 +212,19 @@ async def _relay(
             body = None
         if not isinstance(body, dict):
             raise InvalidRecord("body", "a JSON object is expected")
-        if not who.has(PLATFORM_ADMIN):
-            if body.get(claimant) != who.institution:
-                raise Forbidden(f"{claimant} must be the caller's own institution")
-            if claimant == "from_institution" and not await _owns(request, who, body):
-                raise Forbidden("a hospital pushes its own studies")
+        access.require(access.may_speak_for(who, claimant, body.get(claimant)))
+        if claimant == "from_institution":
+            uid = body.get("study_instance_uid")  # not a string: central refuses it (422)
+            study = None
+            if isinstance(uid, str):
+                study = await ownership.study_facts(request.app.state.pool, who, uid)
+            access.require(access.may_push(who, study))
         try:
             answer = await request.app.state.central_qido.client.post(path, json=body)
         except httpx.HTTPError as exc:
             raise ingest.CentralRefused(f"central archive: {type(exc).__name__}") from exc
         done.status = answer.status_code
         return Response(answer.content, status_code=done.status, media_type="application/json")
-
-
-async def _owns(request: Request, who: Principal, body: dict[str, Any]) -> bool:
-    uid = body.get("study_instance_uid")
-    if not isinstance(uid, str):
-        return True  # central refuses the body itself (422)
-    return await lookup_sql.study_institution(request.app.state.pool, uid) == who.institution
 
 
 @router.post("/orthanc/imaging-cloud/pushes")
