@@ -15,6 +15,8 @@ from ...models import Grant
 from ...models import grant as grant_model
 from ...models.grant import LIVE_KEY
 from ...schemas import CODE, UID, Strict, Timestamp
+from ...services import access
+from ...services.access import StudyFacts
 from ..deps import Caller, Reg
 
 router = APIRouter(prefix="/v1/institutions", tags=["grants"])
@@ -65,11 +67,11 @@ def grant(
 ) -> GrantOut:
     """Let another institution read one of this institution's studies (its gateway or
     admins: the edge does it when a study is pushed)."""
-    who.may_write(code)
+    access.require(access.may_write_records(who, code))
     if body.to_institution == code:
         raise InvalidRecord("to_institution", "must be another institution")
-    if reg.study_institution(study_instance_uid) != code:
-        raise NotFound("no study with this UID at this institution")
+    study = StudyFacts(study_instance_uid, reg.study_institution(study_instance_uid))
+    access.require(access.held_by(code, study))
     grant_id = reg.session.scalar(
         grant_model.upsert(
             study_instance_uid=study_instance_uid,
@@ -97,7 +99,7 @@ def grants_of_study(
 ) -> list[GrantOut]:
     """Who else may read one of this institution's studies, and who could (revoked and
     expired grants too), newest first: for its staff and platform administrators."""
-    who.may_read(code)
+    access.require(access.may_read_records(who, code))
     rows = reg.session.scalars(
         select(Grant)
         .where(Grant.owner_institution == code, Grant.study_instance_uid == study_instance_uid)
@@ -115,9 +117,13 @@ def revoke(
     reg: Reg,
 ) -> GrantOut:
     """Revoke a grant of one of this institution's studies: from now on the gateway refuses."""
-    who.may_write(code)
+    access.require(access.may_write_records(who, code))
     row = reg.session.get(Grant, grant_id, with_for_update=True)
-    if row is None or row.owner_institution != code or row.study_instance_uid != study_instance_uid:
+    if (
+        row is None
+        or row.study_instance_uid != study_instance_uid
+        or not access.held_by(code, StudyFacts(row.study_instance_uid, row.owner_institution))
+    ):
         raise NotFound("no such grant on this institution's study")
     # every live row of its key (study, grantee, kind), whatever the state of the named one:
     # a copy that migration 0006 revoked names the grant it kept live

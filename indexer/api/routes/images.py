@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from sqlalchemy.exc import IntegrityError
 
-from ...errors import Forbidden
 from ...schemas import CODE, UID, ArrivalResult, ExamOut, Resolve, StudyArrival, UnmatchedStudy
+from ...services import access
+from ...services.access import StudyFacts
 from ..deps import Caller, Reg
 
 router = APIRouter(prefix="/v1", tags=["images"])
@@ -21,7 +22,7 @@ def study_arrived(
 ) -> ArrivalResult:
     """A study seen at the institution's edge (or central): linked to its exam by
     institution + accession no., or put on the reconciliation list."""
-    who.may_write(code)
+    access.require(access.may_write_records(who, code))
     try:
         result = reg.record_arrival(code, body)
         reg.session.commit()
@@ -41,9 +42,7 @@ def unmatched(
     institution: Annotated[str | None, Query(pattern=CODE)] = None,
 ) -> list[UnmatchedStudy]:
     """Studies matching no exam (an institution's admins see their own)."""
-    if not who.has("platform-admin"):
-        if not who.has("hospital-admin") or institution != who.institution:
-            raise Forbidden("hospital admins list their own institution (?institution=CODE)")
+    access.require(access.may_list_unmatched(who, institution))
     return reg.unmatched(institution)
 
 
@@ -55,10 +54,8 @@ def resolve(
     reg: Reg,
 ) -> ExamOut:
     """Link an unmatched study to the exam an operator names."""
-    if not who.has("platform-admin"):
-        owner = reg.study_institution(study_instance_uid)
-        if not who.has("hospital-admin") or owner is None or who.institution != owner:
-            raise Forbidden("only the study's institution admins or platform admins resolve it")
+    study = StudyFacts(study_instance_uid, reg.study_institution(study_instance_uid))
+    access.require(access.may_resolve(who, study))
     exam = reg.resolve(study_instance_uid, body.exam_no)
     reg.session.commit()
     return reg.exam_out(exam)

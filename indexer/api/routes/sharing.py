@@ -14,11 +14,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field
 from sqlalchemy import select
 
-from ...errors import Forbidden, InvalidRecord, NotFound
+from ...errors import InvalidRecord, NotFound
 from ...models import ShareLink
 from ...schemas import CODE, UID, Strict
-from ...security.auth import STAFF_ROLES, Principal
-from ...services import lookup_sql, sharing
+from ...services import access, lookup_sql, sharing
+from ...services.access import StudyFacts
 from ..deps import Caller, Reg
 
 router = APIRouter(prefix="/v1/institutions", tags=["share links"])
@@ -40,11 +40,6 @@ class ShareLinkOut(Strict):
 class NewShareLink(ShareLinkOut):
     url: str = Field(description="give this to the patient: it is shown only once")
     qr_code_png: str = Field(description="the link as a QR code, a data: URI (PNG)")
-
-
-def _may_share(who: Principal, code: str) -> None:
-    if not (who.roles & STAFF_ROLES and who.institution == code):
-        raise Forbidden("share links are made by the study's own institution's staff")
 
 
 def _out(row: ShareLink) -> ShareLinkOut:
@@ -70,12 +65,12 @@ def create(
     reg: Reg,
     request: Request,
 ) -> NewShareLink:
-    _may_share(who, code)
+    access.require(access.may_share(who, code))
     settings = request.app.state.settings
     if body.hours > settings.share_link_max_hours:
         raise InvalidRecord("hours", f"at most {settings.share_link_max_hours}")
-    if reg.study_institution(study_instance_uid) != code:
-        raise NotFound("no study with this UID at this institution")
+    study = StudyFacts(study_instance_uid, reg.study_institution(study_instance_uid))
+    access.require(access.held_by(code, study))
     secret = sharing.new_secret()
     row = ShareLink(
         secret_sha256=sharing.digest(secret),
@@ -95,7 +90,7 @@ def list_links(
     code: CodePath, study_instance_uid: StudyPath, who: Caller, reg: Reg
 ) -> list[ShareLinkOut]:
     """The study's links (never their secrets), newest first."""
-    _may_share(who, code)
+    access.require(access.may_share(who, code))
     rows = reg.session.scalars(
         select(ShareLink)
         .where(
@@ -118,9 +113,13 @@ def revoke(
     reg: Reg,
 ) -> ShareLinkOut:
     """Withdraw a link: the next request made with it is refused."""
-    _may_share(who, code)
+    access.require(access.may_share(who, code))
     row = reg.session.get(ShareLink, link_id, with_for_update=True)
-    if row is None or row.owner_institution != code or row.study_instance_uid != study_instance_uid:
+    if (
+        row is None
+        or row.study_instance_uid != study_instance_uid
+        or not access.held_by(code, StudyFacts(row.study_instance_uid, row.owner_institution))
+    ):
         raise NotFound("no such share link on this institution's study")
     if row.revoked_at is None:
         row.revoked_at = dt.datetime.now(dt.UTC)
