@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from cachetools import TLRUCache
 
-from ..errors import Forbidden, Unauthenticated
+from ..errors import Unauthenticated
 
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384")
 STAFF_ROLES = frozenset({"radiologist", "clinician", "hospital-admin"})
@@ -32,27 +32,6 @@ class Principal:
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles & set(roles))
-
-    def may_write(self, institution: str) -> None:
-        """Record intake for an institution: its own gateway or admin, or a platform admin."""
-        if self.has(PLATFORM_ADMIN):
-            return
-        if self.roles & WRITER_ROLES and self.institution == institution:
-            return
-        raise Forbidden("this account may not write records of that institution")
-
-    def may_read(self, institution: str) -> None:
-        """An institution's own records: its staff, or a platform admin."""
-        if self.has(PLATFORM_ADMIN):
-            return
-        if self.roles & STAFF_ROLES and self.institution == institution:
-            return
-        raise Forbidden("this account may not read records of that institution")
-
-    def may_search_persons(self) -> None:
-        """互认 lookups across institutions: treating clinicians and radiologists."""
-        if not self.has("clinician", "radiologist", PLATFORM_ADMIN):
-            raise Forbidden("person-level lookups need a clinician or radiologist account")
 
 
 VERIFIED_TOKENS = 10_000  # tokens verified, remembered until they expire (per process)

@@ -17,8 +17,8 @@ import httpx
 from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ...errors import Forbidden, Unauthenticated
-from ...security.auth import PLATFORM_ADMIN
+from ...errors import Unauthenticated
+from ...services import access
 from ..deps import get_verifier
 
 router = APIRouter(include_in_schema=False)
@@ -96,8 +96,7 @@ def finish(
     token = str(answer.json()["access_token"])
     who = get_verifier().verify(token)
     request.state.principal = who
-    if not who.has(PLATFORM_ADMIN):
-        raise Forbidden("Orthanc Explorer is for platform administrators")
+    access.require(access.may_use_explorer(who))
     response = RedirectResponse(EXPLORER, status_code=303)
     response.set_cookie(
         ADMIN_COOKIE,

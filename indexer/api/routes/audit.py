@@ -22,9 +22,9 @@ from pydantic import (
 )
 from sqlalchemy import text
 
-from ...errors import Forbidden
 from ...schemas import NO_NUL
 from ...security.auth import Principal
+from ...services import access
 from ...services.audit import event, record_now
 from ..audit_middleware import filters_of_pairs
 from ..deps import Caller, Reg, authenticate
@@ -47,8 +47,7 @@ def audit_events(
     """Audit records, oldest first, as JSON (an export is the same call with a window).
     `resource` finds that resource and everything below it (study:S finds its series,
     instances and frames too)."""
-    if not who.has("auditor"):
-        raise Forbidden("the audit trail is for auditors")
+    access.require(access.may_read_audit(who))
     rows = reg.session.execute(
         text(
             "SELECT id, at, actor, username, roles, institution, action, resource, purpose, "
@@ -190,8 +189,7 @@ async def edge_events(
     C-STORE, refused associations): each becomes one audit row, as the gateway account
     and its institution, written before the answer. `accepted` counts the batch's events
     now on record (an event_id already recorded counts, and adds nothing)."""
-    if not who.has("gateway") or not who.institution:
-        raise Forbidden("edge events are reported by a hospital's gateway account")
+    access.require(access.may_report_edge_events(who))
     if body.events:
         await record_now(request.app.state.pool, [edge_row(who, e) for e in body.events])
     return {"accepted": len(body.events)}

@@ -12,11 +12,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
-from ...errors import Forbidden, InvalidRecord, NotFound
+from ...errors import InvalidRecord, NotFound
 from ...schemas import NO_NUL, MasterIndexOut, PersonExams, PersonSearch
 from ...security.auth import Principal
 from ...security.pii import name_digests
-from ...services import lookup_sql
+from ...services import access, lookup_sql, ownership
 from ..deps import authenticate, get_pii
 
 router = APIRouter(prefix="/v1", tags=["lookup"])
@@ -56,25 +56,21 @@ async def resolve_master_index(
     if found is None:
         raise NotFound("no exam with this master index ID")
     exam = found["exam"]
-    try:
-        who.may_read(exam["institution_code"])
-    except Forbidden:
-        who.may_search_persons()
-        if not purpose or not who.institution:
-            raise Forbidden(
-                "another institution's exam: state the purpose of the lookup (?purpose=...)"
-            ) from None
+    decision = access.require(access.may_look_up_exam(who, exam["institution_code"], purpose))
+    if decision.basis == access.MUTUAL_RECOGNITION and decision.scope is not None:
         request.state.audit_purpose = purpose
         uid = exam["study_instance_uid"]
         # only the study's owner by arrival shares it: an exam naming another hospital's
         # study, or one with no arrival yet, opens nothing (services/ownership)
-        if uid and await lookup_sql.arrival_owner(state.pool, uid) == exam["institution_code"]:
+        if isinstance(uid, str) and access.opens_by_mutual_recognition(
+            await ownership.arrival_facts(state.pool, uid), exam["institution_code"]
+        ):
             await lookup_sql.grant_mutual_recognition(
                 state.pool,
                 uid,
                 exam["institution_code"],
-                who.institution,
-                purpose,
+                decision.scope,
+                str(purpose),
                 who.subject,
                 MUTUAL_RECOGNITION_HOURS,
             )
@@ -89,7 +85,7 @@ async def person_exams(body: PersonSearch, who: Who, request: Request) -> Respon
     Or by 汉字 name with birth date: `name` (the full name, 马华 or 马^华) finds the
     patients of that name and birth date at every institution and the exams of the persons
     they are; `family_name` finds only among the caller's own institution's patients."""
-    who.may_search_persons()
+    access.require(access.may_search_persons(who))
     state = request.app.state
     pii = get_pii()
     by_name: tuple[str, str | None] | None = None
@@ -102,10 +98,11 @@ async def person_exams(body: PersonSearch, who: Who, request: Request) -> Respon
         digests = name_digests(pii, body.name or body.family_name or "", body.birth_date)
         if not digests:
             raise InvalidRecord(kind, "holds no letters of a name")
-        if kind == "family" and not who.institution:
-            raise Forbidden("a family-name search is among your own institution's patients")
+        among = None  # a full name: every institution's patients
+        if kind == "family":
+            among = access.require(access.may_search_family_name(who)).scope
         digest = digests[kind]
-        by_name = (kind, who.institution if kind == "family" else None)
+        by_name = (kind, among)
         request.state.audit_resource = f"person-{kind}:" + digest.hex()[:24]  # pseudonymised
     request.state.audit_purpose = body.purpose
     return _json(

@@ -8,9 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from ...errors import Forbidden
-from ...security.auth import PLATFORM_ADMIN, STAFF_ROLES
-from ...services import qido
+from ...services import access, qido
 from ..deps import authenticate
 from .authz import share_link_reader
 
@@ -40,11 +38,9 @@ async def search_studies(
                 await qido.search_one(central, study, params), media_type=DICOM_JSON
             )
     who = authenticate(request, authorization)
-    reader = None  # platform administrators read the whole archive
-    if not who.has(PLATFORM_ADMIN):
-        if not (who.roles & STAFF_ROLES and who.institution):
-            raise Forbidden("not allowed")
-        reader = qido.Reader(who.institution, who.subject)
+    scope = access.require(access.may_search_studies(who)).scope
+    # platform administrators read the whole archive; staff their own and granted studies
+    reader = None if scope is None else qido.Reader(scope, who.subject)
     settings = request.app.state.settings
     page = await qido.search_for_reader(
         central, request.app.state.pool, reader, params, settings.qido_max_matches
