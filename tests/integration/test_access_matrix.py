@@ -6,7 +6,8 @@ indexer/api/routes).
 `EXPECTED` is the table; one test case per cell, named "<endpoint> | <principal>". A cell is
 a status code, or for searches whether the cell's study is in the answer. `DEFECTS` names the
 cells where the system answers otherwise today, and why that is wrong (strict xfail: a fix makes
-them fail until the entry is removed).
+them fail until the entry is removed). Every cell is decided by indexer/services/access.py, and
+`test_no_route_decides_on_its_own` asserts that no route decides on its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from deploy.samples.records import exam_record, patient_record
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, wait_for_instances
 
+from ..unit.test_access_routes import route_decisions
 from .fresh import fresh_seed
 from .test_orthanc_via_gateway import gateway_token
 
@@ -362,6 +364,13 @@ def test_the_table_covers_every_endpoint_once() -> None:
     assert list(EXPECTED) == list(ENDPOINTS)
     assert all(len(row) == len(PRINCIPALS) for row in EXPECTED.values())
     assert {name for name, _ in DEFECTS} <= set(ENDPOINTS)
+
+
+def test_no_route_decides_on_its_own() -> None:
+    """Every cell above is decided by indexer/services/access.py: no route of
+    indexer/api/routes compares institutions, owners or roles itself (what counts as
+    deciding: tests/unit/test_access_routes.py)."""
+    assert route_decisions() == []
 
 
 @pytest.mark.parametrize(("name", "principal", "expected"), cells())
