@@ -5,7 +5,6 @@ the user may read. Playwright drives Debian's Chromium, headless."""
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from deploy.stack.client import StackClient
 
 from ..integration.fresh import fresh_seed
 from ..integration.test_edge_retrieval import delivered_to_central, pacs_for
+from ..support.eventually import eventually
 from .conftest import new_page
 
 
@@ -37,11 +37,13 @@ def pushed_to_b(stack: StackClient) -> Iterator[SampleStudy]:
             json={"study_instance_uid": uid, "to_institution": stack["EDGE_B_INSTITUTION"]},
         )
         assert answer.status_code == 200, answer.text
-        deadline = time.monotonic() + 120
         with stack.gateway(rad_b) as gw:
-            while gw.get(f"/dicom-web/studies/{uid}/metadata").status_code != 200:
-                assert time.monotonic() < deadline, "the push never opened the study to B"
-                time.sleep(1)
+            eventually(
+                lambda: gw.get(f"/dicom-web/studies/{uid}/metadata").status_code == 200,
+                what="the push opens the study to B",
+                timeout=120,
+                interval=1,
+            )
     yield study
 
 
@@ -82,10 +84,12 @@ def test_b_radiologist_opens_a_study_pushed_from_a(
     page.on("response", lambda r: statuses.append(r.status) if "/dicom-web/" in r.url else None)
     log_in(page, stack, "B", f"/viewer?StudyInstanceUIDs={uid}")
     page.wait_for_selector("canvas.cornerstone-canvas", timeout=60_000)
-    deadline = time.monotonic() + 60
-    while not shows_an_image(viewport_pixels(page)):
-        assert time.monotonic() < deadline, "the viewport never showed the image"
-        page.wait_for_timeout(1000)
+    eventually(
+        lambda: shows_an_image(viewport_pixels(page)),
+        what="the viewport showing the image",
+        timeout=60,
+        interval=1,
+    )
     page.screenshot(path=str(Path(stack["STACK_DIR"]) / "logs" / "e2e-viewer-pushed-study.png"))
     assert statuses and set(statuses) <= {200}, sorted(set(statuses))
     page.context.close()
@@ -151,10 +155,12 @@ def test_patient_share_link_opens_the_study_without_an_account(
     page.on("framenavigated", lambda frame: visited.append(frame.url))
     page.goto(made.json()["url"], wait_until="domcontentloaded", timeout=60_000)
     page.wait_for_selector("canvas.cornerstone-canvas", timeout=60_000)
-    deadline = time.monotonic() + 60
-    while not shows_an_image(viewport_pixels(page)):
-        assert time.monotonic() < deadline, "the viewport never showed the image"
-        page.wait_for_timeout(1000)
+    eventually(
+        lambda: shows_an_image(viewport_pixels(page)),
+        what="the viewport showing the image",
+        timeout=60,
+        interval=1,
+    )
     assert not any("/auth/" in url for url in visited), visited  # never sent to a login
     page.screenshot(path=str(Path(stack["STACK_DIR"]) / "logs" / "e2e-share-link.png"))
     page.context.close()

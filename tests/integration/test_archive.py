@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ from deploy.stack.client import StackClient, find_study
 from deploy.stack.launcher import load_context, start_service, stop_service
 from deploy.stack.services.seaweedfs import s3_client
 from deploy.stack.settings import REPO_ROOT, StackSettings
+
+from ..support.eventually import eventually
+from .fresh import fresh_seed
 
 
 def dicom_bytes(study: SampleStudy) -> dict[str, bytes]:
@@ -159,8 +163,6 @@ def test_rotation_rewrap_and_retirement(
     first = upload(central, dicom_bytes(make_study(3104, "CT", instances=2)))
     rotated = storage_cli(stack_settings, "rotate", "--new-key", "k-rot-2")
     assert rotated.returncode == 0, rotated.stderr
-    time.sleep(2.5)  # Orthanc re-reads a changed key ring within 2 s
-    second = upload(central, dicom_bytes(make_study(3105, "CT", instances=2)))
 
     def key_of(instance_id: str) -> str:
         blob = s3.get_object(Bucket=stack["S3_BUCKET"], Key=dicom_object_key(central, instance_id))[
@@ -168,6 +170,15 @@ def test_rotation_rewrap_and_retirement(
         ].read()
         return key_id_of(blob, "")
 
+    def sealed_under_the_new_key() -> dict[str, str] | None:
+        """A fresh upload, if it went under k-rot-2: central re-reads a changed ring at its
+        next storage access once 2 s have passed since it last looked."""
+        ids = upload(central, dicom_bytes(make_study(fresh_seed(), "CT", instances=2)))
+        return ids if {key_of(i) for i in ids.values()} == {"k-rot-2"} else None
+
+    second = eventually(
+        sealed_under_the_new_key, what="uploads sealed under k-rot-2", timeout=20, interval=1
+    )
     assert {key_of(i) for i in second.values()} == {"k-rot-2"}
     assert {key_of(i) for i in first.values()} != {"k-rot-2"}
     for instance_id in [*first.values(), *second.values()]:
@@ -187,9 +198,27 @@ def test_rotation_rewrap_and_retirement(
         )["keys"]
         if k != "k-rot-2"
     ]
+    log = Path(stack["STACK_DIR"]) / "log" / "central.log"
+    offset = log.stat().st_size
     for old in old_keys:
         assert storage_cli(stack_settings, "retire", "--key", old).returncode == 0
-    time.sleep(2.5)
+
+    def reloaded_without_the_old_keys() -> bool:
+        upload(central, dicom_bytes(make_study(fresh_seed(), "CT", instances=1)))  # an access
+        with log.open("rb") as f:
+            f.seek(offset)
+            tail = f.read().decode("utf-8", errors="replace")
+        return (
+            re.search(r"key ring reloaded: current key k-rot-2, keys k-rot-2\s*$", tail, re.M)
+            is not None
+        )
+
+    eventually(
+        reloaded_without_the_old_keys,
+        what="central's log line of the ring reloaded without the retired keys",
+        timeout=20,
+        interval=1,
+    )
     for instance_id in [*first.values(), *second.values()]:
         assert central.get(f"/instances/{instance_id}/file").status_code == 200
 

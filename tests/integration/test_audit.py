@@ -7,20 +7,21 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-import time
 
 import psycopg
 import pytest
 
 from deploy.samples.records import exam_record, patient_record
-from deploy.samples.studies import make_study
+from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient
 from deploy.stack.launcher import load_context, service
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
+from ..support.eventually import eventually
 from .fresh import fresh_seed
 
 FIRST = "(SELECT MIN(id) FROM audit_events)"
+RECORDED = "SELECT COALESCE(SUM(count), 0) FROM audit_events WHERE id > %s AND resource = %s"
 EDIT_FIRST = f"UPDATE audit_events SET outcome = 200 WHERE id = {FIRST}"  # noqa: S608 - constants
 
 
@@ -65,19 +66,28 @@ def test_accesses_are_recorded_pseudonymised_and_readable_by_auditors(
     with stack.gateway(token(stack, "RADIOLOGIST_A")) as radiologist:
         assert radiologist.get("/api/v1/audit").status_code == 403  # auditors only
         radiologist.get(f"/dicom-web/studies/{study.exam.study_instance_uid}/metadata")
-    time.sleep(0.5)  # records are written in batches every 100 ms
     with stack.gateway(token(stack, "AUDITOR")) as auditor:
-        answer = auditor.get("/api/v1/audit", params={"since": since, "limit": 10000})
-    assert answer.status_code == 200
-    events = answer.json()["events"]
-    text = answer.text
+
+        def recorded() -> str:  # records are written in batches every 100 ms
+            answer = auditor.get("/api/v1/audit", params={"since": since, "limit": 10000})
+            assert answer.status_code == 200
+            check_trail(answer.json()["events"], stack, study)
+            return answer.text
+
+        text = eventually(recorded, what="the test's accesses in the audit trail", timeout=15)
     for personal in (study.patient.mrn, study.patient.national_id, study.patient.phone):
         assert personal not in text  # pseudonymised, never in clear
+
+
+def check_trail(events: list[dict], stack: StackClient, study: SampleStudy) -> None:
+    """The test's accesses, each recorded with who, what and how."""
     by_action: dict[str, list[dict]] = {}
     for event in events:
         by_action.setdefault(event["action"], []).append(event)
     exam_write = [
-        e for e in by_action["api.put_exam"] if e["resource"] == f"exam:H0001/{study.exam.exam_no}"
+        e
+        for e in by_action.get("api.put_exam", [])
+        if e["resource"] == f"exam:H0001/{study.exam.exam_no}"
     ]
     assert exam_write and exam_write[-1]["username"] == stack["DEMO_ADMIN_USER"]
     assert exam_write[-1]["outcome"] == 200 and "platform-admin" in exam_write[-1]["roles"]
@@ -88,7 +98,7 @@ def test_accesses_are_recorded_pseudonymised_and_readable_by_auditors(
     )
     reads = [
         e
-        for e in by_action["dicomweb.read"]
+        for e in by_action.get("dicomweb.read", [])
         if e["resource"] == f"study:{study.exam.study_instance_uid}/metadata"
     ]
     assert reads and reads[-1]["username"] == stack["DEMO_RADIOLOGIST_A_USER"]
@@ -96,16 +106,21 @@ def test_accesses_are_recorded_pseudonymised_and_readable_by_auditors(
 
 
 def test_edited_row_is_named_by_verify(stack: StackClient, stack_settings: StackSettings) -> None:
-    with stack.gateway(token(stack, "ADMIN")) as api:
-        for _ in range(3):
-            api.get("/api/v1/institutions/H0001/exams/NO-SUCH-EXAM")
-    time.sleep(0.5)
-    sealed = indexer_cli(stack_settings, "audit", "seal")
-    assert sealed.returncode == 0, sealed.stderr
-    clean = indexer_cli(stack_settings, "audit", "verify")
-    assert clean.returncode == 0, clean.stdout + clean.stderr
     ctx = load_context(stack_settings)
     with psycopg.connect(ctx.pg_dsn("indexer", "indexer", "db_indexer"), autocommit=True) as db:
+        (before,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events").fetchone()  # type: ignore[misc]
+        with stack.gateway(token(stack, "ADMIN")) as api:
+            for _ in range(3):
+                api.get("/api/v1/institutions/H0001/exams/NO-SUCH-EXAM")
+        eventually(  # records are written in batches every 100 ms
+            lambda: db.execute(RECORDED, (before, "exam:H0001/NO-SUCH-EXAM")).fetchone() == (3,),
+            what="the three reads in the audit table",
+            timeout=15,
+        )
+        sealed = indexer_cli(stack_settings, "audit", "seal")
+        assert sealed.returncode == 0, sealed.stderr
+        clean = indexer_cli(stack_settings, "audit", "verify")
+        assert clean.returncode == 0, clean.stdout + clean.stderr
         # the table refuses edits and deletes...
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             db.execute(EDIT_FIRST)

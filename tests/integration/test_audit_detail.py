@@ -10,16 +10,17 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-import time
 from typing import Any
 
 import httpx
 
 from deploy.stack.client import StackClient
 from deploy.stack.launcher import load_context, service
+from deploy.stack.services.indexer import Indexer
 from deploy.stack.settings import StackSettings
 from indexer.security.pii import PiiCipher
 
+from ..support.eventually import eventually
 from .test_audit import token
 
 SPOOFED = "203.0.113.7"
@@ -32,21 +33,23 @@ def uid() -> str:
 def trail(stack: StackClient, resource: str, since: str, want: int) -> list[dict[str, Any]]:
     """The auditor's view of a resource (and what lies below it), once `want` rows are in
     (records are written in batches every 100 ms)."""
-    deadline = time.monotonic() + 15
     with stack.gateway(token(stack, "AUDITOR")) as auditor:
-        while True:
+
+        def rows() -> list[dict[str, Any]] | None:
             answer = auditor.get(
                 "/api/v1/audit", params={"resource": resource, "since": since, "limit": 1000}
             )
             assert answer.status_code == 200, answer.text
-            rows = answer.json()["events"]
-            if sum(r.get("count", 1) for r in rows) >= want or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.2)
+            found: list[dict[str, Any]] = answer.json()["events"]
+            return found if sum(r.get("count", 1) for r in found) >= want else None
+
+        return eventually(rows, what=f"{want} audit rows of {resource}", timeout=15)
 
 
 def pseudonym(stack_settings: StackSettings, keyword: str, value: str) -> str:
-    key = PiiCipher.from_file(service(load_context(stack_settings), "indexer").pii_key_file)
+    indexer = service(load_context(stack_settings), "indexer")
+    assert isinstance(indexer, Indexer)
+    key = PiiCipher.from_file(indexer.pii_key_file)
     digest = hmac.new(
         key.blind_index_key, f"audit:{keyword}:{value}".encode(), hashlib.sha256
     ).hexdigest()
@@ -114,15 +117,15 @@ def test_search_filters_are_recorded_with_personal_values_pseudonymised(
         found = rad_a.get("/dicom-web/studies", params={"PatientID": patient_id, "limit": "5"})
         assert found.status_code == 200
     with stack.gateway(token(stack, "AUDITOR")) as auditor:
-        deadline = time.monotonic() + 15
         expected = pseudonym(stack_settings, "PatientID", patient_id)
-        while True:
-            events = auditor.get("/api/v1/audit", params={"since": start}).json()["events"]
-            mine = [e for e in events if (e.get("filters") or {}).get("PatientID") == expected]
-            if mine or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    assert mine and mine[0]["filters"]["limit"] == "5" and mine[0]["method"] == "GET"
+        events: list[dict[str, Any]] = []
+
+        def recorded() -> list[dict[str, Any]]:
+            events[:] = auditor.get("/api/v1/audit", params={"since": start}).json()["events"]
+            return [e for e in events if (e.get("filters") or {}).get("PatientID") == expected]
+
+        mine = eventually(recorded, what="the study list's search in the audit trail", timeout=15)
+    assert mine[0]["filters"]["limit"] == "5" and mine[0]["method"] == "GET"
     assert patient_id not in str(events)
 
 

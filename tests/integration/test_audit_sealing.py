@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -22,6 +21,7 @@ from deploy.stack.launcher import load_context, service
 from deploy.stack.settings import REPO_ROOT, StackSettings
 from indexer.services.audit import AuditWriter, event
 
+from ..support.eventually import eventually
 from .test_audit import indexer_cli
 
 LEASE = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7401 AND granted"
@@ -34,13 +34,6 @@ INSERT = (
 
 def dsn(stack_settings: StackSettings) -> str:
     return load_context(stack_settings).pg_dsn("indexer", "indexer", "db_indexer")
-
-
-def until(condition: Callable[[], object], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def sealed(db: psycopg.Connection, ids: list[int]) -> bool:
@@ -74,14 +67,17 @@ def test_a_row_committed_late_is_sealed_and_verify_passes(
             ]
             assert len(early) == 3 and min(early) > late_id
             # the sealer passes over the open transaction's row, past the old 2 s delay
-            until(
+            eventually(
                 lambda: sealed(db, early) and time.monotonic() - began > 3,
-                "the second writer's rows were not sealed",
+                what="the second writer's rows sealed",
+                timeout=20,
             )
             late.commit()
         finally:
             late.close()
-        until(lambda: sealed(db, [late_id]), f"row {late_id}, committed late, stays unsealed")
+        eventually(
+            lambda: sealed(db, [late_id]), what=f"row {late_id}, committed late, sealed", timeout=20
+        )
     checked = indexer_cli(stack_settings, "audit", "verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -104,7 +100,9 @@ def test_verify_names_a_row_left_unsealed(
             stalled.close()
         assert caught.returncode == 1, caught.stdout + caught.stderr
         assert f"audit record {old_id}: not sealed" in caught.stdout
-        until(lambda: sealed(db, [old_id]), "the sealer did not take the row up again")
+        eventually(
+            lambda: sealed(db, [old_id]), what="the sealer takes the row up again", timeout=20
+        )
     assert indexer_cli(stack_settings, "audit", "verify").returncode == 0
 
 
@@ -113,7 +111,11 @@ def test_one_sealer_works_a_second_waits_and_sigterm_stops_it(
 ) -> None:
     env = service(load_context(stack_settings), "indexer").env()
     with psycopg.connect(dsn(stack_settings), autocommit=True) as db:
-        until(lambda: db.execute(LEASE).fetchone() == (1,), "no sealer holds the lease")
+        eventually(
+            lambda: db.execute(LEASE).fetchone() == (1,),
+            what="a sealer holds the lease",
+            timeout=20,
+        )
         before = db.execute(SEALERS).fetchone()[0]  # type: ignore[index]
         assert before == 1  # one per deployment, not one per uvicorn worker
         second = subprocess.Popen(
@@ -125,20 +127,34 @@ def test_one_sealer_works_a_second_waits_and_sigterm_stops_it(
             text=True,
         )
         try:
-            until(lambda: db.execute(SEALERS).fetchone() == (2,), "the second sealer is not up")
+            eventually(
+                lambda: db.execute(SEALERS).fetchone() == (2,),
+                what="the second sealer connected",
+                timeout=20,
+            )
             assert db.execute(LEASE).fetchone() == (1,)  # it waits for the lease
             # the working sealer's connection dies: exactly one takes the lease again
             db.execute(
                 "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = "
                 "'advisory' AND l.objid = 7401 AND l.granted"
             )
-            until(lambda: db.execute(LEASE).fetchone() == (1,), "nobody took the lease over")
+            eventually(
+                lambda: db.execute(LEASE).fetchone() == (1,),
+                what="a sealer took the lease over",
+                timeout=20,
+            )
             (row_id,) = db.execute(INSERT, ("test.after-takeover",)).fetchone()  # type: ignore[misc]
-            until(lambda: sealed(db, [row_id]), "nothing seals after the takeover")
+            eventually(
+                lambda: sealed(db, [row_id]), what="a row sealed after the takeover", timeout=20
+            )
         finally:
             second.send_signal(signal.SIGTERM)
             out, _ = second.communicate(timeout=15)
         assert second.returncode == 0, out
         assert "audit sealer stopped" in out
-        until(lambda: db.execute(LEASE).fetchone() == (1,), "the deployment lost its sealer")
+        eventually(
+            lambda: db.execute(LEASE).fetchone() == (1,),
+            what="the deployment's sealer holds the lease again",
+            timeout=20,
+        )
     assert indexer_cli(stack_settings, "audit", "verify").returncode == 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import secrets
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ from PIL import Image
 from deploy.samples.studies import SampleStudy
 from deploy.stack.client import StackClient
 
+from ..support.eventually import eventually
 from .test_dicomweb_authz import DICOM_JSON, study_of_a  # noqa: F401 - the fixture
 
 METADATA = "/dicom-web/studies/{}/metadata"
@@ -70,10 +70,7 @@ def test_break_glass_needs_a_reason_opens_the_study_to_that_user_alone_and_alert
                 for r in trail["events"]
             )
 
-        deadline = time.monotonic() + 10
-        while not recorded():
-            assert time.monotonic() < deadline, "the break-glass is not in the audit trail"
-            time.sleep(0.2)
+        eventually(recorded, what="the break-glass in the audit trail", timeout=10)
     with stack.gateway(tokens["rad_b"]) as rad_b:  # radiologists do not read alerts
         assert rad_b.get("/api/v1/alerts").status_code == 403
 

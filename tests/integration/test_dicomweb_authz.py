@@ -4,7 +4,6 @@ the indexer (auth_request) before central sees the request."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -14,6 +13,8 @@ import pytest
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient
 
+from ..support.eventually import eventually
+from ..support.master_index import master_index_of
 from .fresh import fresh_seed
 
 DICOM_JSON = {"Accept": "application/dicom+json"}
@@ -25,12 +26,13 @@ def study_of_a(stack: StackClient, tokens: dict[str, str]) -> Iterator[SampleStu
     study = make_study(fresh_seed(), "DX", instances=1, institution_code="H0001")
     assert stack.send_to_edge("A", study.instances()).ok
     path = f"/dicom-web/studies/{study.exam.study_instance_uid}/metadata"
-    deadline = time.monotonic() + 90
     with stack.gateway(tokens["rad_a"]) as gw:
-        while time.monotonic() < deadline:
-            if gw.get(path, headers=DICOM_JSON).status_code == 200:
-                break
-            time.sleep(0.5)
+        eventually(
+            lambda: gw.get(path, headers=DICOM_JSON).status_code == 200,
+            what="the study readable through the gateway",
+            timeout=90,
+            interval=0.5,
+        )
     yield study
 
 
@@ -123,13 +125,9 @@ def test_mutual_recognition_lookup_with_a_purpose_opens_the_images_for_a_day(
     with stack.gateway(tokens["admin"]) as api:  # hospital A registers the exam (RIS)
         api.put(f"{base}/patients/{study_of_a.patient.mrn}", json=patient_record(study_of_a))
         api.put(f"{base}/exams/{study_of_a.exam.exam_no}", json=exam_record(study_of_a))
-        deadline = time.monotonic() + 30
-        master = None
-        while master is None and time.monotonic() < deadline:
-            exam = api.get(f"{base}/exams/{study_of_a.exam.exam_no}").json()
-            master = exam["master_index_id"]
-            time.sleep(0.2)
-    assert master and exam["study_instance_uid"] == uid
+        master = master_index_of(api, study_of_a)
+        exam = api.get(f"{base}/exams/{study_of_a.exam.exam_no}").json()
+    assert exam["master_index_id"] == master and exam["study_instance_uid"] == uid
     metadata = f"/dicom-web/studies/{uid}/metadata"
     assert get(stack, tokens["rad_b"], metadata).status_code == 403
     with stack.gateway(tokens["rad_b"]) as clinician_b:

@@ -27,8 +27,8 @@ from deploy.samples.pacs import HospitalPacs
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, wait_for_instances
 
+from ..support.eventually import eventually
 from .fresh import fresh_seed
-from .test_edge_resilience import wait_until
 from .test_edge_retrieval import pacs_for
 
 SUCCESS, PENDING = 0x0000, 0xFF00
@@ -85,7 +85,7 @@ class Operation:
         }
         model = models[kind]
         self.ae.add_requested_context(model)
-        roles = []
+        roles: list[Any] = []  # pynetdicom's list of its negotiation items (invariant)
         if kind == "get":
             self.ae.add_requested_context(STORAGE_CT)
             roles = [build_role(STORAGE_CT, scp_role=True)]
@@ -140,7 +140,7 @@ def audit_rows(stack: StackClient, action: str, since: str, want: Any) -> list[d
         rows = [e for e in answer.json()["events"] if want(e)]
         return rows or None
 
-    return wait_until(found, 60, f"{action} in the indexer's audit trail")  # type: ignore[return-value]
+    return eventually(found, what=f"{action} in the indexer's audit trail", timeout=60)
 
 
 @pytest.mark.parametrize("kind", ["find", "patient-find", "get", "move"])
@@ -221,9 +221,9 @@ def test_the_pacs_queries_as_before_and_each_query_is_audited(
         ]
         return rows if len(rows) >= 2 else None
 
-    rows = wait_until(audited, 60, "the edge's C-FINDs in the indexer's audit trail")
-    assert sorted(r["answers"] for r in rows) == [0, 1]  # type: ignore[union-attr]
-    for row in rows:  # type: ignore[union-attr]
+    rows = eventually(audited, what="the edge's C-FINDs in the indexer's audit trail", timeout=60)
+    assert sorted(r["answers"] for r in rows) == [0, 1]
+    for row in rows:
         assert row["called_ae"] == stack["EDGE_A_AET"]
         assert patient_id not in str(row)  # pseudonymised by the indexer
     edge_log = Path(stack["STACK_DIR"]) / "log" / "edge-a.log"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
-import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -15,7 +15,10 @@ from deploy.stack.client import StackClient, find_study
 from deploy.stack.launcher import kill_service, load_context, start_service, stop_service
 from deploy.stack.settings import StackSettings
 
+from ..support.eventually import eventually
 from .fresh import fresh_seed
+
+T = TypeVar("T")
 
 CENTRAL_OUTAGE_S = 120
 
@@ -26,18 +29,10 @@ def send_to_edge_a(stack: StackClient, study: SampleStudy) -> None:
 
 
 def wait_until(
-    condition: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.2
-) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    condition: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.2
+) -> T:
+    """eventually() under its older name and argument order, which other test files use."""
+    return eventually(condition, what=what, timeout=timeout_s, interval=every_s)
 
 
 def forwarding_state(stack: StackClient, study_uid: str) -> dict | None:
@@ -97,11 +92,11 @@ def test_edge_killed_mid_forward_resumes_without_loss_or_duplicates(
     try:
         send_to_edge_a(stack, study)
         put_rules(stack, forwarding_enabled=True, bandwidth_limit_mbps=10)
-        wait_until(
+        eventually(
             lambda: len(central_sop_uids(stack, uid)) >= 10,
-            timeout_s=60,
+            timeout=60,
             what="the first instances to reach central",
-            every_s=0.1,
+            interval=0.1,
         )
         assert forwarding_state(stack, uid)["state"] == "sending"  # type: ignore[index]
         kill_service(ctx, "edge-a")
@@ -110,9 +105,9 @@ def test_edge_killed_mid_forward_resumes_without_loss_or_duplicates(
     finally:
         put_rules(stack, forwarding_enabled=True, bandwidth_limit_mbps=None)  # ...until lifted
     assert 10 <= arrived_before_restart < 100  # really killed mid-forward
-    final = wait_until(
+    final = eventually(
         lambda: (s := forwarding_state(stack, uid)) and s["state"] == "delivered" and s,
-        timeout_s=180,
+        timeout=180,
         what="the study to be delivered after the restart",
     )
     assert isinstance(final, dict) and final["instances"] == 100
@@ -127,9 +122,9 @@ def test_central_outage_during_forwarding_delivers_exactly_once(stack: StackClie
     stop_service(ctx, "central")
     try:
         send_to_edge_a(stack, study)
-        failed = wait_until(
+        failed = eventually(
             lambda: (s := forwarding_state(stack, uid)) and s["state"] == "failed" and s,
-            timeout_s=60,
+            timeout=60,
             what="the edge to report the failed attempt",
         )
         assert isinstance(failed, dict) and failed["last_error"]
@@ -139,9 +134,9 @@ def test_central_outage_during_forwarding_delivers_exactly_once(stack: StackClie
         assert counters["queue_depth"] >= 1 and counters["failing"] >= 1
     finally:
         start_service(ctx, "central")
-    wait_until(
+    eventually(
         lambda: (s := forwarding_state(stack, uid)) and s["state"] == "delivered",
-        timeout_s=120,
+        timeout=120,
         what="delivery once central is back",
     )
     assert_exactly_once_and_intact(stack, study)

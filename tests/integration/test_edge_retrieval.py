@@ -17,7 +17,8 @@ from deploy.samples.pacs import HospitalPacs, PacsTls
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 
-from .test_edge_resilience import forwarding_state, wait_until
+from ..support.eventually import eventually
+from .test_edge_resilience import forwarding_state
 
 # Fresh studies per run, so a rerun against a reused stack (STACK_ENV) proves the same.
 RUN = random.randrange(10_000, 90_000) * 10  # noqa: S311 - not a secret
@@ -49,13 +50,13 @@ def pacs_b(stack: StackClient) -> Iterator[HospitalPacs]:
 def delivered_to_central(stack: StackClient, study: SampleStudy) -> None:
     result = stack.send_to_edge("A", study.instances())
     assert result.ok and result.sent == study.exam.instance_count, result.failed
-    wait_until(
+    eventually(
         lambda: (
             (forwarding_state(stack, study.exam.study_instance_uid) or {}).get("state")
             == "delivered"
         ),
-        180,
-        "the study to be delivered to central",
+        what="the study delivered to central",
+        timeout=180,
     )
 
 
@@ -71,7 +72,7 @@ def job_outcome(edge: httpx.Client, job_id: str, timeout_s: float = 120) -> dict
         job = edge.get(f"/imaging-cloud/jobs/{job_id}").json()
         return job if job["state"] in ("done", "failed") else None
 
-    return wait_until(finished, timeout_s, f"job {job_id}", every_s=0.5)  # type: ignore[return-value]
+    return eventually(finished, what=f"job {job_id} finished", timeout=timeout_s, interval=0.5)
 
 
 def test_push_from_a_reaches_b_pacs_and_both_see_its_state(
@@ -105,8 +106,8 @@ def test_push_from_a_reaches_b_pacs_and_both_see_its_state(
             state = edge_a.get(f"/imaging-cloud/pushes/{push['push_id']}").json()
             return state if state["state"] == "delivered" else None
 
-        final = wait_until(delivered, 120, "the push to be delivered", every_s=1)
-    assert final["instances"] == 8  # type: ignore[index]
+        final = eventually(delivered, what="the push delivered", timeout=120, interval=1)
+    assert final["instances"] == 8
     with stack.orthanc("EDGE_B") as edge_b:
         seen_by_b = edge_b.get(f"/imaging-cloud/pushes/{push['push_id']}").json()
         assert seen_by_b["state"] == "delivered"
@@ -147,10 +148,10 @@ def test_fetch_back_restores_an_evicted_study_and_delivers_it_to_the_pacs(
         state = forwarding_state(stack, uid) or {}
         return state.get("state") == "delivered" and state["updated_at"] > job["updated_at"]
 
-    wait_until(
+    eventually(
         reconfirmed,
-        60,
-        "the fetched study to be re-confirmed",
+        what="the fetched study re-confirmed",
+        timeout=60,
     )
     assert forwarding_state(stack, uid)["bytes_sent"] == sent_before  # type: ignore[index]
 
@@ -287,9 +288,9 @@ def test_a_fetch_of_a_study_the_cloud_lacks_fails_with_the_reason(stack: StackCl
         job_id = answer.json()["job_id"]
         job = edge.get(f"/imaging-cloud/jobs/{job_id}").json()
         assert job["kind"] == "fetch" and job["state"] in ("queued", "running")
-        first_error = wait_until(
+        first_error = eventually(
             lambda: edge.get(f"/imaging-cloud/jobs/{job_id}").json()["last_error"],
-            30,
-            "the first attempt",
+            what="the first attempt's error",
+            timeout=30,
         )
-        assert "not in the central archive" in first_error  # type: ignore[operator]
+        assert "not in the central archive" in first_error

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -16,6 +16,7 @@ from deploy.samples import modality
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 
+from ..support.eventually import eventually
 from .fresh import fresh_seed
 
 SLICES = 12
@@ -64,13 +65,15 @@ def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> Non
         wait_for_instances(central, sent_study.exam.study_instance_uid, SLICES, timeout_s=120)
     with stack.orthanc("EDGE_A") as edge:
         study_id = find_study(edge, sent_study.exam.study_instance_uid)
+
         # Central holds the instances a moment before the edge has verified them.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def delivered() -> dict | None:
             forwarding = edge.get(f"/imaging-cloud/studies/{study_id}/forwarding").json()
-            if forwarding["state"] == "delivered":
-                break
-            time.sleep(0.5)
+            return forwarding if forwarding["state"] == "delivered" else None
+
+        forwarding = eventually(
+            delivered, what="the edge reports the study delivered", timeout=60, interval=0.5
+        )
         status = edge.get("/imaging-cloud/status").json()
         unknown = edge.get(
             "/imaging-cloud/studies/00000000-00000000-00000000-00000000-00000000/forwarding"
@@ -87,13 +90,12 @@ def test_edge_records_the_study_tags_with_patient_data_sealed(
 ) -> None:
     with stack.orthanc("EDGE_A") as edge:
         study_id = find_study(edge, sent_study.exam.study_instance_uid)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def recorded() -> httpx.Response | None:
             answer = edge.get(f"/imaging-cloud/studies/{study_id}/record")
-            if answer.status_code == 200:
-                break
-            time.sleep(0.5)
-    assert answer.status_code == 200, answer.text
+            return answer if answer.status_code == 200 else None
+
+        answer = eventually(recorded, what="the edge's record of the study", timeout=60)
     record = answer.json()
     exam, patient = sent_study.exam, sent_study.patient
     assert record["institution"] == stack["EDGE_A_INSTITUTION"]

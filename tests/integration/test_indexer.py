@@ -4,7 +4,6 @@ history, bad input refused, and no clear-text ID or phone number in PostgreSQL."
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,8 @@ from deploy.stack.client import StackClient, wait_for_instances
 from deploy.stack.launcher import load_context
 from deploy.stack.settings import StackSettings
 
+from ..support.eventually import eventually
+from ..support.master_index import master_index_of
 from .fresh import fresh_seed
 
 A, B = "H0001", "H0002"
@@ -36,16 +37,6 @@ def register(api: httpx.Client, study: SampleStudy, code: str = A) -> dict[str, 
     answer = api.put(f"{base}/exams/{study.exam.exam_no}", json=exam_record(study))
     assert answer.status_code == 200, answer.text
     return dict(answer.json())
-
-
-def master_index_of(api: httpx.Client, study: SampleStudy, code: str = A) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        exam = api.get(f"/api/v1/institutions/{code}/exams/{study.exam.exam_no}").json()
-        if exam["master_index_id"]:
-            return str(exam["master_index_id"])
-        time.sleep(0.2)
-    raise AssertionError("no master index ID within 30 s")
 
 
 def test_intake_then_master_index_resolves_to_dicomweb_of_a_study_at_central(
@@ -107,14 +98,12 @@ def test_edge_reports_the_arrival_itself_and_images_meet_their_exam(
     study = make_study(fresh_seed(), "MR", instances=3, institution_code=A)
     register(admin, study)
     assert stack.send_to_edge("A", study.instances()).ok
-    deadline = time.monotonic() + 90
-    exam: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def complete() -> dict[str, Any] | None:
         exam = admin.get(f"/api/v1/institutions/{A}/exams/{study.exam.exam_no}").json()
-        if exam["state"] == "images-complete":
-            break
-        time.sleep(0.5)
-    assert exam["state"] == "images-complete", exam
+        return dict(exam) if exam["state"] == "images-complete" else None
+
+    exam = eventually(complete, what="the exam images-complete", timeout=90, interval=0.5)
     assert exam["study_instance_uid"] == study.exam.study_instance_uid
     assert exam["instance_count"] == 3 and exam["series_count"] == 1
 

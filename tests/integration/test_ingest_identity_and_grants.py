@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from deploy.samples.records import exam_record, patient_record
 from deploy.samples.studies import make_study
@@ -33,6 +32,8 @@ from tests.raw_dicom import (
     with_study_uid_first,
 )
 
+from ..support.eventually import eventually
+from ..support.master_index import master_index_of
 from .fresh import fresh_seed
 
 A, B = "H0001", "H0002"
@@ -87,15 +88,14 @@ def another_instance(ds: Dataset, study_uid: str) -> Dataset:
 def audit_events(stack: StackClient, since: str, match: Any, timeout_s: float = 10) -> list:
     """The audit rows since `since` for which `match` holds (rows are written in batches)."""
     token = stack.password_token(stack["DEMO_AUDITOR_USER"], stack["DEMO_AUDITOR_PASSWORD"])
-    deadline = time.monotonic() + timeout_s
     with stack.gateway(token["access_token"]) as auditor:
-        while True:
+
+        def found() -> list:
             answer = auditor.get("/api/v1/audit", params={"since": since, "limit": 10000})
             assert answer.status_code == 200, answer.text
-            found = [e for e in answer.json()["events"] if match(e)]
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.2)
+            return [e for e in answer.json()["events"] if match(e)]
+
+        return eventually(found, what="the audit rows looked for", timeout=timeout_s)
 
 
 # -- hole 1 ---------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_sequences_before_the_uids_are_stored_under_the_outer_study(
     ds.ReferencedImageSequence = [ref]
     ds["ReferencedImageSequence"].is_undefined_length = True
     ref.is_undefined_length_sequence_item = True
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     answer = gw[B].post("/orthanc/instances", content=part10(ds), headers=DICOM)
     assert answer.status_code == 200, answer.text
     own = ingest.Identity(
@@ -307,14 +307,8 @@ def test_repeated_mutual_recognition_lookups_keep_one_live_grant(
         "complete": True,
     }
     assert gw[A].post(f"{base}/studies", json=arrival).json()["linked_exam_no"]
-    deadline = time.monotonic() + 30
     with stack.gateway(tokens["admin"]) as admin:
-        while not (exam := admin.get(f"{base}/exams/{study.exam.exam_no}").json())[
-            "master_index_id"
-        ]:
-            assert time.monotonic() < deadline, "no master index ID within 30 s"
-            time.sleep(0.2)
-    lookup = f"/api/v1/master-index/{exam['master_index_id']}"
+        lookup = f"/api/v1/master-index/{master_index_of(admin, study)}"
 
     def look(_: int) -> int:
         with stack.gateway(tokens["rad_b"]) as radiologist:

@@ -12,7 +12,6 @@ import datetime as dt
 import io
 import json
 import re
-import time
 from pathlib import Path
 
 import psycopg
@@ -23,6 +22,8 @@ from deploy.samples import modality
 from deploy.samples.people import Patient
 from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient
+
+from ..support.eventually import eventually
 
 MRN = re.compile(r"^MRN(\d{8})$")
 PROBE_SEED = 1818
@@ -55,15 +56,14 @@ def test_a_failed_store_at_the_edge_logs_no_patient_id(stack: StackClient) -> No
         stack.send_to_edge("A", [ds])
     except (modality.AssociationRefused, ValueError, AttributeError):
         pass  # refused before Orthanc's store: nothing more to see
-    deadline = time.monotonic() + 30
-    while True:
+
+    def logged() -> str | None:
         with log.open("rb") as f:
             f.seek(offset)
             tail = f.read().decode("utf-8", errors="replace")
-        if "Store has failed" in tail:
-            break
-        assert time.monotonic() < deadline, "Orthanc logged no failed store"
-        time.sleep(0.5)
+        return tail if "Store has failed" in tail else None
+
+    tail = eventually(logged, what="Orthanc's log line of the failed store", interval=0.5)
     assert study.patient.mrn not in tail
     assert "PatientID=" not in tail.replace("PatientID=(redacted)", "")
 

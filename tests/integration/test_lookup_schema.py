@@ -17,8 +17,9 @@ from deploy.samples.studies import make_study
 from deploy.stack.client import StackClient
 from indexer.api.routes import lookup
 
+from ..support.master_index import master_index_of
 from .fresh import fresh_seed
-from .test_indexer import A, master_index_of, register
+from .test_indexer import A, register
 
 DECLARED: dict[str, type[BaseModel]] = {
     route.path: route.response_model  # type: ignore[attr-defined,misc]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import string
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from dicomweb_client.api import DICOMwebClient
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study
 
+from ..support.eventually import eventually
 from .fresh import fresh_seed
 
 HANZI = "赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜"
@@ -65,11 +65,12 @@ def names(stack: StackClient) -> dict[str, Named]:
         made[edge] = Named(study, family, given, family_hanzi, given_hanzi)
         _send(stack, edge, made[edge])
     with stack.orthanc("CENTRAL_ORTHANC") as central:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if all(find_study(central, n.uid) for n in made.values()):
-                break
-            time.sleep(0.5)
+        eventually(
+            lambda: all(find_study(central, n.uid) for n in made.values()),
+            what="both hospitals' studies at central",
+            timeout=120,
+            interval=0.5,
+        )
     return made
 
 
@@ -86,12 +87,12 @@ def uids(answer: list[dict]) -> list[str]:
 
 
 def wait_readable(client: DICOMwebClient, named: Named) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if uids(client.search_for_studies(search_filters={"StudyInstanceUID": named.uid})):
-            return
-        time.sleep(0.5)
-    raise AssertionError("the study never became readable through the gateway")
+    eventually(
+        lambda: uids(client.search_for_studies(search_filters={"StudyInstanceUID": named.uid})),
+        what="the study readable through the gateway",
+        timeout=90,
+        interval=0.5,
+    )
 
 
 def ohif(**filters: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ institution whose edge's arrival named it (services/ownership.py).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from deploy.stack.launcher import load_context
 from deploy.stack.settings import StackSettings
 from tests.raw_dicom import part10
 
+from ..support.master_index import master_index_id
 from .fresh import fresh_seed
 
 A, B = "H0001", "H0002"
@@ -76,17 +76,6 @@ def forged_exam(client: httpx.Client, uid: str) -> tuple[SampleStudy, dict[str, 
     return own, {**exam_record(own), "study_instance_uid": uid}
 
 
-def master_index_id(stack: StackClient, tokens: dict[str, str], code: str, no: str) -> str:
-    deadline = time.monotonic() + 30
-    with stack.gateway(tokens["admin"]) as admin:
-        while True:
-            exam = admin.get(f"/api/v1/institutions/{code}/exams/{no}").json()
-            if exam["master_index_id"]:
-                return str(exam["master_index_id"])
-            assert time.monotonic() < deadline, "no master index ID within 30 s"
-            time.sleep(0.2)
-
-
 def b_reads(gw: dict[str, httpx.Client], delivered: Delivered) -> int:
     return gw[B].get(f"/orthanc/instances/{delivered.orthanc_instance}/file").status_code
 
@@ -135,7 +124,8 @@ def test_a_lookup_of_an_exam_naming_another_hospitals_study_grants_nothing(
         assert stored.status_code == 200, stored.text
     answer = gw[A].post(f"/api/v1/institutions/{A}/studies", json=arrival(uid, of_a.exam.exam_no))
     assert answer.status_code == 200, answer.text
-    lookup = f"/api/v1/master-index/{master_index_id(stack, tokens, B, no)}"
+    with stack.gateway(tokens["admin"]) as admin:
+        lookup = f"/api/v1/master-index/{master_index_id(admin, B, no)}"
     with stack.gateway(tokens["rad_a"]) as radiologist:
         assert radiologist.get(lookup, params={"purpose": "second opinion"}).status_code == 200
     with stack.gateway(tokens["admin"]) as admin:  # the grants in B's name on the study

@@ -11,9 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
@@ -25,6 +24,8 @@ from deploy.stack.client import StackClient
 from deploy.stack.launcher import load_context, service
 from deploy.stack.settings import REPO_ROOT, StackSettings
 from indexer.services import outbox
+
+from ..support.eventually import eventually
 
 NOTIFICATIONS = 30
 HOLD_AT = 10  # the receiver holds this delivery until the test has killed its sender
@@ -83,13 +84,6 @@ def receiver() -> Iterator[Receiver]:
         server.server_close()
 
 
-def until(condition: Callable[[], object], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def indexer_process(stack_settings: StackSettings, url: str, *args: str) -> subprocess.Popen:
     env = service(load_context(stack_settings), "indexer").env()
     return subprocess.Popen(
@@ -119,9 +113,12 @@ def test_two_deliverers_one_killed_mid_post_every_notification_arrives(
     with psycopg.connect(dsn(stack_settings), autocommit=True) as db:
         try:
             workers.append(indexer_process(stack_settings, receiver.url, *DELIVER))
-            until(lambda: count(db, LEASE) == 1, "the first deliverer took no lease")
+            eventually(lambda: count(db, LEASE) == 1, what="the first deliverer holds the lease")
             workers.append(indexer_process(stack_settings, receiver.url, *DELIVER))
-            until(lambda: count(db, CONNECTED, "imgcloud-outbox") == 2, "the second one is not up")
+            eventually(
+                lambda: count(db, CONNECTED, "imgcloud-outbox") == 2,
+                what="the second deliverer connected",
+            )
             engine = create_engine(dsn(stack_settings).replace("://", "+psycopg://", 1))
             with Session(engine) as session, session.begin():
                 for n in range(NOTIFICATIONS):
@@ -138,11 +135,14 @@ def test_two_deliverers_one_killed_mid_post_every_notification_arrives(
             workers[0].kill()  # the lease holder, in the middle of a POST
             workers[0].wait(timeout=10)
             receiver.release.set()
-            until(
-                lambda: all(receiver.counts[i] >= 1 for i in ids),
-                f"not delivered: {[i for i in ids if receiver.counts[i] == 0]}",
-            )
-            until(
+
+            def all_delivered() -> bool:
+                missing = [i for i in ids if receiver.counts[i] == 0]
+                assert not missing, f"not delivered: {missing}"
+                return True
+
+            eventually(all_delivered, what="every notification delivered at least once")
+            eventually(
                 lambda: (
                     count(
                         db,
@@ -152,7 +152,7 @@ def test_two_deliverers_one_killed_mid_post_every_notification_arrives(
                     )
                     == 0
                 ),
-                "delivered notifications are not marked so",
+                what="delivered notifications marked delivered",
             )
         finally:
             for worker in workers:
@@ -177,12 +177,12 @@ def test_serve_stops_its_loops_and_waits_for_them(
         sealers = count(db, CONNECTED, "imgcloud-audit-sealer")
         served = indexer_process(stack_settings, receiver.url, "serve", "--", *child)
         try:
-            until(
+            eventually(
                 lambda: (
                     count(db, CONNECTED, "imgcloud-audit-sealer") == sealers + 1
                     and count(db, CONNECTED, "imgcloud-outbox") == 1
                 ),
-                "serve did not start its sealer and deliverer",
+                what="serve started its sealer and deliverer",
             )
         finally:
             os.killpg(served.pid, signal.SIGTERM)  # as the launcher stops it
