@@ -3,14 +3,18 @@ gateway accounts for exactly the calls their edge makes; the edges forward that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import httpx
+
 from deploy.samples.studies import SampleStudy, make_study
-from deploy.stack.client import StackClient, wait_for_instances
+from deploy.stack.client import StackClient, find_study, wait_for_instances
 
 from .fresh import fresh_seed
 from .test_dicomweb_authz import study_of_a  # noqa: F401 - the fixture
+from .test_edge_retrieval import delivered_to_central
 
 
 def gateway_token(stack: StackClient, institution: str) -> str:
@@ -26,9 +30,40 @@ def user_token(stack: StackClient, who: str) -> str:
 
 
 def test_the_edges_reach_central_through_the_gateway(stack: StackClient) -> None:
+    """Edge A's peer is central behind the gateway, and that URL, with hospital A's gateway
+    account, answers what only central knows: a study it holds and its SHA-256 registry."""
     config = json.loads((Path(stack["STACK_DIR"]) / "edge-a" / "orthanc.json").read_text())
     peer = config["OrthancPeers"]["central"]
     assert peer["Url"] == f"{stack['GATEWAY_URL']}/orthanc/" and "Password" not in peer
+    study = make_study(fresh_seed(), "CT", instances=2, institution_code="H0001")
+    delivered_to_central(stack, study)
+    uid = study.exam.study_instance_uid
+    with stack.orthanc("CENTRAL_ORTHANC") as central:  # central's own answer, not through nginx
+        study_id = find_study(central, uid)
+        listed = central.get(f"/studies/{study_id}/instances").json()
+        stored = {
+            i["MainDicomTags"]["SOPInstanceUID"]: hashlib.sha256(
+                central.get(f"/instances/{i['ID']}/file").content
+            ).hexdigest()
+            for i in listed
+        }
+    assert len(stored) == 2
+    as_edge_a = {"Authorization": f"Bearer {gateway_token(stack, 'H0001')}"}
+    with httpx.Client(
+        base_url=peer["Url"], verify=stack.ca_context(), headers=as_edge_a, timeout=30
+    ) as edge_way:
+        found = edge_way.post("tools/lookup", content=uid)
+        assert found.status_code == 200, found.text
+        assert [(r["Type"], r["ID"]) for r in found.json()] == [("Study", study_id)]
+        instances = edge_way.get(f"studies/{study_id}/instances")
+        assert instances.status_code == 200, instances.text
+        assert sorted(i["ID"] for i in instances.json()) == sorted(i["ID"] for i in listed)
+        # what the edge asks before it lets a study go: central's hash registry answers
+        verified = edge_way.post("imaging-cloud/verify", json={"instances": stored})
+    assert verified.status_code == 200, verified.text
+    answer = verified.json()
+    assert sorted(answer["confirmed"]) == sorted(stored)
+    assert answer["missing"] == [] and answer["mismatched"] == []
 
 
 def test_who_may_call_central_rest(stack: StackClient) -> None:
