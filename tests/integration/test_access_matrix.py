@@ -12,7 +12,6 @@ them fail until the entry is removed). Every cell is decided by indexer/services
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,21 +20,28 @@ from typing import Any
 
 import httpx
 import pytest
-from pydicom.filewriter import dcmwrite
 
 from deploy.samples.records import exam_record, patient_record
 from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, wait_for_instances
 
 from ..unit.test_access_routes import route_decisions
+from .access_requests import (
+    HIDDEN,
+    SHOWN,
+    WITHHELD,
+    Expected,
+    Held,
+    arrival,
+    dicom_bytes,
+    send,
+    stow_body,
+    verdict,
+)
 from .fresh import fresh_seed
 from .test_orthanc_via_gateway import gateway_token
 
 PRINCIPALS = ("admin", "rad_a", "rad_b", "auditor", "gw_a", "gw_b", "hadmin_a", "clin_b")
-SHOWN = "shown"  # 200, and the cell's study is in the answer
-HIDDEN = "hidden"  # 200, and the cell's study is not in the answer
-WITHHELD = "withheld"  # 403, or 200 without the cell's study: nothing of it either way
-Expected = int | str
 
 DICOM_JSON = {"Accept": "application/dicom+json"}
 FRAMES = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
@@ -168,47 +174,6 @@ EXPECTED: dict[str, tuple[Expected, ...]] = {
 DEFECTS: dict[tuple[str, str], str] = {}
 
 
-@dataclass(frozen=True)
-class Held:
-    """One study of the matrix: what the edges sent, and where central and the indexer keep it."""
-
-    study: SampleStudy
-    orthanc_study: str
-    orthanc_instance: str
-    master_index_id: str
-
-    @property
-    def uid(self) -> str:
-        return self.study.exam.study_instance_uid
-
-    @property
-    def series(self) -> str:
-        return self.study.exam.series_instance_uid
-
-    @property
-    def sop(self) -> str:
-        return self.study.sop_instance_uids[0]
-
-    @property
-    def mrn(self) -> str:
-        return self.study.patient.mrn
-
-    @property
-    def exam_no(self) -> str:
-        return self.study.exam.exam_no
-
-
-def arrival(study: SampleStudy) -> dict[str, Any]:
-    return {
-        "study_instance_uid": study.exam.study_instance_uid,
-        "accession_number": study.exam.exam_no,
-        "modalities": [study.exam.modality],
-        "series_count": 1,
-        "instance_count": 1,
-        "complete": True,
-    }
-
-
 @pytest.fixture(scope="module")
 def principals(stack: StackClient, tokens: dict[str, str]) -> Iterator[dict[str, httpx.Client]]:
     """One gateway client per principal, each with its token (fetched once per module)."""
@@ -277,27 +242,6 @@ def master_index_of(admin: httpx.Client, study: SampleStudy) -> str:
     raise AssertionError(f"{study.exam.exam_no}: no master index ID within 30 s")
 
 
-def dicom_bytes(study: SampleStudy) -> bytes:
-    buffer = io.BytesIO()
-    dcmwrite(buffer, next(study.instances()), enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def stow_body(part: bytes) -> dict[str, Any]:
-    boundary = "access-matrix"
-    return {
-        "content": (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            + part
-            + f"\r\n--{boundary}--\r\n".encode()
-        ),
-        "headers": {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        },
-    }
-
-
 def request_for(endpoint: Endpoint, world: dict[str, Held], allowed: bool) -> dict[str, Any]:
     """httpx arguments of a cell. STOW-RS carries a real instance (one central already holds:
     storing it again changes nothing) only where the cell expects it to be allowed, and an
@@ -323,28 +267,6 @@ def request_for(endpoint: Endpoint, world: dict[str, Held], allowed: bool) -> di
     elif kind == "break glass":
         kwargs["json"] = {"study_instance_uid": NO_SUCH_STUDY, "reason": "急诊 emergency review"}
     return kwargs
-
-
-def send(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """One request; a 502 (the gateway found the indexer restarting) is no decision: retried."""
-    deadline = time.monotonic() + 30
-    answer = client.request(method, path, **kwargs)
-    while answer.status_code == 502 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        answer = client.request(method, path, **kwargs)
-    return answer
-
-
-def verdict(answer: httpx.Response, expected: Expected, marker: str | None) -> bool:
-    if expected == SHOWN:
-        return answer.status_code == 200 and marker is not None and marker in answer.text
-    if expected == HIDDEN:
-        return answer.status_code == 200 and marker is not None and marker not in answer.text
-    if expected == WITHHELD:
-        if answer.status_code == 403:
-            return True
-        return answer.status_code == 200 and marker is not None and marker not in answer.text
-    return answer.status_code == expected
 
 
 def cells() -> list[Any]:
