@@ -14,15 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 from .errors import ServiceCallError
+from .sqlite_store import SealedStore
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -86,46 +84,28 @@ def build_event(
     }
 
 
-class AuditOutbox:
+class AuditOutbox(SealedStore):
     """Events waiting for the indexer, in SQLite (WAL), their queries sealed."""
 
-    def __init__(
-        self,
-        path: Path,
-        seal: Callable[[bytes, str], bytes],
-        unseal: Callable[[bytes, str], bytes],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-        self.seal = seal  # (plaintext, binding) -> sealed; the binding is the event ID
-        self.unseal = unseal
-        self.clock = clock
+    migrations = (SCHEMA,)  # 1: as the outbox was first written (#18)
 
     def add(self, event: dict[str, Any]) -> None:
         event_id = event["event_id"]
         public = {k: v for k, v in event.items() if k != "query"}
         sealed = self.seal(json.dumps(event["query"], ensure_ascii=False).encode(), event_id)
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO dicom_events (event_id, recorded_at, public, sealed, "
-                "state) VALUES (?, ?, ?, ?, 'pending')",
-                (event_id, self.clock(), json.dumps(public), sealed),
-            )
+        self.run(
+            "INSERT OR IGNORE INTO dicom_events (event_id, recorded_at, public, sealed, state) "
+            "VALUES (?, ?, ?, ?, 'pending')",
+            (event_id, self.clock(), json.dumps(public), sealed),
+        )
 
     def pending(self, limit: int = BATCH_MAX) -> list[dict[str, Any]]:
         """The oldest events not yet accepted, their queries opened."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT event_id, public, sealed FROM dicom_events WHERE state = 'pending' "
-                "ORDER BY recorded_at, rowid LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self.all(
+            "SELECT event_id, public, sealed FROM dicom_events WHERE state = 'pending' "
+            "ORDER BY recorded_at, rowid LIMIT ?",
+            (limit,),
+        )
         events = []
         for event_id, public, sealed in rows:
             query = json.loads(self.unseal(sealed, event_id))
@@ -133,45 +113,29 @@ class AuditOutbox:
         return events
 
     def accepted(self, event_ids: list[str]) -> None:
-        with self._lock:
-            self._db.executemany(
-                "DELETE FROM dicom_events WHERE event_id = ?", [(e,) for e in event_ids]
-            )
+        self.run_many("DELETE FROM dicom_events WHERE event_id = ?", [(e,) for e in event_ids])
 
     def set_aside(self, event_id: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE dicom_events SET state = 'refused' WHERE event_id = ?", (event_id,)
-            )
+        self.run("UPDATE dicom_events SET state = 'refused' WHERE event_id = ?", (event_id,))
 
     def counters(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT state, count(*) FROM dicom_events GROUP BY state"
-            ).fetchall()
-        found = dict(rows)
+        found = dict(self.all("SELECT state, count(*) FROM dicom_events GROUP BY state"))
         return {"audit_pending": found.get("pending", 0), "audit_refused": found.get("refused", 0)}
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class EventSink(Protocol):
     def send_edge_events(self, events: list[dict[str, Any]]) -> int: ...
 
 
-class AuditSender:
+class AuditSender(Worker):
     """Sends the outbox to the indexer in batches; an outage keeps everything for later."""
 
+    name = "imgcloud-audit"
+
     def __init__(self, outbox: AuditOutbox, indexer: EventSink, every_s: float = 5) -> None:
+        super().__init__(every_s=every_s)
         self.outbox = outbox
         self.indexer = indexer
-        self.every_s = every_s
-        self._wake = threading.Event()
-        self._stopping = False
-
-    def notify(self) -> None:
-        self._wake.set()
 
     def _send(self, batch: list[dict[str, Any]]) -> int:
         """Send one batch; a batch refused for good is split until the culprit is alone."""
@@ -196,22 +160,9 @@ class AuditSender:
             sent += self._send(batch)
         return sent
 
-    def run_forever(self) -> None:
-        while not self._stopping:
-            try:
-                self.run_once()
-            except ServiceCallError as exc:
-                log.warning("audit events not accepted by the indexer yet: %s", exc)
-            except Exception:
-                log.exception("audit sender error")
-            self._wake.wait(self.every_s)
-            self._wake.clear()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="imgcloud-audit", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+    def work(self) -> bool:
+        try:
+            self.run_once()
+        except ServiceCallError as exc:  # an outage, not a bug: no backoff, no traceback
+            log.warning("audit events not accepted by the indexer yet: %s", exc)
+        return False  # a round empties the outbox; what fails waits for `every_s`

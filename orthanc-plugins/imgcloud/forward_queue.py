@@ -15,12 +15,13 @@ many rounds is read and hashed once.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .sqlite_store import SqliteStore, add_column, statements
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -64,53 +65,54 @@ class StudyStatus:
         return dict(self.__dict__)
 
 
-class ForwardQueue:
+def _v1(db: sqlite3.Connection) -> None:
+    """The queue as it stood before the versioning; `dirty` came with streaming."""
+    for statement in statements(SCHEMA):
+        db.execute(statement)
+    add_column(db, "studies", "dirty", "INTEGER NOT NULL DEFAULT 0")
+
+
+class ForwardQueue(SqliteStore):
     """Thread-safe; every change is committed before the call returns."""
+
+    migrations = (_v1,)
+    synchronous = "FULL"  # a crash must not lose a queued study
 
     def __init__(
         self, path: Path, *, retry_max_s: float = 300.0, clock: Callable[[], float] = time.time
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a crash must not lose a queued study
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(studies)")}
-        if "dirty" not in columns:  # queues created before streaming
-            self._db.execute("ALTER TABLE studies ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0")
-        self._lock = threading.Lock()
+        super().__init__(path)
         self.retry_max_s = retry_max_s
         self.clock = clock
 
     def enqueue(self, study_id: str) -> None:
         now = self.clock()
-        with self._lock:
-            self._db.execute(
-                """INSERT INTO studies (study_id, state, queued_at, updated_at)
-                   VALUES (?, 'queued', ?, ?)
-                   ON CONFLICT (study_id) DO UPDATE SET
-                     dirty = CASE WHEN state = 'sending' THEN 1 ELSE dirty END,
-                     state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END,
-                     not_before = CASE WHEN state = 'failed' THEN not_before ELSE 0 END,
-                     updated_at = excluded.updated_at""",
-                (study_id, now, now),
-            )
+        self.run(
+            """INSERT INTO studies (study_id, state, queued_at, updated_at)
+               VALUES (?, 'queued', ?, ?)
+               ON CONFLICT (study_id) DO UPDATE SET
+                 dirty = CASE WHEN state = 'sending' THEN 1 ELSE dirty END,
+                 state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END,
+                 not_before = CASE WHEN state = 'failed' THEN not_before ELSE 0 END,
+                 updated_at = excluded.updated_at""",
+            (study_id, now, now),
+        )
 
     def next_due(self) -> str | None:
         """The oldest study due for sending (including one a crash left 'sending')."""
-        with self._lock:
-            row = self._db.execute(
-                """SELECT study_id FROM studies
-                   WHERE state IN ('queued', 'sending', 'failed') AND not_before <= ?
-                   ORDER BY queued_at LIMIT 1""",
-                (self.clock(),),
-            ).fetchone()
+        row = self.one(
+            """SELECT study_id FROM studies
+               WHERE state IN ('queued', 'sending', 'failed') AND not_before <= ?
+               ORDER BY queued_at LIMIT 1""",
+            (self.clock(),),
+        )
         return row[0] if row else None
 
     def mark_sending(self, study_id: str) -> None:
-        self._set(study_id, "state = 'sending', dirty = 0")
+        self.run(
+            "UPDATE studies SET state = 'sending', dirty = 0, updated_at = ? WHERE study_id = ?",
+            (self.clock(), study_id),
+        )
 
     def mark_delivered(
         self, study_id: str, instances: int, bytes_sent: int, complete: bool = True
@@ -118,97 +120,81 @@ class ForwardQueue:
         """Delivered (or partial if the study was not stable yet), unless instances
         arrived meanwhile: then it goes again at once."""
         now = self.clock()
-        done = "delivered" if complete else "partial"
-        self._set(
-            study_id,
-            f"state = CASE WHEN dirty = 1 THEN 'queued' ELSE '{done}' END, dirty = 0, "
-            "delivered_at = ?, instances = ?, "
-            "bytes_sent = bytes_sent + ?, last_error = NULL, attempts = 0",
-            (now, instances, bytes_sent),
+        self.run(
+            """UPDATE studies SET state = CASE WHEN dirty = 1 THEN 'queued' ELSE ? END,
+                 dirty = 0, delivered_at = ?, instances = ?, bytes_sent = bytes_sent + ?,
+                 last_error = NULL, attempts = 0, updated_at = ?
+               WHERE study_id = ?""",
+            ("delivered" if complete else "partial", now, instances, bytes_sent, now, study_id),
         )
 
     def requeue_partial(self) -> int:
         """At start: studies left partial get a final pass (Orthanc forgets, across a
         restart, that they were still arriving, and will not announce them stable)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE studies SET state = 'queued', updated_at = ? WHERE state = 'partial'",
-                (self.clock(),),
-            )
-        return cursor.rowcount
+        return self.run(
+            "UPDATE studies SET state = 'queued', updated_at = ? WHERE state = 'partial'",
+            (self.clock(),),
+        )
 
     # -- per-instance hashes (delivery.HashCache) ---------------------------------------
     def known(self, study_id: str) -> dict[str, tuple[str, str, bool]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT instance_id, sop_uid, sha256, confirmed FROM instances WHERE study_id = ?",
-                (study_id,),
-            ).fetchall()
+        rows = self.all(
+            "SELECT instance_id, sop_uid, sha256, confirmed FROM instances WHERE study_id = ?",
+            (study_id,),
+        )
         return {r[0]: (r[1], r[2], bool(r[3])) for r in rows}
 
     def remember(self, study_id: str, rows: list[tuple[str, str, str]]) -> None:
-        with self._lock:
-            self._db.executemany(
-                """INSERT INTO instances (instance_id, study_id, sop_uid, sha256)
-                   VALUES (?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET
-                   sop_uid = excluded.sop_uid, sha256 = excluded.sha256, confirmed = 0""",
-                [(iid, study_id, sop, sha) for iid, sop, sha in rows],
-            )
+        self.run_many(
+            """INSERT INTO instances (instance_id, study_id, sop_uid, sha256)
+               VALUES (?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET
+               sop_uid = excluded.sop_uid, sha256 = excluded.sha256, confirmed = 0""",
+            [(iid, study_id, sop, sha) for iid, sop, sha in rows],
+        )
 
     def confirm(self, instance_ids: list[str]) -> None:
-        with self._lock:
-            self._db.executemany(
-                "UPDATE instances SET confirmed = 1 WHERE instance_id = ?",
-                [(iid,) for iid in instance_ids],
-            )
+        self.run_many(
+            "UPDATE instances SET confirmed = 1 WHERE instance_id = ?",
+            [(iid,) for iid in instance_ids],
+        )
 
     def forget_instance(self, instance_id: str) -> None:
         """An instance was (re)stored here: its bytes may differ from what was hashed."""
-        with self._lock:
-            self._db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+        self.run("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
 
     def mark_failed(self, study_id: str, reason: str) -> float:
         """Record a failed attempt; returns the seconds until the next one."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT attempts FROM studies WHERE study_id = ?", (study_id,)
-            ).fetchone()
-        attempts = (row[0] if row else 0) + 1
-        delay = min(self.retry_max_s, 2.0 ** (attempts - 1))
-        self._set(
-            study_id,
-            "state = 'failed', attempts = ?, last_error = ?, not_before = ?",
-            (attempts, reason[:500], self.clock() + delay),
-        )
+        with self.transaction() as db:
+            row = db.execute("SELECT attempts FROM studies WHERE study_id = ?", (study_id,))
+            found = row.fetchone()
+            attempts = (found[0] if found else 0) + 1
+            delay = min(self.retry_max_s, 2.0 ** (attempts - 1))
+            now = self.clock()
+            db.execute(
+                """UPDATE studies SET state = 'failed', attempts = ?, last_error = ?,
+                     not_before = ?, updated_at = ? WHERE study_id = ?""",
+                (attempts, reason[:500], now + delay, now, study_id),
+            )
         return delay
 
-    def _set(self, study_id: str, assignments: str, params: tuple[Any, ...] = ()) -> None:
-        with self._lock:
-            self._db.execute(
-                f"UPDATE studies SET {assignments}, updated_at = ? WHERE study_id = ?",  # noqa: S608 - fixed fragments
-                (*params, self.clock(), study_id),
-            )
-
     def status(self, study_id: str) -> StudyStatus | None:
-        with self._lock:
-            row = self._db.execute(
-                """SELECT study_id, state, attempts, last_error, queued_at, updated_at,
-                          delivered_at, instances, bytes_sent FROM studies WHERE study_id = ?""",
-                (study_id,),
-            ).fetchone()
+        row = self.one(
+            """SELECT study_id, state, attempts, last_error, queued_at, updated_at,
+                      delivered_at, instances, bytes_sent FROM studies WHERE study_id = ?""",
+            (study_id,),
+        )
         return StudyStatus(*row) if row else None
 
     def counters(self) -> dict[str, Any]:
         """For monitoring: queue depth, failures, bytes sent, last success."""
-        with self._lock:
-            depth, failing = self._db.execute(
-                """SELECT COUNT(*), COALESCE(SUM(state = 'failed'), 0) FROM studies
-                   WHERE state IN ('queued', 'sending', 'partial', 'failed')"""
-            ).fetchone()
-            delivered, sent, last = self._db.execute(
-                """SELECT COUNT(*), COALESCE(SUM(bytes_sent), 0), MAX(delivered_at)
-                   FROM studies WHERE state = 'delivered'"""
-            ).fetchone()
+        depth, failing = self.one(
+            """SELECT COUNT(*), COALESCE(SUM(state = 'failed'), 0) FROM studies
+               WHERE state IN ('queued', 'sending', 'partial', 'failed')"""
+        ) or (0, 0)
+        delivered, sent, last = self.one(
+            """SELECT COUNT(*), COALESCE(SUM(bytes_sent), 0), MAX(delivered_at)
+               FROM studies WHERE state = 'delivered'"""
+        ) or (0, 0, None)
         return {
             "queue_depth": depth,
             "failing": failing,
@@ -216,6 +202,3 @@ class ForwardQueue:
             "bytes_sent": sent,
             "last_success": last,
         }
-
-    def close(self) -> None:
-        self._db.close()

@@ -8,12 +8,15 @@ from collections.abc import Callable
 
 from .errors import PluginError
 from .forward_queue import ForwardQueue
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 
-class QueueWorker:
+class QueueWorker(Worker):
     """Takes the oldest due study, delivers it, records the outcome; never drops one."""
+
+    name = "imgcloud-forwarder"
 
     def __init__(
         self,
@@ -22,16 +25,11 @@ class QueueWorker:
         may_forward: Callable[[], bool] = lambda: True,
         is_stable: Callable[[str], bool] = lambda _study_id: True,
     ) -> None:
+        super().__init__(every_s=1.0)
         self.queue = queue
         self.deliver = deliver
         self.may_forward = may_forward  # the rules' switch and time windows
         self.is_stable = is_stable  # no instance for a while: what is here is the study
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def notify(self) -> None:
-        self._wake.set()
 
     def run_once(self) -> bool:
         """Deliver one due study if there is one; True if something was attempted."""
@@ -57,28 +55,10 @@ class QueueWorker:
         )
         return True
 
-    def run_forever(self, idle_wait_s: float = 1.0) -> None:
-        while not self._stopping:
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("forwarding worker error")
-                busy = False
-            if not busy:
-                self._wake.wait(idle_wait_s)
-                self._wake.clear()
+    def work(self) -> bool:
+        return self.run_once()
 
     def start(self) -> threading.Thread:
+        """Resume what a restart left partial, then run the loop on its own thread."""
         self.queue.requeue_partial()
-        thread = threading.Thread(target=self.run_forever, name="imgcloud-forwarder", daemon=True)
-        thread.start()
-        self._thread = thread
-        return thread
-
-    def stop(self, join_s: float = 5.0) -> None:
-        """Stop after the current step; waits at most `join_s` for it (Orthanc is stopping,
-        and the worker may be inside an SDK call)."""
-        self._stopping = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(join_s)
+        return super().start()

@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 
 from .errors import ServiceCallError
+from .http_call import Service
 from .study_records import RecordStore
 from .tokens import BearerAuth, ClientCredentials
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 # Answers that retrying the same record cannot change. 401/403 (a token or role problem),
@@ -36,54 +38,24 @@ class IndexerClient:
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.credentials = credentials
-        self.client = httpx.Client(
-            verify=verify, timeout=httpx.Timeout(timeout_s, connect=5), auth=BearerAuth(credentials)
-        )
+        timeout = httpx.Timeout(timeout_s, connect=5)
+        self.client = httpx.Client(verify=verify, timeout=timeout, auth=BearerAuth(credentials))
+        self.service = Service(self.client, "indexer", ServiceCallError, timeout, expect={200})
 
     def report_arrival(self, institution: str, arrival: dict[str, Any]) -> dict[str, Any]:
-        try:
-            answer = self.client.post(
-                f"{self.api_url}/v1/institutions/{institution}/studies",
-                json=arrival,
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
-        if answer.status_code != 200:
-            raise ServiceCallError(
-                f"indexer refused the arrival: HTTP {answer.status_code} {answer.text[:200]}",
-                answer.status_code,
-            )
-        return dict(answer.json())
+        url = f"{self.api_url}/v1/institutions/{institution}/studies"
+        return dict(self.service.json("POST", url, "the arrival", json=arrival))
 
     def grant(self, institution: str, study_uid: str, to_institution: str, kind: str) -> None:
         """Let another institution read one of this institution's studies (a push)."""
-        try:
-            answer = self.client.post(
-                f"{self.api_url}/v1/institutions/{institution}/studies/{study_uid}/grants",
-                json=_grant_body(to_institution, kind),
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
-        if answer.status_code != 200:
-            raise ServiceCallError(
-                f"indexer refused the grant: HTTP {answer.status_code} {answer.text[:200]}",
-                answer.status_code,
-            )
+        url = f"{self.api_url}/v1/institutions/{institution}/studies/{study_uid}/grants"
+        self.service.call("POST", url, "the grant", json=_grant_body(to_institution, kind))
 
     def send_edge_events(self, events: list[dict[str, Any]]) -> int:
         """Hand a batch of DICOM audit events to the indexer (idempotent on event_id)."""
-        try:
-            answer = self.client.post(
-                f"{self.api_url}/v1/audit/edge-events", json={"events": events}
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceCallError(f"indexer did not answer: {type(exc).__name__}") from exc
-        if answer.status_code != 200:
-            raise ServiceCallError(
-                f"indexer refused the audit events: HTTP {answer.status_code} {answer.text[:200]}",
-                answer.status_code,
-            )
-        return int(answer.json().get("accepted", 0))
+        url = f"{self.api_url}/v1/audit/edge-events"
+        answer = self.service.json("POST", url, "the audit events", json={"events": events})
+        return int(answer.get("accepted", 0))
 
 
 def _grant_body(to_institution: str, kind: str) -> dict[str, Any]:
@@ -101,28 +73,29 @@ def arrival_of(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class RecordSender:
+class RecordSender(Worker):
     """Sends pending study records to the indexer; retries every `every_s` on failure."""
+
+    name = "imgcloud-records"
 
     def __init__(
         self, records: RecordStore, indexer: IndexerClient, institution: str, every_s: float = 5
     ) -> None:
+        super().__init__(every_s=every_s)
         self.records = records
         self.indexer = indexer
         self.institution = institution
-        self.every_s = every_s
-        self._wake = threading.Event()
-        self._stopping = False
         # One round at a time: the push route runs a round from an HTTP thread while this
         # sender's thread may be in one; both would report the same records at once.
-        self._round = threading.Lock()
+        self._round_lock = threading.Lock()
 
-    def notify(self) -> None:
-        self._wake.set()
+    def work(self) -> bool:
+        self.run_once()
+        return False  # a round sends all that is pending; what fails waits for `every_s`
 
     def run_once(self) -> int:
         """Send the pending records (one round at a time); returns how many went."""
-        with self._round:
+        with self._round_lock:
             return self._round_unlocked()
 
     def _round_unlocked(self) -> int:
@@ -143,21 +116,3 @@ class RecordSender:
             self.records.mark_sent(uid, recorded_at)
             sent += 1
         return sent
-
-    def run_forever(self) -> None:
-        while not self._stopping:
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("record sender error")
-            self._wake.wait(self.every_s)
-            self._wake.clear()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="imgcloud-records", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()

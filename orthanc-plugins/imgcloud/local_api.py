@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 
 from .errors import LocalOrthancError
+from .http_call import Service
+from .orthanc_rest import OrthancRest
 
 # The HTTP status Orthanc's REST API gives each error code (Orthanc's
 # ConvertErrorCodeToHttpStatus): the SDK raises the code, callers expect the status.
@@ -68,73 +70,45 @@ class InProcessTransport(httpx.BaseTransport):
         return httpx.Response(200, content=body, request=request)
 
 
-class LocalOrthanc:
+class LocalOrthanc(OrthancRest):
+    """This edge's own Orthanc, in-process; failures raise LocalOrthancError."""
+
     def __init__(self, transport: httpx.BaseTransport, aet: str) -> None:
         self.aet = aet
         # No timeout applies in-process: a synchronous C-STORE or C-MOVE is bounded by
         # Orthanc's own DicomScuTimeout.
         self.client = httpx.Client(base_url="http://orthanc.local", transport=transport)
-
-    def _call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise LocalOrthancError(f"local Orthanc failed ({what}): {type(exc).__name__}") from exc
-        if response.status_code >= 400:
-            raise LocalOrthancError(
-                f"local Orthanc refused ({what}): HTTP {response.status_code} "
-                f"{response.text[:200].strip()}",
-                response.status_code,
-            )
-        return response
-
-    def find_study(self, study_instance_uid: str) -> str | None:
-        found = self._call("POST", "/tools/lookup", "look up", content=study_instance_uid).json()
-        return next((r["ID"] for r in found if r.get("Type") == "Study"), None)
+        self.service = Service(self.client, "local Orthanc", LocalOrthancError, timeout=None)
 
     def find_resource(self, uid: str) -> str | None:
         """The Orthanc ID of a series or instance by its UID."""
         if not uid:
             return None
-        found = self._call("POST", "/tools/lookup", "look up", content=uid).json()
-        return next((r["ID"] for r in found if r.get("Type") in ("Series", "Instance")), None)
+        return self._lookup(uid, ("Series", "Instance"))
 
     def list_instances(self, study_id: str) -> list[tuple[str, str]]:
         try:
-            found = self._call("GET", f"/studies/{study_id}/instances", "list instances").json()
+            return super().list_instances(study_id)
         except LocalOrthancError as exc:
             if exc.status == 404:
                 raise LocalOrthancError(f"study {study_id} is no longer on this edge", 404) from exc
             raise
-        return [(i["ID"], i["MainDicomTags"]["SOPInstanceUID"]) for i in found]
 
     def sop_uids(self, study_instance_uid: str) -> set[str]:
         study_id = self.find_study(study_instance_uid)
         return {sop for _, sop in self.list_instances(study_id)} if study_id else set()
 
-    def read_instance(self, instance_id: str) -> bytes:
-        return self._call("GET", f"/instances/{instance_id}/file", "read an instance").content
-
     def study_tags(self, study_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/studies/{study_id}", "read a study").json()
+        return self._json("GET", f"/studies/{study_id}", "read a study")
 
     def is_stable(self, study_id: str) -> bool:
         return bool(self.study_tags(study_id).get("IsStable", False))
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/studies/{study_id}/series", "read series").json()
-
-    def store(self, dicom: bytes) -> None:
-        self._call(
-            "POST",
-            "/instances",
-            "store an instance",
-            content=dicom,
-            headers={"Content-Type": "application/dicom"},
-        )
+        return self._json("GET", f"/studies/{study_id}/series", "read series")
 
     def modalities(self) -> set[str]:
-        return set(self._call("GET", "/modalities", "list modalities").json())
+        return set(self._json("GET", "/modalities", "list modalities"))
 
     def c_store(self, modality: str, study_id: str) -> None:
         """Send a study to a configured DICOM modality (the hospital PACS), synchronously."""
@@ -147,22 +121,22 @@ class LocalOrthanc:
 
     def query(self, modality: str, query: dict[str, str]) -> tuple[str, list[dict[str, str]]]:
         """C-FIND at study level; returns the query ID and each answer's tags by keyword."""
-        created = self._call(
+        created = self._json(
             "POST",
             f"/modalities/{modality}/query",
             f"C-FIND at {modality}",
             json={"Level": "Study", "Query": query},
-        ).json()
+        )
         query_id = created["ID"]
         answers = []
-        count = len(self._call("GET", f"/queries/{query_id}/answers", "read answers").json())
+        count = len(self._json("GET", f"/queries/{query_id}/answers", "read answers"))
         for index in range(count):
             answers.append(
-                self._call(
+                self._json(
                     "GET",
                     f"/queries/{query_id}/answers/{index}/content?simplify",
                     "read an answer",
-                ).json()
+                )
             )
         return query_id, answers
 

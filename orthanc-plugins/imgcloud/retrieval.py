@@ -17,8 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import PluginError, RetrievalError
+from .sqlite_store import SqliteStore
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,10 @@ class Job:
         return dict(self.__dict__)
 
 
-class JobQueue:
+class JobQueue(SqliteStore):
+    migrations = (SCHEMA,)  # 1: the jobs file as it stood before the versioning
+    synchronous = "FULL"
+
     def __init__(
         self,
         path: Path,
@@ -79,14 +82,7 @@ class JobQueue:
         retry_max_s: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        super().__init__(path)
         self.max_attempts = max_attempts
         self.retry_max_s = retry_max_s
         self.clock = clock
@@ -97,27 +93,25 @@ class JobQueue:
             raise ValueError(f"unknown job kind {kind!r}")
         now = self.clock()
         job_id = str(uuid.uuid4())
-        with self._lock:
-            self._db.execute(
+        with self.transaction() as db:
+            db.execute(
                 """INSERT INTO jobs (job_id, kind, params, push_id, state, created_at, updated_at)
                    VALUES (?, ?, ?, ?, 'queued', ?, ?) ON CONFLICT (push_id) DO NOTHING""",
                 (job_id, kind, json.dumps(params), push_id, now, now),
             )
             if push_id is not None:
-                job_id = self._db.execute(
-                    "SELECT job_id FROM jobs WHERE push_id = ?", (push_id,)
-                ).fetchone()[0]
+                found = db.execute("SELECT job_id FROM jobs WHERE push_id = ?", (push_id,))
+                job_id = found.fetchone()[0]
         job = self.get(job_id)
         assert job is not None
         return job
 
     def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            row = self._db.execute(
-                """SELECT job_id, kind, params, push_id, state, attempts, last_error, result,
-                          created_at, updated_at FROM jobs WHERE job_id = ?""",
-                (job_id,),
-            ).fetchone()
+        row = self.one(
+            """SELECT job_id, kind, params, push_id, state, attempts, last_error, result,
+                      created_at, updated_at FROM jobs WHERE job_id = ?""",
+            (job_id,),
+        )
         if row is None:
             return None
         values = list(row)
@@ -127,59 +121,52 @@ class JobQueue:
 
     def next_due(self) -> Job | None:
         """The oldest job due (a job a crash left 'running' is due again)."""
-        with self._lock:
-            row = self._db.execute(
-                """SELECT job_id FROM jobs WHERE state IN ('queued', 'running')
-                   AND not_before <= ? ORDER BY created_at LIMIT 1""",
-                (self.clock(),),
-            ).fetchone()
+        row = self.one(
+            """SELECT job_id FROM jobs WHERE state IN ('queued', 'running')
+               AND not_before <= ? ORDER BY created_at LIMIT 1""",
+            (self.clock(),),
+        )
         return self.get(row[0]) if row else None
 
-    def _update(self, job_id: str, assignments: str, params: tuple[Any, ...] = ()) -> None:
-        with self._lock:
-            self._db.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE job_id = ?",  # noqa: S608 - fixed fragments
-                (*params, self.clock(), job_id),
-            )
-
     def mark_running(self, job_id: str) -> None:
-        self._update(job_id, "state = 'running', attempts = attempts + 1")
+        self.run(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? "
+            "WHERE job_id = ?",
+            (self.clock(), job_id),
+        )
 
     def mark_done(self, job_id: str, result: dict[str, Any]) -> None:
-        self._update(job_id, "state = 'done', last_error = NULL, result = ?", (json.dumps(result),))
+        self.run(
+            "UPDATE jobs SET state = 'done', last_error = NULL, result = ?, updated_at = ? "
+            "WHERE job_id = ?",
+            (json.dumps(result), self.clock(), job_id),
+        )
 
     def mark_failed(self, job_id: str, reason: str) -> bool:
         """Record a failed attempt; True if it will be retried, False if it gave up."""
         job = self.get(job_id)
         attempts = job.attempts if job else self.max_attempts
-        if attempts >= self.max_attempts:
-            self._update(job_id, "state = 'failed', last_error = ?", (reason[:500],))
-            return False
+        retried = attempts < self.max_attempts
+        now = self.clock()
         delay = min(self.retry_max_s, 2.0 ** max(attempts - 1, 0))
-        self._update(
-            job_id,
-            "state = 'queued', last_error = ?, not_before = ?",
-            (reason[:500], self.clock() + delay),
+        self.run(
+            """UPDATE jobs SET state = CASE WHEN ? THEN 'queued' ELSE 'failed' END,
+                 last_error = ?, not_before = CASE WHEN ? THEN ? ELSE not_before END,
+                 updated_at = ? WHERE job_id = ?""",
+            (retried, reason[:500], retried, now + delay, now, job_id),
         )
-        return True
+        return retried
 
     def last_run(self, name: str) -> float | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT last_run FROM schedule_runs WHERE name = ?", (name,)
-            ).fetchone()
+        row = self.one("SELECT last_run FROM schedule_runs WHERE name = ?", (name,))
         return row[0] if row else None
 
     def record_run(self, name: str, when: float) -> None:
-        with self._lock:
-            self._db.execute(
-                """INSERT INTO schedule_runs (name, last_run) VALUES (?, ?)
-                   ON CONFLICT (name) DO UPDATE SET last_run = excluded.last_run""",
-                (name, when),
-            )
-
-    def close(self) -> None:
-        self._db.close()
+        self.run(
+            """INSERT INTO schedule_runs (name, last_run) VALUES (?, ?)
+               ON CONFLICT (name) DO UPDATE SET last_run = excluded.last_run""",
+            (name, when),
+        )
 
 
 class Central(Protocol):
@@ -283,8 +270,10 @@ class PullSchedule:
     params: dict[str, Any]
 
 
-class RetrievalWorker:
+class RetrievalWorker(Worker):
     """Polls central for pushes, starts scheduled PACS pulls, and runs due jobs."""
+
+    name = "imgcloud-retriever"
 
     def __init__(
         self,
@@ -296,6 +285,7 @@ class RetrievalWorker:
         push_target: Callable[[], str | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(every_s=1.0)
         self.jobs = jobs
         self.retriever = retriever
         self.schedules = schedules
@@ -303,12 +293,6 @@ class RetrievalWorker:
         self.push_target = push_target  # the hospital AE pushed studies go to
         self.clock = clock
         self._last_poll = 0.0
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def notify(self) -> None:
-        self._wake.set()
 
     def poll_pushes(self) -> int:
         """Claim this institution's pending pushes as local jobs; returns how many."""
@@ -377,26 +361,5 @@ class RetrievalWorker:
         except PluginError as exc:
             log.warning("could not report push %s as failed: %s", push_id, exc)
 
-    def run_forever(self, idle_wait_s: float = 1.0) -> None:
-        while not self._stopping:
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("retrieval worker error")
-                busy = False
-            if not busy:
-                self._wake.wait(idle_wait_s)
-                self._wake.clear()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="imgcloud-retriever", daemon=True)
-        thread.start()
-        self._thread = thread
-        return thread
-
-    def stop(self, join_s: float = 5.0) -> None:
-        """Stop after the current job; waits at most `join_s` for it."""
-        self._stopping = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(join_s)
+    def work(self) -> bool:
+        return self.run_once()

@@ -10,13 +10,10 @@ has them.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from .sqlite_store import SealedStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS study_records (
@@ -72,47 +69,31 @@ def build_record(
     return StudyRecord(public, personal)
 
 
-class RecordStore:
-    def __init__(
-        self,
-        path: Path,
-        seal: Callable[[bytes, str], bytes],
-        unseal: Callable[[bytes, str], bytes],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-        self.seal = seal  # (plaintext, binding) -> sealed; the binding is the study UID
-        self.unseal = unseal
-        self.clock = clock
+class RecordStore(SealedStore):
+    """The records file (SQLite, WAL): one row per study, personal data sealed."""
+
+    migrations = (SCHEMA,)  # 1: as the records file was first written (A2)
 
     def save(self, orthanc_study_id: str, record: StudyRecord) -> None:
         """Insert or refresh (more series may have arrived); a refresh is pending again."""
         uid = record.public["study_instance_uid"]
         sealed = self.seal(json.dumps(record.personal, ensure_ascii=False).encode(), uid)
-        with self._lock:
-            self._db.execute(
-                """INSERT INTO study_records (study_instance_uid, orthanc_study_id, public,
-                       sealed, state, recorded_at) VALUES (?, ?, ?, ?, 'pending', ?)
-                   ON CONFLICT (study_instance_uid) DO UPDATE SET public = excluded.public,
-                       sealed = excluded.sealed, state = 'pending',
-                       recorded_at = excluded.recorded_at""",
-                (uid, orthanc_study_id, json.dumps(record.public), sealed, self.clock()),
-            )
+        self.run(
+            """INSERT INTO study_records (study_instance_uid, orthanc_study_id, public,
+                   sealed, state, recorded_at) VALUES (?, ?, ?, ?, 'pending', ?)
+               ON CONFLICT (study_instance_uid) DO UPDATE SET public = excluded.public,
+                   sealed = excluded.sealed, state = 'pending',
+                   recorded_at = excluded.recorded_at""",
+            (uid, orthanc_study_id, json.dumps(record.public), sealed, self.clock()),
+        )
 
     def get(self, orthanc_study_id: str) -> dict[str, Any] | None:
         """The record with its personal data opened (for the hospital's own API)."""
-        with self._lock:
-            row = self._db.execute(
-                """SELECT study_instance_uid, public, sealed, state, recorded_at
-                   FROM study_records WHERE orthanc_study_id = ?""",
-                (orthanc_study_id,),
-            ).fetchone()
+        row = self.one(
+            "SELECT study_instance_uid, public, sealed, state, recorded_at FROM study_records "
+            "WHERE orthanc_study_id = ?",
+            (orthanc_study_id,),
+        )
         if row is None:
             return None
         uid, public, sealed, state, recorded_at = row
@@ -124,41 +105,34 @@ class RecordStore:
         }
 
     def pending(self, limit: int = 100) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT orthanc_study_id FROM study_records WHERE state = 'pending' "
-                "ORDER BY recorded_at LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self.all(
+            "SELECT orthanc_study_id FROM study_records WHERE state = 'pending' "
+            "ORDER BY recorded_at LIMIT ?",
+            (limit,),
+        )
         return [r[0] for r in rows]
 
     def pending_public(self, limit: int = 100) -> list[tuple[str, dict[str, Any], float]]:
         """(study UID, linking tags, recorded_at) of records not yet sent: no personal data."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT study_instance_uid, public, recorded_at FROM study_records "
-                "WHERE state = 'pending' ORDER BY recorded_at LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self.all(
+            "SELECT study_instance_uid, public, recorded_at FROM study_records "
+            "WHERE state = 'pending' ORDER BY recorded_at LIMIT ?",
+            (limit,),
+        )
         return [(uid, json.loads(public), at) for uid, public, at in rows]
 
     def mark_sent(self, study_instance_uid: str, recorded_at: float | None = None) -> None:
         """Sent; with `recorded_at`, only if the record was not refreshed since."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE study_records SET state = 'sent', sent_at = ? WHERE study_instance_uid = ? "
-                "AND (? IS NULL OR recorded_at = ?)",
-                (self.clock(), study_instance_uid, recorded_at, recorded_at),
-            )
+        self.run(
+            "UPDATE study_records SET state = 'sent', sent_at = ? WHERE study_instance_uid = ? "
+            "AND (? IS NULL OR recorded_at = ?)",
+            (self.clock(), study_instance_uid, recorded_at, recorded_at),
+        )
 
     def mark_refused(self, study_instance_uid: str, recorded_at: float | None = None) -> None:
         """The indexer will not take this record as it is; a refresh makes it pending again."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE study_records SET state = 'refused' WHERE study_instance_uid = ? "
-                "AND (? IS NULL OR recorded_at = ?)",
-                (study_instance_uid, recorded_at, recorded_at),
-            )
-
-    def close(self) -> None:
-        self._db.close()
+        self.run(
+            "UPDATE study_records SET state = 'refused' WHERE study_instance_uid = ? "
+            "AND (? IS NULL OR recorded_at = ?)",
+            (study_instance_uid, recorded_at, recorded_at),
+        )
