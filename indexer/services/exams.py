@@ -4,6 +4,9 @@ its images and reports arrive."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from ..errors import Conflict, InvalidRecord, NotFound
@@ -13,6 +16,12 @@ from . import ownership
 from .lifecycle import TIME_COLUMN, next_state
 from .links import study_links
 from .patients import PatientRecords, _now, content_hash
+
+
+def fields_of(row: object, model: type[BaseModel], *elsewhere: str) -> dict[str, Any]:
+    """The model's fields read from the row's attributes of the same names, but those the
+    caller computes (`elsewhere`)."""
+    return {name: getattr(row, name) for name in model.model_fields if name not in elsewhere}
 
 
 class ExamRecords(PatientRecords):
@@ -89,23 +98,9 @@ class ExamRecords(PatientRecords):
             select(Patient.mrn).where(Patient.id == exam.patient_id)
         ).scalar_one()
         return ExamOut(
-            institution_code=exam.institution_code,
-            exam_no=exam.exam_no,
-            exam_uid=exam.exam_uid,
+            **fields_of(exam, ExamOut, "patient_mrn", "state_times", "links"),
             patient_mrn=mrn,
-            master_index_id=exam.master_index_id,
-            modality=exam.modality,
-            body_part=exam.body_part,
-            exam_type=exam.exam_type,
-            method=exam.method,
-            device=exam.device,
-            requesting_department=exam.requesting_department,
-            exam_datetime=exam.exam_datetime,
-            state=exam.state,  # type: ignore[arg-type]
             state_times={state: getattr(exam, column) for state, column in TIME_COLUMN.items()},
-            study_instance_uid=exam.study_instance_uid,
-            series_count=exam.series_count,
-            instance_count=exam.instance_count,
             links=study_links(self.gateway_url, exam.study_instance_uid),
         )
 
@@ -166,15 +161,9 @@ class ExamRecords(PatientRecords):
 
     def report_out(self, exam: Exam, report: Report) -> ReportOut:
         return ReportOut(
+            **fields_of(report, ReportOut, "institution_code", "exam_no"),
             institution_code=exam.institution_code,
             exam_no=exam.exam_no,
-            version=report.version,
-            findings=report.findings,
-            impression=report.impression,
-            author=report.author,
-            reviewer=report.reviewer,
-            approved_at=report.approved_at,
-            created_at=report.created_at,
         )
 
     def report_history(self, exam: Exam) -> list[Report]:

@@ -33,14 +33,14 @@ LEFT JOIN LATERAL (
 WHERE e.master_index_id = %s
 """
 
-PERSON_SQL = """
+# What both person-level reads answer per exam, and the filters of a PersonSearch they share
+# (constant text: every value is a bound parameter).
+PERSON_COLUMNS = """
 SELECT e.master_index_id, e.institution_code, i.name AS institution_name, e.exam_no,
        e.modality, e.body_part, e.exam_datetime, e.state, e.study_instance_uid,
        EXISTS (SELECT 1 FROM reports r WHERE r.exam_id = e.id) AS has_report
-FROM persons s
-JOIN exams e ON e.person_id = s.person_id
-JOIN institutions i ON i.institution_code = e.institution_code
-WHERE s.national_id_hmac = %(hmac)s
+"""
+SEARCH_FILTERS = """
   AND (%(modalities)s::text[] IS NULL OR e.modality = ANY(%(modalities)s::text[]))
   AND (%(body_part)s::text IS NULL OR upper(e.body_part) = upper(%(body_part)s::text))
   AND (%(start)s::timestamptz IS NULL OR e.exam_datetime >= %(start)s::timestamptz)
@@ -48,31 +48,34 @@ WHERE s.national_id_hmac = %(hmac)s
 ORDER BY e.exam_datetime DESC
 LIMIT %(limit)s
 """
+PERSON_SQL = (
+    PERSON_COLUMNS
+    + """FROM persons s
+JOIN exams e ON e.person_id = s.person_id
+JOIN institutions i ON i.institution_code = e.institution_code
+WHERE s.national_id_hmac = %(hmac)s"""
+    + SEARCH_FILTERS
+)
 # By name and birth date (blind index, security/pii.py name_digests): the matching
 # patients' exams, and those of the persons they are (national ID) at other institutions.
 # `institution` (a family-name search) keeps patients and exams to the caller's own.
-PERSON_BY_NAME_SQL = """
+NAME_MATCHES = """
 WITH matched AS (
     SELECT p.id, p.person_id FROM patient_name_index n
     JOIN patients p ON p.id = n.patient_id
     WHERE n.digest = %(hmac)s AND n.kind = %(kind)s
       AND (%(institution)s::text IS NULL OR p.institution_code = %(institution)s::text)
-)
-SELECT e.master_index_id, e.institution_code, i.name AS institution_name, e.exam_no,
-       e.modality, e.body_part, e.exam_datetime, e.state, e.study_instance_uid,
-       EXISTS (SELECT 1 FROM reports r WHERE r.exam_id = e.id) AS has_report
-FROM exams e
+)"""
+PERSON_BY_NAME_SQL = (
+    NAME_MATCHES  # noqa: S608 - constant fragments; every value is a bound parameter
+    + PERSON_COLUMNS
+    + """FROM exams e
 JOIN institutions i ON i.institution_code = e.institution_code
 WHERE (e.patient_id IN (SELECT id FROM matched)
        OR e.person_id IN (SELECT person_id FROM matched WHERE person_id IS NOT NULL))
-  AND (%(institution)s::text IS NULL OR e.institution_code = %(institution)s::text)
-  AND (%(modalities)s::text[] IS NULL OR e.modality = ANY(%(modalities)s::text[]))
-  AND (%(body_part)s::text IS NULL OR upper(e.body_part) = upper(%(body_part)s::text))
-  AND (%(start)s::timestamptz IS NULL OR e.exam_datetime >= %(start)s::timestamptz)
-  AND (%(end)s::timestamptz IS NULL OR e.exam_datetime < %(end)s::timestamptz)
-ORDER BY e.exam_datetime DESC
-LIMIT %(limit)s
-"""
+  AND (%(institution)s::text IS NULL OR e.institution_code = %(institution)s::text)"""
+    + SEARCH_FILTERS
+)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Session
 from ..errors import PlatformUnavailable
 from ..models import Exam, Person, PlatformRequest
 from ..security.pii import PiiCipher
+from .leased_loop import BackgroundLoop
 
 log = logging.getLogger(__name__)
 Request = tuple[str, str, str]  # institution code, national ID, exam no.
@@ -92,8 +92,13 @@ class HttpPlatform:
         return [str(i)[:64] for i in ids]
 
 
-class MasterIndexQueue:
-    """Drains platform_requests in batches; failures back off and stay queued."""
+class MasterIndexQueue(BackgroundLoop):
+    """Drains platform_requests in batches; failures back off and stay queued.
+
+    Every uvicorn worker of every node runs one, without a lease: rows are taken with
+    `FOR UPDATE SKIP LOCKED`, so two queues never work on the same request."""
+
+    name = "master-index"
 
     def __init__(
         self,
@@ -104,16 +109,12 @@ class MasterIndexQueue:
         batch: int = 500,
         retry_max_s: float = 300.0,
     ) -> None:
+        super().__init__(every_s=1.0)
         self.sessions = sessions
         self.platform = platform
         self.pii = pii
         self.batch = batch
         self.retry_max_s = retry_max_s
-        self._wake = threading.Event()
-        self._stopping = False
-
-    def notify(self) -> None:
-        self._wake.set()
 
     def run_once(self) -> int:
         """One batch: returns how many exams got their master index."""
@@ -177,22 +178,5 @@ class MasterIndexQueue:
             )
             return len(rows)
 
-    def run_forever(self, idle_wait_s: float = 1.0) -> None:
-        while not self._stopping:
-            try:
-                done = self.run_once()
-            except Exception:
-                log.exception("master index worker error")
-                done = 0
-            if not done:
-                self._wake.wait(idle_wait_s)
-                self._wake.clear()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="master-index", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+    def work(self) -> bool:
+        return self.run_once() > 0

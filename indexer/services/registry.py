@@ -17,7 +17,7 @@ from ..errors import Conflict, NotFound
 from ..models import Exam, ImageStudy
 from ..schemas import ArrivalResult, StudyArrival, UnmatchedStudy
 from . import ownership
-from .exams import ExamRecords
+from .exams import ExamRecords, fields_of
 from .patients import _now, content_hash, mask
 
 __all__ = ["Registry", "content_hash", "mask"]
@@ -60,17 +60,7 @@ class Registry(ExamRecords):
         if code:
             query = query.where(ImageStudy.institution_code == code)
         rows = self.session.execute(query.order_by(ImageStudy.first_seen).limit(limit)).scalars()
-        return [
-            UnmatchedStudy(
-                study_instance_uid=s.study_instance_uid,
-                institution_code=s.institution_code,
-                accession_number=s.accession_number,
-                modalities=s.modalities,
-                instance_count=s.instance_count,
-                first_seen=s.first_seen,
-            )
-            for s in rows
-        ]
+        return [UnmatchedStudy(**fields_of(s, UnmatchedStudy)) for s in rows]
 
     def resolve(self, study_uid: str, exam_no: str) -> Exam:
         study = self.session.get(ImageStudy, study_uid, with_for_update=True)
