@@ -7,30 +7,27 @@ from typing import Any
 from .studies import SampleStudy
 
 
+def _fields(source: object, *names: str) -> dict[str, Any]:
+    """The named attributes, under their own names (the contract's field names)."""
+    return {name: getattr(source, name) for name in names}
+
+
 def patient_record(study: SampleStudy) -> dict[str, Any]:
     p = study.patient
     return {
+        **_fields(p, "national_id", "phone", "sex", "chief_complaint"),
         "name": p.name_hanzi,
-        "national_id": p.national_id,
-        "phone": p.phone,
-        "sex": p.sex,
         "birth_date": p.birth_date.isoformat(),
         "age": p.age_on(study.exam.exam_datetime.date()),
-        "chief_complaint": p.chief_complaint,
     }
 
 
 def exam_record(study: SampleStudy, with_study_uid: bool = False) -> dict[str, Any]:
     e = study.exam
     record = {
-        "patient_mrn": study.patient.mrn,
-        "exam_uid": e.exam_uid,
-        "modality": e.modality,
-        "body_part": e.body_part,
-        "exam_type": e.exam_type,
-        "method": e.method,
-        "device": e.device,
+        **_fields(e, "exam_uid", "modality", "body_part", "exam_type", "method", "device"),
         "requesting_department": e.requesting_department,
+        "patient_mrn": study.patient.mrn,
         "exam_datetime": e.exam_datetime.isoformat(),
     }
     if with_study_uid:
@@ -41,10 +38,7 @@ def exam_record(study: SampleStudy, with_study_uid: bool = False) -> dict[str, A
 def report_record(study: SampleStudy) -> dict[str, Any]:
     r = study.report
     return {
-        "findings": r.findings,
-        "impression": r.impression,
-        "author": r.author,
-        "reviewer": r.reviewer,
+        **_fields(r, "findings", "impression", "author", "reviewer"),
         "approved_at": r.approved_at.isoformat(),
         "exam_uid": study.exam.exam_uid,
         "patient_mrn": study.patient.mrn,

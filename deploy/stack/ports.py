@@ -8,9 +8,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-# Every port the stack listens on. IMGCLOUD_PORT_<NAME> (upper case) fixes one.
-PORT_NAMES = (
-    "postgres",
+SEAWEEDFS_PORTS = (
     "weed_master",
     "weed_master_grpc",
     "weed_volume",
@@ -19,6 +17,11 @@ PORT_NAMES = (
     "weed_filer_grpc",
     "weed_s3",
     "weed_s3_grpc",
+)
+# Every port the stack listens on. IMGCLOUD_PORT_<NAME> (upper case) fixes one.
+PORT_NAMES = (
+    "postgres",
+    *SEAWEEDFS_PORTS,
     "keycloak",
     "keycloak_mgmt",
     "central_http",

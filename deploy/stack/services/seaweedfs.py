@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..context import S3_BUCKET
 from ..errors import PrerequisiteMissing
 from ..pki import issue_leaf
+from ..ports import SEAWEEDFS_PORTS
 from .base import Service
 
 UNSHARE = "/usr/bin/unshare"
@@ -85,16 +86,7 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):
 
 class SeaweedFS(Service):
     name = "seaweedfs"
-    ports = (
-        "weed_master",
-        "weed_master_grpc",
-        "weed_volume",
-        "weed_volume_grpc",
-        "weed_filer",
-        "weed_filer_grpc",
-        "weed_s3",
-        "weed_s3_grpc",
-    )
+    ports = SEAWEEDFS_PORTS
     # `weed server` can take more than 15 s to exit after SIGTERM.
     stop_timeout_s = 40.0
 
