@@ -152,7 +152,8 @@ def test_two_centrals_upgrade_one_index_at_once(database) -> None:
             config = write_config(
                 ctx, state, name, PLUGIN_DIR / "libOrthancPostgreSQLIndex.so", node_port
             )
-            argv, env = orthanc_command(settings, config, [state])
+            # its own home and the shared storage: a stack's whole state is not handed over
+            argv, env = orthanc_command(settings, config, [config.parent, state / "files"])
             log = state / f"{name}.log"
             process = subprocess.Popen(
                 argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
