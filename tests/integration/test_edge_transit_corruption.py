@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import random
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +42,8 @@ class CorruptingRelay(ThreadingHTTPServer):
     def __init__(self, upstream: str, ca_cert: str, corrupt: int) -> None:
         super().__init__(("127.0.0.1", 0), _RelayHandler)
         self.upstream = upstream.rstrip("/")
-        self.client = httpx.Client(verify=ca_cert, timeout=httpx.Timeout(60, connect=5))
+        trusted = ssl.create_default_context(cafile=ca_cert)
+        self.client = httpx.Client(verify=trusted, timeout=httpx.Timeout(60, connect=5))
         self.left = corrupt
         self.corrupted = 0
         self.lock = threading.Lock()
