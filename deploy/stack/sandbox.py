@@ -235,7 +235,7 @@ def orthanc_command(
     service uid: its plugins' code and libraries on PYTHONPATH, the loopback shim preloaded
     (Orthanc 1.12.7 has no bind address), `writable` the only folders it may write (its
     state), `private` folders it may only read (its key ring). Both are handed to the
-    service uid here; the rest of the stack's state directory is hidden from it."""
+    service uid here; the rest of the stack's state directory (and of var/) is hidden."""
     assert writable, "Orthanc needs a folder to write its state in"
     platform = platform_for(settings)
     give_to_service(*writable, *private)
@@ -252,10 +252,13 @@ def orthanc_command(
     }
     argv = [str(ORTHANC_BIN), str(config)]
     shared = {settings.repo_root, settings.cache_dir.resolve(), settings.bind_shim.parent.resolve()}
+    stacks = {settings.state_dir.resolve(), (settings.repo_root / "var").resolve()}
     return platform.command(
         argv,
         env,
         read_only=sorted(shared | set(private)),
         writable=writable,
-        hidden=[state] if (state := settings.state_dir.resolve()).is_dir() else [],
+        # The state directory, and var/ of the repository (the default stack and any
+        # nested test stack, which the repository's bind would show) if they exist.
+        hidden=sorted({p for p in stacks if p.is_dir()}),
     )

@@ -17,7 +17,7 @@ from deploy.stack.launcher import load_context
 from deploy.stack.processes import read_pid
 from deploy.stack.sandbox import SERVICE_GID, SERVICE_UID, debian_major, platform_for
 from deploy.stack.services.orthanc import CentralOrthanc, EdgeA, EdgeB, OrthancService
-from deploy.stack.settings import StackSettings
+from deploy.stack.settings import REPO_ROOT, StackSettings
 
 ORTHANCS = ("CENTRAL_ORTHANC", "EDGE_A", "EDGE_B")
 
@@ -104,11 +104,11 @@ def test_every_orthanc_runs_as_the_service_uid(stack_settings: StackSettings) ->
     assert seen == dict.fromkeys(seen, expected)
 
 
-def _read_as_service(pid: int, path: Path) -> subprocess.CompletedProcess[str]:
+def _read_as_service(pid: int, path: Path, how: str = "cat") -> subprocess.CompletedProcess[str]:
     """Read `path` as the service uid in that Orthanc's own mount namespace and root."""
     return subprocess.run(
         ["nsenter", f"--target={pid}", "--mount", "--root", "--wd",
-         f"--setuid={SERVICE_UID}", f"--setgid={SERVICE_GID}", "cat", str(path)],
+         f"--setuid={SERVICE_UID}", f"--setgid={SERVICE_GID}", how, str(path)],
         capture_output=True, text=True, timeout=10, check=False,
     )  # fmt: skip
 
@@ -130,6 +130,12 @@ def test_an_orthanc_reads_its_own_key_ring_only(stack_settings: StackSettings) -
         for peer in others:
             forbidden += [peer.key_ring_file, peer.home / "orthanc.json"]
         leaked += [f"{name}: {p}" for p in forbidden if _read_as_service(pid, p).returncode == 0]
+        # Nothing else of var/ either (the default stack, other test stacks) but the cache.
+        elsewhere = [p for p in (REPO_ROOT / "var").iterdir() if p.name != "cache"]
+        elsewhere = [p for p in elsewhere if p != stack_settings.state_dir]
+        leaked += [
+            f"{name}: {p}" for p in elsewhere if _read_as_service(pid, p, "ls").returncode == 0
+        ]
     assert read == dict.fromkeys(orthancs, True)
     assert leaked == []
     on_host = subprocess.run(
