@@ -21,7 +21,9 @@ from ..security.auth import PLATFORM_ADMIN, STAFF_ROLES, WRITER_ROLES, Principal
 Via = Literal["viewer", "edge"]
 
 # bases of decisions that the routes act on
-WHOLE_ARCHIVE = "platform-admin"  # reads and writes everything (not the audit trail)
+# reads and writes everything (not the audit trail); also the `scope` of a permission that is
+# confined to no institution (no institution code is lower case)
+WHOLE_ARCHIVE = "platform-admin"
 GATEWAY = "gateway"  # a hospital's gateway on central's REST API: the call's own check decides
 MUTUAL_RECOGNITION = "mutual-recognition"  # 互认: another institution's exam, a stated purpose
 NOT_ALLOWED = "not allowed"  # the gateway's one refusal text: it tells nothing about a study
@@ -42,7 +44,8 @@ class StudyFacts:
 class Decision:
     """Allowed or not, why (`basis`), and for a refusal what the caller is told and with
     which status (403, 404 or 422 naming `field`). `scope`: the institution an allowed
-    permission is confined to (None: not confined)."""
+    permission is confined to; WHOLE_ARCHIVE when it is confined to none; None: to nothing
+    (`confined_to` refuses it)."""
 
     allowed: bool
     basis: str
@@ -77,6 +80,19 @@ def require(decision: Decision) -> Decision:
     raise error
 
 
+def unconfined(decision: Decision) -> bool:
+    """An allowed decision over every institution (scope WHOLE_ARCHIVE)."""
+    return decision.allowed and decision.scope == WHOLE_ARCHIVE
+
+
+def confined_to(decision: Decision) -> str:
+    """The one institution an allowed decision is confined to; refused (403) when it is
+    refused, unconfined (ask `unconfined` first) or confined to nothing."""
+    if not decision.allowed or not decision.scope or decision.scope == WHOLE_ARCHIVE:
+        raise Forbidden(NOT_ALLOWED)
+    return decision.scope
+
+
 def _admin(who: Principal) -> bool:
     return who.has(PLATFORM_ADMIN)
 
@@ -93,9 +109,10 @@ def may_read(who: Principal, study: StudyFacts, via: Via) -> Decision:
     caller's institution's, or granted to it (or to the caller alone). A viewer is staff of
     an institution, and a request naming no single study (a search across studies) is
     refused. An edge is its hospital's gateway account; a resource central does not hold
-    (no study) is let through: central answers 404 itself, there is nothing to protect."""
+    (uid None) is let through: central answers 404 itself, there is nothing to protect. A
+    resource whose study names no UID (uid "") is refused like an unknown study."""
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     if via == "viewer":
         if study.uid is None:
             return refuse(NOT_ALLOWED, "no single study")
@@ -123,15 +140,18 @@ def may_read_by_link(link_study: str, uid: str | None, write: bool) -> Decision:
 def may_write_images(who: Principal) -> Decision:
     """STOW-RS through DICOMweb: platform administrators only (edges upload through
     central's REST API, checked by may_add)."""
-    return allow(WHOLE_ARCHIVE) if _admin(who) else refuse(NOT_ALLOWED, "STOW-RS")
+    return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE) if _admin(who) else refuse(NOT_ALLOWED, "STOW-RS")
 
 
 def may_add(who: Principal, study: StudyFacts) -> Decision:
     """An instance into a study: a hospital's gateway adds to its hospital's studies, or
-    starts a new one (no owner yet); a platform administrator adds to any."""
-    if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+    starts a new one (no owner yet); a platform administrator adds to any. A request that
+    names no study (uid None) adds to none."""
     refused = refuse("this study belongs to another institution", "another institution's study")
+    if study.uid is None:
+        return refused
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     if not (who.has("gateway") and who.institution):
         return refused
     if study.owner is None:
@@ -156,20 +176,23 @@ def held_by(code: str, study: StudyFacts) -> Decision:
 
 def may_speak_for(who: Principal, claimant: str, claimed: object) -> Decision:
     """A body's institution field (`claimant`: a push's sender, a push report's receiver)
-    names the caller's own institution; platform administrators speak for any."""
+    names the caller's own institution (a hospital's gateway); platform administrators
+    speak for any."""
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
-    if who.institution and claimed == who.institution:
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
+    if who.has("gateway") and who.institution and claimed == who.institution:
         return allow("own institution", who.institution)
     return refuse(f"{claimant} must be the caller's own institution")
 
 
 def may_push(who: Principal, study: StudyFacts | None) -> Decision:
-    """A new push (跨院推送): a hospital pushes its own studies. None: the body names no
-    study (central refuses it itself)."""
-    if _admin(who) or study is None:
-        return allow(WHOLE_ARCHIVE if study is not None else "central checks the body")
-    if _own(who, study.owner):
+    """A new push (跨院推送): a hospital's gateway pushes its hospital's own studies; a
+    platform administrator any. None: the body names no study (a string): refused, 422."""
+    if study is None or study.uid is None:
+        return refuse("a push names its study", "no study", 422, "study_instance_uid")
+    if _admin(who):
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
+    if who.has("gateway") and who.institution and _own(who, study.owner):
         return allow("own institution's study", who.institution)
     return refuse("a hospital pushes its own studies")
 
@@ -205,7 +228,7 @@ def may_use_central(who: Principal, listed: bool) -> Decision:
     """Central's REST API: platform administrators all of it; a hospital's gateway the
     calls its edge makes (`listed`), each then decided by its own check (basis GATEWAY)."""
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     if listed and who.has("gateway") and who.institution:
         return allow(GATEWAY, who.institution)
     return refuse(NOT_ALLOWED, "not a call of the edge's")
@@ -214,9 +237,10 @@ def may_use_central(who: Principal, listed: bool) -> Decision:
 def may_stand_in(who: Principal) -> Decision:
     """The indexer's routes standing in for central's calls whose subject is in the body
     (uploads, lookups, hash checks, pushes): platform administrators and gateway accounts,
-    each call then deciding on what its body names."""
+    each call then deciding on what its body names (a gateway with no institution claim is
+    let in, and each call then refuses it: scope None)."""
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     if who.has("gateway"):
         return allow(GATEWAY, who.institution)
     return refuse(NOT_ALLOWED, "not a gateway")
@@ -229,8 +253,8 @@ def sees_whole_archive(who: Principal) -> bool:
 
 def may_list_pushes(who: Principal, to: list[str] | None) -> Decision:
     """A push list: exactly the caller's own institution's (`to`: the query's receivers,
-    None when the query has any other shape)."""
-    if who.institution and to == [who.institution]:
+    None when the query has any other shape), for a hospital's gateway."""
+    if who.has("gateway") and who.institution and to == [who.institution]:
         return allow("own institution's pushes", who.institution)
     return refuse(NOT_ALLOWED, "another institution's pushes")
 
@@ -262,14 +286,14 @@ def may_read_records(who: Principal, code: str) -> Decision:
 
 def may_register_institution(who: Principal) -> Decision:
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     return refuse("only platform administrators register institutions")
 
 
 def may_search_persons(who: Principal) -> Decision:
     """互认 lookups across institutions: treating clinicians and radiologists."""
     if who.has("clinician", "radiologist", PLATFORM_ADMIN):
-        return allow("treating staff")
+        return allow("treating staff", WHOLE_ARCHIVE)
     return refuse("person-level lookups need a clinician or radiologist account")
 
 
@@ -297,36 +321,40 @@ def may_look_up_exam(who: Principal, exam_institution: str, purpose: str | None)
 
 
 def may_search_studies(who: Principal) -> Decision:
-    """QIDO-RS study searches: platform administrators the whole archive (scope None);
-    staff their institution's studies and those granted to it (scope: the institution)."""
+    """QIDO-RS study searches: platform administrators the whole archive (scope
+    WHOLE_ARCHIVE); staff their institution's studies and those granted to it (scope: the
+    institution)."""
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     if who.roles & STAFF_ROLES and who.institution:
         return allow("own and granted studies", who.institution)
     return refuse(NOT_ALLOWED, "not staff of an institution")
 
 
 def may_list_unmatched(who: Principal, institution: str | None) -> Decision:
-    """The reconciliation list: platform admins all of it, hospital admins their own."""
-    if _admin(who) or (
-        who.has("hospital-admin") and institution is not None and institution == who.institution
-    ):
+    """The reconciliation list: platform admins all of it, hospital admins their own
+    (a hospital admin with no institution claim: none)."""
+    if _admin(who):
+        return allow("reconciliation", institution or WHOLE_ARCHIVE)
+    if who.has("hospital-admin") and institution is not None and institution == who.institution:
         return allow("reconciliation", institution)
     return refuse("hospital admins list their own institution (?institution=CODE)")
 
 
 def may_resolve(who: Principal, study: StudyFacts) -> Decision:
     """Link an unmatched study to an exam: its institution's admins, or platform admins."""
-    if _admin(who) or (who.has("hospital-admin") and _own(who, study.owner)):
+    if _admin(who):
+        return allow("reconciliation", study.owner or WHOLE_ARCHIVE)
+    if who.has("hospital-admin") and _own(who, study.owner):
         return allow("reconciliation", study.owner)
     return refuse("only the study's institution admins or platform admins resolve it")
 
 
 def may_see_alerts(who: Principal) -> Decision:
-    """Alerts: auditors and platform admins all (scope None), hospital admins those of
-    their institution's studies (scope: the institution)."""
+    """Alerts: auditors and platform admins all (scope WHOLE_ARCHIVE), hospital admins
+    those of their institution's studies (scope: the institution)."""
     if who.has("auditor", PLATFORM_ADMIN):
-        return allow("every alert")
+        return allow("every alert", WHOLE_ARCHIVE)
     if who.has("hospital-admin") and who.institution:
         return allow("own institution's alerts", who.institution)
     return refuse("alerts are for auditors and hospital or platform administrators")
@@ -335,7 +363,7 @@ def may_see_alerts(who: Principal) -> Decision:
 def may_see_alert(who: Principal, owner: str) -> Decision:
     """One alert, about a study of `owner`: 404 outside the caller's scope."""
     seen = may_see_alerts(who)
-    if seen and (seen.scope is None or seen.scope == owner):
+    if seen and (unconfined(seen) or (seen.scope is not None and seen.scope == owner)):
         return seen
     return refuse("no such alert", "outside the caller's alerts", 404)
 
@@ -354,5 +382,5 @@ def may_report_edge_events(who: Principal) -> Decision:
 
 def may_use_explorer(who: Principal) -> Decision:
     if _admin(who):
-        return allow(WHOLE_ARCHIVE)
+        return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     return refuse("Orthanc Explorer is for platform administrators")

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict
+from ..errors import Conflict, InvalidRecord
 from ..models import Exam, ImageStudy
 from ..security.auth import Principal
 from . import lookup_sql
@@ -78,11 +78,12 @@ STUDY_FACTS_SQL = (
 
 
 async def study_facts(pool: AsyncConnectionPool, who: Principal, uid: str | None) -> StudyFacts:
-    """What the index holds about the study `uid` for this caller (None: no study named)."""
+    """What the index holds about the study `uid` for this caller (None: no study named).
+    A UID holding NUL is refused (422 naming study_instance_uid)."""
     if uid is None:
         return StudyFacts(None)
-    if "\x00" in uid:  # PostgreSQL text holds no NUL: no study of the index has one
-        return StudyFacts(uid)
+    if "\x00" in uid:  # PostgreSQL text holds no NUL: refused, never read as a new study
+        raise InvalidRecord("study_instance_uid", "a UID holds no NUL character")
     async with pool.connection() as conn:
         cursor = await conn.execute(
             STUDY_FACTS_SQL,

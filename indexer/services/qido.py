@@ -150,7 +150,8 @@ class CentralQido:
         return body if isinstance(body, list) else []
 
     async def study_of_resource(self, level: str, orthanc_id: str) -> str | None:
-        """The StudyInstanceUID of an Orthanc study or instance ID (None: no such one)."""
+        """The StudyInstanceUID of an Orthanc study or instance ID (None: no such one; "":
+        central holds it, but its study names no StudyInstanceUID, which opens nothing)."""
         key = f"{level}/{orthanc_id}"
         if key in self._study_of:
             return self._study_of[key]
@@ -166,7 +167,7 @@ class CentralQido:
         uid = (response.json().get("MainDicomTags") or {}).get("StudyInstanceUID")
         if uid:
             self._study_of[key] = str(uid)
-        return str(uid) if uid else None
+        return str(uid) if uid else ""
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -60,13 +60,13 @@ READ_EDGE = {            # A      B      B gr.  new    no study (central: 404)
     "rad_nowhere":      (False, False, False, False, False),
     "gw_nowhere":       (False, False, False, False, False),
 }
-ADD = {                  # A      B      B gr.  new    no study
-    "admin":            (True,  True,  True,  True,  True),
+ADD = {                  # A      B      B gr.  new    no study (names none: refused)
+    "admin":            (True,  True,  True,  True,  False),
     "rad_a":            (False, False, False, False, False),
     "clin_b":           (False, False, False, False, False),
     "hadmin_a":         (False, False, False, False, False),
-    "gw_a":             (True,  False, False, True,  True),
-    "gw_b":             (False, True,  True,  True,  True),
+    "gw_a":             (True,  False, False, True,  False),
+    "gw_b":             (False, True,  True,  True,  False),
     "auditor":          (False, False, False, False, False),
     "rad_nowhere":      (False, False, False, False, False),
     "gw_nowhere":       (False, False, False, False, False),
@@ -152,11 +152,29 @@ def test_a_share_link_reads_its_one_study_only() -> None:
         ("gw_a", "B granted", False),  # a grant lets one read, not push on
         ("gw_a", "new", False),
         ("gw_nowhere", "new", False),
+        ("gw_nowhere", "A", False),
+        ("rad_a", "A", False),  # a push is its hospital's gateway's, not its staff's
+        ("hadmin_a", "A", False),
         ("admin", "B", True),
     ],
 )
 def test_a_hospital_pushes_its_own_studies(who: str, study: str, expected: bool) -> None:
     assert access.may_push(WHO[who], STUDY[study]).allowed is expected
+
+
+@pytest.mark.parametrize("who", ["gw_a", "admin", "rad_a", "auditor"])
+def test_a_push_naming_no_study_is_refused_for_everyone(who: str) -> None:
+    for study in (None, STUDY["no study"]):
+        refused = access.may_push(WHO[who], study)
+        assert not refused and (refused.status, refused.field) == (422, "study_instance_uid")
+
+
+def test_a_study_that_names_no_uid_opens_nothing() -> None:
+    # central holds the resource, but its study has no StudyInstanceUID (uid "")
+    unnamed = StudyFacts("")
+    assert not access.may_read(WHO["gw_a"], unnamed, "edge")
+    assert not access.may_read(WHO["rad_a"], unnamed, "viewer")
+    assert access.may_read(WHO["gw_a"], StudyFacts(None), "edge")  # central answers 404
 
 
 def test_a_push_body_speaks_for_the_callers_own_institution() -> None:
@@ -176,6 +194,11 @@ def test_central_rest_api_is_the_admins_and_the_edges_listed_calls() -> None:
     assert access.may_list_pushes(WHO["gw_b"], ["H0002"])
     assert not access.may_list_pushes(WHO["gw_b"], ["H0002", "H0001"])
     assert not access.may_list_pushes(WHO["gw_b"], None)
+    # a push list is a gateway's: not its institution's staff, nor an account of none
+    assert not access.may_list_pushes(WHO["clin_b"], ["H0002"])
+    assert not access.may_list_pushes(WHO["gw_nowhere"], [""])
+    assert not access.may_list_pushes(WHO["gw_nowhere"], None)
+    assert not access.may_speak_for(WHO["rad_a"], "from_institution", "H0001")
 
 
 def test_records_are_written_by_writers_and_read_by_staff_of_their_institution() -> None:
@@ -202,10 +225,13 @@ def test_another_institutions_exam_needs_treating_staff_and_a_purpose() -> None:
 
 
 def test_searches_alerts_reconciliation_and_the_audit_trail() -> None:
-    assert access.may_search_studies(WHO["admin"]).scope is None
+    assert access.may_search_studies(WHO["admin"]).scope == access.WHOLE_ARCHIVE
+    assert access.unconfined(access.may_search_studies(WHO["admin"]))
+    assert access.confined_to(access.may_search_studies(WHO["clin_b"])) == "H0002"
     assert access.may_search_studies(WHO["clin_b"]).scope == "H0002"
     assert not access.may_search_studies(WHO["gw_a"])
-    assert access.may_see_alerts(WHO["auditor"]).scope is None
+    assert access.unconfined(access.may_see_alerts(WHO["auditor"]))
+    assert access.may_see_alert(WHO["auditor"], "H0002")
     assert access.may_see_alerts(WHO["hadmin_a"]).scope == "H0001"
     assert not access.may_see_alerts(WHO["rad_a"])
     assert access.may_see_alert(WHO["hadmin_a"], "H0001")
@@ -230,3 +256,41 @@ def test_require_raises_the_refusal_with_its_status() -> None:
         access.require(access.may_break_glass(WHO["rad_a"], STUDY["A"]))
     assert raised.value.field == "study_instance_uid"
     assert access.require(access.may_break_glass(WHO["rad_a"], STUDY["B"])).basis == "break-glass"
+
+
+def test_a_scope_of_nothing_opens_nothing() -> None:
+    # scope None means confined to nothing: never every institution
+    nothing = access.allow("a decision without a scope")
+    assert not access.unconfined(nothing)
+    with pytest.raises(Forbidden):
+        access.confined_to(nothing)
+    with pytest.raises(Forbidden):
+        access.confined_to(access.may_search_studies(WHO["admin"]))  # unconfined: ask first
+    with pytest.raises(Forbidden):
+        access.confined_to(access.may_search_studies(WHO["gw_a"]))  # refused
+    stand_in = access.may_stand_in(WHO["gw_nowhere"])
+    assert stand_in and stand_in.scope is None and not access.unconfined(stand_in)
+
+
+# Accounts with no institution claim: stricter than anyone's (each call refuses them).
+def test_an_account_of_no_institution_gets_nothing_of_an_institutions() -> None:
+    hadmin_nowhere = _who("hadmin_nowhere", None, "hospital-admin")
+    # reconciliation: no ?institution= lists nothing for a hospital admin, nor does one of none
+    assert not access.may_list_unmatched(hadmin_nowhere, None)
+    assert not access.may_list_unmatched(hadmin_nowhere, "H0001")
+    assert access.may_list_unmatched(WHO["admin"], None).scope == access.WHOLE_ARCHIVE
+    assert not access.may_resolve(hadmin_nowhere, STUDY["new"])
+    assert not access.may_see_alerts(hadmin_nowhere)
+    # push relay: no body speaks for no institution, no push is its own
+    gw = WHO["gw_nowhere"]
+    assert not access.may_speak_for(gw, "from_institution", None)
+    assert not access.may_speak_for(gw, "institution", "")
+    assert not access.may_push(gw, StudyFacts("1.2.3", None))
+    assert not access.may_read_push(gw)
+    # hash check: its studies are neither added to nor read, whatever they are
+    assert not access.sees_whole_archive(gw)
+    for study in STUDY.values():
+        assert not access.may_add(gw, study)
+        assert not access.may_read(gw, study, "edge") or study.uid is None
+    assert not access.may_search_family_name(WHO["rad_nowhere"])
+    assert not access.may_report_edge_events(gw)

@@ -107,3 +107,34 @@ def _may(who: Principal, uri: str, method: str = "GET") -> bool:
 )
 def test_the_table_decides_the_edges_calls(who: Principal, uri: str, allowed: bool) -> None:
     assert _may(who, uri) is allowed
+
+
+def test_a_trailing_newline_matches_no_row_and_no_study() -> None:
+    # `$` would match before a final newline; the table and the study path match whole paths
+    from indexer.api.routes import authz
+
+    assert authz._STUDY_PATH.match(f"/dicom-web/studies/{UID}\n") is None
+    for call in authz.GATEWAY_CALLS:
+        assert call.path.fullmatch("/imaging-cloud/pushes\n") is None
+    assert authz.GATEWAY_CALLS[3].path.fullmatch(f"/imaging-cloud/pushes/{PUSH_ID}")
+
+
+def test_no_one_but_an_administrator_gets_past_a_row_without_its_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from indexer.api.routes import authz
+    from indexer.services import access
+
+    asked: list[str] = []
+
+    async def refusing(_r: object, who: Principal, _m: object, _u: str) -> access.Decision:
+        asked.append(who.username)
+        return access.refuse("row says no")
+
+    calls = list(authz.GATEWAY_CALLS)
+    calls[3] = authz.GatewayCall(calls[3].method, calls[3].path, refusing)
+    monkeypatch.setattr(authz, "GATEWAY_CALLS", calls)
+    uri = f"/orthanc/imaging-cloud/pushes/{PUSH_ID}"
+    assert not _may(GW_A, uri) and not _may(RAD_A, uri)
+    assert asked == ["gw-a", "rad-a"]  # the row's check decided for both
+    assert _may(ADMIN, uri) and asked == ["gw-a", "rad-a"]  # administrators: the whole API

@@ -36,7 +36,9 @@ from ..deps import authenticate
 from . import admin_console
 
 router = APIRouter(prefix="/v1/authz", include_in_schema=False)
-_STUDY_PATH = re.compile(r"^/dicom-web/studies/((?=[0-9.]{1,64}(?:/|$))[0-9]+(?:\.[0-9]+)+)(?:/|$)")
+_STUDY_PATH = re.compile(
+    r"/dicom-web/studies/((?=[0-9.]{1,64}(?:/|\Z))[0-9]+(?:\.[0-9]+)+)(?:/|\Z)"  # \Z: not $
+)
 READ_METHODS = ("GET", "HEAD")
 
 
@@ -149,7 +151,9 @@ class GatewayCall:
 async def _study_resource(
     request: Request, who: Principal, match: re.Match[str], _uri: str
 ) -> access.Decision:
-    """A study's instance list, an instance's file: the study it is in must be readable."""
+    """A study's instance list, an instance's file: the study it is in must be readable.
+    None: central holds no such resource (it answers 404); "": its study names no UID,
+    refused like an unknown study."""
     uid = await request.app.state.central_qido.study_of_resource(match[1], match[2])
     study = await ownership.study_facts(request.app.state.pool, who, uid)
     return access.may_read(who, study, "edge")  # no such resource: central answers 404
@@ -174,32 +178,35 @@ async def _one_push(
 
 
 GATEWAY_CALLS = [
-    GatewayCall("GET", re.compile(r"^/(studies)/([0-9a-f-]{44})/instances$"), _study_resource),
-    GatewayCall("GET", re.compile(r"^/(instances)/([0-9a-f-]{44})/file$"), _study_resource),
-    GatewayCall("GET", re.compile(r"^/imaging-cloud/pushes$"), _push_list),
-    GatewayCall("GET", re.compile(r"^/imaging-cloud/pushes/[0-9a-f-]{36}$"), _one_push),
+    GatewayCall("GET", re.compile(r"/(studies)/([0-9a-f-]{44})/instances"), _study_resource),
+    GatewayCall("GET", re.compile(r"/(instances)/([0-9a-f-]{44})/file"), _study_resource),
+    GatewayCall("GET", re.compile(r"/imaging-cloud/pushes"), _push_list),
+    GatewayCall("GET", re.compile(r"/imaging-cloud/pushes/[0-9a-f-]{36}"), _one_push),
 ]
 
 
 def gateway_call(method: str, uri: str) -> tuple[GatewayCall, re.Match[str]] | None:
-    """The row of GATEWAY_CALLS a request is, with its path's match (None: no row)."""
+    """The row of GATEWAY_CALLS a request is, with its path's match (None: no row). A
+    row's path matches the whole path (fullmatch: no trailing newline slips through)."""
     if "#" in uri or "_method" in uri.lower() or _EVASIVE.search(urlsplit(uri).path):
         return None
     path = urlsplit(uri).path.removeprefix("/orthanc")
     for call in GATEWAY_CALLS:
-        match = call.path.match(path) if method == call.method else None
+        match = call.path.fullmatch(path) if method == call.method else None
         if match:
             return call, match
     return None
 
 
 async def gateway_may(request: Request, who: Principal, method: str, uri: str) -> access.Decision:
-    """Central's REST API: platform administrators all of it; a hospital's gateway the
-    calls of GATEWAY_CALLS, each as its row's check decides."""
+    """Central's REST API: platform administrators all of it; anyone else only the calls
+    of GATEWAY_CALLS, each as its row's check decides (every check asks for a hospital's
+    gateway itself): no one but an administrator gets past a row without its check."""
+    if access.sees_whole_archive(who):
+        return access.may_use_central(who, listed=True)
     found = gateway_call(method, uri)
-    decision = access.may_use_central(who, listed=found is not None)
-    if found is None or decision.basis != access.GATEWAY:
-        return decision  # a platform administrator, or refused
+    if found is None:
+        return access.may_use_central(who, listed=False)  # refused: no call of the edge's
     call, match = found
     return await call.check(request, who, match, uri)
 

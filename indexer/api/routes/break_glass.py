@@ -125,10 +125,10 @@ def alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AlertOut]:
     """Alerts, newest first; `open=true` leaves out acknowledged ones."""
-    scope = access.require(access.may_see_alerts(who)).scope  # None: every alert
+    seen = access.require(access.may_see_alerts(who))
     query = select(Alert).order_by(Alert.id.desc()).limit(limit)
-    if scope is not None:
-        query = query.where(Alert.owner_institution == scope)
+    if not access.unconfined(seen):  # else every alert
+        query = query.where(Alert.owner_institution == access.confined_to(seen))
     if since is not None:
         query = query.where(Alert.created_at >= since)
     if open_only:

@@ -100,7 +100,7 @@ async def person_exams(body: PersonSearch, who: Who, request: Request) -> Respon
             raise InvalidRecord(kind, "holds no letters of a name")
         among = None  # a full name: every institution's patients
         if kind == "family":
-            among = access.require(access.may_search_family_name(who)).scope
+            among = access.confined_to(access.require(access.may_search_family_name(who)))
         digest = digests[kind]
         by_name = (kind, among)
         request.state.audit_resource = f"person-{kind}:" + digest.hex()[:24]  # pseudonymised

@@ -38,9 +38,10 @@ async def search_studies(
                 await qido.search_one(central, study, params), media_type=DICOM_JSON
             )
     who = authenticate(request, authorization)
-    scope = access.require(access.may_search_studies(who)).scope
+    decision = access.require(access.may_search_studies(who))
     # platform administrators read the whole archive; staff their own and granted studies
-    reader = None if scope is None else qido.Reader(scope, who.subject)
+    unconfined = access.unconfined(decision)
+    reader = None if unconfined else qido.Reader(access.confined_to(decision), who.subject)
     settings = request.app.state.settings
     page = await qido.search_for_reader(
         central, request.app.state.pool, reader, params, settings.qido_max_matches
