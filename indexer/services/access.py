@@ -214,11 +214,26 @@ def may_break_glass(who: Principal, study: StudyFacts) -> Decision:
     return allow("break-glass", who.institution)
 
 
-def opens_by_mutual_recognition(arrival: StudyFacts, exam_institution: str) -> bool:
+def may_open_by_mutual_recognition(arrival: StudyFacts, exam_institution: str) -> Decision:
     """A 互认 lookup of an exam opens its study only when the exam's institution owns the
     study by arrival: an exam naming another hospital's study, or one with no arrival
     yet, opens nothing (services/ownership.py). `arrival.owner`: the owner by arrival."""
-    return arrival.uid is not None and arrival.owner == exam_institution
+    if arrival.uid is not None and arrival.owner is not None and arrival.owner == exam_institution:
+        return allow("the exam's institution's study", exam_institution)
+    return refuse("the exam's institution does not own this study by arrival", "not by arrival")
+
+
+def may_grant_to(code: str, to_institution: str) -> Decision:
+    """A grant of an institution's study is to another institution (422 on
+    to_institution otherwise)."""
+    if to_institution != code:
+        return allow("another institution", to_institution)
+    return refuse("must be another institution", "own institution", 422, "to_institution")
+
+
+def is_for_one_person(grantee_subject: str | None) -> bool:
+    """A grant to one person (break-glass), not to an institution."""
+    return grantee_subject is not None
 
 
 # --- central's REST API, for hospital gateways ---------------------------------------

@@ -219,9 +219,13 @@ def test_another_institutions_exam_needs_treating_staff_and_a_purpose() -> None:
     assert "clinician" in access.may_look_up_exam(WHO["hadmin_a"], "H0002", "x y").message
     assert not access.may_look_up_exam(WHO["rad_nowhere"], "H0002", "follow-up")
     arrival = StudyFacts("1.2.2", "H0002")
-    assert access.opens_by_mutual_recognition(arrival, "H0002")
-    assert not access.opens_by_mutual_recognition(arrival, "H0001")
-    assert not access.opens_by_mutual_recognition(StudyFacts("1.2.2"), "H0002")
+    assert access.may_open_by_mutual_recognition(arrival, "H0002")
+    assert not access.may_open_by_mutual_recognition(arrival, "H0001")
+    assert not access.may_open_by_mutual_recognition(StudyFacts("1.2.2"), "H0002")
+    refused = access.may_grant_to("H0001", "H0001")
+    assert (refused.allowed, refused.status, refused.field) == (False, 422, "to_institution")
+    assert access.may_grant_to("H0001", "H0002")
+    assert access.is_for_one_person("sub-rad_a") and not access.is_for_one_person(None)
 
 
 def test_searches_alerts_reconciliation_and_the_audit_trail() -> None:

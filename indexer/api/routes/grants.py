@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path
 from pydantic import Field
 from sqlalchemy import select, update
 
-from ...errors import InvalidRecord, NotFound
+from ...errors import NotFound
 from ...models import Grant
 from ...models import grant as grant_model
 from ...models.grant import LIVE_KEY
@@ -48,7 +48,7 @@ def _out(row: Grant) -> GrantOut:
         study_instance_uid=row.study_instance_uid,
         owner_institution=row.owner_institution,
         institution_code=row.institution_code,
-        for_user=row.grantee_subject is not None,
+        for_user=access.is_for_one_person(row.grantee_subject),
         kind=row.kind,
         purpose=row.purpose,
         created_at=row.created_at,
@@ -68,8 +68,7 @@ def grant(
     """Let another institution read one of this institution's studies (its gateway or
     admins: the edge does it when a study is pushed)."""
     access.require(access.may_write_records(who, code))
-    if body.to_institution == code:
-        raise InvalidRecord("to_institution", "must be another institution")
+    access.require(access.may_grant_to(code, body.to_institution))
     study = StudyFacts(study_instance_uid, reg.study_institution(study_instance_uid))
     access.require(access.held_by(code, study))
     grant_id = reg.session.scalar(

@@ -62,7 +62,7 @@ async def resolve_master_index(
         uid = exam["study_instance_uid"]
         # only the study's owner by arrival shares it: an exam naming another hospital's
         # study, or one with no arrival yet, opens nothing (services/ownership)
-        if isinstance(uid, str) and access.opens_by_mutual_recognition(
+        if isinstance(uid, str) and access.may_open_by_mutual_recognition(
             await ownership.arrival_facts(state.pool, uid), exam["institution_code"]
         ):
             await lookup_sql.grant_mutual_recognition(
