@@ -108,9 +108,8 @@ def may_read(who: Principal, study: StudyFacts, via: Via) -> Decision:
     """A study's images. Platform administrators read all. Otherwise the study must be the
     caller's institution's, or granted to it (or to the caller alone). A viewer is staff of
     an institution, and a request naming no single study (a search across studies) is
-    refused. An edge is its hospital's gateway account; a resource central does not hold
-    (uid None) is let through: central answers 404 itself, there is nothing to protect. A
-    resource whose study names no UID (uid "") is refused like an unknown study."""
+    refused. An edge is its hospital's gateway account, and a request naming no study is
+    refused too (a resource central does not hold: may_read_resource)."""
     if _admin(who):
         return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     if via == "viewer":
@@ -121,13 +120,25 @@ def may_read(who: Principal, study: StudyFacts, via: Via) -> Decision:
     else:
         if not (who.has("gateway") and who.institution):
             return refuse(NOT_ALLOWED, "not a hospital's gateway")
-        if study.uid is None:
-            return allow("no such resource at central")
+        if not study.uid:
+            return refuse(NOT_ALLOWED, "no single study")
     if _own(who, study.owner):
         return allow("own institution's study", who.institution)
     if study.owner is not None and study.granted:
         return allow("granted", who.institution)
     return refuse(NOT_ALLOWED, "another institution's study")
+
+
+def may_read_resource(who: Principal, study: StudyFacts | None) -> Decision:
+    """An Orthanc resource of central's for an edge (a study's instance list, an
+    instance's file). None: central holds no such resource, let through for a hospital's
+    gateway (central answers 404 itself, there is nothing to protect); else its study, as
+    may_read by an edge (a study whose resource names no UID, uid "", is refused)."""
+    if study is not None or _admin(who):
+        return may_read(who, study or StudyFacts(None), "edge")
+    if who.has("gateway") and who.institution:
+        return allow("no such resource at central", who.institution)
+    return refuse(NOT_ALLOWED, "not a hospital's gateway")
 
 
 def may_read_by_link(link_study: str, uid: str | None, write: bool) -> Decision:
@@ -148,7 +159,7 @@ def may_add(who: Principal, study: StudyFacts) -> Decision:
     starts a new one (no owner yet); a platform administrator adds to any. A request that
     names no study (uid None) adds to none."""
     refused = refuse("this study belongs to another institution", "another institution's study")
-    if study.uid is None:
+    if not study.uid:
         return refused
     if _admin(who):
         return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
@@ -188,7 +199,7 @@ def may_speak_for(who: Principal, claimant: str, claimed: object) -> Decision:
 def may_push(who: Principal, study: StudyFacts | None) -> Decision:
     """A new push (跨院推送): a hospital's gateway pushes its hospital's own studies; a
     platform administrator any. None: the body names no study (a string): refused, 422."""
-    if study is None or study.uid is None:
+    if study is None or not study.uid:
         return refuse("a push names its study", "no study", 422, "study_instance_uid")
     if _admin(who):
         return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)

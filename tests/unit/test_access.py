@@ -49,13 +49,13 @@ READ_VIEWER = {          # A      B      B gr.  new    no study
     "rad_nowhere":      (False, False, False, False, False),
     "gw_nowhere":       (False, False, False, False, False),
 }
-READ_EDGE = {            # A      B      B gr.  new    no study (central: 404)
+READ_EDGE = {            # A      B      B gr.  new    no study (see may_read_resource)
     "admin":            (True,  True,  True,  True,  True),
     "rad_a":            (False, False, False, False, False),
     "clin_b":           (False, False, False, False, False),
     "hadmin_a":         (False, False, False, False, False),
-    "gw_a":             (True,  False, True,  False, True),
-    "gw_b":             (False, True,  True,  False, True),
+    "gw_a":             (True,  False, True,  False, False),
+    "gw_b":             (False, True,  True,  False, False),
     "auditor":          (False, False, False, False, False),
     "rad_nowhere":      (False, False, False, False, False),
     "gw_nowhere":       (False, False, False, False, False),
@@ -174,7 +174,18 @@ def test_a_study_that_names_no_uid_opens_nothing() -> None:
     unnamed = StudyFacts("")
     assert not access.may_read(WHO["gw_a"], unnamed, "edge")
     assert not access.may_read(WHO["rad_a"], unnamed, "viewer")
-    assert access.may_read(WHO["gw_a"], StudyFacts(None), "edge")  # central answers 404
+    assert not access.may_read_resource(WHO["gw_a"], unnamed)
+    assert not access.may_add(WHO["gw_a"], unnamed)
+    assert not access.may_push(WHO["gw_a"], unnamed)
+    # a resource central does not hold (None): central answers 404, nothing to protect
+    assert access.may_read_resource(WHO["gw_a"], None)
+    assert access.may_read_resource(WHO["admin"], None)
+    assert not access.may_read_resource(WHO["rad_a"], None)
+    assert not access.may_read_resource(WHO["gw_nowhere"], None)
+    assert access.may_read_resource(WHO["gw_a"], STUDY["A"])
+    assert not access.may_read_resource(WHO["gw_a"], STUDY["B"])
+    # but a request that names no study is no such resource: an edge reads nothing by it
+    assert not access.may_read(WHO["gw_a"], StudyFacts(None), "edge")
 
 
 def test_a_push_body_speaks_for_the_callers_own_institution() -> None:

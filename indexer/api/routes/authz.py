@@ -155,8 +155,9 @@ async def _study_resource(
     None: central holds no such resource (it answers 404); "": its study names no UID,
     refused like an unknown study."""
     uid = await request.app.state.central_qido.study_of_resource(match[1], match[2])
-    study = await ownership.study_facts(request.app.state.pool, who, uid)
-    return access.may_read(who, study, "edge")  # no such resource: central answers 404
+    pool = request.app.state.pool
+    study = None if uid is None else await ownership.study_facts(pool, who, uid)
+    return access.may_read_resource(who, study)
 
 
 _PUSH_LIST_QUERY = re.compile(r"to=[A-Z0-9]{2,16}(&state=[a-z-]{1,20})?")
