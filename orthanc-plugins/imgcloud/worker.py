@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class Lease(Protocol):
         ...
 
 
-class Worker:
+class Worker(ABC):
     """Subclasses set `name` and do one round in `work()`."""
 
     name = "imgcloud-worker"  # the thread's, and the logs'
@@ -48,9 +49,9 @@ class Worker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @abstractmethod
     def work(self) -> bool:
         """One round; True if more is waiting right now (the loop goes on without a pause)."""
-        raise NotImplementedError
 
     def start(self) -> threading.Thread:
         """Run the loop on a daemon thread of its own; `stop` bounds the wait for it."""
