@@ -19,8 +19,7 @@ import socket
 from pathlib import Path
 
 from ..errors import PortInUse, PrerequisiteMissing
-from .base import Service
-from .gateway import NGINX, render_template
+from .gateway import NGINX, NginxService, render_template
 from .orthanc import DicomPeer, EdgeA, EdgeB, EdgeOrthanc
 
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # libnginx-mod-stream
@@ -66,7 +65,7 @@ def can_connect(host: str, port: int) -> bool:
         return False
 
 
-class DicomTlsSidecar(Service):
+class DicomTlsSidecar(NginxService):
     edge_class: type[EdgeOrthanc] = EdgeOrthanc
     stop_signal = signal.SIGQUIT  # graceful: open associations finish first
 
@@ -119,12 +118,7 @@ class DicomTlsSidecar(Service):
                 "OUTBOUND_SERVERS": outbound,
             },
         )
-        path = self.home / "nginx.conf"
-        path.touch(mode=0o600, exist_ok=True)
-        path.write_text(conf)
-
-    def argv(self) -> list[str]:
-        return [str(NGINX), "-p", str(self.home), "-c", str(self.home / "nginx.conf")]
+        self.write_conf(conf)
 
     def health(self) -> str | None:
         for host, port in self._listeners():

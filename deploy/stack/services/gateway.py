@@ -36,7 +36,23 @@ def keycloak_admin_access(cidrs: tuple[str, ...]) -> str:
     return " ".join([*(f"allow {c};" for c in cidrs), "deny all;"])
 
 
-class Gateway(Service):
+class NginxService(Service):
+    """A service that is an nginx of its own: its prefix is `home`, its nginx.conf there."""
+
+    @property
+    def home(self) -> Path:
+        raise NotImplementedError
+
+    def write_conf(self, conf: str) -> None:
+        path = self.home / "nginx.conf"
+        path.touch(mode=0o600, exist_ok=True)  # may hold paths of keys: the owner's only
+        path.write_text(conf)
+
+    def argv(self) -> list[str]:
+        return [str(NGINX), "-p", str(self.home), "-c", str(self.home / "nginx.conf")]
+
+
+class Gateway(NginxService):
     name = "gateway"
     ports = ("gateway",)
     stop_signal = signal.SIGQUIT  # graceful: finish open requests, then exit
@@ -81,12 +97,7 @@ class Gateway(Service):
                 ),
             },
         )
-        path = self.home / "nginx.conf"
-        path.touch(mode=0o600, exist_ok=True)
-        path.write_text(conf)
-
-    def argv(self) -> list[str]:
-        return [str(NGINX), "-p", str(self.home), "-c", str(self.home / "nginx.conf")]
+        self.write_conf(conf)
 
     def health(self) -> str | None:
         def is_viewer(response) -> str | None:
