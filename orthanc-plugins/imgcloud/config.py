@@ -19,24 +19,66 @@ from .errors import ConfigurationError
 from .routes import describe
 
 _INSTITUTION = re.compile(r"^[A-Z0-9]{2,16}$")
-# Operations an edge never grants to every caller: the plugin decides C-FIND and C-MOVE per
-# calling AE and audits each decision, and cannot observe C-GET at all (Orthanc 1.10.1 has
-# no hook for it).
-_NEVER_ALWAYS = ("DicomAlwaysAllowFind", "DicomAlwaysAllowMove", "DicomAlwaysAllowGet")
+# An AE title as DICOM allows it (PS3.5 AE: ASCII, no backslash, no control characters;
+# leading and trailing spaces are padding, so none here)
+_AE_TITLE = r"[\x21-\x5b\x5d-\x7e]{1,16}"
+# Every DicomAlwaysAllow* of Orthanc 1.12: each skips Orthanc's AE and host check for its
+# operation, and Orthanc takes Echo and Store as true when they are missing.
+_DICOM_ALWAYS = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+
+
+def _check_edge_settings(configuration: dict[str, Any]) -> None:
+    """Orthanc settings every edge needs, with or without DicomListeners: only the
+    DicomModalities entries (checked here) say which AE title may do what from where, and
+    nothing changes them at run time."""
+    for operation in _DICOM_ALWAYS:
+        setting = f"DicomAlwaysAllow{operation}"
+        if configuration.get(setting) is not False:
+            missing = "missing" if setting not in configuration else "not false"
+            raise ConfigurationError(
+                f"{setting}: must be false on an edge ({missing}): otherwise Orthanc "
+                "accepts that operation from every AE title and address (Echo and Store "
+                "are true when missing)"
+            )
+    if configuration.get("DicomCheckModalityHost") is not True:
+        raise ConfigurationError(
+            "DicomCheckModalityHost: must be true on an edge: without it Orthanc lets an "
+            "AE title in from any address (a TLS-only one on the plain port)"
+        )
+    if configuration.get("DicomModalitiesInDatabase") is True:
+        raise ConfigurationError(
+            "DicomModalitiesInDatabase: must be false on an edge: modalities added "
+            "through the REST API are not checked here, and a second entry of a TLS-only AE "
+            "title with another Host would let it in on the plain port"
+        )
+    # Lua's RestApiPut/RestApiPost do not pass the edge's HTTP filter
+    if configuration.get("ExecuteLuaEnabled") is True:
+        raise ConfigurationError(
+            "ExecuteLuaEnabled: must be false on an edge: a Lua script's REST calls bypass "
+            "the filter that keeps DICOM modalities fixed"
+        )
+    if configuration.get("LuaScripts"):
+        raise ConfigurationError(
+            "LuaScripts: must be empty on an edge: a Lua script's REST calls bypass the "
+            "filter that keeps DICOM modalities fixed"
+        )
 
 
 def _check_dicom_access(configuration: dict[str, Any]) -> None:
     """An edge's DicomModalities pass every C-FIND and C-MOVE of a known AE to the plugin,
     which is the gate (ImagingCloud.QueryRetrieveAETs) and audits what it answers and what
     it refuses; an entry Orthanc refused itself would be refused unaudited. C-GET: never."""
-    for setting in _NEVER_ALWAYS:
-        if configuration.get(setting) is True:
-            raise ConfigurationError(f"{setting}: must be false on an edge")
     for name, entry in (configuration.get("DicomModalities") or {}).items():
         if not isinstance(entry, dict):
             raise ConfigurationError(
                 f"DicomModalities.{name}: use the long form with AllowFind/AllowMove/AllowGet "
                 "(the short form allows every operation, C-GET included)"
+            )
+        aet = entry.get("AET", name)
+        if not isinstance(aet, str) or not re.fullmatch(_AE_TITLE, aet):
+            raise ConfigurationError(
+                f"DicomModalities.{name}.AET: not an AE title (1-16 printable ASCII "
+                f"characters, no space or backslash): {aet!r}"
             )
         for key in ("AllowFind", "AllowMove"):
             if entry.get(key) is not True:
@@ -51,8 +93,9 @@ def _check_dicom_access(configuration: dict[str, Any]) -> None:
             )
 
 
-AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x21-\x5b\x5d-\x7e]{1,16}$")]
-_DICOM_ALWAYS = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+AeTitle = Annotated[str, StringConstraints(pattern=rf"^{_AE_TITLE}$")]
+# Orthanc compares AE titles case-insensitively (unless StrictAetComparison), ASCII only
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 # A client certificate's subject as nginx 1.11.6 and later prints it ($ssl_client_s_dn,
@@ -111,6 +154,10 @@ def _entry_aet_host(name: str, entry: Any) -> tuple[str, str]:
     return str(entry[0]), str(entry[1])
 
 
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+_PLAIN_LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
 def _check_tls_peers(where: str, peers: tuple[TlsPeer, ...], same: Any) -> None:
     """Each TLS peer an AE title, a certificate subject and an address of its own: two
     peers sharing an address could each claim the other's AE title."""
@@ -128,6 +175,12 @@ def _check_tls_peers(where: str, peers: tuple[TlsPeer, ...], same: Any) -> None:
                 f"{at}.SourceAddress: must be an IP address (Orthanc compares the caller's "
                 f"address with DicomModalities' Host as text), not {peer.source_address!r}"
             ) from None
+        if address not in _LOOPBACK or address == _PLAIN_LOOPBACK:
+            raise ConfigurationError(
+                f"{at}.SourceAddress: must be a loopback address of 127.0.0.0/8 other than "
+                f"127.0.0.1 (the sidecar's own, for this certificate only; 127.0.0.1 is any "
+                f"local process's), not {peer.source_address}"
+            )
         for what, value in (
             ("AET", same(peer.aet)),
             ("CertificateSubject", peer.certificate_subject),
@@ -151,33 +204,16 @@ def _dicom_listeners(configuration: dict[str, Any], raw: Any) -> DicomListeners:
             f"{'.'.join(str(p) for p in e['loc']) or '(block)'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigurationError(f"{where}: {problems}") from None
-    if configuration.get("DicomCheckModalityHost") is not True:
-        raise ConfigurationError(
-            f"DicomCheckModalityHost: must be true with {where}: without it Orthanc lets a "
-            "TLS-only AE title in on the plain port"
-        )
-    for operation in _DICOM_ALWAYS:  # any of these skips Orthanc's AE and host check
-        if configuration.get(f"DicomAlwaysAllow{operation}") is True:
-            raise ConfigurationError(
-                f"DicomAlwaysAllow{operation}: must be false with {where} (Orthanc then "
-                "accepts every association, whatever its AE title and address)"
-            )
     if configuration.get("DicomTlsEnabled") is True:
         raise ConfigurationError(
             f"DicomTlsEnabled: must be false with {where}: Orthanc's port is the plain "
             "listener, the TLS sidecar the TLS one"
         )
-    if configuration.get("DicomModalitiesInDatabase") is True:
-        raise ConfigurationError(
-            f"DicomModalitiesInDatabase: must be false with {where}: modalities added "
-            "through the REST API are not checked here, and a second entry of a TLS-only AE "
-            "title with another Host would let it in on the plain port"
-        )
     # Orthanc compares AE titles case-insensitively unless StrictAetComparison is set
     strict = configuration.get("StrictAetComparison") is True
 
     def same(aet: str) -> str:
-        return aet if strict else aet.lower()
+        return aet if strict else aet.translate(_ASCII_LOWER)
 
     _check_tls_peers(where, listeners.tls_peers, same)
     address_of = {same(p.aet): p.source_address for p in listeners.tls_peers}
@@ -291,6 +327,7 @@ class PluginConfig(BaseModel):
         query_retrieve: frozenset[str] = frozenset()
         listeners = None
         if section.role == "edge":
+            _check_edge_settings(configuration)
             _check_dicom_access(configuration)
             query_retrieve = _query_retrieve_aets(
                 modalities, section.query_retrieve_aets, section.hospital_pacs

@@ -33,7 +33,11 @@ def entry(aet: str, host: str, port: int) -> dict[str, Any]:
     }
 
 
+# every DicomAlwaysAllow* of Orthanc 1.12 (Echo and Store are true when missing)
+ALWAYS_ALLOW = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+
 EDGE: dict[str, Any] = {
+    **{f"DicomAlwaysAllow{operation}": False for operation in ALWAYS_ALLOW},
     "DicomCheckModalityHost": True,
     "DicomModalities": {
         "HOSP_PACS": entry("HOSP_PACS", SIDECAR, 11113),
@@ -140,15 +144,86 @@ def test_a_modality_entry_at_odds_with_the_listeners_is_named(
         ({"DicomCheckModalityHost": None}, r"DicomCheckModalityHost: must be true"),
         ({"DicomAlwaysAllowStore": True}, r"DicomAlwaysAllowStore: must be false"),
         ({"DicomAlwaysAllowEcho": True}, r"DicomAlwaysAllowEcho: must be false"),
-        ({"DicomTlsEnabled": True}, r"DicomTlsEnabled: must be false"),
         ({"DicomModalitiesInDatabase": True}, r"DicomModalitiesInDatabase: must be false"),
+        # Orthanc takes a missing DicomAlwaysAllowEcho/Store as true, and then never runs
+        # the host check: the PACS's AE title could C-STORE on the plain port
+        *(
+            ({f"DicomAlwaysAllow{op}": None}, rf"DicomAlwaysAllow{op}: must be false .*missing")
+            for op in ALWAYS_ALLOW
+        ),
+        *(
+            ({f"DicomAlwaysAllow{op}": True}, rf"DicomAlwaysAllow{op}: must be false")
+            for op in ALWAYS_ALLOW
+        ),
+        ({"DicomAlwaysAllowStore": "false"}, r"DicomAlwaysAllowStore: must be false"),
+        # a Lua script's RestApiPut would not pass the filter keeping modalities fixed
+        ({"ExecuteLuaEnabled": True}, r"ExecuteLuaEnabled: must be false"),
+        ({"LuaScripts": ["/etc/orthanc/x.lua"]}, r"LuaScripts: must be empty"),
     ],
 )
+@pytest.mark.parametrize("with_listeners", [True, False])
 def test_settings_that_would_bypass_the_host_check_are_refused(
-    changes: dict[str, Any], message: str
+    changes: dict[str, Any], message: str, with_listeners: bool
 ) -> None:
+    """On every edge, not only one with DicomListeners (N1)."""
+    config = edge_with(**changes)
+    if not with_listeners:
+        del config["ImagingCloud"]["DicomListeners"]
     with pytest.raises(ConfigurationError, match=message):
-        PluginConfig.from_orthanc(edge_with(**changes))
+        PluginConfig.from_orthanc(config)
+
+
+def test_orthancs_own_tls_is_refused_beside_the_sidecar() -> None:
+    with pytest.raises(ConfigurationError, match=r"DicomTlsEnabled: must be false"):
+        PluginConfig.from_orthanc(edge_with(DicomTlsEnabled=True))
+
+
+def test_lua_off_and_no_scripts_load() -> None:
+    config = edge_with(ExecuteLuaEnabled=False, LuaScripts=[])
+    assert PluginConfig.from_orthanc(config).dicom_listeners is not None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.2", "127.0.0.3", "127.255.255.254"])
+def test_a_loopback_source_address_of_its_own_loads(address: str) -> None:
+    """The stack's sidecars use 127.0.0.2 (edge A) and 127.0.0.3 (edge B)."""
+    config = listeners_with({"TlsPeers": [peer("HOSP_PACS", address, PACS_SUBJECT)]})
+    config["DicomModalities"]["HOSP_PACS"]["Host"] = address
+    assert PluginConfig.from_orthanc(config).dicom_listeners is not None
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "10.0.0.8", "169.254.0.2", "::1", "::ffff:127.0.0.2"]
+)
+def test_a_source_address_any_local_process_or_another_host_has_is_refused(
+    address: str,
+) -> None:
+    config = listeners_with({"TlsPeers": [peer("HOSP_PACS", address, PACS_SUBJECT)]})
+    config["DicomModalities"]["HOSP_PACS"]["Host"] = address
+    with pytest.raises(
+        ConfigurationError,
+        match=r"TlsPeers\.HOSP_PACS\.SourceAddress: must be a loopback address of 127",
+    ):
+        PluginConfig.from_orthanc(config)
+
+
+@pytest.mark.parametrize(
+    "aet",
+    [
+        "\u212aHOSP_PACS",  # KELVIN SIGN: str.lower() makes it "k"
+        "HOSP_PACS\n",
+        "DEMO CT",
+        "DEMO\\CT",
+        "",
+        "A" * 17,
+        "ＤEMO_CT",
+        42,
+    ],
+)
+def test_every_modality_entrys_ae_title_is_ascii(aet: object) -> None:
+    config = copy.deepcopy(EDGE)
+    config["DicomModalities"]["DEMO_CT"]["AET"] = aet
+    with pytest.raises(ConfigurationError, match=r"DicomModalities\.DEMO_CT\.AET: not an AE title"):
+        PluginConfig.from_orthanc(config)
 
 
 def test_strict_ae_comparison_tells_titles_of_another_case_apart() -> None:

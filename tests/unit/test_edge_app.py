@@ -25,6 +25,11 @@ def edge_configuration(tmp_path: Path, **section: Any) -> dict[str, Any]:
     return {
         "Python": {"AllowThreads": True},
         "DicomAet": "EDGE_A",
+        **{
+            f"DicomAlwaysAllow{op}": False
+            for op in ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+        },
+        "DicomCheckModalityHost": True,
         "DicomModalities": {"HOSP_PACS": PACS},
         "OrthancPeers": {"central": {"Url": "http://127.0.0.1:9/", "Username": "u"}},
         "ImagingCloud": {

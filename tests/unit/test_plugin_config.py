@@ -5,6 +5,11 @@ from imgcloud.config import PluginConfig
 from imgcloud.errors import ConfigurationError
 
 EDGE: dict[str, Any] = {
+    **{
+        f"DicomAlwaysAllow{op}": False
+        for op in ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+    },
+    "DicomCheckModalityHost": True,
     "ImagingCloud": {
         "Role": "edge",
         "Institution": "H0001",
@@ -80,7 +85,7 @@ def test_an_edge_refuses_dicom_access_it_cannot_audit(change: dict, setting: str
 
 
 def test_an_edge_with_per_ae_permissions_loads() -> None:
-    config = EDGE | {"DicomModalities": {"pacs": PACS}, "DicomAlwaysAllowEcho": True}
+    config = EDGE | {"DicomModalities": {"pacs": PACS}}
     assert PluginConfig.from_orthanc(config).role == "edge"
 
 

@@ -266,6 +266,12 @@ class EdgeOrthanc(OrthancService):
             ],
             "PythonScript": str(self.ctx.settings.repo_root / "orthanc-plugins/edge_plugin.py"),
             "DicomModalities": self.local_modalities(),
+            # every DicomAlwaysAllow* false, whatever the static file says: Orthanc takes a
+            # missing Echo or Store as true and then skips its AE and host check
+            **{
+                f"DicomAlwaysAllow{op}": False
+                for op in ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
+            },
             # Central through the HTTPS gateway, as the hospital's gateway service account
             # (no password of central's: the edge's token is checked at the gateway).
             "OrthancPeers": {"central": {"Url": f"{self.ctx.gateway_url}/orthanc/"}},
