@@ -13,7 +13,7 @@ import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.edge_app import EdgeApp
-from imgcloud.edge_routes import MODALITY_CHANGE_REFUSED, EdgeRoutes, method_name, modality_change
+from imgcloud.edge_routes import EdgeRoutes, method_name, refusal
 from imgcloud.plugin_settings import EdgeSettings
 
 SETTINGS = glue_common.load("edge", EdgeSettings.from_orthanc)
@@ -73,11 +73,11 @@ def _http_filter(uri, **request):
     """Every HTTP request: a REST change to DICOM modalities is refused (403) and logged,
     as it would escape the load-time checks of DicomModalities."""
     method = method_name(request.get("method"))
-    if not modality_change(method, uri):
+    reason = refusal(method, uri)
+    if reason is None:
         return True
     orthanc.LogWarning(
-        f"imaging-cloud: refused {method} {uri} from {request.get('ip', '?')}: "
-        f"{MODALITY_CHANGE_REFUSED}"
+        f"imaging-cloud: refused {method} {uri!r} from {request.get('ip', '?')}: {reason}"
     )
     return False
 

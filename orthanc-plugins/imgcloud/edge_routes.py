@@ -44,6 +44,27 @@ def modality_change(method: str, uri: str) -> bool:
     return method in ("PUT", "DELETE") or (method == "POST" and len(parts) <= 2)
 
 
+SCRIPT_REFUSED = (
+    "Lua scripts may not run on this edge: their REST calls would bypass this filter "
+    "(ExecuteLuaEnabled is false, checked at load)"
+)
+
+
+def script_execution(uri: str) -> bool:
+    """True for Orthanc's /tools/execute-script however spelt (any method: Orthanc answers
+    only POST, the others need no answer)."""
+    return [part for part in unquote(uri).split("/") if part] == ["tools", "execute-script"]
+
+
+def refusal(method: str, uri: str) -> str | None:
+    """Why the edge's HTTP filter refuses a request to Orthanc's REST API, or None."""
+    if modality_change(method, uri):
+        return MODALITY_CHANGE_REFUSED
+    if script_execution(uri):
+        return SCRIPT_REFUSED
+    return None
+
+
 def _json_body(handler: Callable[[Request], Reply], model: type) -> Method:
     # the edge has always answered 422 to a body it refuses, whatever the fault
     return Method(handler, model, invalid_status=422, json_status=422)

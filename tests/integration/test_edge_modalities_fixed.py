@@ -28,9 +28,13 @@ def test_rest_changes_to_dicom_modalities_are_refused_and_logged(
         assert edge.get("/modalities?expand").json() == before
         # reading and using the entries is not changing them
         assert edge.get(f"/modalities/{pacs_name}").status_code == 200
+        # a Lua script's RestApiPut would not pass the filter: no script runs
+        script = 'RestApiDelete("/modalities/' + pacs_name + '")'
+        assert edge.post("/tools/execute-script", content=script).status_code == 403
+        assert edge.get("/modalities?expand").json() == before
     log = stack_settings.log("edge-a")
     wait_until(
-        lambda: "refused PUT /modalities/SECOND_PACS" in log.read_text(errors="replace"),
+        lambda: "refused PUT '/modalities/SECOND_PACS'" in log.read_text(errors="replace"),
         10,
         "the refusal in edge A's log",
     )

@@ -87,4 +87,9 @@ def test_the_http_filter_refuses_modality_changes_and_logs_them(loaded: dict) ->
     assert http_filter("/modalities/SECOND_PACS", method=3, ip="127.0.0.1") is False
     assert http_filter("/modalities/HOSP_PACS", method=1, ip="127.0.0.1") is True
     assert http_filter("/modalities/HOSP_PACS/store", method=2, ip="127.0.0.1") is True
-    assert any("refused PUT /modalities/SECOND_PACS" in m for m in loaded["LogWarning"])
+    assert any("refused PUT '/modalities/SECOND_PACS'" in m for m in loaded["LogWarning"])
+    # Lua's REST calls would not pass this filter
+    assert http_filter("//tools/execute-script", method=2, ip="127.0.0.1") is False
+    # the decoded URI is logged escaped: no forged log line
+    assert http_filter("/modalities/X\nimaging-cloud: ok", method=3, ip="127.0.0.1") is False
+    assert not any("\n" in m for m in loaded["LogWarning"])

@@ -1,7 +1,13 @@
 """An edge refuses REST changes to its DICOM modalities (imgcloud.edge_routes)."""
 
 import pytest
-from imgcloud.edge_routes import method_name, modality_change
+from imgcloud.edge_routes import (
+    MODALITY_CHANGE_REFUSED,
+    SCRIPT_REFUSED,
+    method_name,
+    modality_change,
+    refusal,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,3 +44,23 @@ def test_everything_else_passes(method: str, uri: str) -> None:
 def test_orthancs_method_numbers_are_named() -> None:
     assert [method_name(n) for n in (1, 2, 3, 4)] == ["GET", "POST", "PUT", "DELETE"]
     assert method_name("put") == "PUT"
+
+
+@pytest.mark.parametrize(
+    ("method", "uri"),
+    [
+        ("POST", "/tools/execute-script"),
+        ("POST", "//tools//execute-script/"),
+        ("POST", "/tools/execute%2Dscript"),
+        ("PUT", "/tools/execute-script"),
+    ],
+)
+def test_lua_scripts_are_refused_however_spelt(method: str, uri: str) -> None:
+    """A Lua script's RestApiPut would not pass the edge's HTTP filter (W3)."""
+    assert refusal(method, uri) == SCRIPT_REFUSED
+
+
+def test_a_modality_change_is_refused_for_its_own_reason() -> None:
+    assert refusal("PUT", "/modalities/EVIL") == MODALITY_CHANGE_REFUSED
+    assert refusal("POST", "/tools/find") is None
+    assert refusal("POST", "/tools/execute-script/more") is None
