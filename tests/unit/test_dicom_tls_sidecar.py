@@ -51,6 +51,9 @@ def test_in_mutual_tls_to_orthancs_plain_port_from_the_pacs_certificates_address
     assert "listen 127.0.0.1:2762 ssl;" in inbound
     assert "ssl_verify_client on;" in inbound
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in inbound
+    # forward secrecy and AEAD only; a leaf the CA issued itself (no intermediate)
+    assert "ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;" in inbound
+    assert "ssl_verify_depth 1;" in inbound
     assert f"ssl_client_certificate {tmp_path}/pki/ca.pem;" in inbound
     # the PACS's certificate, whole and case included, gets the PACS's address; any other
     # certificate of the CA gets none and an upstream with no live server
@@ -60,7 +63,7 @@ def test_in_mutual_tls_to_orthancs_plain_port_from_the_pacs_certificates_address
     assert source_map is not None
     assert [line.strip() for line in source_map.group(1).splitlines()] == [
         'default "";',
-        '"~^\\QCN=HOSP_PACS\\E$" 127.0.0.2;',
+        '"~^\\QCN=HOSP_PACS\\E\\z" 127.0.0.2;',
     ]
     assert '"" dicom_tls_refused;' in conf and "default 127.0.0.1:4242;" in conf
     assert re.search(r"upstream dicom_tls_refused \{\s*server 127\.0\.0\.1:9 down;\s*\}", conf)
@@ -68,7 +71,13 @@ def test_in_mutual_tls_to_orthancs_plain_port_from_the_pacs_certificates_address
     assert "proxy_pass $dicom_tls_upstream;" in inbound
     # out: where HOSP_PACS's DicomModalities entry points, mutual TLS to the PACS, verified
     assert "listen 127.0.0.2:11113;" in outbound and "proxy_pass 127.0.0.1:11112;" in outbound
-    for line in ("proxy_ssl on;", "proxy_ssl_verify on;", "proxy_ssl_protocols TLSv1.2 TLSv1.3;"):
+    for line in (
+        "proxy_ssl on;",
+        "proxy_ssl_verify on;",
+        "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+        "proxy_ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;",
+        "proxy_ssl_verify_depth 1;",
+    ):
         assert line in outbound
     assert f"proxy_ssl_certificate {tmp_path}/pki/edge-a.pem;" in outbound
     assert "proxy_ssl_name localhost;" in outbound
@@ -82,14 +91,14 @@ def test_timeouts_are_explicit_and_each_edge_has_its_own_address(tmp_path: Path)
         assert re.search(r"proxy_timeout \d+s;", conf)
         assert re.search(r"ssl_handshake_timeout \d+s;", conf)
         assert "${" not in conf
-    assert '"~^\\QCN=HOSP_PACS\\E$" 127.0.0.3;' in conf_b and "listen 127.0.0.3:11115;" in conf_b
+    assert '"~^\\QCN=HOSP_PACS\\E\\z" 127.0.0.3;' in conf_b and "listen 127.0.0.3:11115;" in conf_b
 
 
 def test_each_tls_peer_gets_its_own_map_line_and_address() -> None:
     pacs = DicomPeer("HOSP_PACS", "10.0.0.8", 104, True, 11113, "127.0.0.2", "CN=HOSP_PACS")
     vna = DicomPeer("HOSP_VNA", "10.0.0.9", 104, True, 11114, "127.0.0.4", "CN=vna.h-a,O=H A")
-    assert peer_subject_line(pacs).strip() == '"~^\\QCN=HOSP_PACS\\E$" 127.0.0.2;'
-    assert peer_subject_line(vna).strip() == '"~^\\QCN=vna.h-a,O=H A\\E$" 127.0.0.4;'
+    assert peer_subject_line(pacs).strip() == '"~^\\QCN=HOSP_PACS\\E\\z" 127.0.0.2;'
+    assert peer_subject_line(vna).strip() == '"~^\\QCN=vna.h-a,O=H A\\E\\z" 127.0.0.4;'
 
 
 @pytest.mark.parametrize(
@@ -128,3 +137,5 @@ def test_compose_sidecars_pass_the_pacs_certificate_only_as_the_launcher_does() 
         assert "listen 127.0.0.2:11113;" in outbound
         assert "proxy_ssl_name pacs01.hospital.local;" in outbound
         assert "proxy_ssl_verify on;" in outbound
+        assert "proxy_ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;" in outbound
+        assert "proxy_ssl_verify_depth 1;" in outbound

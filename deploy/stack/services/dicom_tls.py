@@ -32,10 +32,11 @@ _SAFE_SUBJECT = re.compile(r"[A-Za-z0-9 _.,=-]+")
 
 def peer_subject_line(peer: DicomPeer) -> str:
     """The map line that gives `peer`'s certificate, and no other, its source address: its
-    subject matched whole, case included, as text (PCRE's \\Q...\\E)."""
+    subject matched whole, case included, as text (PCRE's \\Q...\\E), up to the very end
+    (\\z: $ would also match before a final newline)."""
     if not _SAFE_SUBJECT.fullmatch(peer.certificate_subject) or not peer.source_address:
         raise ValueError(f"{peer.aet}: no usable certificate subject or source address")
-    return f'        "~^\\Q{peer.certificate_subject}\\E$" {peer.source_address};\n'
+    return f'        "~^\\Q{peer.certificate_subject}\\E\\z" {peer.source_address};\n'
 
 
 def outbound_server(peer: DicomPeer, cert: Path, key: Path, ca: Path) -> str:
@@ -46,11 +47,12 @@ def outbound_server(peer: DicomPeer, cert: Path, key: Path, ca: Path) -> str:
         proxy_pass {peer.host}:{peer.port};
         proxy_ssl on;
         proxy_ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
         proxy_ssl_certificate {cert};
         proxy_ssl_certificate_key {key};
         proxy_ssl_trusted_certificate {ca};
         proxy_ssl_verify on;
-        proxy_ssl_verify_depth 2;
+        proxy_ssl_verify_depth 1;
         proxy_ssl_name {peer.server_name};
         proxy_ssl_server_name on;
     }}
