@@ -89,6 +89,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "Orthanc lookup of UID A": Endpoint(
         "POST", "/orthanc/tools/lookup", body="uid a", marker="{a.orthanc_study}"
     ),
+    # a UID holding NUL names no study of the index: refused (422), not read as a new study
+    "Orthanc lookup of a UID with NUL": Endpoint("POST", "/orthanc/tools/lookup", body="uid nul"),
     "Orthanc upload into study A": Endpoint("POST", "/orthanc/instances", body="dicom a"),
     "Orthanc pushes to B": Endpoint("GET", "/orthanc/imaging-cloud/pushes?to=H0002"),
     "Orthanc DELETE unknown study": Endpoint("DELETE", f"/orthanc/studies/{NO_SUCH_ORTHANC_ID}"),
@@ -145,6 +147,7 @@ EXPECTED: dict[str, tuple[Expected, ...]] = {
     "Orthanc instance file A":       (200,      403,      403,      403,      200,      403,      403,      403),
     "Orthanc instance file B":       (200,      403,      403,      403,      403,      200,      403,      403),
     "Orthanc lookup of UID A":       (SHOWN,    403,      403,      403,      SHOWN,    WITHHELD, 403,      403),
+    "Orthanc lookup of a UID with NUL": (422,   403,      403,      403,      422,      422,      403,      403),
     "Orthanc upload into study A":   (200,      403,      403,      403,      200,      403,      403,      403),
     "Orthanc pushes to B":           (200,      403,      403,      403,      403,      200,      403,      403),
     "Orthanc DELETE unknown study":  (404,      403,      403,      403,      403,      403,      403,      403),
@@ -258,6 +261,8 @@ def request_for(endpoint: Endpoint, world: dict[str, Held], allowed: bool) -> di
         kwargs = {"content": dicom_bytes(a.study), "headers": {"Content-Type": "application/dicom"}}
     elif kind == "uid a":
         kwargs["content"] = a.uid
+    elif kind == "uid nul":
+        kwargs["content"] = a.uid + "\x00"
     elif kind == "patient a":
         kwargs["json"] = patient_record(a.study)
     elif kind == "arrival a":
