@@ -66,14 +66,25 @@ def _asks_access(node: ast.AST) -> bool:
     return func.attr.startswith("may_") or func.attr in ("held_by", "require")
 
 
+# calls that build a row or a statement from keyword values: the result is the row, not the
+# value (`Grant(owner_institution=...)`, `grant_model.upsert(granted_by=who.subject)`)
+ROW_BUILDERS = frozenset({"upsert", "insert", "values", "update"})
+
+
+def _builds_a_row(node: ast.Call) -> bool:
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name[:1].isupper() or name in ROW_BUILDERS
+
+
 def _walk(node: ast.AST, keywords: bool = True) -> list[ast.AST]:
     """ast.walk, but not into the arguments of access.py's decisions (nor, with
-    keywords=False, into a call's keyword arguments: `Grant(owner_institution=...)` builds
-    a row with the value, it is not the value)."""
+    keywords=False, into the keyword arguments of a call that builds a row)."""
     found = [node]
+    skip = not keywords and isinstance(node, ast.Call) and _builds_a_row(node)
     if not _asks_access(node):
         for child in ast.iter_child_nodes(node):
-            if not keywords and isinstance(child, ast.keyword):
+            if skip and isinstance(child, ast.keyword):
                 continue
             found += _walk(child, keywords)
     return found
@@ -266,6 +277,8 @@ OLD_CODE = [
     "for me in [who.institution]:\n    if me == code: pass",
     "if (me := who.institution) == code: pass",
     "allowed = body.to_institution == code",
+    "mine = dict(code=who.institution)\nif mine['code'] == code: pass",
+    "mine = str(who.institution)\nif code != mine: raise Forbidden('x')",
 ]
 
 
@@ -287,6 +300,7 @@ def test_a_route_deciding_itself_is_found(line: str) -> None:
         "if access.sees_whole_archive(who): pass",
         "everything = access.sees_whole_archive(who)\nif not everything: pass",
         "decision = access.require(access.may_x(who, row.institution_code))\nif decision: pass",
+        "row = Grant(owner_institution=who.institution)\nif row is None: pass",
     ],
 )
 def test_passing_facts_on_is_not_deciding(line: str) -> None:
