@@ -28,7 +28,13 @@ from .services.dicom_tls import DicomTlsA, DicomTlsB
 from .services.gateway import Gateway
 from .services.indexer import Indexer
 from .services.keycloak import Keycloak
-from .services.orthanc import CentralOrthanc, EdgeA, EdgeB, EdgeOrthanc
+from .services.orthanc import (
+    HOSPITAL_PACS_TLS_NAME,
+    CentralOrthanc,
+    EdgeA,
+    EdgeB,
+    EdgeOrthanc,
+)
 from .services.postgres import Postgres
 from .services.seaweedfs import SeaweedFS
 from .settings import StackSettings
@@ -210,7 +216,12 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
     modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
     env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}
     # the hospital PACS stand-ins' certificate (server and client), for the demo and tests
-    pacs_cert, pacs_key = issue_leaf(ctx.pki["ca_cert"].parent, "hospital-pacs", "HOSP_PACS")
+    pacs_cert, pacs_key = issue_leaf(
+        ctx.pki["ca_cert"].parent,
+        "hospital-pacs",
+        "HOSP_PACS",
+        dns_names=("localhost", HOSPITAL_PACS_TLS_NAME),  # the sidecars check the latter
+    )
     env |= {"PACS_TLS_CERT": str(pacs_cert), "PACS_TLS_KEY": str(pacs_key)}
     edges: dict[str, EdgeOrthanc] = {"A": EdgeA(ctx), "B": EdgeB(ctx)}
     for letter, institution in (("A", INSTITUTION_A), ("B", INSTITUTION_B)):

@@ -101,16 +101,35 @@ def _has_key_ids(cert_path: Path) -> bool:
     return True
 
 
-def issue_leaf(
-    pki_dir: Path, name: str, common_name: str, extra_ips: tuple[str, ...] = ()
-) -> tuple[Path, Path]:
-    """A certificate (server and client use, SAN 127.0.0.1/localhost + extra_ips) signed
-    by the CA.
+def _dns_names(cert_path: Path) -> set[str]:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(san.get_values_for_type(x509.DNSName))
 
-    Created once; returns (certificate, key) paths.
+
+def issue_leaf(
+    pki_dir: Path,
+    name: str,
+    common_name: str,
+    extra_ips: tuple[str, ...] = (),
+    dns_names: tuple[str, ...] = ("localhost",),
+) -> tuple[Path, Path]:
+    """A certificate (server and client use, SAN 127.0.0.1 + extra_ips and dns_names)
+    signed by the CA. A name only one leaf carries is that leaf's alone to a client that
+    checks it (every leaf carries localhost).
+
+    Created once (again if its names changed); returns (certificate, key) paths.
     """
     cert_path, key_path = pki_dir / f"{name}.pem", pki_dir / f"{name}.key"
-    if cert_path.exists() and key_path.exists() and _has_key_ids(cert_path):
+    if (
+        cert_path.exists()
+        and key_path.exists()
+        and _has_key_ids(cert_path)
+        and _dns_names(cert_path) == set(dns_names)
+    ):
         return cert_path, key_path
     ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
@@ -128,7 +147,7 @@ def issue_leaf(
         .add_extension(
             x509.SubjectAlternativeName(
                 [
-                    x509.DNSName("localhost"),
+                    *(x509.DNSName(dns) for dns in dns_names),
                     *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *extra_ips)),
                 ]
             ),

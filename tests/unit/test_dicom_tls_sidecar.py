@@ -9,10 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from cryptography import x509
 
-from deploy.stack.pki import ensure_pki
-from deploy.stack.services.dicom_tls import DicomTlsA, DicomTlsB, peer_subject_line
-from deploy.stack.services.orthanc import DicomPeer
+from deploy.stack.pki import ensure_pki, issue_leaf
+from deploy.stack.services.dicom_tls import (
+    DicomTlsA,
+    DicomTlsB,
+    outbound_server,
+    peer_subject_line,
+)
+from deploy.stack.services.orthanc import HOSPITAL_PACS_TLS_NAME, DicomPeer
 from deploy.stack.settings import REPO_ROOT
 
 PORTS = {
@@ -80,7 +86,45 @@ def test_in_mutual_tls_to_orthancs_plain_port_from_the_pacs_certificates_address
     ):
         assert line in outbound
     assert f"proxy_ssl_certificate {tmp_path}/pki/edge-a.pem;" in outbound
-    assert "proxy_ssl_name localhost;" in outbound
+    # a name the PACS stand-ins' leaf alone carries: every leaf of the CA has localhost
+    assert f"proxy_ssl_name {HOSPITAL_PACS_TLS_NAME};" in outbound
+
+
+def test_outbound_checks_a_name_only_the_pacs_certificate_carries(tmp_path: Path) -> None:
+    """W1: with localhost, the sidecar took any leaf of the local CA for the PACS."""
+    conf = written(DicomTlsA, tmp_path)
+    (name,) = re.findall(r"proxy_ssl_name (\S+);", conf)
+    pki = tmp_path / "pki"
+    pacs, _ = issue_leaf(pki, "hospital-pacs", "HOSP_PACS", dns_names=("localhost", name))
+    others = [pki / "server.pem", pki / "edge-a.pem"]
+    others += [issue_leaf(pki, n, n.upper())[0] for n in ("demo-modality", "seaweedfs")]
+    assert name in dns_names(pacs)
+    for other in others:
+        assert name not in dns_names(other), other
+
+
+def dns_names(cert: Path) -> set[str]:
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    san = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(san.get_values_for_type(x509.DNSName))
+
+
+def test_a_leaf_is_issued_again_when_its_names_change(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    ensure_pki(pki)
+    first, _ = issue_leaf(pki, "hospital-pacs", "HOSP_PACS")
+    assert dns_names(first) == {"localhost"}
+    again, _ = issue_leaf(pki, "hospital-pacs", "HOSP_PACS", dns_names=("localhost", "p.test"))
+    assert dns_names(again) == {"localhost", "p.test"}
+
+
+@pytest.mark.parametrize("server_name", ["", "localhost"])
+def test_a_tls_only_peer_without_a_name_of_its_own_is_refused(server_name: str) -> None:
+    peer = DicomPeer(
+        "HOSP_PACS", "10.0.0.8", 104, True, 11113, "127.0.0.2", "CN=HOSP_PACS", server_name
+    )
+    with pytest.raises(ValueError, match="HOSP_PACS: no server name of its own"):
+        outbound_server(peer, Path("c.pem"), Path("k.pem"), Path("ca.pem"))
 
 
 def test_timeouts_are_explicit_and_each_edge_has_its_own_address(tmp_path: Path) -> None:

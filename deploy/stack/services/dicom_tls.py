@@ -41,6 +41,9 @@ def peer_subject_line(peer: DicomPeer) -> str:
 
 def outbound_server(peer: DicomPeer, cert: Path, key: Path, ca: Path) -> str:
     """The nginx stream server that carries the edge's associations to `peer` over TLS."""
+    if not peer.server_name or peer.server_name == "localhost":
+        # every leaf of the local CA carries localhost: any of them would pass as the peer
+        raise ValueError(f"{peer.aet}: no server name of its own to check its certificate for")
     return f"""    # to {peer.aet}
     server {{
         listen {peer.source_address}:{peer.outbound_port};

@@ -28,6 +28,9 @@ DEMO_MODALITY_AET = "DEMO_CT"
 # the subject of the PACS stand-ins' certificate (the launcher's "hospital-pacs" leaf), as
 # nginx prints it: the one certificate the sidecars let claim HOSP_PACS
 HOSPITAL_PACS_SUBJECT = f"CN={HOSPITAL_PACS_AET}"
+# the DNS name the PACS stand-ins' certificate alone carries, which the edge's sidecar checks
+# when it connects to a PACS (not localhost: every leaf of the local CA has that)
+HOSPITAL_PACS_TLS_NAME = "hospital-pacs.imaging-cloud.test"
 EDGE_STABLE_AGE_S = 3  # the static config's 60 s suits hospitals; the local stack is faster.
 
 
@@ -60,7 +63,9 @@ class DicomPeer:
     outbound_port: int = 0  # a TLS-only peer's port on the sidecar's address
     source_address: str = ""  # a TLS-only peer's: the sidecar's address for its certificate
     certificate_subject: str = ""  # a TLS-only peer's client certificate (RFC 2253)
-    server_name: str = "localhost"  # the name its certificate must carry
+    # the name its certificate must carry, one no other leaf of the CA has (each has
+    # localhost): required for a TLS-only peer (dicom_tls.outbound_server)
+    server_name: str = ""
 
 
 def dicom_modality(aet: str, port: int, host: str = "127.0.0.1") -> dict[str, Any]:
@@ -337,6 +342,7 @@ class EdgeOrthanc(OrthancService):
                 outbound_port=self.ctx.ports[f"edge_{low}_pacs_tls"],
                 source_address=self.tls_source_address,
                 certificate_subject=HOSPITAL_PACS_SUBJECT,
+                server_name=HOSPITAL_PACS_TLS_NAME,
             ),
         ]
 
