@@ -206,8 +206,10 @@ async def gateway_may(request: Request, who: Principal, method: str, uri: str) -
     if access.sees_whole_archive(who):
         return access.may_use_central(who, listed=True)
     found = gateway_call(method, uri)
-    if found is None:
-        return access.may_use_central(who, listed=False)  # refused: no call of the edge's
+    gate = access.may_use_central(who, listed=found is not None)
+    if not gate:  # not a hospital's gateway, or no call of the edge's: nothing is looked up
+        return gate
+    assert found is not None
     call, match = found
     return await call.check(request, who, match, uri)
 
