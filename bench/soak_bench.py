@@ -22,6 +22,7 @@ arenas), in KB per operation. CPU is per service (its process tree) and for this
 The load client runs on CPU 1, every process of the stack on CPU 0 (`--no-pin` leaves
 both to the scheduler). Every HTTP call has a timeout and every step of a phase a deadline:
 a stall ends the run with its thread stacks printed, it never hangs.
+Figures of 2026-12-04: bench/results/soak-2026-12-04.txt.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import io
+import math
 import os
 import signal
 import threading
@@ -90,7 +92,8 @@ def slope_kb_per_op(curve: list[tuple[int, float]]) -> float:
     mean_y = sum(y for _, y in points) / n
     sxx = sum((x - mean_x) ** 2 for x, _ in points)
     sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    return (sxy / sxx) * 1024 if sxx else 0.0
+    # fewer than 3 operation counts after warm-up fit no line: NaN, never "flat"
+    return (sxy / sxx) * 1024 if len({x for x, _ in points}) >= 3 else math.nan
 
 
 @dataclass
@@ -136,6 +139,7 @@ def print_phase(r: PhaseResult) -> None:
     for name, curve in r.curves.items():
         slope = slope_kb_per_op(curve)
         verdict = "flat" if abs(slope) < FLAT_KB_PER_OP else "GROWS"
+        verdict = "too few samples (--every)" if math.isnan(slope) else verdict
         print(f"{name:8s} RSS MB by operations: " + "  ".join(f"{x}:{y:.1f}" for x, y in curve))
         print(
             f"{name:8s} start {curve[0][1]:.1f} MB, end {curve[-1][1]:.1f} MB, slope "
@@ -295,7 +299,7 @@ def edge_soak(platform: str, stack: StackClient, services: dict[str, int], total
 
     watch = Watch(platform, services)
     watch.sample(0)
-    sent, seed, expected = 0, 72_000, {}
+    sent, seed, expected = 0, 72_000, dict[str, int]()
     while sent < total:
         uid, files = encoded(seed)
         seed += 1
