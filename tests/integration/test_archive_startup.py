@@ -20,7 +20,9 @@ def start_orthanc_with_ring(tmp_path: Path, ring_text: str | None) -> tuple[int,
     creds = tmp_path / "s3.json"
     creds.write_text(json.dumps({"AccessKey": "a", "SecretKey": "b"}))
     static = json.loads((REPO_ROOT / "central-orthanc/orthanc.json").read_text())
-    static.pop("PostgreSQL")
+    # central parses its PostgreSQL section first (no connection yet: the plugin is not
+    # loaded, and nothing listens on port 9); the key ring is read before any connection
+    static["PostgreSQL"].update({"EnableIndex": True, "Host": "127.0.0.1", "Port": 9})
     static["HttpPort"] = pick_free(1, [])[0]
     static["StorageDirectory"] = static["IndexDirectory"] = str(tmp_path / "storage")
     static["Plugins"] = [str(PLUGIN_DIR / "libOrthancPython.so")]
