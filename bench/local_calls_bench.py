@@ -135,8 +135,15 @@ def one_run(
     (home / "orthanc.json").write_text(json.dumps(config))
     uid = write_study(seed, instances, home / "study")
     site = platform_for(settings).python_site
+    # edge A's key ring, gateway secret and CA copy, which the merged configuration names,
+    # read-only: each Orthanc's namespace shows only the folders it is given
+    state = home.parent
     argv, env = orthanc_command(
-        settings, home / "orthanc.json", [home], {"PYTHONPATH": f"{tree}:{site}"}
+        settings,
+        home / "orthanc.json",
+        [home],
+        {"PYTHONPATH": f"{tree}:{site}"},
+        private=[state / "keys" / "edge-a", state / "edge-a"],
     )
     log = (home / "orthanc.log").open("w")
     edge = subprocess.Popen(
