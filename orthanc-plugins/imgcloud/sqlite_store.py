@@ -56,7 +56,9 @@ class SqliteStore:
     """Subclasses set `migrations` (and `synchronous`), then use `one/all/run/transaction`."""
 
     migrations: Sequence[Migration] = ()
-    synchronous = "NORMAL"  # FULL where a crash must not lose what a call confirmed
+    # FULL (SQLite's default): a commit is on disk before the call returns, so a power cut
+    # cannot lose what a call confirmed; a store may opt down where that does not matter
+    synchronous = "FULL"
 
     def __init__(self, path: Path) -> None:
         if self.synchronous not in SYNCHRONOUS:
@@ -98,10 +100,14 @@ class SqliteStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # a failed COMMIT (disk full, a deferred constraint) leaves the transaction
+                # open: later autocommit writes would join it and be lost; an error SQLite
+                # already rolled back leaves none, and ROLLBACK would hide the error
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement that changes rows; returns how many it changed."""
