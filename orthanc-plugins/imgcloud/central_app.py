@@ -34,7 +34,16 @@ class CentralApp:
         self.storage = storage
         self.orthanc = orthanc
         self.hashes = HashRegistry(settings.conninfo)
-        self.pushes = PushRegistry(settings.conninfo)
+        try:
+            self.pushes = PushRegistry(settings.conninfo)
+        except BaseException:
+            self.hashes.close()
+            raise
+
+    def close(self) -> None:
+        """Close both registries' connection pools (when central's plugin stops)."""
+        self.pushes.close()
+        self.hashes.close()
 
     def stored(self, instance_id: str, data: bytes) -> None:
         """Record the SHA-256 of exactly what arrived (before encryption), for verification."""

@@ -8,10 +8,10 @@ central Orthanc process (same database), so it scales with them.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from .errors import ConfigurationError, PluginError
 
@@ -41,54 +41,77 @@ def central_conninfo(configuration: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# A few connections per central Orthanc process, shared by its threads; a call waits at most
+# POOL_TIMEOUT_S for one (then the plugin's error), and each is checked before it is lent.
+POOL_MAX_SIZE = 4
+POOL_TIMEOUT_S = 10.0
+
+
+def open_pool(conninfo: dict[str, Any], name: str, **kwargs: Any) -> ConnectionPool:
+    """A bounded, open pool of autocommit connections; PluginError if none within the timeout."""
+    pool: ConnectionPool = ConnectionPool(
+        kwargs={**conninfo, "autocommit": True, **kwargs},
+        min_size=1,
+        max_size=POOL_MAX_SIZE,
+        timeout=POOL_TIMEOUT_S,
+        check=ConnectionPool.check_connection,
+        name=name,
+        num_workers=1,
+        open=True,
+    )
+    try:
+        pool.wait(timeout=POOL_TIMEOUT_S)
+    except psycopg.Error as exc:
+        pool.close()
+        raise PluginError(f"{name}: no database connection within {POOL_TIMEOUT_S:g} s") from exc
+    return pool
+
+
 class HashRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
-        self._conninfo = conninfo
-        self._local = threading.local()
-        with self._connect() as conn:
-            conn.execute(SCHEMA)
+        self._pool = open_pool(conninfo, "instance-hashes")
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(SCHEMA)
+        except BaseException:
+            self._pool.close()
+            raise
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> HashRegistry:
         return cls(central_conninfo(configuration))
 
-    def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(**self._conninfo, autocommit=True)
-
-    def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = self._connect()
-        return conn
+    def close(self) -> None:
+        self._pool.close()
 
     def record(self, orthanc_id: str, sha256: str) -> None:
         try:
-            self._conn().execute(
-                """INSERT INTO imgcloud_instance_sha256 (orthanc_id, sha256) VALUES (%s, %s)
-                   ON CONFLICT (orthanc_id) DO UPDATE
-                   SET sha256 = excluded.sha256, stored_at = now()""",
-                (orthanc_id, sha256),
-            )
+            with self._pool.connection() as conn:
+                conn.execute(
+                    """INSERT INTO imgcloud_instance_sha256 (orthanc_id, sha256) VALUES (%s, %s)
+                       ON CONFLICT (orthanc_id) DO UPDATE
+                       SET sha256 = excluded.sha256, stored_at = now()""",
+                    (orthanc_id, sha256),
+                )
         except psycopg.Error as exc:
-            self._local.conn = None
             raise PluginError(f"cannot record the hash of instance {orthanc_id}") from exc
 
     def lookup(self, orthanc_id: str) -> str | None:
         try:
-            row = (
-                self._conn()
-                .execute(
+            with self._pool.connection() as conn:
+                row = conn.execute(
                     "SELECT sha256 FROM imgcloud_instance_sha256 WHERE orthanc_id = %s",
                     (orthanc_id,),
-                )
-                .fetchone()
-            )
+                ).fetchone()
         except psycopg.Error as exc:
-            self._local.conn = None
             raise PluginError(f"cannot read the hash of instance {orthanc_id}") from exc
         return row[0] if row else None
 
     def forget(self, orthanc_id: str) -> None:
-        self._conn().execute(
-            "DELETE FROM imgcloud_instance_sha256 WHERE orthanc_id = %s", (orthanc_id,)
-        )
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    "DELETE FROM imgcloud_instance_sha256 WHERE orthanc_id = %s", (orthanc_id,)
+                )
+        except psycopg.Error as exc:
+            raise PluginError(f"cannot forget the hash of instance {orthanc_id}") from exc

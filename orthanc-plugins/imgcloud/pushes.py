@@ -11,7 +11,6 @@ study and C-STOREs it to B's PACS, then reports the outcome. Both hospitals read
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import PluginError
+from .instance_hashes import open_pool
 from .routes import describe
 
 M = TypeVar("M", bound=BaseModel)
@@ -185,28 +185,26 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 class PushRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
-        self._conninfo = conninfo
-        self._local = threading.local()
-        with psycopg.connect(**conninfo, autocommit=True) as conn:
-            conn.execute(SCHEMA)
+        self._pool = open_pool(conninfo, "push-registry", row_factory=dict_row)
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(SCHEMA)
+        except BaseException:
+            self._pool.close()
+            raise
 
-    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = psycopg.connect(
-                **self._conninfo, autocommit=True, row_factory=dict_row
-            )
-        return conn
+    def close(self) -> None:
+        self._pool.close()
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
-            return self._conn().execute(sql, params).fetchall()
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchall()
         except psycopg.errors.UniqueViolation:  # the one-open-push index (ids are random)
             raise PushRejected(
                 "another push of this study to this institution is open", 409
             ) from None
         except psycopg.Error as exc:
-            self._local.conn = None
             raise PluginError(f"push registry unavailable: {type(exc).__name__}") from exc
 
     def create(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -59,7 +59,6 @@ def test_fifty_creators_on_two_registries_make_one_push_and_one_grant(
 
     def create(n: int) -> tuple[str, bool]:
         registry, engine = registries[n % 2], engines[n % 2]
-        registry._conn()  # connected before the barrier: the creators meet at the INSERT
         start.wait(timeout=60)
         push, created = registry.create(request)
         with Session(engine) as session, session.begin():  # what the edge records with it

@@ -1,11 +1,14 @@
 """Central's registry of instance hashes (imgcloud.instance_hashes): connection settings from
 Orthanc's PostgreSQL section, hashes recorded, replaced, read and forgotten, and a database
 failure reported as the plugin's own error with a fresh connection next time. A stand-in
-connection answers the SQL; the real table is exercised by the integration tests (verify)."""
+pool lends stand-in connections that answer the SQL; the real pool is tried against a port
+where no database listens; the real table is exercised by the integration tests (verify)."""
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -56,6 +59,7 @@ class Database:
         self.connections: list[Connection] = []
         self.failing = False
         self.schema_made = 0
+        self.pools: list[Pool] = []
 
     def connect(self, **conninfo: Any) -> Connection:
         assert conninfo.get("autocommit") is True  # one statement, no open transaction
@@ -78,6 +82,7 @@ class Connection:
 
     def execute(self, sql: str, params: tuple[str, ...] = ()) -> Connection:
         if self.db.failing:
+            self.closed = True  # as psycopg does when the server goes away
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         statement = " ".join(sql.split())
         if statement.startswith("CREATE TABLE IF NOT EXISTS imgcloud_instance_sha256"):
@@ -98,10 +103,44 @@ class Connection:
         return self._row
 
 
+class Pool:
+    """Stands in for psycopg_pool.ConnectionPool: lends an idle connection or makes one, and
+    keeps only those still open when given back."""
+
+    db: Database
+
+    @staticmethod
+    def check_connection(conn: object) -> None:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.idle: list[Connection] = []
+        self.closed = False
+        self.db.pools.append(self)
+
+    def wait(self, timeout: float) -> None:
+        assert 0 < timeout <= 30
+
+    def close(self) -> None:
+        self.closed = True
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        assert not self.closed
+        conn = self.idle.pop() if self.idle else self.db.connect(**self.options["kwargs"])
+        try:
+            yield conn
+        finally:
+            if not conn.closed:
+                self.idle.append(conn)
+
+
 @pytest.fixture
 def db(monkeypatch: pytest.MonkeyPatch) -> Database:
     database = Database()
-    monkeypatch.setattr(instance_hashes.psycopg, "connect", database.connect)
+    monkeypatch.setattr(Pool, "db", database, raising=False)
+    monkeypatch.setattr(instance_hashes, "ConnectionPool", Pool)
     return database
 
 
@@ -139,18 +178,38 @@ def test_a_database_failure_is_the_plugins_error_and_the_next_call_reconnects(
     assert len(db.connections) > before  # a fresh connection, not the broken one
 
 
-def test_each_orthanc_thread_has_its_own_connection(db: Database) -> None:
+def test_forgetting_on_a_failing_database_is_the_plugins_error(db: Database) -> None:
     registry = HashRegistry.from_orthanc(ORTHANC)
-    registry.record("oid-main", SHA_A)
-    used: list[Connection] = []
+    db.failing = True
+    with pytest.raises(PluginError, match="oid-1") as forgetting:
+        registry.forget("oid-1")
+    assert isinstance(forgetting.value.__cause__, psycopg.Error)
 
-    def in_another_thread() -> None:
-        registry.record("oid-thread", SHA_B)
-        used.append(db.connections[-1])
 
-    thread = threading.Thread(target=in_another_thread)
-    thread.start()
-    thread.join(timeout=10)
-    assert registry.lookup("oid-thread") == SHA_B
-    at_start, main, other = db.connections[0], db.connections[1], used[0]
-    assert at_start.closed and main is not other and not main.closed
+def test_orthancs_threads_share_a_bounded_pool_closed_with_the_registry(db: Database) -> None:
+    registry = HashRegistry.from_orthanc(ORTHANC)
+    registry.record("oid-1", SHA_A)
+    registry.lookup("oid-1")
+    assert len(db.connections) == 1  # lent again, not one more per call
+    (pool,) = db.pools
+    assert pool.options["kwargs"]["autocommit"] is True
+    assert pool.options["min_size"] == 1
+    assert pool.options["max_size"] == instance_hashes.POOL_MAX_SIZE <= 8
+    assert pool.options["timeout"] == instance_hashes.POOL_TIMEOUT_S <= 30
+    assert pool.options["check"] is Pool.check_connection and pool.options["open"] is True
+    registry.close()
+    assert pool.closed
+
+
+def test_no_database_within_the_timeout_is_the_plugins_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real pool, against a local port where nothing listens."""
+    monkeypatch.setattr(instance_hashes, "POOL_TIMEOUT_S", 0.5)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conninfo = {"host": "127.0.0.1", "port": port, "dbname": "central", "user": "central"}
+    with pytest.raises(PluginError, match=r"no database connection within 0\.5 s") as caught:
+        HashRegistry(conninfo | {"password": "secret", "connect_timeout": 1})
+    assert "secret" not in str(caught.value) and "central" not in str(caught.value)

@@ -1,17 +1,21 @@
 """Cross-hospital pushes (imgcloud.pushes): what a push request must hold, which state may
 follow which, and how a state report from an edge is checked before central records it.
 The registry's SQL runs against PostgreSQL in tests/integration/test_two_copies_pushes.py;
-here a stand-in connection answers it, to reach every refusal without a stack."""
+here a stand-in connection, lent by a stand-in pool, answers it, to reach every refusal
+without a stack."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import pytest
-from imgcloud import pushes
+from imgcloud import instance_hashes
 from imgcloud.pushes import PushRegistry, PushRejected, check_transition, validate_request
+from psycopg.rows import dict_row
 
 GOOD = {
     "study_instance_uid": "1.2.840.113619.2.55.3",
@@ -185,8 +189,44 @@ def registry_with(
             "delivered_at": None,
         }
     conn = FakeConnection(row, update_hits)
-    monkeypatch.setattr(pushes.psycopg, "connect", lambda *a, **k: conn)
+    FakePool.conn = conn
+    monkeypatch.setattr(instance_hashes, "ConnectionPool", FakePool)
     return PushRegistry({"host": "nowhere"}), conn, push_id
+
+
+class FakePool:
+    """Stands in for psycopg_pool.ConnectionPool: lends the one FakeConnection."""
+
+    conn: FakeConnection
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    @staticmethod
+    def check_connection(conn: object) -> None:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        FakePool.made.append(options)
+
+    def wait(self, timeout: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[FakeConnection]:
+        yield self.conn
+
+
+def test_the_registry_uses_a_bounded_pool_of_autocommit_dict_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry_with(monkeypatch, "pending")
+    options = FakePool.made[-1]
+    assert options["kwargs"] == {"host": "nowhere", "autocommit": True, "row_factory": dict_row}
+    assert options["max_size"] == instance_hashes.POOL_MAX_SIZE <= 8
+    assert options["timeout"] == instance_hashes.POOL_TIMEOUT_S and options["open"] is True
+    assert options["check"] is FakePool.check_connection
 
 
 def change_refused(registry: PushRegistry, push_id: str, body: Any) -> PushRejected:
