@@ -47,8 +47,9 @@ POOL_MAX_SIZE = 4
 POOL_TIMEOUT_S = 10.0
 
 
-def open_pool(conninfo: dict[str, Any], name: str, **kwargs: Any) -> ConnectionPool:
-    """A bounded, open pool of autocommit connections; PluginError if none within the timeout."""
+def open_pool(conninfo: dict[str, Any], name: str, schema: str, **kwargs: Any) -> ConnectionPool:
+    """A bounded, open pool of autocommit connections, `schema` run once on one of them;
+    PluginError if none within the timeout (the pool is closed on any failure)."""
     pool: ConnectionPool = ConnectionPool(
         kwargs={**conninfo, "autocommit": True, **kwargs},
         min_size=1,
@@ -64,18 +65,18 @@ def open_pool(conninfo: dict[str, Any], name: str, **kwargs: Any) -> ConnectionP
     except psycopg.Error as exc:
         pool.close()
         raise PluginError(f"{name}: no database connection within {POOL_TIMEOUT_S:g} s") from exc
+    try:
+        with pool.connection() as conn:
+            conn.execute(schema)
+    except BaseException:
+        pool.close()
+        raise
     return pool
 
 
 class HashRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
-        self._pool = open_pool(conninfo, "instance-hashes")
-        try:
-            with self._pool.connection() as conn:
-                conn.execute(SCHEMA)
-        except BaseException:
-            self._pool.close()
-            raise
+        self._pool = open_pool(conninfo, "instance-hashes", SCHEMA)
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> HashRegistry:

@@ -185,13 +185,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 class PushRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
-        self._pool = open_pool(conninfo, "push-registry", row_factory=dict_row)
-        try:
-            with self._pool.connection() as conn:
-                conn.execute(SCHEMA)
-        except BaseException:
-            self._pool.close()
-            raise
+        self._pool = open_pool(conninfo, "push-registry", SCHEMA, row_factory=dict_row)
 
     def close(self) -> None:
         self._pool.close()
