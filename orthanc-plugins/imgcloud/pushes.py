@@ -193,7 +193,8 @@ class PushRegistry:
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
             with self._pool.connection() as conn:
-                return conn.execute(sql, params).fetchall()
+                rows: list[dict[str, Any]] = conn.execute(sql, params).fetchall()  # type: ignore[assignment]  # dict_row
+                return rows
         except psycopg.errors.UniqueViolation:  # the one-open-push index (ids are random)
             raise PushRejected(
                 "another push of this study to this institution is open", 409
