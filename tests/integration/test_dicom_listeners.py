@@ -23,8 +23,8 @@ from deploy.samples.studies import SampleStudy, make_study
 from deploy.stack.client import StackClient, find_study, wait_for_instances
 from deploy.stack.pki import issue_leaf
 
+from ..support.eventually import eventually
 from .fresh import fresh_seed
-from .test_edge_resilience import wait_until
 from .test_edge_retrieval import pacs_for
 
 PACS = "HOSP_PACS"
@@ -214,7 +214,9 @@ def test_a_c_move_to_the_pacs_goes_out_over_tls_through_the_sidecar(
         text = log.read_text() if log.exists() else ""
         return any(outbound in line and upstream in line for line in text.splitlines())
 
-    wait_until(logged, 30, "the sidecar's log line of the edge's association to the PACS")
+    eventually(
+        logged, what="the sidecar's log line of the edge's association to the PACS", timeout=30
+    )
 
 
 def stack_edge_tls(stack: StackClient) -> tuple[str, int, str]:
@@ -268,4 +270,6 @@ def test_another_certificate_of_the_ca_cannot_claim_the_pacs_ae_title(
             " 502 " in ln and " dicom_tls_refused " in ln for ln in lines
         )
 
-    wait_until(refused_twice, 15, f"the sidecar's log of {common_name}'s refused connections")
+    eventually(
+        refused_twice, what=f"the sidecar's log of {common_name}'s refused connections", timeout=15
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from deploy.stack.client import StackClient
 from deploy.stack.settings import StackSettings
 
-from .test_edge_resilience import wait_until
+from ..support.eventually import eventually
 
 
 def test_rest_changes_to_dicom_modalities_are_refused_and_logged(
@@ -33,9 +33,9 @@ def test_rest_changes_to_dicom_modalities_are_refused_and_logged(
         assert edge.post("/tools/execute-script", content=script).status_code == 403
         assert edge.get("/modalities?expand").json() == before
     log = stack_settings.log("edge-a")
-    wait_until(
+    eventually(
         lambda: "refused PUT '/modalities/SECOND_PACS'" in log.read_text(errors="replace"),
-        10,
-        "the refusal in edge A's log",
+        what="the refusal in edge A's log",
+        timeout=10,
     )
     assert "DicomModalities" in log.read_text(errors="replace")

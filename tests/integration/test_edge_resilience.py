@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import pydicom
@@ -18,21 +16,12 @@ from deploy.stack.settings import StackSettings
 from ..support.eventually import eventually
 from .fresh import fresh_seed
 
-T = TypeVar("T")
-
 CENTRAL_OUTAGE_S = 120
 
 
 def send_to_edge_a(stack: StackClient, study: SampleStudy) -> None:
     result = stack.send_to_edge("A", study.instances())
     assert result.ok and result.sent == study.exam.instance_count, result.failed
-
-
-def wait_until(
-    condition: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.2
-) -> T:
-    """eventually() under its older name and argument order, which other test files use."""
-    return eventually(condition, what=what, timeout=timeout_s, interval=every_s)
 
 
 def forwarding_state(stack: StackClient, study_uid: str) -> dict | None:

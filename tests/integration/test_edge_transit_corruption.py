@@ -27,7 +27,8 @@ from deploy.stack.client import StackClient, find_study
 from deploy.stack.launcher import load_context, service, start_service, stop_service
 from deploy.stack.settings import StackSettings
 
-from .test_edge_resilience import forwarding_state, wait_until
+from ..support.eventually import eventually
+from .test_edge_resilience import forwarding_state
 
 CORRUPTED = 2
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
@@ -148,10 +149,10 @@ def test_corrupted_upload_is_detected_and_resent(
     uid = study.exam.study_instance_uid
     result = stack.send_to_edge("A", study.instances())
     assert result.ok and result.sent == 10
-    wait_until(
+    eventually(
         lambda: (forwarding_state(stack, uid) or {}).get("state") == "delivered",
-        180,
-        "delivery despite the bad link",
+        what="delivery despite the bad link",
+        timeout=180,
     )
     assert bad_link.corrupted == CORRUPTED  # the uploads did go through the bad link
     with stack.orthanc("EDGE_A") as edge:
