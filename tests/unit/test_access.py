@@ -3,13 +3,15 @@ facts of studies, with the answer expected in every cell. No database, no reques
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 from indexer.errors import Forbidden, InvalidRecord, NotFound
 from indexer.security.auth import Principal
-from indexer.services import access
+from indexer.services import access, decision
 from indexer.services.access import StudyFacts
 
 
@@ -309,3 +311,15 @@ def test_an_account_of_no_institution_gets_nothing_of_an_institutions() -> None:
         assert not access.may_read(gw, study, "edge") or study.uid is None
     assert not access.may_search_family_name(WHO["rad_nowhere"])
     assert not access.may_report_edge_events(gw)
+
+
+def test_what_a_decision_is_knows_no_rule() -> None:
+    """services/decision.py is the shape of an answer: it names no principal, role or
+    institution check, so access.py stays the one place that decides."""
+    tree = ast.parse(Path(decision.__file__).read_text(encoding="utf-8"))
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    names |= {node.name for node in ast.walk(tree) if isinstance(node, ast.alias)}
+    assert not names & {"Principal", "PLATFORM_ADMIN", "STAFF_ROLES", "WRITER_ROLES"}
+    attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not attributes & {"has", "roles", "institution"}
+    assert access.require is decision.require and access.StudyFacts is decision.StudyFacts
