@@ -32,6 +32,7 @@ from .retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
 from .storage.archive import EncryptedArchive
 from .study_records import RecordStore, build_record
 from .tokens import BearerAuth, ClientCredentials
+from .worker import Worker, stop_all
 
 SEND_THREADS = 6  # uploads in flight: hides central's per-instance store latency
 Transcode = Callable[[bytes, str], bytes]
@@ -170,7 +171,7 @@ class EdgeApp:
         self.queue.enqueue(study_id)
         self.worker.notify()
 
-    def _background(self) -> list[Any]:
+    def _background(self) -> list[Worker]:
         return [self.worker, self.retriever, *(s for s in (self.sender, self.audit_sender) if s)]
 
     def start(self) -> None:
@@ -178,9 +179,10 @@ class EdgeApp:
         for worker in self._background():
             worker.start()
 
-    def stop(self) -> None:
-        for worker in self._background():
-            worker.stop()
+    def stop(self, join_s: float = 5.0) -> bool:
+        """Tell every worker to stop, then wait for them all against one deadline: Orthanc's
+        shutdown waits `join_s` at most, not that for each worker. False if any still runs."""
+        return stop_all(self._background(), join_s)
 
     def status(self) -> dict[str, Any]:
         current = self.rules.current

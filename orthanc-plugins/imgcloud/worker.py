@@ -1,5 +1,6 @@
-"""The plugins' one background-loop base: start, notify, stop (bounded), error backoff, and
-an optional lease for a loop that several nodes run.
+"""The plugins' one background-loop base: start, notify, stop (bounded; `stop_all` for
+several loops against one deadline), error backoff, and an optional lease for a loop that
+several nodes run.
 
 A subclass does one round in `work()` and says whether more is waiting right now: while it
 is, the loop goes on at once; otherwise it sleeps `every_s`, or less if `notify()` is
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -67,18 +70,23 @@ class Worker(ABC):
     def stop(self, join_s: float = 5.0) -> bool:
         """Finish the current round, then end; waits at most `join_s` for it (Orthanc may be
         stopping while the loop is inside an SDK call). False if it is still running."""
-        self._stop.set()
-        self._wake.set()
+        self.ask_to_stop()
         return self.join(join_s)
 
-    def join(self, timeout_s: float) -> bool:
-        """Wait for the loop to end after `stop()`; False if it is still running."""
+    def ask_to_stop(self) -> None:
+        """Tell the loop to end after its current round, without waiting for it."""
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, timeout_s: float, waited_s: float | None = None) -> bool:
+        """Wait for the loop to end after `stop()`; False if it is still running (logged
+        as not stopped within `waited_s`, by default `timeout_s`)."""
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return True
         thread.join(timeout_s)
         if thread.is_alive():
-            log.error("%s did not stop within %.0f s", self.name, timeout_s)
+            log.error("%s did not stop within %.0f s", self.name, waited_s or timeout_s)
             return False
         return True
 
@@ -121,3 +129,15 @@ class Worker(ABC):
         finally:
             self._release()
             log.info("%s stopped", self.name)
+
+
+def stop_all(workers: Iterable[Worker], join_s: float = 5.0) -> bool:
+    """Stop several loops at once: every one is told first, then all are waited for
+    against one deadline, so stopping N slow loops takes about one's time, `join_s` at
+    most in all (not N times it). False if any is still running."""
+    workers = list(workers)
+    for worker in workers:
+        worker.ask_to_stop()
+    deadline = time.monotonic() + join_s
+    stopped = [worker.join(max(0.0, deadline - time.monotonic()), join_s) for worker in workers]
+    return all(stopped)

@@ -2,6 +2,7 @@
 configuration, EdgeApp wired from it, and the REST routes over it."""
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from imgcloud.plugin_settings import CentralSettings, EdgeSettings
 from imgcloud.routes import NotAllowed, Reply
 from imgcloud.storage.archive import EncryptedArchive
 from imgcloud.storage.keyring import KeyRing, write_key_ring
+
+from tests.unit.test_worker import started_slow
 
 PACS = {"AET": "HOSP_PACS", "Host": "127.0.0.1", "Port": 11112}
 PACS |= {"AllowFind": True, "AllowMove": True, "AllowGet": False}
@@ -112,11 +115,15 @@ def test_central_needs_its_postgresql_index() -> None:
 
 
 @pytest.fixture
-def routes(tmp_path: Path) -> dict:
+def app(tmp_path: Path) -> EdgeApp:
     settings = EdgeSettings.from_orthanc(edge_configuration(tmp_path))
     archive = EncryptedArchive.from_settings(settings.storage)
     no_orthanc = httpx.MockTransport(lambda request: httpx.Response(503))
-    app = EdgeApp(settings, archive, "encrypted-filesystem", no_orthanc, lambda d, _ts: d)
+    return EdgeApp(settings, archive, "encrypted-filesystem", no_orthanc, lambda d, _ts: d)
+
+
+@pytest.fixture
+def routes(app: EdgeApp) -> dict:
     return EdgeRoutes(app, lambda _message: None).routes()
 
 
@@ -147,3 +154,17 @@ def test_rules_are_replaced_or_refused_naming_the_version_in_force(routes: dict)
     refused = rules.dispatch("PUT", body='{"version": 1, "compression": "zip"}')
     assert isinstance(refused, Reply) and refused.status == 400
     assert "version 1 stays in force" in refused.body
+
+
+def test_stop_tells_all_four_workers_first_then_waits_once(
+    app: EdgeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc's shutdown waits about one slow worker's wind-down (1 s), not four of them
+    one after another (4 s at least)."""
+    slow = started_slow(4, wind_down_s=1.0)
+    for name, worker in zip(("worker", "retriever", "sender", "audit_sender"), slow, strict=True):
+        monkeypatch.setattr(app, name, worker)
+    started = time.monotonic()
+    assert app.stop()
+    assert time.monotonic() - started < 3.0
+    assert all(worker.told.is_set() for worker in slow)

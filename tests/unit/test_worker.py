@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from imgcloud.worker import Worker
+from imgcloud.worker import Worker, stop_all
 
 
 class Counting(Worker):
@@ -145,3 +145,53 @@ def test_a_failing_round_gives_the_lease_up() -> None:
         assert lease.released >= 1
     finally:
         worker.stop(join_s=5)
+
+
+class SlowToStop(Worker):
+    """A loop whose round ends only `wind_down_s` after it is told to stop (a round inside
+    a slow SDK call, as at Orthanc's shutdown)."""
+
+    name = "test-slow-to-stop"
+
+    def __init__(self, wind_down_s: float) -> None:
+        super().__init__(every_s=60)
+        self.wind_down_s = wind_down_s
+        self.in_round = threading.Event()
+        self.told = threading.Event()
+
+    def ask_to_stop(self) -> None:
+        self.told.set()
+        super().ask_to_stop()
+
+    def work(self) -> bool:
+        self.in_round.set()
+        self.told.wait(30)
+        time.sleep(self.wind_down_s)
+        return False
+
+
+def started_slow(count: int, wind_down_s: float) -> list[SlowToStop]:
+    """`count` loops, each inside its round."""
+    workers = [SlowToStop(wind_down_s) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    assert all(worker.in_round.wait(5) for worker in workers)
+    return workers
+
+
+def test_stop_all_waits_for_slow_loops_together() -> None:
+    # one after another, four 1 s wind-downs take 4 s at least: each starts at its own stop
+    workers = started_slow(4, wind_down_s=1.0)
+    started = time.monotonic()
+    assert stop_all(workers, join_s=10)
+    assert time.monotonic() - started < 3.0
+    assert not any(worker._thread and worker._thread.is_alive() for worker in workers)
+
+
+def test_stop_all_keeps_one_deadline_for_all() -> None:
+    # four loops that outlast it: 0.5 s in all, where a 0.5 s wait each would take 2 s
+    workers = started_slow(4, wind_down_s=2.5)
+    started = time.monotonic()
+    assert not stop_all(workers, join_s=0.5)
+    assert time.monotonic() - started < 1.6
+    assert all(worker.join(10) for worker in workers)
