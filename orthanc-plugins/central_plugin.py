@@ -55,7 +55,13 @@ def _on_stored(dicom, instance_id):
     APP.stored(instance_id, dicom.GetInstanceData())
 
 
+def _on_change(change_type, level, resource_id):
+    if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        APP.close()  # the registries' PostgreSQL pools, before Orthanc unloads the plugin
+
+
 for _path, _route in APP.routes().items():
     glue_common.route(_path, _route)
 orthanc.RegisterOnStoredInstanceCallback(_on_stored)
+orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.LogWarning(f"imaging-cloud central plugin {__version__} loaded, storage {STORAGE}")
