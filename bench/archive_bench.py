@@ -1,12 +1,18 @@
 """Central archive benchmark: our encrypted S3 storage against plain Orthanc, same run.
 
     make up && .venv/bin/python -m bench.archive_bench [--instances 300] [--clients 4 8]
+    STACK_DIR=var/bench .venv/bin/python -m bench.archive_bench ...   # another stack
     .venv/bin/python -m bench.archive_bench --soak 10000      # memory curve of central
 
 Both Orthancs have central's static configuration on the same PostgreSQL cluster; the
-baseline keeps files on local disk with Orthanc's own storage. Reported: ingest
+baseline keeps files on local disk with Orthanc's own storage. Two CPU layouts, in one run:
+"fair" gives the Orthanc under test (ours or the plain one, every thread) CPU 1 to itself and
+puts SeaweedFS, PostgreSQL, the other services and the load clients (this process) on CPU 0,
+as production keeps the object store on machines of its own; "shared" lets everything use
+every CPU. Affinity is restored at the end. Reported per layout and side: ingest
 instances/s and MB/s with N parallel clients, whole-study WADO-RS MB/s, single-frame
-latency, the ratios, and a breakdown (raw S3 PUT rate, encryption cost per instance).
+latency, the ratios, and where the time goes: CPU ms and disk kB written per instance of
+each process group (/proc/PID/stat and io), and objects written to the bucket per instance.
 """
 
 from __future__ import annotations
@@ -28,10 +34,24 @@ from imgcloud.storage.keyring import KeyRing
 
 from deploy.samples.studies import make_study
 from deploy.stack.client import ORTHANC_POOL_LIMITS, StackClient
+from deploy.stack.launcher import services
 from deploy.stack.services.seaweedfs import s3_client
 from deploy.stack.settings import StackSettings
 
+from .archive_report import (
+    OURS,
+    PLAIN,
+    comparison_table,
+    cost_table,
+    machine_table,
+    object_table,
+    per_instance,
+)
+from .archive_soak import soak
 from .baseline import start_baseline, stop_baseline
+from .cpu import Group, Pinning, all_stats, cpu_shares, cpu_times, delta, plan_affinity, usage
+
+LAYOUTS = ("fair", "shared")
 
 
 def generate(instances: int, seed: int) -> tuple[list[bytes], dict[str, str]]:
@@ -142,48 +162,97 @@ def seal_cost_ms(files: list[bytes]) -> float:
     return (time.perf_counter() - started) * 1000 / min(50, len(files))
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def bucket_objects(s3, bucket: str) -> tuple[int, int]:
+    """(objects, bytes) in the archive's bucket, outside the benchmark's own bench/ prefix."""
+    count = size = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            if not item["Key"].startswith("bench/"):
+                count, size = count + 1, size + item["Size"]
+    return count, size
 
 
-def soak(stack: StackClient, settings: StackSettings, total: int, clients: int) -> None:
-    """Ingest `total` instances into central, sampling its resident memory."""
-    pid = int((settings.run_dir / "central.pid").read_text())
-    url, auth = (
-        stack["CENTRAL_ORTHANC_URL"],
-        (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"]),
-    )
-    batch = 250
-    files, ids = generate(batch, seed=9000)
-    print(f"soak: {total} instances in batches of {batch}, {clients} clients")
-    print(f"{'instances':>10} {'central RSS MB':>15} {'inst/s':>8}")
-    print(f"{0:>10} {rss_mb(pid):>15.0f}")
-    done = 0
-    round_no = 0
-    while done < total:
-        # New UIDs per batch, so every round adds new instances.
-        from pydicom import dcmread
-        from pydicom.uid import generate_uid
+class Layouts:
+    """The process groups of both sides, and the CPU layouts applied to them."""
 
-        round_no += 1
-        study_uid = generate_uid()
-        series_uid = generate_uid()
-        renamed = []
-        for raw in files:
-            ds = dcmread(io.BytesIO(raw))
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            renamed.append(buffer.getvalue())
-        seconds = ingest(url, auth, renamed, clients)
-        done += len(renamed)
-        print(f"{done:>10} {rss_mb(pid):>15.0f} {len(renamed) / seconds:>8.1f}", flush=True)
-    del ids
+    def __init__(self, ctx, baseline_pid: int, orthanc_cpus: set[int], rest_cpus: set[int]):
+        found = {svc.name: svc.pid() for svc in services(ctx)}
+        missing = [name for name, pid in found.items() if pid is None]
+        if missing:
+            raise SystemExit(f"stack services not running: {', '.join(missing)}")
+        pids = {name: pid for name, pid in found.items() if pid is not None}
+        # The log filters of Orthanc and nginx run in sessions of their own (processes.spawn).
+        log_dir = str(ctx.settings.log_dir)
+        filters = frozenset(
+            s.pid
+            for s in all_stats()
+            if (cmd := _cmdline(s.pid)) and "deploy.stack.logredact" in cmd and log_dir in cmd
+        )
+        others = {p for name, p in pids.items() if name not in ("central", "postgres", "seaweedfs")}
+        common = [
+            Group("seaweedfs", roots=frozenset({pids["seaweedfs"]})),
+            Group("postgres", roots=frozenset({pids["postgres"]})),
+            Group("clients", pids=frozenset({os.getpid()})),
+        ]
+        self.groups = {
+            OURS: [
+                Group("orthanc", roots=frozenset({pids["central"]})),
+                *common,
+                Group("others", roots=frozenset(others | {baseline_pid}), pids=filters),
+            ],
+            PLAIN: [
+                Group("orthanc", roots=frozenset({baseline_pid})),
+                *common,
+                Group("others", roots=frozenset(others | {pids["central"]}), pids=filters),
+            ],
+        }
+        self.orthanc_cpus, self.rest_cpus = orthanc_cpus, rest_cpus
+        self.all_cpus = set(os.sched_getaffinity(0))
+        self.pinning = Pinning()
+
+    def apply(self, layout: str, side: str) -> int:
+        groups = self.groups[side]
+        plan = plan_affinity(
+            layout,
+            [g.name for g in groups],
+            "orthanc",
+            self.orthanc_cpus,
+            self.rest_cpus,
+            self.all_cpus,
+        )
+        return self.pinning.apply(groups, plan)
+
+    def restore(self) -> None:
+        self.pinning.restore(self.groups[OURS], self.all_cpus)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def measure(groups: list[Group], work, instances: int, s3=None, bucket: str = ""):
+    """Run work(); return (its result, cost per instance of every group and of the bucket)."""
+    before, machine_before = usage(groups), cpu_times()
+    objects_before = bucket_objects(s3, bucket) if s3 else (0, 0)
+    result = work()
+    after, machine_after = usage(groups), cpu_times()
+    spent = delta(after, before)
+    entry: dict = {
+        "groups": per_instance(
+            {n: u.cpu_s for n, u in spent.items()},
+            {n: u.write_bytes for n, u in spent.items()},
+            instances,
+        ),
+        "cpus": cpu_shares(machine_after, machine_before),
+    }
+    if s3:
+        count, size = bucket_objects(s3, bucket)
+        entry["objects"] = (count - objects_before[0]) / instances
+        entry["object_kb"] = (size - objects_before[1]) / 1000 / instances
+    return result, entry
 
 
 def main() -> int:
@@ -195,6 +264,9 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--rounds", type=int, default=2, help="ingest repetitions per side")
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
+    parser.add_argument("--orthanc-cpus", default="1", help="fair layout: the Orthanc's CPUs")
+    parser.add_argument("--rest-cpus", default="0", help="fair layout: everything else's")
     parser.add_argument("--soak", type=int, default=0, help="memory soak: instances to ingest")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -204,60 +276,108 @@ def main() -> int:
         soak(stack, settings, args.soak, max(args.clients))
         return 0
 
-    ours_url = stack["CENTRAL_ORTHANC_URL"]
     auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
+    s3 = s3_client(stack["S3_ENDPOINT"], stack["S3_ACCESS_KEY"], stack["S3_SECRET_KEY"])
+    bucket = stack["S3_BUCKET"]
     print(f"generating a {args.instances}-slice CT study ...", flush=True)
     files, ids = generate(args.instances, seed=4711)
-    megabytes = sum(map(len, files)) / 1e6
+    n, megabytes = args.instances, sum(map(len, files)) / 1e6
     baseline, ctx = start_baseline(settings.state_dir)
-    sides = {"plain Orthanc": baseline.url, "encrypted S3": ours_url}
-    results: dict[str, dict[str, float]] = {name: {} for name in sides}
+    sides = {PLAIN: baseline.url, OURS: stack["CENTRAL_ORTHANC_URL"]}
+    layouts: Layouts | None = None
     try:
+        baseline_pid = baseline.pid()
+        if baseline_pid is None:
+            raise SystemExit("the baseline Orthanc is not running")
+        layouts = Layouts(ctx, baseline_pid, _cpus(args.orthanc_cpus), _cpus(args.rest_cpus))
+        results: dict[str, dict[str, dict[str, float]]] = {
+            lay: {side: {} for side in sides} for lay in args.layouts
+        }
+        cost: dict = {lay: {side: {} for side in sides} for lay in args.layouts}
         for clients in args.clients:
-            for name, url in sides.items():
-                best = float("inf")
-                for _ in range(args.rounds):
-                    delete_study(url, auth, ids["study"])
-                    best = min(best, ingest(url, auth, files, clients))
-                results[name][f"ingest_{clients}c_inst_s"] = args.instances / best
-                results[name][f"ingest_{clients}c_mb_s"] = megabytes / best
-        for name, url in sides.items():
-            times = [retrieve(url, auth, ids) for _ in range(3)]
-            seconds, size = min(times)
-            results[name]["wado_study_mb_s"] = size / 1e6 / seconds
-            sops = sop_uids(url, auth, ids, 40)
-            frame_latencies(url, auth, ids, sops[:5], 1)  # warm the connection
-            lat = frame_latencies(url, auth, ids, sops, 3)
-            results[name]["frame_p50_ms"] = statistics.median(lat)
-            results[name]["frame_p95_ms"] = statistics.quantiles(lat, n=20)[18]
+            for lay in args.layouts:
+                for side, url in sides.items():
+                    groups, best, best_cost = layouts.groups[side], float("inf"), {}
+                    for _ in range(args.rounds):
+                        delete_study(url, auth, ids["study"])
+                        layouts.apply(lay, side)  # again: threads born since the last round
+                        seconds, entry = measure(
+                            groups,
+                            lambda u=url, c=clients: ingest(u, auth, files, c),
+                            n,
+                            s3 if side == OURS else None,
+                            bucket,
+                        )
+                        if seconds < best:
+                            best, best_cost = seconds, entry
+                    results[lay][side][f"ingest_{clients}c_inst_s"] = n / best
+                    results[lay][side][f"ingest_{clients}c_mb_s"] = megabytes / best
+                    cost[lay][side][f"ingest {clients}c"] = best_cost
+                    print(
+                        f"{lay:<6} {side:<14} {clients} clients: {n / best:6.1f} inst/s", flush=True
+                    )
+        for lay in args.layouts:
+            for side, url in sides.items():
+                threads = layouts.apply(lay, side)
+                times, entry = measure(
+                    layouts.groups[side],
+                    lambda u=url: [retrieve(u, auth, ids) for _ in range(3)],
+                    3 * n,
+                )
+                seconds, size = min(times)
+                results[lay][side]["wado_study_mb_s"] = size / 1e6 / seconds
+                cost[lay][side]["wado study"] = entry
+                sops = sop_uids(url, auth, ids, 40)
+                frame_latencies(url, auth, ids, sops[:5], 1)  # warm the connection
+                lat = frame_latencies(url, auth, ids, sops, 3)
+                results[lay][side]["frame_p50_ms"] = statistics.median(lat)
+                results[lay][side]["frame_p95_ms"] = statistics.quantiles(lat, n=20)[18]
+                print(f"{lay:<6} {side:<14} retrieval done ({threads} threads pinned)", flush=True)
     finally:
+        if layouts is not None:
+            layouts.restore()
         stop_baseline(baseline, ctx)
     raw_rate = raw_s3_put_rate(stack, files, max(args.clients))
     seal_ms = seal_cost_ms(files)
 
     print(
-        f"\n{args.instances} CT instances, {megabytes:.0f} MB, "
-        f"{os.cpu_count()} cores; best of {args.rounds} ingest rounds\n"
+        f"\n{n} CT instances, {megabytes:.0f} MB, {os.cpu_count()} cores; best of "
+        f"{args.rounds} ingest rounds. Layouts: fair = the Orthanc under test alone on CPU "
+        f"{args.orthanc_cpus}, SeaweedFS, PostgreSQL, the other services and the clients on "
+        f"CPU {args.rest_cpus}; shared = everything on every CPU.\n"
     )
-    print(f"{'metric':<24} {'plain Orthanc':>14} {'encrypted S3':>14} {'ratio':>7}  target")
-    targets = {"ingest": ">= 0.80", "wado_study": ">= 0.80", "frame_p50": "p50 < 100 ms"}
-    for metric in results["plain Orthanc"]:
-        base, ours = results["plain Orthanc"][metric], results["encrypted S3"][metric]
-        higher_better = not metric.endswith("_ms")
-        ratio = ours / base if higher_better else base / ours
-        target = next((t for k, t in targets.items() if metric.startswith(k)), "")
-        print(f"{metric:<24} {base:>14.1f} {ours:>14.1f} {ratio:>6.2f}x  {target}")
+    print("\n".join(comparison_table(results, args.layouts)))
+    print()
+    title = "CPU ms per instance (all threads and waited-for children, /proc/PID/stat)"
+    print("\n".join(cost_table(cost, args.layouts, "cpu_ms", title)))
+    print()
+    title = "kB written to disk per instance (/proc/PID/io write_bytes)"
+    print("\n".join(cost_table(cost, args.layouts, "write_kb", title)))
+    print()
+    print("\n".join(object_table(cost, args.layouts)))
+    print()
+    print("\n".join(machine_table(cost, args.layouts)))
     print(
-        f"\nbreakdown: raw S3 PUT of the same objects ({max(args.clients)} clients): "
-        f"{raw_rate:.0f} objects/s; sealing one instance: {seal_ms:.2f} ms"
+        f"\nbreakdown (shared layout): raw S3 PUT of the same objects ({max(args.clients)} "
+        f"clients): {raw_rate:.0f} objects/s; sealing one instance: {seal_ms:.2f} ms"
     )
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"results": results, "raw_s3_put_per_s": raw_rate, "seal_ms": seal_ms}, indent=1
+                {
+                    "results": results,
+                    "cost": cost,
+                    "raw_s3_put_per_s": raw_rate,
+                    "seal_ms": seal_ms,
+                },
+                indent=1,
             )
         )
     return 0
+
+
+def _cpus(text: str) -> set[int]:
+    return {int(c) for c in text.split(",") if c.strip()}
 
 
 if __name__ == "__main__":

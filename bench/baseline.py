@@ -26,6 +26,9 @@ class BaselineOrthanc(CentralOrthanc):
 
     def __init__(self, ctx: StackContext, http_port: int) -> None:
         super().__init__(ctx)
+        # CentralOrthanc names its instances after their node ("central" for node 1): the
+        # baseline must keep a name, home and PID file of its own, or stopping it stops central.
+        self.name = BaselineOrthanc.name
         self._port = http_port
 
     @property
