@@ -24,13 +24,13 @@ from .processes import stop
 from .sandbox import platform_for
 from .secrets_store import ensure_secrets
 from .services.base import Service
+from .services.central import CentralOrthanc, central_nodes
 from .services.dicom_tls import DicomTlsA, DicomTlsB
 from .services.gateway import Gateway
 from .services.indexer import Indexer
 from .services.keycloak import Keycloak
 from .services.orthanc import (
     HOSPITAL_PACS_TLS_NAME,
-    CentralOrthanc,
     EdgeA,
     EdgeB,
     EdgeOrthanc,
@@ -65,14 +65,31 @@ def load_context(settings: StackSettings) -> StackContext:
         path.mkdir(parents=True, exist_ok=True)
     return StackContext(
         settings=settings,
-        ports=allocate(settings.state_dir / "ports.json"),
+        ports=allocate(settings.state_dir / "ports.json", settings.port_names),
         secrets=ensure_secrets(settings.state_dir / "secrets.json"),
         pki=ensure_pki(settings.state_dir / "pki"),
     )
 
 
 def services(ctx: StackContext) -> list[Service]:
-    return [cls(ctx) for cls in SERVICE_CLASSES]
+    """Every service of the stack in start order; CentralOrthanc stands for every central
+    node the settings name."""
+    result: list[Service] = []
+    for cls in SERVICE_CLASSES:
+        result += central_nodes(ctx) if cls is CentralOrthanc else [cls(ctx)]
+    return result
+
+
+def start_groups(svcs: list[Service]) -> list[list[Service]]:
+    """Services in start order, the nodes of one component (consecutive services of one
+    class) in one group: they start at the same moment, as nodes of a cluster do."""
+    groups: list[list[Service]] = []
+    for svc in svcs:
+        if groups and type(groups[-1][0]) is type(svc):
+            groups[-1].append(svc)
+        else:
+            groups.append([svc])
+    return groups
 
 
 @dataclass
@@ -102,26 +119,8 @@ def up(ctx: StackContext, say=print) -> None:
     try:
         tighten(ctx.state, skip=(ctx.settings.cache_dir,))
         platform_for(ctx.settings).check()  # before starting anything: a missing root
-        for svc in services(ctx):
-            pid = svc.pid()
-            if pid is not None and svc.health() is None:
-                say(f"  {svc.name:<10} already running (pid {pid})")
-                continue
-            if pid is None:
-                for port_name in svc.ports:
-                    port = ctx.ports[port_name]
-                    if not port_is_free(port):
-                        raise PortInUse(
-                            svc.name, f"port {port} ({port_name}) is in use by another program"
-                        )
-                svc.prepare()
-                started = time.monotonic()
-                svc.start()
-            else:
-                started = time.monotonic()
-            svc.wait_healthy(ctx.settings.start_timeout_s)
-            svc.after_healthy()
-            say(f"  {svc.name:<10} healthy in {time.monotonic() - started:.1f} s")
+        for group in start_groups(services(ctx)):
+            _start_together(ctx, group, say)
         write_stack_env(ctx)
     except StackError:
         down(ctx, say=lambda _msg: None)
@@ -129,6 +128,34 @@ def up(ctx: StackContext, say=print) -> None:
     except Exception as exc:
         down(ctx, say=lambda _msg: None)
         raise StackError("launcher", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _start_together(ctx: StackContext, group: list[Service], say) -> None:
+    """Start every service of `group` that is not running, then wait for each in turn."""
+    started: dict[str, float] = {}
+    for svc in group:
+        pid = svc.pid()
+        if pid is not None and svc.health() is None:
+            say(f"  {svc.name:<10} already running (pid {pid})")
+            continue
+        if pid is None:
+            for port_name in svc.ports:
+                port = ctx.ports[port_name]
+                if not port_is_free(port):
+                    raise PortInUse(
+                        svc.name, f"port {port} ({port_name}) is in use by another program"
+                    )
+            svc.prepare()
+            started[svc.name] = time.monotonic()
+            svc.start()
+        else:
+            started[svc.name] = time.monotonic()
+    for svc in group:
+        if svc.name not in started:
+            continue
+        svc.wait_healthy(ctx.settings.start_timeout_s)
+        svc.after_healthy()
+        say(f"  {svc.name:<10} healthy in {time.monotonic() - started[svc.name]:.1f} s")
 
 
 def service(ctx: StackContext, name: str) -> Service:
@@ -194,6 +221,7 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
         "CENTRAL_ORTHANC_URL": ctx.http("central_http"),
         "CENTRAL_ORTHANC_USER": "central-admin",
         "CENTRAL_ORTHANC_PASSWORD": s["central_orthanc"],
+        "CENTRAL_NODES": str(ctx.settings.central_nodes),
         "INDEXER_URL": ctx.http("indexer"),
         "S3_ENDPOINT": ctx.http("weed_s3"),
         "S3_BUCKET": S3_BUCKET,
@@ -213,6 +241,12 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
         "DEMO_CLINICIAN_B_USER": "clinician.b",
         "DEMO_CLINICIAN_B_PASSWORD": s["demo_clinician_b"],
     }
+    for node in central_nodes(ctx)[1:]:  # CENTRAL_k_ORTHANC_*: node k's own REST API
+        env |= {
+            f"CENTRAL_{node.node}_ORTHANC_URL": node.url,
+            f"CENTRAL_{node.node}_ORTHANC_USER": node.credentials[0],
+            f"CENTRAL_{node.node}_ORTHANC_PASSWORD": node.credentials[1],
+        }
     modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
     env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}
     # the hospital PACS stand-ins' certificate (server and client), for the demo and tests

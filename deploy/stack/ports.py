@@ -45,6 +45,18 @@ PORT_NAMES = (
 )
 
 
+def central_ports(node: int) -> tuple[str, str]:
+    """(HTTP, DICOM) port names of central node `node`: node 1 keeps today's names."""
+    prefix = "central" if node == 1 else f"central_{node}"
+    return (f"{prefix}_http", f"{prefix}_dicom")
+
+
+def port_names(central_nodes: int = 1) -> tuple[str, ...]:
+    """PORT_NAMES plus those of central nodes 2..central_nodes."""
+    extra = [name for node in range(2, central_nodes + 1) for name in central_ports(node)]
+    return (*PORT_NAMES, *extra)
+
+
 def port_is_free(port: int) -> bool:
     """True if nothing listens on 127.0.0.1:port (and we may bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -76,22 +88,23 @@ def pick_free(count: int, avoid: Iterable[int]) -> list[int]:
     return picked
 
 
-def allocate(path: Path) -> dict[str, int]:
+def allocate(path: Path, names: tuple[str, ...] = PORT_NAMES) -> dict[str, int]:
     """Ports for this stack: the recorded ones, else the environment's, else free ones.
 
-    A stack recorded before a port was added keeps its ports and gains the new one."""
+    A stack recorded before a port (or a node) was added keeps its ports and gains the new
+    one."""
     recorded: dict[str, int] = {}
     if path.exists():
         recorded = {k: int(v) for k, v in json.loads(path.read_text()).items()}
-        if set(PORT_NAMES) <= set(recorded):
+        if set(names) <= set(recorded):
             return recorded
     fixed = {
         name: int(os.environ[f"IMGCLOUD_PORT_{name.upper()}"])
-        for name in PORT_NAMES
+        for name in names
         if os.environ.get(f"IMGCLOUD_PORT_{name.upper()}")
     }
-    fixed |= {k: v for k, v in recorded.items() if k in PORT_NAMES}
-    wanted = [n for n in PORT_NAMES if n not in fixed]
+    fixed |= {k: v for k, v in recorded.items() if k in names}
+    wanted = [n for n in names if n not in fixed]
     ports = dict(fixed)
     ports.update(zip(wanted, pick_free(len(wanted), fixed.values()), strict=True))
     path.parent.mkdir(parents=True, exist_ok=True)

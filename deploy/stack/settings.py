@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ports import port_names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,20 @@ def admin_cidrs(text: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+MAX_NODES = 8
+
+
+def node_count(variable: str, text: str) -> int:
+    """How many nodes of a component run (1..MAX_NODES); ValueError names the variable."""
+    try:
+        count = int(text.strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_NODES:
+        raise ValueError(f"{variable}: {text!r} is not a whole number from 1 to {MAX_NODES}")
+    return count
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Paths and versions for one stack. STACK_DIR picks the state directory (default var/)."""
@@ -49,6 +65,10 @@ class StackSettings:
     # (STACK_KEYCLOAK_ADMIN_CIDRS, comma-separated). None by default: administrators use
     # Keycloak on loopback.
     keycloak_admin_cidrs: tuple[str, ...] = ()
+    # How many central Orthanc nodes run (STACK_CENTRAL_NODES): one PostgreSQL index, one
+    # bucket, a key ring each; node 1 is `central`, node k `central-k`. The gateway's
+    # upstream lists every one.
+    central_nodes: int = 1
 
     @classmethod
     def from_env(cls, state_dir: str | None = None) -> StackSettings:
@@ -63,7 +83,13 @@ class StackSettings:
             versions=versions,
             start_timeout_s=timeout,
             keycloak_admin_cidrs=admin_cidrs(os.environ.get("STACK_KEYCLOAK_ADMIN_CIDRS", "")),
+            central_nodes=node_count(
+                "STACK_CENTRAL_NODES", os.environ.get("STACK_CENTRAL_NODES", "1")
+            ),
         )
+
+    def __post_init__(self) -> None:
+        node_count("central_nodes", str(self.central_nodes))
 
     @property
     def venv_bin(self) -> Path:
@@ -92,6 +118,11 @@ class StackSettings:
     @property
     def bind_shim(self) -> Path:
         return self.cache_dir / "bindlo.so"
+
+    @property
+    def port_names(self) -> tuple[str, ...]:
+        """Every port name of this stack: the fixed ones and each extra node's."""
+        return port_names(self.central_nodes)
 
     def log(self, service: str) -> Path:
         return self.log_dir / f"{service}.log"

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import PrerequisiteMissing
 from ..modes import GATEWAY_HOME_MODE
 from .base import Service, http_health
+from .central import central_nodes
 
 NGINX = Path("/usr/sbin/nginx")
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -34,6 +35,13 @@ def keycloak_admin_access(cidrs: tuple[str, ...]) -> str:
     if not cidrs:
         return "return 404;"
     return " ".join([*(f"allow {c};" for c in cidrs), "deny all;"])
+
+
+def upstream_servers(addresses: list[str]) -> str:
+    """The `server` lines of an nginx upstream, one per node (at least one)."""
+    if not addresses:
+        raise ValueError("gateway template: an upstream needs at least one server")
+    return " ".join(f"server {address};" for address in addresses)
 
 
 class NginxService(Service):
@@ -74,10 +82,16 @@ class Gateway(NginxService):
         # nginx's workers (www-data) pass through the home to their tmp/, nothing more.
         shutil.chown(self.home, "root", "www-data")
         self.home.chmod(GATEWAY_HOME_MODE)
+        self.write_conf(self.render())
+
+    def render(self) -> str:
+        """nginx.conf for this stack: every central (and indexer) node in its upstream."""
+        dist = self.ctx.settings.ohif_dist
         basic = base64.b64encode(
             f"central-admin:{self.ctx.secrets['central_orthanc']}".encode()
         ).decode()
-        conf = render_template(
+        centrals = [f"127.0.0.1:{self.ctx.ports[n.http_port]}" for n in central_nodes(self.ctx)]
+        return render_template(
             (self.ctx.settings.repo_root / "deploy/gateway/nginx.conf.template").read_text(),
             {
                 "GATEWAY_LISTEN": f"127.0.0.1:{self.ctx.ports['gateway']}",
@@ -87,9 +101,9 @@ class Gateway(NginxService):
                 "SERVER_KEY": str(self.ctx.pki["server_key"]),
                 "OHIF_DIST": str(dist),
                 "VIEWER_CONFIG": str(self.ctx.settings.repo_root / "deploy/gateway/app-config.js"),
-                "CENTRAL": f"127.0.0.1:{self.ctx.ports['central_http']}",
+                "CENTRAL_SERVERS": upstream_servers(centrals),
                 "CENTRAL_BASIC_AUTH": basic,
-                "INDEXER": f"127.0.0.1:{self.ctx.ports['indexer']}",
+                "INDEXER_SERVERS": upstream_servers([f"127.0.0.1:{self.ctx.ports['indexer']}"]),
                 "GATEWAY_FORWARD_SECRET": self.ctx.secrets["gateway_forward_secret"],
                 "KEYCLOAK": f"127.0.0.1:{self.ctx.ports['keycloak']}",
                 "KEYCLOAK_ADMIN_ACCESS": keycloak_admin_access(
@@ -97,7 +111,6 @@ class Gateway(NginxService):
                 ),
             },
         )
-        self.write_conf(conf)
 
     def health(self) -> str | None:
         def is_viewer(response) -> str | None:
