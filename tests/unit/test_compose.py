@@ -15,6 +15,7 @@ EXPECTED = {
     "tools",
     "indexer",
     "central",
+    "central-2",
     "edge-a",
     "edge-b",
     "edge-a-dicom-tls",

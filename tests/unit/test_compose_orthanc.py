@@ -23,7 +23,8 @@ from deploy.stack.settings import _read_versions
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = "deploy/compose/orthanc/Dockerfile"
-ORTHANC_SERVICES = {"central", "edge-a", "edge-b"}
+ORTHANC_SERVICES = {"central", "central-2", "edge-a", "edge-b"}
+CENTRALS = {"central", "central-2"}
 # ORTHANC_PLUGINS_EXPECTED's names (as /plugins reports them) and their Debian packages.
 PLUGIN_PACKAGES = {
     "python": "orthanc-python",
@@ -232,8 +233,8 @@ def test_every_compose_orthanc_variable_lands_on_a_key_orthanc_or_our_plugin_rea
         config = merged_config(static, {k: str(v) for k, v in service["environment"].items()})
         plugins = config["Plugins"]
         assert all(p.startswith("/usr/share/orthanc/plugins/libOrthanc") for p in plugins)
-        assert ("libOrthancPostgreSQLIndex.so" in " ".join(plugins)) == (name == "central")
+        assert ("libOrthancPostgreSQLIndex.so" in " ".join(plugins)) == (name in CENTRALS)
         assert config["PythonScript"].startswith("/imaging-cloud/orthanc-plugins/")
         assert config["StorageDirectory"] == "/var/lib/orthanc/db"
-        if name == "central":
+        if name in CENTRALS:
             assert config["PostgreSQL"]["Port"] == 5432 and "Postgresql" not in config

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 
 from deploy.stack.context import StackContext
@@ -163,3 +164,22 @@ def test_node_two_starts_with_a_copy_of_node_ones_ring_owned_as_it_is(tmp_path: 
     # a node that has a ring keeps it: its own file, not overwritten by node 1's
     write_key_ring(KeyRing.generate("k9"), copy)
     assert KeyRing.from_file(second.ensure_key_ring(), "KeyRingFile").current_id == "k9"
+
+
+def test_compose_gateway_fills_every_placeholder_and_lists_every_central() -> None:
+    """nginx's image leaves a placeholder it has no variable for in the configuration, and
+    its upstream must name each central service of compose."""
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    env = compose["gateway"]["environment"]
+    template = (REPO_ROOT / "deploy/gateway/nginx.conf.template").read_text()
+    placeholders = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", template))
+    assert placeholders - set(env) == set()
+    centrals = {
+        name
+        for name, svc in compose.items()
+        if "PostgreSQLIndex" in str(svc.get("environment", {}).get("ORTHANC__PLUGINS", ""))
+    }
+    assert centrals == {"central", "central-2"}
+    servers = re.findall(r"server ([\w.-]+):8042;", env["CENTRAL_SERVERS"])
+    assert sorted(servers) == sorted(centrals)
+    assert set(compose["gateway"]["depends_on"]) >= centrals
