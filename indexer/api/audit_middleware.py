@@ -91,7 +91,7 @@ def filters_of_pairs(pairs: list[tuple[str, str]]) -> str | None:
     if not pairs:
         return None
     left_out = max(0, len(pairs) - _MAX_KEYS)
-    out: dict[str, str | list[str] | int] = {}
+    out: dict[str, str | list[str]] = {}  # the count under TRUNCATED is added at the end
     for key, value in pairs[:_MAX_KEYS]:
         key = _printable(key)
         keyword = _PERSONAL_KEYS.get(key.lower().strip("()").replace(",", ""))
@@ -107,14 +107,12 @@ def filters_of_pairs(pairs: list[tuple[str, str]]) -> str | None:
         if had is None:
             candidate = {**out, key: value}
         else:
-            candidate = {**out, key: [*([had] if isinstance(had, str) else had), value]}  # type: ignore[list-item]
+            candidate = {**out, key: [*([had] if isinstance(had, str) else had), value]}
         if len(_dump({**candidate, TRUNCATED: _MAX_KEYS})) > FILTERS_WIDTH:
             left_out += 1
             continue
         out = candidate
-    if left_out:
-        out[TRUNCATED] = left_out
-    return _dump(out)
+    return _dump({**out, TRUNCATED: left_out} if left_out else out)
 
 
 def _dump(value: dict[str, Any]) -> str:

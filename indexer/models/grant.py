@@ -18,8 +18,9 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, String, and_, case, func, or_
-from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.dml import ReturningInsert
 
 from .base import Base
 
@@ -55,7 +56,7 @@ Index(
 )
 
 
-def upsert(**values: Any) -> Insert:
+def upsert(**values: Any) -> ReturningInsert[int]:
     """INSERT a grant, or reuse the live one of the same key: it then lasts until the later
     of the two expiries (none: no expiry). An expired live row is renewed by the new one's
     expiry, purpose and grantor. Returns the grant's id."""

@@ -56,7 +56,12 @@ VALUES (%(actor)s, %(username)s, %(roles)s, %(institution)s, %(action)s, %(resou
 
 # A value the database refuses (too long, or with a NUL) would fail the writer's whole batch,
 # at every flush: the resource of a refused request with an over-long path, say. Made to fit.
-WIDTHS = {c.name: c.type.length for c in AuditEvent.__table__.columns if isinstance(c.type, String)}
+# the widths of the text columns that have one (a value past it is cut, see `record`)
+WIDTHS: dict[str, int] = {
+    c.name: c.type.length
+    for c in AuditEvent.__table__.columns
+    if isinstance(c.type, String) and c.type.length is not None
+}
 
 
 def _plain(value: Any) -> Any:
@@ -291,12 +296,12 @@ def verify(
         ),
         {"age": unsealed_after_s},
     )
-    for row in loose:
+    for event in loose:
         problems.append(
             Problem(
-                row.id,
+                event.id,
                 f"not sealed {unsealed_after_s:g} s after it was written"
-                if row.unsealed
+                if event.unsealed
                 else "a hash outside the chain (inserted sealed)",
             )
         )

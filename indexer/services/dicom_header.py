@@ -242,7 +242,7 @@ def _elements(
                     raise Ambiguous("body", f"{what}: element {_name(tag)} has an undefined length")
                 walk.need(length)
                 found[tag] = _Element(
-                    vr and vr.decode(),
+                    None if vr is None else vr.decode(),
                     bytes(walk.buf[walk.at : walk.at + length]),
                     walk.at + length,
                 )

@@ -193,7 +193,7 @@ WHERE g.study_instance_uid = %(uid)s AND g.institution_code = %(institution)s
 LIMIT 1
 """
 ARRIVAL_OWNER_SQL = "SELECT institution_code FROM image_studies WHERE study_instance_uid = %s"
-_ZERO = literal_column("0")
+_ZERO = literal_column("0", Integer)
 # The same INSERT ... ON CONFLICT as the ORM routes' (models.grant.upsert), rendered once
 # for the async pool: one live 互认 grant per study and institution, extended.
 MUTUAL_RECOGNITION_SQL = str(

@@ -181,8 +181,13 @@ class FindAnswerer:
 
 
 MOVE_UIDS = {"SERIES": "SeriesInstanceUID", "INSTANCE": "SOPInstanceUID", "IMAGE": "SOPInstanceUID"}
-MOVE_KEYS = ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID")
-MOVE_KEYS += ("SOPInstanceUID",)
+MOVE_KEYS = (
+    "PatientID",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+)
 
 
 class DicomScp:
@@ -252,7 +257,8 @@ class DicomScp:
     ) -> int:
         """Answer a C-FIND through `add_answer`; audited; raises to fail the C-FIND."""
         level, query = asked_keys(tags)
-        sent, outcome = 0, "failed"
+        sent = 0
+        outcome: Outcome = "failed"
         try:
             self.gate("C-FIND", calling_ae)  # before any database access
             answers, incomplete = self.finder.answers(level, query)
@@ -276,7 +282,8 @@ class DicomScp:
         level = str(request.get("Level", "")).upper()
         query = {k: str(request.get(k) or "") for k in MOVE_KEYS if request.get(k)}
         query["MoveDestination"] = target_aet
-        sent, outcome = 0, "failed"
+        sent = 0
+        outcome: Outcome = "failed"
         try:
             self.gate("C-MOVE", calling_ae)  # before any database access
             sent = self._move(level, target_aet, request)

@@ -69,7 +69,7 @@ def test_nothing_of_the_root_is_mounted_on_the_host(stack_settings: StackSetting
 
 def _orthanc_processes(stack_settings: StackSettings) -> dict[str, tuple[int, OrthancService]]:
     ctx = load_context(stack_settings)
-    found = {}
+    found: dict[str, tuple[int, OrthancService]] = {}
     for cls in (CentralOrthanc, EdgeA, EdgeB):
         service = cls(ctx)
         pid = read_pid(stack_settings.run_dir, service.name)
@@ -100,6 +100,7 @@ def test_every_orthanc_runs_as_the_service_uid(stack_settings: StackSettings) ->
             _status(pid, "NoNewPrivs"),
         )
     ids = [str(SERVICE_UID)] * 4
+    expected: tuple[str, list[str], list[str], list[str], list[str]]
     expected = ("Orthanc", ids, [str(SERVICE_GID)] * 4, [], ["1"])
     assert seen == dict.fromkeys(seen, expected)
 

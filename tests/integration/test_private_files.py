@@ -77,7 +77,9 @@ def test_every_service_runs_with_umask_077(stack_settings: StackSettings) -> Non
         pid = read_pid(stack_settings.run_dir, name)
         assert pid is not None, name
         status = Path(f"/proc/{pid}/status").read_text()
-        umasks[name] = re.search(r"^Umask:\s*(\d+)", status, re.M).group(1)
+        umask = re.search(r"^Umask:\s*(\d+)", status, re.M)
+        assert umask, f"no Umask in /proc/{pid}/status"
+        umasks[name] = umask.group(1)
     assert umasks == {name: "0077" for name in umasks}
 
 

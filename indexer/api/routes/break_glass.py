@@ -60,7 +60,7 @@ def break_glass(body: BreakGlassIn, who: Caller, reg: Reg, request: Request) -> 
     owner = cast(str, study.owner)  # may_break_glass refuses a study of no known owner
     settings = request.app.state.settings
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=settings.break_glass_hours)
-    grant_id = reg.session.scalar(  # this user's live break-glass grant: new or extended
+    grant_id = reg.session.execute(  # this user's live break-glass grant: new or extended
         grant_model.upsert(
             study_instance_uid=uid,
             owner_institution=owner,
@@ -71,7 +71,7 @@ def break_glass(body: BreakGlassIn, who: Caller, reg: Reg, request: Request) -> 
             granted_by=who.subject,
             expires_at=expires,
         )
-    )
+    ).scalar_one()
     alert = Alert(
         kind="break-glass",
         actor=who.subject,

@@ -71,7 +71,7 @@ def grant(
     access.require(access.may_grant_to(code, body.to_institution))
     study = StudyFacts(study_instance_uid, reg.study_institution(study_instance_uid))
     access.require(access.held_by(code, study))
-    grant_id = reg.session.scalar(
+    grant_id = reg.session.execute(
         grant_model.upsert(
             study_instance_uid=study_instance_uid,
             owner_institution=code,
@@ -82,7 +82,7 @@ def grant(
             granted_by=who.subject,
             expires_at=body.expires_at,
         )
-    )  # the live grant of this study, grantee and kind: new, or reused and extended
+    ).scalar_one()  # the live grant of this study, grantee and kind: new, or reused and extended
     reg.session.commit()
     row = reg.session.get(Grant, grant_id, populate_existing=True)
     assert row is not None
