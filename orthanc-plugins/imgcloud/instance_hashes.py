@@ -13,15 +13,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from .central_schema import check_revision
 from .errors import ConfigurationError, PluginError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS imgcloud_instance_sha256 (
-    orthanc_id  TEXT PRIMARY KEY,
-    sha256      CHAR(64) NOT NULL,
-    stored_at   TIMESTAMPTZ NOT NULL DEFAULT now()
-)
-"""
+# The table imgcloud_instance_sha256 (orthanc_id, sha256, stored_at) comes from
+# central-orthanc/migrations/ (revision 0001); open_pool checks its revision.
 
 
 def central_conninfo(configuration: dict[str, Any]) -> dict[str, Any]:
@@ -47,9 +43,10 @@ POOL_MAX_SIZE = 4
 POOL_TIMEOUT_S = 10.0
 
 
-def open_pool(conninfo: dict[str, Any], name: str, schema: str, **kwargs: Any) -> ConnectionPool:
-    """A bounded, open pool of autocommit connections, `schema` run once on one of them;
-    PluginError if none within the timeout (the pool is closed on any failure)."""
+def open_pool(conninfo: dict[str, Any], name: str, **kwargs: Any) -> ConnectionPool:
+    """A bounded, open pool of autocommit connections on tables at the revision this code
+    needs; PluginError if no connection within the timeout or the tables are at another
+    revision (the pool is closed on any failure)."""
     pool: ConnectionPool = ConnectionPool(
         kwargs={**conninfo, "autocommit": True, **kwargs},
         min_size=1,
@@ -67,7 +64,7 @@ def open_pool(conninfo: dict[str, Any], name: str, schema: str, **kwargs: Any) -
         raise PluginError(f"{name}: no database connection within {POOL_TIMEOUT_S:g} s") from exc
     try:
         with pool.connection() as conn:
-            conn.execute(schema)
+            check_revision(conn)
     except BaseException:
         pool.close()
         raise
@@ -76,7 +73,7 @@ def open_pool(conninfo: dict[str, Any], name: str, schema: str, **kwargs: Any) -
 
 class HashRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
-        self._pool = open_pool(conninfo, "instance-hashes", SCHEMA)
+        self._pool = open_pool(conninfo, "instance-hashes")
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> HashRegistry:

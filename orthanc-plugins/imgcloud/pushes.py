@@ -32,38 +32,9 @@ from .routes import describe
 
 M = TypeVar("M", bound=BaseModel)
 
-# One transaction (one simple query), one central at a time (the advisory lock): open
-# duplicates an older central made are closed, then one open push per study and receiver
-# is kept by a unique partial index (create() is INSERT ... ON CONFLICT). Of duplicates, a
-# claimed one stays (its edge is at work), else the oldest; the others become `failed`,
-# naming the push that stays. Cheap on every start once the index exists.
-SCHEMA = """
-SELECT pg_advisory_xact_lock(7411);
-CREATE TABLE IF NOT EXISTS imgcloud_pushes (
-    push_id             UUID PRIMARY KEY,
-    study_instance_uid  TEXT NOT NULL,
-    from_institution    TEXT NOT NULL,
-    to_institution      TEXT NOT NULL,
-    deliver_to          TEXT,
-    requested_by        TEXT,
-    state               TEXT NOT NULL,
-    detail              TEXT,
-    instances           INTEGER,
-    created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
-    updated_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
-    delivered_at        TIMESTAMPTZ
-);
-CREATE INDEX IF NOT EXISTS imgcloud_pushes_to_state ON imgcloud_pushes (to_institution, state);
-UPDATE imgcloud_pushes p SET state = 'failed', updated_at = now(),
-       detail = 'superseded by push ' || k.keeper || ' (one open push per study and receiver)'
-FROM (SELECT push_id, first_value(push_id) OVER (
-          PARTITION BY study_instance_uid, to_institution
-          ORDER BY state = 'claimed' DESC, created_at, push_id) AS keeper
-      FROM imgcloud_pushes WHERE state IN ('pending', 'claimed')) k
-WHERE p.push_id = k.push_id AND k.push_id <> k.keeper;
-CREATE UNIQUE INDEX IF NOT EXISTS imgcloud_pushes_one_open
-    ON imgcloud_pushes (study_instance_uid, to_institution) WHERE state IN ('pending', 'claimed');
-"""
+# The table imgcloud_pushes and its indexes come from central-orthanc/migrations/
+# (revision 0001), among them imgcloud_pushes_one_open: one open push per study and
+# receiver, so create() is INSERT ... ON CONFLICT; open_pool checks the revision.
 OPEN = "state IN ('pending', 'claimed')"
 TRANSITIONS = {
     "pending": {"claimed"},
@@ -185,7 +156,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 class PushRegistry:
     def __init__(self, conninfo: dict[str, Any]) -> None:
-        self._pool = open_pool(conninfo, "push-registry", SCHEMA, row_factory=dict_row)
+        self._pool = open_pool(conninfo, "push-registry", row_factory=dict_row)
 
     def close(self) -> None:
         self._pool.close()

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from imgcloud import instance_hashes
+from imgcloud.central_schema import REVISION, VERSION_QUERY, VERSION_TABLE
 from imgcloud.errors import ConfigurationError, PluginError
 from imgcloud.instance_hashes import HashRegistry, central_conninfo
 
@@ -58,7 +59,8 @@ class Database:
         self.rows: dict[str, str] = {}
         self.connections: list[Connection] = []
         self.failing = False
-        self.schema_made = 0
+        self.revisions: list[str] | None = [REVISION]  # None: no version table
+        self.revision_checks = 0
         self.pools: list[Pool] = []
 
     def connect(self, **conninfo: Any) -> Connection:
@@ -73,6 +75,7 @@ class Connection:
         self.db = db
         self.closed = False
         self._row: tuple[str] | None = None
+        self._rows: list[tuple[str]] = []
 
     def __enter__(self) -> Connection:
         return self
@@ -85,8 +88,13 @@ class Connection:
             self.closed = True  # as psycopg does when the server goes away
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         statement = " ".join(sql.split())
-        if statement.startswith("CREATE TABLE IF NOT EXISTS imgcloud_instance_sha256"):
-            self.db.schema_made += 1
+        if statement == VERSION_QUERY:
+            self.db.revision_checks += 1
+            if self.db.revisions is None:
+                raise psycopg.errors.UndefinedTable(f'relation "{VERSION_TABLE}" does not exist')
+            self._rows = [(r,) for r in self.db.revisions]
+        elif statement.startswith("CREATE"):
+            raise AssertionError("the plugin runs no DDL: the migrations make the tables")
         elif statement.startswith("INSERT INTO imgcloud_instance_sha256"):
             assert "ON CONFLICT (orthanc_id) DO UPDATE" in statement
             self.db.rows[params[0]] = params[1]
@@ -101,6 +109,9 @@ class Connection:
 
     def fetchone(self) -> tuple[str] | None:
         return self._row
+
+    def fetchall(self) -> list[tuple[str]]:
+        return self._rows
 
 
 class Pool:
@@ -144,9 +155,28 @@ def db(monkeypatch: pytest.MonkeyPatch) -> Database:
     return database
 
 
-def test_the_table_is_made_once_at_start(db: Database) -> None:
+def test_the_tables_revision_is_checked_once_at_start(db: Database) -> None:
     HashRegistry.from_orthanc(ORTHANC)
-    assert db.schema_made == 1
+    assert db.revision_checks == 1
+
+
+@pytest.mark.parametrize(
+    ("revisions", "expected"),
+    [
+        (None, f"not migrated .*needs revision {REVISION}: run .*alembic .*upgrade head"),
+        ([], f"not migrated .*needs revision {REVISION}: run .*upgrade head"),
+        (["0000"], f"at revision 0000, this release needs {REVISION}: run .*upgrade head"),
+        (["9999"], f"at revision 9999, this release needs {REVISION}: .*newer release"),
+    ],
+)
+def test_tables_at_another_revision_are_the_plugins_error_and_the_pool_closes(
+    db: Database, revisions: list[str] | None, expected: str
+) -> None:
+    db.revisions = revisions
+    with pytest.raises(PluginError, match=expected):
+        HashRegistry.from_orthanc(ORTHANC)
+    (pool,) = db.pools
+    assert pool.closed
 
 
 def test_a_hash_is_recorded_replaced_read_and_forgotten(db: Database) -> None:

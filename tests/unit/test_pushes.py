@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 from imgcloud import instance_hashes
+from imgcloud.central_schema import REVISION, VERSION_QUERY
 from imgcloud.pushes import PushRegistry, PushRejected, check_transition, validate_request
 from psycopg.rows import dict_row
 
@@ -154,7 +155,9 @@ class FakeConnection:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> FakeConnection:
         self._rows: list[dict[str, Any]] = []
-        if sql.lstrip().startswith("SELECT * FROM imgcloud_pushes WHERE push_id"):
+        if sql == VERSION_QUERY:  # at open: migrated
+            self._rows = [{"version_num": REVISION}]
+        elif sql.lstrip().startswith("SELECT * FROM imgcloud_pushes WHERE push_id"):
             self._rows = [dict(self.row)] if self.row else []
         elif sql.lstrip().startswith("UPDATE imgcloud_pushes") and self.row:
             self.updates.append(params)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -17,6 +18,8 @@ from ..errors import PrerequisiteMissing, StackError
 from .base import Service
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+CENTRAL_MIGRATIONS = Path("central-orthanc") / "migrations" / "alembic.ini"  # in the repo
+MIGRATE_TIMEOUT_S = 120
 # database name -> (owner role, secret holding its password)
 DATABASES = {
     "orthanc_central": ("orthanc_central", "db_central"),
@@ -150,6 +153,11 @@ class Postgres(Service):
         return None
 
     def after_healthy(self) -> None:
+        """Create each component's role and database, then central's plugin tables."""
+        self.provision()
+        self.migrate_central()
+
+    def provision(self) -> None:
         """Create each component's role and database (idempotent)."""
         with self._connect() as conn:
             for database, (role, secret) in DATABASES.items():
@@ -171,3 +179,47 @@ class Postgres(Service):
                             sql.Identifier(database), sql.Identifier(role)
                         )
                     )
+
+    def migrate_central(self) -> None:
+        """Central's plugin tables to the Alembic head, once, before any central Orthanc
+        starts (they only check the revision). As the role owning orthanc_central, so the
+        tables keep that owner; concurrent runs wait on each other (an advisory lock)."""
+        role, secret = DATABASES["orthanc_central"]
+        password = quote(self.ctx.secrets[secret], safe="")
+        url = (
+            f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.ctx.ports['postgres']}"
+            "/orthanc_central"
+        )
+        root = self.ctx.settings.repo_root
+        argv = [
+            str(self.ctx.settings.venv_bin / "alembic"),
+            "-c",
+            str(root / CENTRAL_MIGRATIONS),
+            "upgrade",
+            "head",
+        ]
+        with open(self.log, "ab") as log:
+            try:
+                subprocess.run(
+                    argv,
+                    check=True,
+                    timeout=MIGRATE_TIMEOUT_S,
+                    cwd=root,
+                    env=os.environ | {"IMGCLOUD_CENTRAL_DATABASE_URL": url},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            except subprocess.CalledProcessError as exc:
+                raise StackError(
+                    self.name,
+                    f"migrating central's plugin tables (alembic -c {CENTRAL_MIGRATIONS} "
+                    f"upgrade head) failed with exit status {exc.returncode}",
+                    self.log,
+                ) from exc
+            except subprocess.TimeoutExpired as exc:
+                raise StackError(
+                    self.name,
+                    f"migrating central's plugin tables took over {MIGRATE_TIMEOUT_S} s "
+                    "(another migration holding its lock?)",
+                    self.log,
+                ) from exc
