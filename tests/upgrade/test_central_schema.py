@@ -176,7 +176,7 @@ def finished(process: subprocess.Popen) -> str:
 def facts(ctx: StackContext, dbname: str) -> dict[str, Any]:
     """Version rows, each table's owner, and the push indexes."""
     with admin(ctx, dbname) as conn:
-        owners = dict(
+        owners: dict[str, str] = dict(
             conn.execute(
                 "SELECT tablename, tableowner FROM pg_tables WHERE tablename = ANY(%s)",
                 (list(TABLES),),
@@ -192,6 +192,16 @@ def facts(ctx: StackContext, dbname: str) -> dict[str, Any]:
         if VERSION_TABLE in owners:
             versions = [r[0] for r in conn.execute(VERSION_QUERY)]
     return {"owners": owners, "indexes": indexes, "versions": versions}
+
+
+def waiting(conn: psycopg.Connection, dbname: str) -> int:
+    """Sessions waiting for an advisory lock in database `dbname`."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = %s)",
+        (dbname,),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def assert_at_head(ctx: StackContext, dbname: str) -> None:
@@ -215,17 +225,7 @@ def test_two_migrations_at_the_same_moment_both_succeed_with_one_result(
         # waiting at once, then let them go together.
         holder.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
         runs = [migration(ctx, fresh), migration(ctx, fresh)]
-        eventually(
-            lambda: (
-                holder.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = %s)",
-                    (fresh,),
-                ).fetchone()[0]
-                == 2
-            ),
-            what="both migrations waiting on the lock",
-        )
+        eventually(lambda: waiting(holder, fresh) == 2, what="both migrations waiting")
         holder.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK,))
     outputs = [finished(run) for run in runs]
     assert sum("Running upgrade  -> 0001" in out for out in outputs) == 1, outputs
@@ -256,9 +256,10 @@ def test_a_database_the_previous_release_made_is_adopted_as_it_is(
     pushes = PushRegistry(conninfo(ctx, fresh))
     try:
         assert hashes.lookup("oid-1") == "a" * 64
-        assert pushes.get(str(kept))["state"] == "pending"  # the oldest open one stays
-        superseded = pushes.get(str(closed))
-        assert superseded["state"] == "failed" and str(kept) in superseded["detail"]
+        stays, superseded = pushes.get(str(kept)), pushes.get(str(closed))
+        assert stays is not None and stays["state"] == "pending"  # the oldest open one
+        assert superseded is not None and superseded["state"] == "failed"
+        assert str(kept) in superseded["detail"]
     finally:
         hashes.close()
         pushes.close()
