@@ -27,7 +27,7 @@ from .services.base import Service
 from .services.central import CentralOrthanc, central_nodes
 from .services.dicom_tls import DicomTlsA, DicomTlsB
 from .services.gateway import Gateway
-from .services.indexer import Indexer
+from .services.indexer import Indexer, indexer_nodes
 from .services.keycloak import Keycloak
 from .services.orthanc import (
     HOSPITAL_PACS_TLS_NAME,
@@ -72,11 +72,16 @@ def load_context(settings: StackSettings) -> StackContext:
 
 
 def services(ctx: StackContext) -> list[Service]:
-    """Every service of the stack in start order; CentralOrthanc stands for every central
-    node the settings name."""
+    """Every service of the stack in start order; CentralOrthanc and Indexer stand for
+    every node of theirs the settings name."""
     result: list[Service] = []
     for cls in SERVICE_CLASSES:
-        result += central_nodes(ctx) if cls is CentralOrthanc else [cls(ctx)]
+        if cls is CentralOrthanc:
+            result += central_nodes(ctx)
+        elif cls is Indexer:
+            result += indexer_nodes(ctx)
+        else:
+            result.append(cls(ctx))
     return result
 
 

@@ -51,9 +51,16 @@ def central_ports(node: int) -> tuple[str, str]:
     return (f"{prefix}_http", f"{prefix}_dicom")
 
 
-def port_names(central_nodes: int = 1) -> tuple[str, ...]:
-    """PORT_NAMES plus those of central nodes 2..central_nodes."""
+def indexer_port(node: int) -> str:
+    """The port name of indexer node `node`: node 1 keeps today's name."""
+    return "indexer" if node == 1 else f"indexer_{node}"
+
+
+def port_names(central_nodes: int = 1, indexer_nodes: int = 1) -> tuple[str, ...]:
+    """PORT_NAMES plus those of central nodes 2..central_nodes and indexer nodes
+    2..indexer_nodes."""
     extra = [name for node in range(2, central_nodes + 1) for name in central_ports(node)]
+    extra += [indexer_port(node) for node in range(2, indexer_nodes + 1)]
     return (*PORT_NAMES, *extra)
 
 

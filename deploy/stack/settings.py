@@ -69,6 +69,9 @@ class StackSettings:
     # bucket, a key ring each; node 1 is `central`, node k `central-k`. The gateway's
     # upstream lists every one.
     central_nodes: int = 1
+    # How many indexer nodes run (STACK_INDEXER_NODES): one database; node 1 is `indexer`
+    # (and runs the migrations), node k `indexer-k`. Their background loops take leases.
+    indexer_nodes: int = 1
 
     @classmethod
     def from_env(cls, state_dir: str | None = None) -> StackSettings:
@@ -86,10 +89,14 @@ class StackSettings:
             central_nodes=node_count(
                 "STACK_CENTRAL_NODES", os.environ.get("STACK_CENTRAL_NODES", "1")
             ),
+            indexer_nodes=node_count(
+                "STACK_INDEXER_NODES", os.environ.get("STACK_INDEXER_NODES", "1")
+            ),
         )
 
     def __post_init__(self) -> None:
         node_count("central_nodes", str(self.central_nodes))
+        node_count("indexer_nodes", str(self.indexer_nodes))
 
     @property
     def venv_bin(self) -> Path:
@@ -122,7 +129,7 @@ class StackSettings:
     @property
     def port_names(self) -> tuple[str, ...]:
         """Every port name of this stack: the fixed ones and each extra node's."""
-        return port_names(self.central_nodes)
+        return port_names(self.central_nodes, self.indexer_nodes)
 
     def log(self, service: str) -> Path:
         return self.log_dir / f"{service}.log"

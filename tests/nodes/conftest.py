@@ -1,4 +1,5 @@
-"""A whole stack with two central Orthanc nodes, for the tests that run two copies (#19, 4).
+"""A whole stack with two central Orthanc nodes and two indexer nodes, for the tests that
+run two copies (#19, 4).
 
 It lives in a state directory of its own under var/, on free ports, and is stopped and
 removed once the last test of tests/nodes has run (package scope), before the integration
@@ -21,9 +22,10 @@ from deploy.stack.client import ORTHANC_POOL_LIMITS, StackClient
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import down, load_context, up
 from deploy.stack.services.central import CentralOrthanc, central_nodes
+from deploy.stack.services.indexer import indexer_nodes
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
-NODES = 2
+NODES = 2  # central nodes, and indexer nodes
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class TwoCentrals:
     nodes: list[CentralNode]
 
     @property
+    def indexer_ports(self) -> list[int]:
+        """Each indexer node's port, node 1 (`indexer`) first."""
+        return [self.ctx.ports[n.port_name] for n in indexer_nodes(self.ctx)]
+
+    @property
     def gateway_access_log(self) -> Path:
         return self.ctx.state / "gateway" / "logs" / "access.log"
 
@@ -72,7 +79,9 @@ def two_centrals() -> Iterator[TwoCentrals]:
     base.mkdir(exist_ok=True)
     state = Path(tempfile.mkdtemp(prefix="test-nodes-", dir=base))
     state.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
-    settings = dataclasses.replace(StackSettings.from_env(str(state)), central_nodes=NODES)
+    settings = dataclasses.replace(
+        StackSettings.from_env(str(state)), central_nodes=NODES, indexer_nodes=NODES
+    )
     ctx = load_context(settings)
     try:
         up(ctx, say=lambda msg: print(msg, flush=True))

@@ -1,6 +1,6 @@
 """Two central Orthanc nodes over one PostgreSQL index and one bucket (#19, 4): they start
 at the same moment without error, a study stored through one is served by the other, and
-the gateway sends requests to both."""
+the gateway sends requests to both (and to both indexer nodes)."""
 
 from __future__ import annotations
 
@@ -94,10 +94,26 @@ def test_the_gateway_sends_requests_to_both_nodes(two_centrals: TwoCentrals) -> 
             names.add(answer.json()["Name"])
     assert names == {f"imaging-cloud-{n.name}" for n in two_centrals.nodes}
 
+    ports = [n.port for n in two_centrals.nodes]
+    assert answered_by(two_centrals, "GET /orthanc/system", ports)
+
+
+def test_the_gateway_sends_api_requests_to_both_indexer_nodes(two_centrals: TwoCentrals) -> None:
+    with two_centrals.client.gateway() as anyone:
+        for _ in range(8):
+            answer = anyone.get("/api/healthz")
+            assert answer.status_code == 200, answer.text
+    assert answered_by(two_centrals, "GET /api/healthz", two_centrals.indexer_ports)
+
+
+def answered_by(two_centrals: TwoCentrals, request: str, ports: list[int]) -> set[str]:
+    """Waits until the gateway's access log shows `request` answered by every port."""
+    wanted = {f"127.0.0.1:{port}" for port in ports}
+    assert len(wanted) == 2
+
     def upstreams() -> set[str]:
         lines = two_centrals.gateway_access_log.read_text().splitlines()
-        answered = [line.rsplit(" ", 1)[-1] for line in lines if '"GET /orthanc/system"' in line]
-        wanted = {f"127.0.0.1:{n.port}" for n in two_centrals.nodes}
-        return wanted if wanted <= set(answered) else set()
+        answered = {line.rsplit(" ", 1)[-1] for line in lines if f'"{request}"' in line}
+        return wanted if wanted <= answered else set()
 
-    assert eventually(upstreams, what="the access log names both nodes", timeout=10)
+    return eventually(upstreams, what=f"the access log names both nodes for {request}", timeout=10)

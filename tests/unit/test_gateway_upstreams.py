@@ -29,12 +29,15 @@ SECRETS = {
 }
 
 
-def context(tmp_path: Path, nodes: int, pki: dict[str, Path] | None = None) -> StackContext:
+def context(
+    tmp_path: Path, nodes: int, pki: dict[str, Path] | None = None, indexers: int = 1
+) -> StackContext:
     settings = StackSettings(
         state_dir=tmp_path,
         cache_dir=tmp_path / "cache",
         versions=_read_versions(REPO_ROOT / "deploy" / "versions.env"),
         central_nodes=nodes,
+        indexer_nodes=indexers,
     )
     ports = allocate(tmp_path / "ports.json", settings.port_names)
     return StackContext(
@@ -65,6 +68,17 @@ def test_upstream_central_lists_every_node_and_keeps_its_keepalive(
     assert "keepalive 16;" in indexer
 
 
+def test_upstream_indexer_lists_every_indexer_node(tmp_path: Path) -> None:
+    ctx = context(tmp_path, 1, indexers=2)
+    indexer = upstream(Gateway(ctx).render(), "indexer")
+    ports = [ctx.ports["indexer"], ctx.ports["indexer_2"]]
+    assert re.findall(r"server ([^;]+);", indexer) == [f"127.0.0.1:{p}" for p in ports]
+    names = [[s.name for s in group] for group in start_groups(services(ctx))]
+    assert ["indexer", "indexer-2"] in names
+    second = next(s for s in services(ctx) if s.name == "indexer-2")
+    assert str(ctx.ports["indexer_2"]) in second.argv()
+
+
 def test_the_access_log_names_the_node_that_answered(tmp_path: Path) -> None:
     conf = Gateway(context(tmp_path, 2)).render()
     formats = re.findall(r"log_format (\w+) ((?:'[^']*'\s*)+);", conf)
@@ -81,7 +95,7 @@ def test_an_upstream_without_a_server_is_refused() -> None:
 @pytest.mark.skipif(not NGINX.exists() or os.geteuid() != 0, reason="needs nginx, as root")
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_nginx_accepts_the_rendered_configuration(tmp_path: Path, nodes: int) -> None:
-    ctx = context(tmp_path, nodes, ensure_pki(tmp_path / "pki"))
+    ctx = context(tmp_path, nodes, ensure_pki(tmp_path / "pki"), indexers=nodes)
     gateway = Gateway(ctx)
     for sub in ("tmp", "logs"):
         (gateway.home / sub).mkdir(parents=True, exist_ok=True)
@@ -92,12 +106,13 @@ def test_nginx_accepts_the_rendered_configuration(tmp_path: Path, nodes: int) ->
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("variable", ["STACK_CENTRAL_NODES", "STACK_INDEXER_NODES"])
 @pytest.mark.parametrize("text", ["0", "9", "two", "", "1.5"])
 def test_a_node_count_outside_1_to_8_is_refused_naming_the_variable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, text: str
 ) -> None:
-    monkeypatch.setenv("STACK_CENTRAL_NODES", text)
-    with pytest.raises(ValueError, match="STACK_CENTRAL_NODES"):
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ValueError, match=variable):
         StackSettings.from_env(str(tmp_path))
     assert node_count("X", " 8 ") == 8
 
@@ -106,8 +121,9 @@ def test_the_default_is_one_node_named_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("STACK_CENTRAL_NODES", raising=False)
+    monkeypatch.delenv("STACK_INDEXER_NODES", raising=False)
     settings = StackSettings.from_env(str(tmp_path))
-    assert settings.central_nodes == 1
+    assert settings.central_nodes == settings.indexer_nodes == 1
     assert settings.port_names == PORT_NAMES
     ctx = context(tmp_path, 1)
     assert [s.name for s in services(ctx) if isinstance(s, CentralOrthanc)] == ["central"]

@@ -13,6 +13,7 @@ from ..errors import PrerequisiteMissing
 from ..modes import GATEWAY_HOME_MODE
 from .base import Service, http_health
 from .central import central_nodes
+from .indexer import indexer_nodes
 
 NGINX = Path("/usr/sbin/nginx")
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -91,6 +92,7 @@ class Gateway(NginxService):
             f"central-admin:{self.ctx.secrets['central_orthanc']}".encode()
         ).decode()
         centrals = [f"127.0.0.1:{self.ctx.ports[n.http_port]}" for n in central_nodes(self.ctx)]
+        indexers = [f"127.0.0.1:{self.ctx.ports[n.port_name]}" for n in indexer_nodes(self.ctx)]
         return render_template(
             (self.ctx.settings.repo_root / "deploy/gateway/nginx.conf.template").read_text(),
             {
@@ -103,7 +105,7 @@ class Gateway(NginxService):
                 "VIEWER_CONFIG": str(self.ctx.settings.repo_root / "deploy/gateway/app-config.js"),
                 "CENTRAL_SERVERS": upstream_servers(centrals),
                 "CENTRAL_BASIC_AUTH": basic,
-                "INDEXER_SERVERS": upstream_servers([f"127.0.0.1:{self.ctx.ports['indexer']}"]),
+                "INDEXER_SERVERS": upstream_servers(indexers),
                 "GATEWAY_FORWARD_SECRET": self.ctx.secrets["gateway_forward_secret"],
                 "KEYCLOAK": f"127.0.0.1:{self.ctx.ports['keycloak']}",
                 "KEYCLOAK_ADMIN_ACCESS": keycloak_admin_access(

@@ -9,16 +9,27 @@ from pathlib import Path
 
 from indexer.security.pii import PiiCipher
 
-from ..context import INSTITUTION_A, INSTITUTION_B, REALM
+from ..context import INSTITUTION_A, INSTITUTION_B, REALM, StackContext
 from ..errors import StackError
+from ..ports import indexer_port
 from .base import Service, http_health
 
 INSTITUTIONS = {INSTITUTION_A: "Demo Hospital A", INSTITUTION_B: "Demo Hospital B"}
 
 
 class Indexer(Service):
+    """Indexer node `node` (1-based): node 1 is `indexer` and migrates the database before
+    it starts; node k is `indexer-k` on port indexer_k, on the same database."""
+
     name = "indexer"
     ports = ("indexer",)
+
+    def __init__(self, ctx: StackContext, node: int = 1) -> None:
+        super().__init__(ctx)
+        self.node = node
+        self.name = "indexer" if node == 1 else f"indexer-{node}"
+        self.port_name = indexer_port(node)
+        self.ports = (self.port_name,)
 
     def env(self) -> dict[str, str]:
         dsn = self.ctx.pg_dsn("indexer", "indexer", "db_indexer")
@@ -70,6 +81,8 @@ class Indexer(Service):
         root = self.ctx.settings.repo_root
         bin_dir = self.ctx.settings.venv_bin
         self.ensure_pii_keys()
+        if self.node > 1:
+            return  # node 1 migrated the database and registered the institutions
         self._run(
             [
                 str(bin_dir / "alembic"),
@@ -104,7 +117,7 @@ class Indexer(Service):
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.ctx.ports["indexer"]),
+            str(self.ctx.ports[self.port_name]),
             "--workers",
             "2",  # one per core: the lookups are CPU-bound Python
             "--loop",
@@ -116,4 +129,9 @@ class Indexer(Service):
         ]
 
     def health(self) -> str | None:
-        return http_health(f"{self.ctx.http('indexer')}/api/healthz")
+        return http_health(f"{self.ctx.http(self.port_name)}/api/healthz")
+
+
+def indexer_nodes(ctx: StackContext) -> list[Indexer]:
+    """Every indexer node this stack's settings name, node 1 first."""
+    return [Indexer(ctx, node) for node in range(1, ctx.settings.indexer_nodes + 1)]
