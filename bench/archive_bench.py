@@ -29,15 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from imgcloud.storage.backends import S3Settings, S3Store
 from imgcloud.storage.envelope import seal
 from imgcloud.storage.keyring import KeyRing
+from imgcloud.storage.object_keys import object_key
 
 from deploy.samples.studies import make_study
 from deploy.stack.client import ORTHANC_POOL_LIMITS, StackClient
-from deploy.stack.launcher import services
 from deploy.stack.services.seaweedfs import s3_client
 from deploy.stack.settings import StackSettings
 
+from .archive_layouts import Layouts, measure
 from .archive_report import (
     OURS,
     PLAIN,
@@ -45,11 +47,10 @@ from .archive_report import (
     cost_table,
     machine_table,
     object_table,
-    per_instance,
 )
 from .archive_soak import soak
 from .baseline import start_baseline, stop_baseline
-from .cpu import Group, Pinning, all_stats, cpu_shares, cpu_times, delta, plan_affinity, usage
+from .cpu import Group
 
 LAYOUTS = ("fair", "shared")
 
@@ -134,24 +135,46 @@ def sop_uids(url: str, auth: tuple[str, str], ids: dict[str, str], count: int) -
     return [item["00080018"]["Value"][0] for item in found][:count]
 
 
-def raw_s3_put_rate(stack: StackClient, files: list[bytes], clients: int) -> float:
-    """Objects/s of plain PUTs of the same sizes to the same SeaweedFS: the link's ceiling."""
-    s3 = s3_client(stack["S3_ENDPOINT"], stack["S3_ACCESS_KEY"], stack["S3_SECRET_KEY"])
-    prefix = f"bench/{uuid.uuid4()}/"
+def raw_puts(store: S3Store, keys: list[str], bodies: list[bytes], clients: int) -> float:
+    """Seconds for PUTs of `bodies` under `keys`, through the plugin's own S3 client."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(
-            pool.map(
-                lambda i: s3.put_object(
-                    Bucket=stack["S3_BUCKET"], Key=f"{prefix}{i}", Body=files[i]
-                ),
-                range(len(files)),
-            )
+        list(pool.map(store.put, keys, bodies))
+    return time.perf_counter() - started
+
+
+def raw_put_costs(stack: StackClient, files: list[bytes], clients: int, groups: list[Group]):
+    """PUTs/s and CPU ms per PUT of SeaweedFS and of the S3 client (boto3 as the plugin
+    configures it, in this process) for instance-sized and 2 kB ("until pixel data") bodies,
+    with a flat key layout and with the archive's <u0u1>/<u2u3>/<uuid>.<type> layout."""
+    store = S3Store(
+        S3Settings(
+            endpoint=stack["S3_ENDPOINT"],
+            region="us-east-1",
+            bucket=stack["S3_BUCKET"],
+            access_key=stack["S3_ACCESS_KEY"],
+            secret_key=stack["S3_SECRET_KEY"],
         )
-    elapsed = time.perf_counter() - started
-    for i in range(len(files)):
-        s3.delete_object(Bucket=stack["S3_BUCKET"], Key=f"{prefix}{i}")
-    return len(files) / elapsed
+    )
+    small = [os.urandom(2048) for _ in files]
+    out = {}
+    for kind, bodies, archive_layout in [
+        ("instance, flat keys", files, False),
+        ("instance, archive keys", files, True),
+        ("2 kB, flat keys", small, False),
+        ("2 kB, archive keys", small, True),
+    ]:
+        run = f"bench/{uuid.uuid4()}/"
+        names = [str(uuid.uuid4()) for _ in bodies]
+        keys = [object_key(run, u, 1) if archive_layout else f"{run}{u}.1" for u in names]
+        seconds, entry = measure(
+            groups, lambda k=keys, b=bodies: raw_puts(store, k, b, clients), len(bodies)
+        )
+        for key in keys:
+            store.delete(key)
+        cpu = {name: g["cpu_ms"] for name, g in entry["groups"].items()}
+        out[kind] = {"puts_per_s": len(bodies) / seconds, **cpu}
+    return out
 
 
 def seal_cost_ms(files: list[bytes]) -> float:
@@ -160,99 +183,6 @@ def seal_cost_ms(files: list[bytes]) -> float:
     for raw in files[:50]:
         seal(raw, object_key="00/00/x.1", attachment_type=1, ring=ring)
     return (time.perf_counter() - started) * 1000 / min(50, len(files))
-
-
-def bucket_objects(s3, bucket: str) -> tuple[int, int]:
-    """(objects, bytes) in the archive's bucket, outside the benchmark's own bench/ prefix."""
-    count = size = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            if not item["Key"].startswith("bench/"):
-                count, size = count + 1, size + item["Size"]
-    return count, size
-
-
-class Layouts:
-    """The process groups of both sides, and the CPU layouts applied to them."""
-
-    def __init__(self, ctx, baseline_pid: int, orthanc_cpus: set[int], rest_cpus: set[int]):
-        found = {svc.name: svc.pid() for svc in services(ctx)}
-        missing = [name for name, pid in found.items() if pid is None]
-        if missing:
-            raise SystemExit(f"stack services not running: {', '.join(missing)}")
-        pids = {name: pid for name, pid in found.items() if pid is not None}
-        # The log filters of Orthanc and nginx run in sessions of their own (processes.spawn).
-        log_dir = str(ctx.settings.log_dir)
-        filters = frozenset(
-            s.pid
-            for s in all_stats()
-            if (cmd := _cmdline(s.pid)) and "deploy.stack.logredact" in cmd and log_dir in cmd
-        )
-        others = {p for name, p in pids.items() if name not in ("central", "postgres", "seaweedfs")}
-        common = [
-            Group("seaweedfs", roots=frozenset({pids["seaweedfs"]})),
-            Group("postgres", roots=frozenset({pids["postgres"]})),
-            Group("clients", pids=frozenset({os.getpid()})),
-        ]
-        self.groups = {
-            OURS: [
-                Group("orthanc", roots=frozenset({pids["central"]})),
-                *common,
-                Group("others", roots=frozenset(others | {baseline_pid}), pids=filters),
-            ],
-            PLAIN: [
-                Group("orthanc", roots=frozenset({baseline_pid})),
-                *common,
-                Group("others", roots=frozenset(others | {pids["central"]}), pids=filters),
-            ],
-        }
-        self.orthanc_cpus, self.rest_cpus = orthanc_cpus, rest_cpus
-        self.all_cpus = set(os.sched_getaffinity(0))
-        self.pinning = Pinning()
-
-    def apply(self, layout: str, side: str) -> int:
-        groups = self.groups[side]
-        plan = plan_affinity(
-            layout,
-            [g.name for g in groups],
-            "orthanc",
-            self.orthanc_cpus,
-            self.rest_cpus,
-            self.all_cpus,
-        )
-        return self.pinning.apply(groups, plan)
-
-    def restore(self) -> None:
-        self.pinning.restore(self.groups[OURS], self.all_cpus)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
-def measure(groups: list[Group], work, instances: int, s3=None, bucket: str = ""):
-    """Run work(); return (its result, cost per instance of every group and of the bucket)."""
-    before, machine_before = usage(groups), cpu_times()
-    objects_before = bucket_objects(s3, bucket) if s3 else (0, 0)
-    result = work()
-    after, machine_after = usage(groups), cpu_times()
-    spent = delta(after, before)
-    entry: dict = {
-        "groups": per_instance(
-            {n: u.cpu_s for n, u in spent.items()},
-            {n: u.write_bytes for n, u in spent.items()},
-            instances,
-        ),
-        "cpus": cpu_shares(machine_after, machine_before),
-    }
-    if s3:
-        count, size = bucket_objects(s3, bucket)
-        entry["objects"] = (count - objects_before[0]) / instances
-        entry["object_kb"] = (size - objects_before[1]) / 1000 / instances
-    return result, entry
 
 
 def main() -> int:
@@ -337,7 +267,8 @@ def main() -> int:
         if layouts is not None:
             layouts.restore()
         stop_baseline(baseline, ctx)
-    raw_rate = raw_s3_put_rate(stack, files, max(args.clients))
+    put_groups = [g for g in layouts.groups[OURS] if g.name in ("seaweedfs", "clients")]
+    raw = raw_put_costs(stack, files, max(args.clients), put_groups)
     seal_ms = seal_cost_ms(files)
 
     print(
@@ -358,16 +289,22 @@ def main() -> int:
     print()
     print("\n".join(machine_table(cost, args.layouts)))
     print(
-        f"\nbreakdown (shared layout): raw S3 PUT of the same objects ({max(args.clients)} "
-        f"clients): {raw_rate:.0f} objects/s; sealing one instance: {seal_ms:.2f} ms"
+        f"\nbreakdown (shared layout): PUTs through the plugin's S3 client to the same SeaweedFS, "
+        f"{max(args.clients)} clients"
     )
+    for kind, figures in raw.items():
+        print(
+            f"  {kind:<24} {figures['puts_per_s']:6.0f} PUT/s; CPU ms per PUT: "
+            f"SeaweedFS {figures['seaweedfs']:.2f}, boto3 client {figures['clients']:.2f}"
+        )
+    print(f"  sealing one instance: {seal_ms:.2f} ms")
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "results": results,
                     "cost": cost,
-                    "raw_s3_put_per_s": raw_rate,
+                    "raw_puts": raw,
                     "seal_ms": seal_ms,
                 },
                 indent=1,
