@@ -48,7 +48,7 @@ class _Orthanc:
         orthanc.LogWarning(message)
 
 
-APP = CentralApp(SETTINGS, STORAGE, _Orthanc())
+APP = CentralApp(SETTINGS, STORAGE, _Orthanc(), _ARCHIVE.keys if _ARCHIVE else None)
 
 
 def _on_stored(dicom, instance_id):

@@ -87,7 +87,7 @@ orthanc.RegisterReceivedInstanceCallback(_on_received)
 orthanc.RegisterFindCallback(_on_find)
 orthanc.RegisterMoveCallback(_on_move)
 orthanc.RegisterOnChangeCallback(_on_change)
-for _path, _route in EdgeRoutes(APP, orthanc.LogWarning).routes().items():
+for _path, _route in EdgeRoutes(APP, orthanc.LogWarning, ARCHIVE.keys).routes().items():
     glue_common.route(_path, _route)
 orthanc.LogWarning(
     f"imaging-cloud edge plugin {__version__} loaded for {APP.institution}, storage {STORAGE}"

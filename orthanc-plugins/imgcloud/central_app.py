@@ -15,6 +15,7 @@ from .instance_hashes import HashRegistry
 from .plugin_settings import CentralSettings
 from .pushes import PushCreate, PushRegistry, PushRejected, PushReport
 from .routes import Method, Reply, Request, Route, error
+from .storage.archive import KeyRingSource
 from .verification import VerifyRequest
 
 
@@ -29,10 +30,17 @@ class CentralOrthanc(Protocol):
 
 
 class CentralApp:
-    def __init__(self, settings: CentralSettings, storage: str, orthanc: CentralOrthanc) -> None:
+    def __init__(
+        self,
+        settings: CentralSettings,
+        storage: str,
+        orthanc: CentralOrthanc,
+        key_ring: KeyRingSource | None = None,
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.orthanc = orthanc
+        self.key_ring = key_ring  # the storage area's, as this Orthanc has loaded it
         self.hashes = HashRegistry(settings.conninfo)
         try:
             self.pushes = PushRegistry(settings.conninfo)
@@ -95,8 +103,13 @@ class CentralApp:
         }
 
     def status(self, request: Request) -> Reply:
+        """Role, version, storage, and the key ring's version and key ids (no material): a
+        rotation across nodes waits for each node to show the new key here."""
         role = self.settings.plugin.role
-        return Reply(200, {"role": role, "version": __version__, "storage": self.storage})
+        body: dict[str, Any] = {"role": role, "version": __version__, "storage": self.storage}
+        if self.key_ring is not None:
+            body["key_ring"] = self.key_ring.summary()
+        return Reply(200, body)
 
     def verify(self, request: Request) -> Reply:
         """POST {"instances": {SOP Instance UID: SHA-256}[, "discard": false]} -> confirmed /

@@ -11,6 +11,7 @@ from .edge_requests import FetchRequest, PacsPullRequest, PushRequest, RequestRe
 from .edge_rules import RulesRejected
 from .errors import CentralError, ServiceCallError
 from .routes import Method, Reply, Request, Route, error
+from .storage.archive import KeyRingSource
 
 # Orthanc's REST API may add, change or remove DICOM modalities at run time (PUT and
 # DELETE /modalities/{id}); the edge's load-time checks of DicomModalities (per-AE
@@ -71,11 +72,18 @@ def _json_body(handler: Callable[[Request], Reply], model: type) -> Method:
 
 
 class EdgeRoutes:
-    """The handlers; `log_warning` writes to Orthanc's log."""
+    """The handlers; `log_warning` writes to Orthanc's log; `key_ring` is the storage
+    area's, whose version and key ids (never material) the status route shows."""
 
-    def __init__(self, app: EdgeApp, log_warning: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        app: EdgeApp,
+        log_warning: Callable[[str], None],
+        key_ring: KeyRingSource | None = None,
+    ) -> None:
         self.app = app
         self.log_warning = log_warning
+        self.key_ring = key_ring
 
     def routes(self) -> dict[str, Route]:
         """URI pattern -> route, as Orthanc registers them."""
@@ -93,7 +101,10 @@ class EdgeRoutes:
         }
 
     def status(self, request: Request) -> Reply:
-        return Reply(200, self.app.status())
+        body = self.app.status()
+        if self.key_ring is not None:
+            body["key_ring"] = self.key_ring.summary()
+        return Reply(200, body)
 
     def _new_job(self, kind: str, request: Request) -> Reply:
         parsed = request.body

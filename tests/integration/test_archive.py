@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from imgcloud.storage.envelope import key_id_of
+from imgcloud.storage.keyring import KeyRing
 from imgcloud.storage.object_keys import object_key, parse_object_key
 
 from deploy.samples.studies import SampleStudy, make_study
@@ -161,7 +162,11 @@ def test_rotation_rewrap_and_retirement(
     stack: StackClient, stack_settings: StackSettings, central: httpx.Client, s3
 ) -> None:
     first = upload(central, dicom_bytes(make_study(3104, "CT", instances=2)))
-    rotated = storage_cli(stack_settings, "rotate", "--new-key", "k-rot-2")
+    # one central node: both phases of the rotation here (deploy.stack rotate-key does them
+    # across nodes, tests/nodes/test_key_ring_rotation.py)
+    added = storage_cli(stack_settings, "add-key", "--new-key", "k-rot-2")
+    assert added.returncode == 0, added.stderr
+    rotated = storage_cli(stack_settings, "promote", "--key", "k-rot-2")
     assert rotated.returncode == 0, rotated.stderr
 
     def key_of(instance_id: str) -> str:
@@ -209,7 +214,11 @@ def test_rotation_rewrap_and_retirement(
             f.seek(offset)
             tail = f.read().decode("utf-8", errors="replace")
         return (
-            re.search(r"key ring reloaded: current key k-rot-2, keys k-rot-2\s*$", tail, re.M)
+            re.search(
+                r"key ring reloaded: version \d+, current key k-rot-2, keys k-rot-2\s*$",
+                tail,
+                re.M,
+            )
             is not None
         )
 
@@ -221,6 +230,13 @@ def test_rotation_rewrap_and_retirement(
     )
     for instance_id in [*first.values(), *second.values()]:
         assert central.get(f"/instances/{instance_id}/file").status_code == 200
+    assert central.get("/imaging-cloud/status").json()["key_ring"] == {
+        "version": KeyRing.from_file(
+            stack_settings.state_dir / "keys" / "central" / "keyring.json", "ring"
+        ).version,
+        "current": "k-rot-2",
+        "keys": ["k-rot-2"],
+    }
 
 
 def test_consistency_check_finds_orphans_and_missing_objects(

@@ -63,7 +63,7 @@ def test_key_ring_change_is_picked_up_without_restart(
     ring_path = tmp_path / "ring.json"
     old = str(uuid.uuid4())
     archive.create(old, 1, b"old")
-    ring = KeyRing.from_file(ring_path, "x").rotated("k2")
+    ring = KeyRing.from_file(ring_path, "x").with_key("k2").promoted("k2")
     write_key_ring(ring, ring_path)
     os.utime(ring_path, (1, 1))  # a different mtime even on coarse clocks
     new = str(uuid.uuid4())

@@ -90,7 +90,7 @@ def test_errors_carry_the_object_key_but_no_content(ring: KeyRing) -> None:
 
 def test_rotation_and_rewrap(ring: KeyRing) -> None:
     old = seal(b"old", object_key=KEY, attachment_type=1, ring=ring)
-    ring2 = ring.rotated("k2")
+    ring2 = ring.with_key("k2").promoted("k2")
     new = seal(b"new", object_key=KEY, attachment_type=1, ring=ring2)
     assert (key_id_of(old, KEY), key_id_of(new, KEY)) == ("k1", "k2")
     assert open_sealed(old, object_key=KEY, attachment_type=1, ring=ring2) == b"old"
@@ -105,7 +105,7 @@ def test_rotation_and_rewrap(ring: KeyRing) -> None:
 
 def test_key_ring_file_round_trip_and_permissions(tmp_path: Path, ring: KeyRing) -> None:
     path = tmp_path / "ring.json"
-    write_key_ring(ring.rotated("k2"), path)
+    write_key_ring(ring.with_key("k2").promoted("k2"), path)
     assert path.stat().st_mode & 0o777 == 0o600
     loaded = KeyRing.from_file(path, "ImagingCloud.Storage.KeyRingFile")
     assert loaded.current_id == "k2" and loaded.key_ids == ("k1", "k2")

@@ -65,7 +65,7 @@ class FlakyStore(FileStore):
 @pytest.fixture
 def rings() -> tuple[KeyRing, KeyRing]:
     old = KeyRing.generate("k1")
-    return old, old.rotated("k2")
+    return old, old.with_key("k2").promoted("k2")
 
 
 # -- rewrap ---------------------------------------------------------------------------------

@@ -3,12 +3,19 @@
     python -m imgcloud.storage rewrap --orthanc-config var/central/orthanc.json
     python -m imgcloud.storage check  --orthanc-config var/central/orthanc.json \
         [--delete-orphans --grace-hours 24]
-    python -m imgcloud.storage rotate --orthanc-config var/central/orthanc.json --new-key k2
-    python -m imgcloud.storage retire --orthanc-config var/central/orthanc.json --key k1
+    python -m imgcloud.storage add-key --orthanc-config CFG --new-key k2 [--key-file F]
+    python -m imgcloud.storage promote --orthanc-config CFG --key k2
+    python -m imgcloud.storage retire  --orthanc-config CFG --key k1
 
 They read the storage settings from the same Orthanc configuration file, so they act on
 exactly the bucket, prefix and key ring Orthanc uses. Orthanc picks up a changed key ring
 within seconds, without a restart.
+
+A rotation has two phases. `add-key` puts the new key in this node's ring, not current:
+with --key-file F it takes the key from F, or, if F does not exist, generates one and
+writes it to F (mode 0600, never overwriting) so that the same key can be added on every
+other node from F. Without --key-file the key exists on this node only (one node, as an
+edge). `promote` makes it current, once every node's /imaging-cloud/status lists it.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import PluginError
+from ..errors import KeyRingError, PluginError
 from .archive import EncryptedArchive
-from .keyring import KeyRing, write_key_ring
+from .keyring import KeyRing, create_key_file, read_key_file, update_key_ring
 from .maintenance import (
     check_consistency,
     load_orthanc_configuration,
@@ -30,6 +37,67 @@ from .maintenance import (
 )
 from .settings import SECTION, storage_settings
 
+KEY_COMMANDS = ("add-key", "promote", "retire")
+ROTATE_GONE = (
+    "'rotate' is gone: a rotation has two phases, 'add-key --new-key ID' on every node, "
+    "then 'promote --key ID' on every node once each node's /imaging-cloud/status lists "
+    "the key (python -m deploy.stack rotate-key does both for the local stack)"
+)
+
+
+def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
+    """add-key, promote, retire: one change of this node's ring, under its lock."""
+    setting = f"{SECTION}.KeyRingFile"
+    if args.command == "add-key":
+        material = None
+        if args.key_file is not None:
+            if args.key_file.exists():
+                material = read_key_file(args.key_file, args.new_key)
+            else:
+                if KeyRing.from_file(ring_file, setting).get(args.new_key) is not None:
+                    raise KeyRingError(f"key ring: key '{args.new_key}' is in the ring already")
+                # the file first: a ring changed without it would hold a key no node shares
+                material = create_key_file(args.key_file, args.new_key)
+                print(f"add-key: new key {args.new_key} written to {args.key_file} (0600)")
+
+        def add(ring: KeyRing) -> KeyRing:
+            if material is not None and ring.get(args.new_key) is not None:
+                if ring.holds(args.new_key, material):
+                    return ring  # a second run with the same key file: nothing to do
+                raise KeyRingError(
+                    f"key ring: key '{args.new_key}' is in the ring already, with other key "
+                    "material than this key file's"
+                )
+            return ring.with_key(args.new_key, material)
+
+        before, ring = update_key_ring(ring_file, add, setting)
+        if ring is before:
+            print(f"add-key: key {args.new_key} is in the ring already; nothing changed")
+            return 0
+        print(
+            f"add-key: key {args.new_key} added (ring version {ring.version}); new objects "
+            f"still use {ring.current_id}. Add it on every other node, then 'promote'."
+        )
+        if material is None:
+            print(
+                f"add-key: {args.new_key} exists on this node only (no --key-file)",
+                file=sys.stderr,
+            )
+        return 0
+    if args.command == "promote":
+        before, ring = update_key_ring(ring_file, lambda r: r.promoted(args.key), setting)
+        if ring is before:
+            print(f"promote: key {args.key} is current already; nothing changed")
+        else:
+            print(f"promote: new objects now use key {args.key} (ring version {ring.version})")
+        return 0
+    _, ring = update_key_ring(ring_file, lambda r: r.without(args.key), setting)
+    print(
+        f"retire: key {args.key} removed (ring version {ring.version}); "
+        "run 'check' to confirm nothing needs it"
+    )
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -37,16 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["rewrap", "check", "rotate", "retire"])
+    parser.add_argument("command", choices=["rewrap", "check", *KEY_COMMANDS, "rotate"])
     parser.add_argument("--orthanc-config", type=Path, required=True)
     parser.add_argument(
         "--checkpoint", type=Path, help="rewrap progress file (default: beside the key ring)"
     )
     parser.add_argument("--delete-orphans", action="store_true")
     parser.add_argument("--grace-hours", type=float, default=24.0)
-    parser.add_argument("--new-key", help="rotate: id of the new master key")
-    parser.add_argument("--key", help="retire: id of the master key to remove")
+    parser.add_argument("--new-key", help="add-key: id of the new master key")
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help="add-key: the new key's file (read if it exists, else created 0600)",
+    )
+    parser.add_argument("--key", help="promote, retire: id of the master key")
     args = parser.parse_args(argv)
+    if args.command == "rotate":
+        parser.error(ROTATE_GONE)
+    if args.command == "add-key" and not args.new_key:
+        parser.error("add-key needs --new-key")
+    if args.command in ("promote", "retire") and not args.key:
+        parser.error(f"{args.command} needs --key")
     try:
         configuration = load_orthanc_configuration(args.orthanc_config)
         settings = storage_settings(configuration)
@@ -54,23 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.orthanc_config}: no {SECTION} section", file=sys.stderr)
             return 2
         ring_file = settings.key_ring_file
-        if args.command == "rotate":
-            if not args.new_key:
-                parser.error("rotate needs --new-key")
-            ring = KeyRing.from_file(ring_file, f"{SECTION}.KeyRingFile").rotated(args.new_key)
-            write_key_ring(ring, ring_file)
-            print(
-                f"rotate: new objects now use key {args.new_key}; "
-                f"keys {', '.join(ring.key_ids)} stay readable"
-            )
-            return 0
-        if args.command == "retire":
-            if not args.key:
-                parser.error("retire needs --key")
-            ring = KeyRing.from_file(ring_file, f"{SECTION}.KeyRingFile").without(args.key)
-            write_key_ring(ring, ring_file)
-            print(f"retire: key {args.key} removed; run 'check' to confirm nothing needs it")
-            return 0
+        if args.command in KEY_COMMANDS:
+            return change_key_ring(args, ring_file)
         archive = EncryptedArchive.from_settings(settings)
         if args.command == "rewrap":
             ring = archive.keys.get()

@@ -22,6 +22,8 @@ class KeyRingSource:
     """The key ring file, re-read when it changes: rotation needs no Orthanc restart.
 
     A changed file that does not validate is refused (logged) and the last good ring stays.
+    `summary()` is the ring as this process holds it, for the status route: a rotation
+    across nodes waits for every node to show the new key there before it makes it current.
     """
 
     def __init__(self, path: Path, check_every_s: float = 2.0) -> None:
@@ -29,14 +31,16 @@ class KeyRingSource:
         self.check_every_s = check_every_s
         self._lock = threading.Lock()
         self._ring = KeyRing.from_file(path, f"{SECTION}.KeyRingFile")
-        self._mtime = self._stat()
+        self._seen = self._stat()
         self._checked = time.monotonic()
 
-    def _stat(self) -> float:
+    def _stat(self) -> tuple[int, int, int] | None:
+        # the inode too: write_key_ring replaces the file, and two changes may share an mtime
         try:
-            return os.stat(self.path).st_mtime
+            info = os.stat(self.path)
         except OSError:
-            return -1.0
+            return None
+        return (info.st_mtime_ns, info.st_ino, info.st_size)
 
     def get(self, force: bool = False) -> KeyRing:
         now = time.monotonic()
@@ -44,19 +48,24 @@ class KeyRingSource:
             return self._ring
         with self._lock:
             self._checked = now
-            mtime = self._stat()
-            if mtime != self._mtime:
+            seen = self._stat()
+            if seen != self._seen:
                 try:
                     self._ring = KeyRing.from_file(self.path, f"{SECTION}.KeyRingFile")
                     log.warning(
-                        "key ring reloaded: current key %s, keys %s",
+                        "key ring reloaded: version %d, current key %s, keys %s",
+                        self._ring.version,
                         self._ring.current_id,
                         ",".join(self._ring.key_ids),
                     )
                 except KeyRingError as exc:
                     log.error("key ring change refused, keeping the previous ring: %s", exc)
-                self._mtime = mtime
+                self._seen = seen
             return self._ring
+
+    def summary(self) -> dict[str, object]:
+        """{"version", "current", "keys"} of the ring in use (ids only, never material)."""
+        return self.get().summary()
 
 
 class EncryptedArchive:
