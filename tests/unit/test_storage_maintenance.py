@@ -149,6 +149,26 @@ def test_a_vanished_object_is_counted_and_a_failed_one_named_without_stopping(
     assert checkpoint.exists()  # kept: the run is not complete
 
 
+def test_a_rerun_after_a_failure_in_an_early_batch_rewraps_that_object_too(
+    tmp_path: Path, rings: tuple[KeyRing, KeyRing]
+) -> None:
+    """The checkpoint must not pass a failed object: a rerun once the cause is fixed (here
+    the disk full for one object in the first batch) resumes before it, not after the
+    last batch, and leaves no object on the key about to be retired."""
+    old, new = rings
+    keys = sorted(filled(tmp_path, old, 6))
+    checkpoint = tmp_path / "rewrap.checkpoint"
+    full = FlakyStore(tmp_path / "store", refuse=frozenset({keys[1]}))
+    first = rewrap_all(full, new, checkpoint=checkpoint, batch=2)
+    assert set(first.failed) == {keys[1]} and first.rewrapped == 5
+    assert checkpoint.read_text() == keys[0]
+    store = FileStore(tmp_path / "store")
+    rerun = rewrap_all(store, new, checkpoint=checkpoint, batch=2)
+    assert (rerun.rewrapped, rerun.already_current, rerun.failed) == (1, 4, {})
+    assert {key_id_of(store.get(k), k) for k in keys} == {"k2"}
+    assert not checkpoint.exists()
+
+
 # -- consistency ----------------------------------------------------------------------------
 
 

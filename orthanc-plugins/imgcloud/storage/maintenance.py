@@ -53,13 +53,17 @@ def rewrap_all(
     """Move every object to the ring's current master key, only rewriting headers.
 
     Objects are visited in key order; after each batch the last key is saved to
-    `checkpoint`, so an interrupted run resumes where it stopped. The archive keeps serving:
-    a rewrapped object is replaced by one atomic PUT and stays readable under either key.
+    `checkpoint`, so an interrupted run resumes where it stopped. The checkpoint never
+    passes an object that failed: the next run starts again before the first failure
+    (objects already moved count as already current), so none is left on the old key for
+    `retire` to make unreadable. The archive keeps serving: a rewrapped object is replaced
+    by one atomic PUT and stays readable under either key.
     """
     start_after = checkpoint.read_text().strip() if checkpoint and checkpoint.exists() else ""
     report = RewrapReport()
 
     def flush(keys: list[str], pool: ThreadPoolExecutor) -> None:
+        failed_before = bool(report.failed)
         for key, outcome in zip(keys, pool.map(lambda k: _safe(k), keys), strict=True):
             report.scanned += 1
             if outcome == "rewrapped":
@@ -70,8 +74,14 @@ def rewrap_all(
                 report.vanished += 1
             else:
                 report.failed[key] = outcome
-        if checkpoint and keys:
-            checkpoint.write_text(keys[-1])
+        if checkpoint and keys and not failed_before:
+            done = keys
+            for i, key in enumerate(keys):
+                if key in report.failed:
+                    done = keys[:i]  # the checkpoint stops before the first failure
+                    break
+            if done:
+                checkpoint.write_text(done[-1])
         progress(report)
 
     def _safe(key: str) -> str:
