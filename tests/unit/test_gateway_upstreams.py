@@ -13,7 +13,7 @@ import yaml
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 
 from deploy.stack.context import StackContext
-from deploy.stack.launcher import services, start_groups
+from deploy.stack.launcher import service, services, start_groups, status
 from deploy.stack.pki import ensure_pki
 from deploy.stack.ports import PORT_NAMES, allocate, port_names
 from deploy.stack.services.central import CentralOrthanc, central_nodes
@@ -199,3 +199,12 @@ def test_compose_gateway_fills_every_placeholder_and_lists_every_central() -> No
     servers = re.findall(r"server ([\w.-]+):8042;", env["CENTRAL_SERVERS"])
     assert sorted(servers) == sorted(centrals)
     assert set(compose["gateway"]["depends_on"]) >= centrals
+
+
+def test_status_and_service_know_every_node(tmp_path: Path) -> None:
+    ctx = context(tmp_path, 2, indexers=2)
+    (tmp_path / "run").mkdir()
+    assert service(ctx, "central-2").ports == ("central_2_http",)
+    assert service(ctx, "indexer-2").ports == ("indexer_2",)
+    rows = {row.name: row.problem for row in status(ctx)}
+    assert rows["central-2"] == rows["indexer-2"] == "not running"
