@@ -1,4 +1,5 @@
-"""`python -m deploy.stack up|down|status|clean|env [--state-dir DIR]`."""
+"""`python -m deploy.stack up|down|status|clean|env [--state-dir DIR]`, and
+`python -m deploy.stack rotate-key --new-key ID [--timeout S]` (deploy/stack/key_rotation.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import sys
 
 from .errors import StackError
+from .key_rotation import DEFAULT_TIMEOUT_S, central_nodes, rotate_key
 from .launcher import clean, down, load_context, status, up
 from .settings import StackSettings
 
@@ -15,9 +17,18 @@ print = functools.partial(print, flush=True)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "clean", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "clean", "env", "rotate-key"])
     parser.add_argument("--state-dir", help="state directory (default: $STACK_DIR or var/)")
+    parser.add_argument("--new-key", help="rotate-key: id of the new master key")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="rotate-key: seconds each phase waits for every node to confirm",
+    )
     args = parser.parse_args(argv)
+    if args.command == "rotate-key" and not args.new_key:
+        parser.error("rotate-key needs --new-key")
     settings = StackSettings.from_env(args.state_dir)
 
     if args.command == "clean":
@@ -40,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "down":
         down(ctx)
+        return 0
+    if args.command == "rotate-key":
+        print(f"rotating the central nodes' master key to {args.new_key}")
+        try:
+            rotate_key(central_nodes(ctx), args.new_key, timeout_s=args.timeout, say=print)
+        except StackError as exc:
+            print(f"rotate-key FAILED: {exc.one_line()}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "env":
         print(settings.stack_env.read_text() if settings.stack_env.exists() else "", end="")
