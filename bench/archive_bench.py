@@ -47,6 +47,8 @@ from .archive_report import (
     cost_table,
     machine_table,
     object_table,
+    request_line,
+    request_table,
 )
 from .archive_soak import soak
 from .baseline import start_baseline, stop_baseline
@@ -143,7 +145,9 @@ def raw_puts(store: S3Store, keys: list[str], bodies: list[bytes], clients: int)
     return time.perf_counter() - started
 
 
-def raw_put_costs(stack: StackClient, files: list[bytes], clients: int, groups: list[Group]):
+def raw_put_costs(
+    stack: StackClient, files: list[bytes], clients: int, groups: list[Group], metrics_url: str
+):
     """PUTs/s and CPU ms per PUT of SeaweedFS and of the S3 client (boto3 as the plugin
     configures it, in this process) for instance-sized and 2 kB ("until pixel data") bodies,
     with a flat key layout and with the archive's <u0u1>/<u2u3>/<uuid>.<type> layout."""
@@ -168,12 +172,15 @@ def raw_put_costs(stack: StackClient, files: list[bytes], clients: int, groups: 
         names = [str(uuid.uuid4()) for _ in bodies]
         keys = [object_key(run, u, 1) if archive_layout else f"{run}{u}.1" for u in names]
         seconds, entry = measure(
-            groups, lambda k=keys, b=bodies: raw_puts(store, k, b, clients), len(bodies)
+            groups,
+            lambda k=keys, b=bodies: raw_puts(store, k, b, clients),
+            len(bodies),
+            metrics_url=metrics_url,
         )
         for key in keys:
             store.delete(key)
         cpu = {name: g["cpu_ms"] for name, g in entry["groups"].items()}
-        out[kind] = {"puts_per_s": len(bodies) / seconds, **cpu}
+        out[kind] = {"puts_per_s": len(bodies) / seconds, **cpu, "requests": entry["requests"]}
     return out
 
 
@@ -237,6 +244,7 @@ def main() -> int:
                             n,
                             s3 if side == OURS else None,
                             bucket,
+                            layouts.metrics_url,
                         )
                         if seconds < best:
                             best, best_cost = seconds, entry
@@ -253,6 +261,7 @@ def main() -> int:
                     layouts.groups[side],
                     lambda u=url: [retrieve(u, auth, ids) for _ in range(3)],
                     3 * n,
+                    metrics_url=layouts.metrics_url,
                 )
                 seconds, size = min(times)
                 results[lay][side]["wado_study_mb_s"] = size / 1e6 / seconds
@@ -268,7 +277,7 @@ def main() -> int:
             layouts.restore()
         stop_baseline(baseline, ctx)
     put_groups = [g for g in layouts.groups[OURS] if g.name in ("seaweedfs", "clients")]
-    raw = raw_put_costs(stack, files, max(args.clients), put_groups)
+    raw = raw_put_costs(stack, files, max(args.clients), put_groups, layouts.metrics_url)
     seal_ms = seal_cost_ms(files)
 
     print(
@@ -287,6 +296,8 @@ def main() -> int:
     print()
     print("\n".join(object_table(cost, args.layouts)))
     print()
+    print("\n".join(request_table(cost, args.layouts)))
+    print()
     print("\n".join(machine_table(cost, args.layouts)))
     print(
         f"\nbreakdown (shared layout): PUTs through the plugin's S3 client to the same SeaweedFS, "
@@ -297,6 +308,7 @@ def main() -> int:
             f"  {kind:<24} {figures['puts_per_s']:6.0f} PUT/s; CPU ms per PUT: "
             f"SeaweedFS {figures['seaweedfs']:.2f}, boto3 client {figures['clients']:.2f}"
         )
+        print(f"    per PUT: {request_line(figures['requests'])}")
     print(f"  sealing one instance: {seal_ms:.2f} ms")
     if args.json:
         args.json.write_text(

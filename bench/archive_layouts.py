@@ -9,6 +9,8 @@ from deploy.stack.launcher import services
 
 from .archive_report import OURS, PLAIN, per_instance
 from .cpu import Group, Pinning, all_stats, cpu_shares, cpu_times, delta, plan_affinity, usage
+from .weed_metrics import per_instance as requests_per_instance
+from .weed_metrics import scrape
 
 
 def bucket_objects(s3, bucket: str) -> tuple[int, int]:
@@ -58,6 +60,7 @@ class Layouts:
         self.orthanc_cpus, self.rest_cpus = orthanc_cpus, rest_cpus
         self.all_cpus = set(os.sched_getaffinity(0))
         self.pinning = Pinning()
+        self.metrics_url = f"{ctx.http('weed_metrics')}/metrics"
 
     def apply(self, layout: str, side: str) -> int:
         groups = self.groups[side]
@@ -82,12 +85,19 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def measure(groups: list[Group], work, instances: int, s3=None, bucket: str = ""):
-    """Run work(); return (its result, cost per instance of every group and of the bucket)."""
+def measure(
+    groups: list[Group], work, instances: int, s3=None, bucket: str = "", metrics_url: str = ""
+):
+    """Run work(); return (its result, cost per instance of every group and of the bucket,
+    and SeaweedFS's requests per instance when its metrics page is given)."""
     before, machine_before = usage(groups), cpu_times()
     objects_before = bucket_objects(s3, bucket) if s3 else (0, 0)
+    # Scraped inside the bucket listings, so that their own requests are not counted.
+    requests_before = scrape(metrics_url) if metrics_url else {}
     result = work()
     after, machine_after = usage(groups), cpu_times()
+    if metrics_url:
+        requests = requests_per_instance(scrape(metrics_url), requests_before, instances)
     spent = delta(after, before)
     entry: dict = {
         "groups": per_instance(
@@ -97,6 +107,8 @@ def measure(groups: list[Group], work, instances: int, s3=None, bucket: str = ""
         ),
         "cpus": cpu_shares(machine_after, machine_before),
     }
+    if metrics_url:
+        entry["requests"] = requests
     if s3:
         count, size = bucket_objects(s3, bucket)
         entry["objects"] = (count - objects_before[0]) / instances

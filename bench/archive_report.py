@@ -109,3 +109,37 @@ def machine_table(cost: Mapping, layouts: Sequence[str]) -> list[str]:
                     row += f" {cell:>26}"
                 lines.append(row)
     return lines
+
+
+# SeaweedFS's counters (bench.weed_metrics) under the names the table prints.
+REQUEST_COUNTERS = {
+    "SeaweedFS_s3_request_total": "S3",
+    "SeaweedFS_filer_request_total": "filer",
+    "SeaweedFS_filerStore_request_total": "filer store",
+    "SeaweedFS_volumeServer_request_total": "volume",
+}
+
+
+def request_line(requests: Mapping[str, Mapping[str, float]]) -> str:
+    """'S3 PUT 2.00 HEAD 0.00; filer ...' for one phase's requests per instance."""
+    parts = []
+    for counter, label in REQUEST_COUNTERS.items():
+        kinds = requests.get(counter, {})
+        if kinds:
+            parts.append(label + " " + " ".join(f"{k} {v:.2f}" for k, v in kinds.items()))
+    return "; ".join(parts) or "none"
+
+
+def request_table(cost: Mapping, layouts: Sequence[str]) -> list[str]:
+    """SeaweedFS's requests per instance by component and type, per layout/side/phase."""
+    lines = [
+        "SeaweedFS requests per instance (its Prometheus counters, by component and type)",
+        f"{'layout':<7} {'side':<14} {'phase':<12} requests",
+    ]
+    for layout in layouts:
+        for side, phases in cost[layout].items():
+            for phase, entry in phases.items():
+                if "requests" in entry:
+                    line = request_line(entry["requests"])
+                    lines.append(f"{layout:<7} {side:<14} {phase:<12} {line}")
+    return lines

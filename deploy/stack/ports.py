@@ -17,6 +17,8 @@ SEAWEEDFS_PORTS = (
     "weed_filer_grpc",
     "weed_s3",
     "weed_s3_grpc",
+    # Prometheus metrics of every weed component, on loopback (the benchmarks read it).
+    "weed_metrics",
 )
 # Every port the stack listens on. IMGCLOUD_PORT_<NAME> (upper case) fixes one.
 PORT_NAMES = (

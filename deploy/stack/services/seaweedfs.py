@@ -89,6 +89,8 @@ class SeaweedFS(Service):
     ports = SEAWEEDFS_PORTS
     # `weed server` can take more than 15 s to exit after SIGTERM.
     stop_timeout_s = 40.0
+    # More `weed server` options, appended (bench.weed_settings tries settings this way).
+    extra_args: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -179,6 +181,10 @@ class SeaweedFS(Service):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={self.home / 's3.json'}",
+            # Request counters for the benchmarks; read-only, on loopback like the rest.
+            f"-metricsPort={p['weed_metrics']}",
+            "-metricsIp=127.0.0.1",
+            *self.extra_args,
         ]
 
     def _client(self):
