@@ -1,0 +1,154 @@
+"""Where SeaweedFS's CPU goes during central's ingest, and what a setting changes, one run.
+
+    STACK_DIR=var/bench .venv/bin/python -m bench.weed_settings [--rounds 2] [--profile]
+
+With a stack running, restarts the stack's SeaweedFS with each variant in turn (the current
+settings, then each candidate, alternating for --rounds) and ingests the bench study into
+central on the fair layout (central alone on CPU 1, the rest on CPU 0). Per segment it
+prints instances/s, the CPU ms per instance of SeaweedFS and of central, SeaweedFS's
+requests per instance (bench.weed_metrics), and SeaweedFS's CPU while the study is deleted
+between segments (the DELETEs and any work they trigger). --profile adds one segment with
+`-cpuprofile` and prints `go tool pprof -top` of it. SeaweedFS is left running with the
+current settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from deploy.stack.client import StackClient
+from deploy.stack.launcher import load_context, service, stop_service
+from deploy.stack.services.seaweedfs import SeaweedFS
+from deploy.stack.settings import StackSettings
+
+from .archive_bench import delete_study, generate, ingest
+from .archive_layouts import measure
+from .archive_report import request_line
+from .cpu import Group, Pinning, plan_affinity
+
+# Candidates a production site could run with, and what each does to durability (see
+# docs/archive.md, Benchmark).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "current": (),
+    # Objects up to 4 kB (the "DICOM until pixel data" attachment) kept in the filer's
+    # metadata store instead of a volume needle: one volume write and assign fewer.
+    "saveToFilerLimit=4096": ("-filer.saveToFilerLimit=4096",),
+}
+
+
+def restart_weed(ctx, extra: tuple[str, ...]) -> int:
+    """Stop the stack's SeaweedFS and start it again with `extra` options; its PID."""
+    stop_service(ctx, "seaweedfs")
+    weed = service(ctx, "seaweedfs")
+    assert isinstance(weed, SeaweedFS)
+    weed.extra_args = extra
+    weed.prepare()
+    weed.start()
+    weed.wait_healthy(ctx.settings.start_timeout_s)
+    pid = weed.pid()
+    if pid is None:
+        raise SystemExit("SeaweedFS did not start")
+    return pid
+
+
+def groups_for(ctx, weed_pid: int) -> list[Group]:
+    central = service(ctx, "central").pid()
+    postgres = service(ctx, "postgres").pid()
+    if central is None or postgres is None:
+        raise SystemExit("central and postgres must be running")
+    return [
+        Group("orthanc", roots=frozenset({central})),
+        Group("seaweedfs", roots=frozenset({weed_pid})),
+        Group("postgres", roots=frozenset({postgres})),
+        Group("clients", pids=frozenset({os.getpid()})),
+    ]
+
+
+def segment(ctx, stack, files, ids, label, extra, pinning, clients) -> dict:
+    """Restart SeaweedFS with `extra`, pin the fair layout, ingest once; the figures."""
+    auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
+    url, metrics = stack["CENTRAL_ORTHANC_URL"], f"{ctx.http('weed_metrics')}/metrics"
+    groups = groups_for(ctx, restart_weed(ctx, extra))
+    all_cpus = set(os.sched_getaffinity(0))
+    names = [g.name for g in groups]
+    pinning.apply(groups, plan_affinity("fair", names, "orthanc", {1}, {0}, all_cpus))
+    seconds, entry = measure(
+        groups, lambda: ingest(url, auth, files, clients), len(files), metrics_url=metrics
+    )
+    _, removal = measure(
+        groups, lambda: delete_study(url, auth, ids["study"]), len(files), metrics_url=metrics
+    )
+    pinning.restore(groups, all_cpus)
+    cpu = {name: g["cpu_ms"] for name, g in entry["groups"].items()}
+    figures = {
+        "label": label,
+        "inst_s": len(files) / seconds,
+        "weed_ms": cpu["seaweedfs"],
+        "orthanc_ms": cpu["orthanc"],
+        "postgres_ms": cpu["postgres"],
+        "delete_weed_ms": removal["groups"]["seaweedfs"]["cpu_ms"],
+        "requests": request_line(entry["requests"]),
+    }
+    print(
+        f"{label:<24} {figures['inst_s']:6.1f} inst/s; CPU ms/inst: SeaweedFS "
+        f"{figures['weed_ms']:.2f}, central {figures['orthanc_ms']:.2f}, PostgreSQL "
+        f"{figures['postgres_ms']:.2f}; SeaweedFS during the delete "
+        f"{figures['delete_weed_ms']:.2f}\n    {figures['requests']}",
+        flush=True,
+    )
+    return figures
+
+
+def profile(ctx, stack, files, ids, clients, out: Path) -> None:
+    """One ingest of the current settings under -cpuprofile; pprof's top functions."""
+    out.unlink(missing_ok=True)
+    extra = (f"-cpuprofile={out}",)
+    segment(ctx, stack, files, ids, "current, profiled", extra, Pinning(), clients)
+    stop_service(ctx, "seaweedfs")  # writes the profile
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    weed = str(ctx.settings.venv_bin / "weed")
+    for view in (["-top", "-nodecount=25"], ["-top", "-cum", "-nodecount=45"]):
+        result = subprocess.run(
+            [go, "tool", "pprof", *view, weed, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        print(result.stdout or result.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.weed_settings", description=__doc__)
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    settings = StackSettings.from_env()
+    ctx = load_context(settings)
+    stack = StackClient.from_file(settings.stack_env)
+    files, ids = generate(args.instances, seed=4711)
+    auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
+    delete_study(stack["CENTRAL_ORTHANC_URL"], auth, ids["study"])
+    started = time.monotonic()
+    try:
+        if args.profile:
+            profile(ctx, stack, files, ids, args.clients, ctx.state / "weed-cpu.pprof")
+        for _ in range(args.rounds):
+            for label in args.variants:
+                segment(ctx, stack, files, ids, label, VARIANTS[label], Pinning(), args.clients)
+    finally:
+        restart_weed(ctx, ())
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
