@@ -141,6 +141,8 @@ def _start_together(ctx: StackContext, group: list[Service], say) -> None:
     for svc in group:
         pid = svc.pid()
         if pid is not None and svc.health() is None:
+            if svc.provision_when_running:
+                svc.after_healthy()
             say(f"  {svc.name:<10} already running (pid {pid})")
             continue
         if pid is None:

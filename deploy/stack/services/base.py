@@ -63,6 +63,10 @@ class Service:
     def after_healthy(self) -> None:
         """Provisioning that needs the running service (databases, buckets, realm)."""
 
+    # Run after_healthy also when `up` finds the service already running (idempotent
+    # provisioning a newer release may extend, e.g. migrations on a database left running).
+    provision_when_running: bool = False
+
     def pid(self) -> int | None:
         return read_pid(self.ctx.settings.run_dir, self.name)
 

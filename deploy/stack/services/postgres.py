@@ -33,6 +33,9 @@ class Postgres(Service):
     ports = ("postgres",)
     # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to disconnect.
     stop_signal = signal.SIGINT
+    # Roles, databases and central's plugin tables are brought up to this release's even
+    # when PostgreSQL was left running (an upgrade without `make down`).
+    provision_when_running = True
 
     @property
     def data_dir(self) -> Path:
