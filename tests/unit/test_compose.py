@@ -14,6 +14,7 @@ EXPECTED = {
     "keycloak-provision",
     "tools",
     "indexer",
+    "central-migrate",
     "central",
     "central-2",
     "edge-a",
@@ -80,3 +81,27 @@ def test_seaweedfs_runs_with_its_security_config_and_no_http_admin_api(tmp_path:
     ):
         keys = re.findall(rf'^\[{re.escape(section)}\]\nkey = "([^"]+)"', text, re.M)
         assert len(keys) == 1 and len(keys[0]) >= 40, section
+
+
+def test_each_service_sees_only_its_own_secret_folder() -> None:
+    """KEYRING_DIR/<service> per service: no edge reads central's master keys, no Orthanc
+    the indexer's PII key, and each edge has a key ring of its own."""
+    mounted = {}
+    for name, service in load()["services"].items():
+        for volume in service.get("volumes", []):
+            if volume.endswith(":/run/secrets:ro"):
+                mounted[name] = volume.removesuffix(":/run/secrets:ro")
+    assert set(mounted) == {"indexer", "central", "central-2", "edge-a", "edge-b"}
+    for name, source in mounted.items():
+        assert source == f"${{KEYRING_DIR:?set KEYRING_DIR}}/{name}", name
+
+
+def test_every_central_node_waits_for_the_plugin_table_migration() -> None:
+    services = load()["services"]
+    migrate = services["central-migrate"]
+    assert "central-orthanc/migrations/alembic.ini" in migrate["command"]
+    for name in ("central", "central-2"):
+        needs = services[name]["depends_on"]["central-migrate"]
+        assert needs == {"condition": "service_completed_successfully"}, name
+    tools = (ROOT / "deploy/compose/Dockerfile.tools").read_text()
+    assert "COPY central-orthanc/migrations" in tools
