@@ -31,7 +31,7 @@ from imgcloud.storage.keyring import MASTER_KEY_BYTES, KeyRing, check_key_id, up
 
 from .context import StackContext
 from .errors import StackError
-from .launcher import services
+from .launcher import read_stack_env, services
 
 DEFAULT_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.5
@@ -55,9 +55,25 @@ class KeyRingNode(Protocol):
 
 
 def central_nodes(ctx: StackContext) -> list[KeyRingNode]:
-    """Every central Orthanc service of this stack (one or several nodes), in start order."""
+    """Every central Orthanc service of this stack (one or several nodes), in start order;
+    refused if the running stack has another number of nodes (its stack.env says)."""
     found = [svc for svc in services(ctx) if getattr(svc, "role", None) == "central"]
+    check_node_count(ctx.settings.stack_env, len(found))
     return cast(list[KeyRingNode], found)
+
+
+def check_node_count(stack_env: Path, count: int) -> None:
+    """A rotation that missed a node would leave it unable to read what the others seal:
+    the settings (STACK_CENTRAL_NODES) must name as many nodes as `up` started."""
+    if not stack_env.exists():
+        return
+    started = read_stack_env(stack_env).get("CENTRAL_NODES")
+    if started is not None and started != str(count):
+        raise KeyRotationError(
+            "rotate-key",
+            f"the stack was started with {started} central nodes ({stack_env}) but the "
+            f"settings name {count}: set STACK_CENTRAL_NODES={started}",
+        )
 
 
 def loaded_key_ring(node: KeyRingNode, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import hashlib
 import io
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from imgcloud.storage.envelope import key_id_of
@@ -19,6 +21,7 @@ from imgcloud.storage.object_keys import object_key
 from deploy.samples.studies import make_study
 from deploy.stack.key_rotation import KeyRotationError, central_nodes, rotate_key
 from deploy.stack.services.seaweedfs import s3_client
+from deploy.stack.settings import REPO_ROOT
 
 from ..integration.fresh import fresh_seed
 from .conftest import CentralNode, TwoCentrals
@@ -38,14 +41,37 @@ def ring_file(two_centrals: TwoCentrals, name: str) -> KeyRing:
     return KeyRing.from_file(service.key_ring_file, name)
 
 
+def rotate_key_cli(
+    two_centrals: TwoCentrals, key_id: str, central_nodes: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STACK_CENTRAL_NODES": central_nodes, "STACK_INDEXER_NODES": "2"}
+    state = str(two_centrals.ctx.state)
+    command = ["rotate-key", "--new-key", key_id, "--timeout", "30", "--state-dir", state]
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.stack", *command],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_an_object_sealed_on_node_1_under_the_new_key_reads_on_node_2(
     two_centrals: TwoCentrals,
 ) -> None:
     first, second = two_centrals.nodes
     key_id = f"k-nodes-{fresh_seed()}"
     before = {n.name: loaded_ring(n)["version"] for n in two_centrals.nodes}
-    said: list[str] = []
-    rotate_key(central_nodes(two_centrals.ctx), key_id, timeout_s=30, say=said.append)
+    # the operator's command; settings naming fewer nodes than run are refused first
+    one_node = rotate_key_cli(two_centrals, key_id, central_nodes="1")
+    assert one_node.returncode == 1
+    assert "started with 2 central nodes" in one_node.stderr
+    assert {n.name: loaded_ring(n)["version"] for n in two_centrals.nodes} == before
+    rotated = rotate_key_cli(two_centrals, key_id, central_nodes="2")
+    assert rotated.returncode == 0, rotated.stderr
+    said = [rotated.stdout, rotated.stderr]
     for node in two_centrals.nodes:
         shown = loaded_ring(node)
         assert shown["current"] == key_id and key_id in shown["keys"], node.name

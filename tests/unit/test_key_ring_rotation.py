@@ -16,7 +16,12 @@ from imgcloud.storage.archive import KeyRingSource
 from imgcloud.storage.keyring import KeyRing, update_key_ring, write_key_ring
 
 from deploy.stack import key_rotation
-from deploy.stack.key_rotation import KeyRingNode, KeyRotationError, rotate_key
+from deploy.stack.key_rotation import (
+    KeyRingNode,
+    KeyRotationError,
+    check_node_count,
+    rotate_key,
+)
 
 
 @dataclass
@@ -153,3 +158,12 @@ def test_a_ring_that_cannot_be_changed_names_its_node(nodes: list[Node]) -> None
 def test_no_central_node_is_an_error() -> None:
     with pytest.raises(KeyRotationError, match="no central node"):
         rotate_key([], "k2", say=lambda _m: None)
+
+
+def test_the_node_count_must_be_the_one_the_stack_was_started_with(tmp_path: Path) -> None:
+    env = tmp_path / "stack.env"
+    check_node_count(env, 1)  # no stack.env yet: nothing to compare
+    env.write_text("STACK_DIR=/x\nCENTRAL_NODES=2\n")
+    check_node_count(env, 2)
+    with pytest.raises(KeyRotationError, match=r"started with 2 central nodes.*=2"):
+        check_node_count(env, 1)
