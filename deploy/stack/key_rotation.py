@@ -3,8 +3,11 @@
 Each central node keeps its own key ring file. A key made current on one node before the
 others hold it would seal objects they cannot read, so rotation has two phases:
 
+0. every node's ring must agree with node 1's (the same ids with the same bytes, the same
+   current key), but for the new key of a rotation that stopped half-way;
 1. the same new key is added, not current, to every node's ring; then each node's
-   /imaging-cloud/status must list it among the keys it has loaded;
+   /imaging-cloud/status must list it among the keys it has loaded, with the key check
+   value (kcv) of the bytes added: a node showing another kcv stops the rotation at once;
 2. only then it is made current on every node, and each node's status must name it current.
 
 A node that does not confirm in time stops the rotation with an error naming it. After
@@ -27,7 +30,13 @@ from typing import Any, Protocol, cast
 
 import httpx
 from imgcloud.errors import KeyRingError
-from imgcloud.storage.keyring import MASTER_KEY_BYTES, KeyRing, check_key_id, update_key_ring
+from imgcloud.storage.keyring import (
+    MASTER_KEY_BYTES,
+    KeyRing,
+    check_key_id,
+    key_check_value,
+    update_key_ring,
+)
 
 from .context import StackContext
 from .errors import StackError
@@ -94,7 +103,7 @@ def loaded_key_ring(node: KeyRingNode, timeout_s: float = 5.0) -> dict[str, Any]
 
 def wait_for_nodes(
     nodes: Sequence[KeyRingNode],
-    confirmed: Callable[[dict[str, Any]], bool],
+    confirmed: Callable[[dict[str, Any], KeyRingNode], bool],
     what: str,
     timeout_s: float,
     read: Callable[[KeyRingNode], dict[str, Any]] = loaded_key_ring,
@@ -114,7 +123,7 @@ def wait_for_nodes(
         except KeyRotationError as exc:
             last[node.name] = exc.message
             return False
-        if confirmed(ring):
+        if confirmed(ring, node):  # it may raise KeyRotationError: stop at once
             return True
         last[node.name] = f"version {ring.get('version')}, current {ring.get('current')}"
         return False
@@ -161,6 +170,23 @@ def _shared_material(nodes: Sequence[KeyRingNode], key_id: str) -> bytes:
     return material
 
 
+def check_rings_agree(nodes: Sequence[KeyRingNode], pending: str | None = None) -> None:
+    """KeyRotationError naming the nodes whose ring disagrees with the first node's: a node
+    left out of a rotation, or a regenerated ring, cannot read what the others seal."""
+    first = _read(nodes[0])
+    differing = []
+    for node in nodes[1:]:
+        why = first.disagreement(_read(node), pending)
+        if why is not None:
+            differing.append(f"{node.name} {why}")
+    if differing:
+        raise KeyRotationError(
+            ", ".join(d.split(" ", 1)[0] for d in differing),
+            f"key ring differs from {nodes[0].name}'s: {'; '.join(differing)}; make the rings "
+            "agree first (imgcloud.storage add-key/promote on that node)",
+        )
+
+
 def _read(node: KeyRingNode) -> KeyRing:
     try:
         return KeyRing.from_file(node.key_ring_file, f"{node.name} key ring")
@@ -192,20 +218,35 @@ def rotate_key(
         check_key_id(key_id)
     except KeyRingError as exc:
         raise KeyRotationError("rotate-key", str(exc)) from None
+    check_rings_agree(nodes, pending=key_id)
     material = _shared_material(nodes, key_id)
+    kcv = key_check_value(material)
 
     def add(ring: KeyRing) -> KeyRing:
-        if ring.get(key_id) is not None:
-            return ring  # checked equal by _shared_material
-        return ring.with_key(key_id, material)
+        # the ring may have changed since _shared_material read it (an operator's add-key)
+        if ring.get(key_id) is None:
+            return ring.with_key(key_id, material)
+        if ring.holds(key_id, material):
+            return ring
+        raise KeyRingError(f"key '{key_id}' was added meanwhile with other bytes: pick a new id")
+
+    def loaded(ring: dict[str, Any], node: KeyRingNode) -> bool:
+        if key_id not in ring.get("keys", ()):
+            return False
+        shown = (ring.get("kcv") or {}).get(key_id)
+        if shown != kcv:
+            raise KeyRotationError(
+                node.name,
+                f"has loaded key {key_id} with check value {shown}, not {kcv}: other bytes "
+                "(or an older plugin); not made current anywhere",
+            )
+        return True
 
     for node in nodes:
         ring = _change(node, add)
         say(f"  {node.name:<10} key {key_id} added (ring version {ring.version}), not current")
-    wait_for_nodes(
-        nodes, lambda r: key_id in r.get("keys", ()), f"key {key_id} loaded", timeout_s, read
-    )
-    say(f"  every node ({len(nodes)}) has loaded key {key_id}")
+    wait_for_nodes(nodes, loaded, f"key {key_id} loaded", timeout_s, read)
+    say(f"  every node ({len(nodes)}) has loaded key {key_id} (kcv {kcv})")
 
     versions: dict[str, int] = {}
     for node in nodes:
@@ -213,7 +254,7 @@ def rotate_key(
         versions[node.name] = ring.version
         say(f"  {node.name:<10} key {key_id} current (ring version {ring.version})")
     wait_for_nodes(
-        nodes, lambda r: r.get("current") == key_id, f"key {key_id} current", timeout_s, read
+        nodes, lambda r, _n: r.get("current") == key_id, f"key {key_id} current", timeout_s, read
     )
     say(f"  every node seals new objects under {key_id}")
     return RotationResult(key_id, versions)

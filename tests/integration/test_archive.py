@@ -164,7 +164,7 @@ def test_rotation_rewrap_and_retirement(
     first = upload(central, dicom_bytes(make_study(3104, "CT", instances=2)))
     # one central node: both phases of the rotation here (deploy.stack rotate-key does them
     # across nodes, tests/nodes/test_key_ring_rotation.py)
-    added = storage_cli(stack_settings, "add-key", "--new-key", "k-rot-2")
+    added = storage_cli(stack_settings, "add-key", "--new-key", "k-rot-2", "--single-node")
     assert added.returncode == 0, added.stderr
     rotated = storage_cli(stack_settings, "promote", "--key", "k-rot-2")
     assert rotated.returncode == 0, rotated.stderr
@@ -230,12 +230,12 @@ def test_rotation_rewrap_and_retirement(
     )
     for instance_id in [*first.values(), *second.values()]:
         assert central.get(f"/instances/{instance_id}/file").status_code == 200
+    ring = KeyRing.from_file(stack_settings.state_dir / "keys" / "central" / "keyring.json", "ring")
     assert central.get("/imaging-cloud/status").json()["key_ring"] == {
-        "version": KeyRing.from_file(
-            stack_settings.state_dir / "keys" / "central" / "keyring.json", "ring"
-        ).version,
+        "version": ring.version,
         "current": "k-rot-2",
         "keys": ["k-rot-2"],
+        "kcv": {"k-rot-2": ring.check_value("k-rot-2")},
     }
 
 

@@ -78,11 +78,12 @@ def test_an_object_sealed_on_node_1_under_the_new_key_reads_on_node_2(
         assert (
             shown["version"] == before[node.name] + 2 == ring_file(two_centrals, node.name).version
         )
-        assert set(shown) == {"version", "current", "keys"}  # ids and version only
-    # every node got the same bytes (the launcher, as root, may read both rings)
-    assert ring_file(two_centrals, first.name).get(key_id) == ring_file(
-        two_centrals, second.name
-    ).get(key_id)
+        assert set(shown) == {"version", "current", "keys", "kcv"}  # no material
+    # every node got the same bytes (the launcher, as root, may read both rings), and each
+    # status shows their check value
+    a, b = ring_file(two_centrals, first.name), ring_file(two_centrals, second.name)
+    assert a.holds(key_id, b.get(key_id) or b""), f"the nodes hold different {key_id}"
+    assert {loaded_ring(n)["kcv"][key_id] for n in two_centrals.nodes} == {a.check_value(key_id)}
 
     study = make_study(fresh_seed(), "CT", instances=2, institution_code="H0001")
     sent: dict[str, bytes] = {}
@@ -113,9 +114,13 @@ def test_an_object_sealed_on_node_1_under_the_new_key_reads_on_node_2(
             served = node_2.get(f"/instances/{instance_id}/file")
             assert served.status_code == 200, served.text
             assert hashlib.sha256(served.content).digest() == hashlib.sha256(raw).digest()
-    for ring in (ring_file(two_centrals, n.name) for n in two_centrals.nodes):
-        material = ring.get(key_id)
-        assert material is not None and material.hex() not in "\n".join(said)
+    output = "\n".join(said)
+    leaked = [
+        n.name
+        for n in two_centrals.nodes
+        if (ring_file(two_centrals, n.name).get(key_id) or b"").hex() in output
+    ]
+    assert not leaked, f"{key_id}'s material is in rotate-key's output"
 
 
 def test_a_node_that_does_not_confirm_stops_the_rotation_before_the_key_is_current(
@@ -143,8 +148,8 @@ def test_a_node_that_does_not_confirm_stops_the_rotation_before_the_key_is_curre
         ring = ring_file(two_centrals, name)
         assert key_id in ring.key_ids and ring.current_id == current
     # once node 2 answers again, the same command resumes with the key the rings hold
-    held = ring_file(two_centrals, first.name).get(key_id)
+    held = ring_file(two_centrals, first.name).get(key_id) or b""
     rotate_key(central_nodes(two_centrals.ctx), key_id, timeout_s=30, say=lambda _m: None)
     for node in two_centrals.nodes:
         assert loaded_ring(node)["current"] == key_id
-        assert ring_file(two_centrals, node.name).get(key_id) == held
+        assert ring_file(two_centrals, node.name).holds(key_id, held), f"{node.name} differs"

@@ -3,6 +3,7 @@ each node its own name, ports, home and key ring (#19, 4: two of everything)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import yaml
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 
 from deploy.stack.context import StackContext
+from deploy.stack.errors import StackError
 from deploy.stack.launcher import service, services, start_groups, status
 from deploy.stack.pki import ensure_pki
 from deploy.stack.ports import PORT_NAMES, allocate, port_names
@@ -174,12 +176,31 @@ def test_node_two_starts_with_a_copy_of_node_ones_ring_owned_as_it_is(tmp_path: 
     if os.geteuid() == 0:
         os.chown(ring, 10042, 10042)  # as the launcher's handover to the service uid leaves it
     copy = second.ensure_key_ring()
-    assert copy != ring and copy.read_bytes() == ring.read_bytes()
+    same = hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(ring.read_bytes()).digest()
+    assert copy != ring and same, "node 2's ring is not a copy of node 1's"
     assert (copy.stat().st_uid, copy.stat().st_mode & 0o777) == (ring.stat().st_uid, 0o600)
     assert KeyRing.from_file(copy, "KeyRingFile").current_id == "k1"
-    # a node that has a ring keeps it: its own file, not overwritten by node 1's
+    # a node that has a ring keeps it (its own file, not rewritten) if it agrees with node 1's
+    inode = copy.stat().st_ino
+    assert second.ensure_key_ring() == copy and copy.stat().st_ino == inode
+    # and is refused, named, if it does not (a regenerated ring, a node left out of a rotation)
     write_key_ring(KeyRing.generate("k9"), copy)
-    assert KeyRing.from_file(second.ensure_key_ring(), "KeyRingFile").current_id == "k9"
+    with pytest.raises(StackError, match=r"central-2: .*other key ids"):
+        second.ensure_key_ring()
+    write_key_ring(KeyRing.generate("k1"), copy)  # the same id, other bytes
+    with pytest.raises(StackError, match=r"central-2: .*other bytes under key id 'k1'"):
+        second.ensure_key_ring()
+
+
+def test_node_two_never_writes_its_ring_through_a_symlink(tmp_path: Path) -> None:
+    first, second = central_nodes(context(tmp_path, 2))
+    first.ensure_key_ring()
+    second.key_dir.mkdir(mode=0o700, parents=True)
+    target = tmp_path / "elsewhere.json"
+    second.key_ring_file.symlink_to(target)  # dangling: exists() is False
+    with pytest.raises(StackError, match="not a regular file"):
+        second.ensure_key_ring()
+    assert not target.exists()
 
 
 def test_compose_gateway_fills_every_placeholder_and_lists_every_central() -> None:

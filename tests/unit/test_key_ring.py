@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -34,8 +35,14 @@ SPELLINGS = (
 
 
 def assert_no_material(text: str) -> None:
-    for spelling in SPELLINGS:
-        assert spelling not in text
+    # a boolean, so that a failure does not print the material it found
+    leaked = any(spelling in text for spelling in SPELLINGS)
+    assert not leaked, "key material in the text"
+
+
+def ids_of(summary: dict) -> dict:
+    """A status summary without its check values (tested in test_key_ring_hardening)."""
+    return {k: v for k, v in summary.items() if k != "kcv"}
 
 
 def legacy_file(path: Path) -> Path:
@@ -140,10 +147,10 @@ def test_two_quick_changes_are_both_picked_up(tmp_path: Path) -> None:
     source = KeyRingSource(path, check_every_s=0)
     update_key_ring(path, lambda r: r.with_key("k2"))
     os.utime(path, ns=(10**18, 10**18))
-    assert source.summary() == {"version": 2, "current": "k1", "keys": ["k1", "k2"]}
+    assert ids_of(source.summary()) == {"version": 2, "current": "k1", "keys": ["k1", "k2"]}
     update_key_ring(path, lambda r: r.promoted("k2"))
     os.utime(path, ns=(10**18, 10**18))
-    assert source.summary() == {"version": 3, "current": "k2", "keys": ["k1", "k2"]}
+    assert ids_of(source.summary()) == {"version": 3, "current": "k2", "keys": ["k1", "k2"]}
 
 
 # -- the key file ----------------------------------------------------------------------------
@@ -154,10 +161,10 @@ def test_a_key_file_is_created_0600_once_and_read_back_for_its_id(tmp_path: Path
     material = create_key_file(path, "k2")
     assert len(material) == MASTER_KEY_BYTES
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert read_key_file(path, "k2") == material
+    assert secrets.compare_digest(read_key_file(path, "k2"), material), "k2 read back differs"
     with pytest.raises(KeyRingError, match="exists already"):
         create_key_file(path, "k2")  # never overwritten: another node may hold this copy
-    assert read_key_file(path, "k2") == material
+    assert secrets.compare_digest(read_key_file(path, "k2"), material), "k2 read back differs"
     with pytest.raises(KeyRingError, match="holds another key than 'k3'"):
         read_key_file(path, "k3")
 
@@ -198,7 +205,8 @@ def test_no_material_in_repr_str_summary_or_errors() -> None:
     assert ring.to_json().count(SPELLINGS[0]) == 1  # the file itself does hold it
     for text in (repr(ring), str(ring), json.dumps(ring.summary())):
         assert_no_material(text)
-    assert ring.summary() == {"version": 5, "current": "k1", "keys": ["k1", "k2"]}
+    assert ids_of(ring.summary()) == {"version": 5, "current": "k1", "keys": ["k1", "k2"]}
+    assert set(ring.summary()["kcv"]) == {"k1", "k2"}
     failures = [
         lambda: ring.with_key("k1", MATERIAL),
         lambda: ring.with_key("k3", MATERIAL + b"x"),

@@ -42,20 +42,21 @@ def no_material(out: str, *rings: KeyRing) -> None:
         for key_id in ring.key_ids:
             material = ring.get(key_id)
             assert material is not None
-            assert base64.b64encode(material).decode() not in out
-            assert material.hex() not in out
+            leaked = base64.b64encode(material).decode() in out or material.hex() in out
+            assert not leaked, f"key {key_id}'s material is in the output"
 
 
 def test_add_key_then_promote_on_one_node(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = node(tmp_path, "edge")
-    assert run(config, "add-key", "--new-key", "k2") == 0
+    assert run(config, "add-key", "--new-key", "k2", "--single-node") == 0
     added = ring_of(config)
     assert (added.version, added.current_id, added.key_ids) == (2, "k1", ("k1", "k2"))
     out = capsys.readouterr()
     assert "new objects still use k1" in out.out
-    assert "exists on this node only" in out.err  # no --key-file: no other node can have it
+    assert "exists on this node only (--single-node)" in out.out
+    assert f"(kcv {added.check_value('k2')})" in out.out
     assert run(config, "promote", "--key", "k2") == 0
     assert (ring_of(config).version, ring_of(config).current_id) == (3, "k2")
     assert run(config, "promote", "--key", "k2") == 0  # again: nothing changes
@@ -73,14 +74,18 @@ def test_a_key_file_gives_every_node_the_same_key(
     assert run(first, "add-key", "--new-key", "k2", "--key-file", str(key_file)) == 0
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert run(second, "add-key", "--new-key", "k2", "--key-file", str(key_file)) == 0
-    assert ring_of(first).get("k2") == ring_of(second).get("k2") is not None
-    assert ring_of(first).get("k1") != ring_of(second).get("k1")  # the rest stays each node's
+    a, b = ring_of(first), ring_of(second)
+    assert b.check_value("k2") is not None
+    assert a.holds("k2", b.get("k2") or b""), "the nodes hold different k2"
+    assert not a.holds("k1", b.get("k1") or b""), "same k1"  # the rest stays each node's
     # a second run with the same file changes nothing (a resumed rotation)
     assert run(second, "add-key", "--new-key", "k2", "--key-file", str(key_file)) == 0
     assert ring_of(second).version == 2
     out = capsys.readouterr()
     assert "written to" in out.out and "in the ring already; nothing changed" in out.out
-    assert "this node only" not in out.err
+    assert f"k2 (kcv {b.check_value('k2')})" in out.out  # the operator compares it per node
+    assert "this node only" not in out.out + out.err
+    assert f"shred {key_file}" in out.err
     no_material(out.out + out.err, ring_of(first), ring_of(second))
 
 
@@ -88,9 +93,9 @@ def test_clear_errors_for_a_key_present_unknown_or_absent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = node(tmp_path, "central")
-    assert run(config, "add-key", "--new-key", "k2") == 0
+    assert run(config, "add-key", "--new-key", "k2", "--single-node") == 0
     capsys.readouterr()
-    assert run(config, "add-key", "--new-key", "k2") == 1
+    assert run(config, "add-key", "--new-key", "k2", "--single-node") == 1
     assert "key 'k2' is in the ring already" in capsys.readouterr().err
     # a key file with other material than the ring's k2: refused, and no file is made
     assert run(config, "add-key", "--new-key", "k2", "--key-file", str(tmp_path / "k2")) == 1
@@ -112,10 +117,27 @@ def test_clear_errors_for_a_key_present_unknown_or_absent(
     assert ring_of(config).version == 2  # none of the refusals changed the ring
 
 
+def test_add_key_without_a_key_file_is_refused_unless_single_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run on each of two nodes, it would give each its own random k2 under one id."""
+    config = node(tmp_path, "central")
+    assert run(config, "add-key", "--new-key", "k2") == 1
+    err = capsys.readouterr().err
+    assert "--key-file" in err and "--single-node" in err and "own random key" in err
+    assert ring_of(config).key_ids == ("k1",)
+
+
 def test_retire_removes_an_old_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = node(tmp_path, "central")
-    assert run(config, "add-key", "--new-key", "k2") == 0
+    assert run(config, "add-key", "--new-key", "k2", "--single-node") == 0
     assert run(config, "promote", "--key", "k2") == 0
+    checkpoint = config.parent / "keyring.rewrap-checkpoint"
+    checkpoint.write_text("{}")  # a rewrap under way (or one that failed)
+    assert run(config, "retire", "--key", "k1") == 1
+    assert "rewrap checkpoint exists" in capsys.readouterr().err
+    assert ring_of(config).key_ids == ("k1", "k2")
+    checkpoint.unlink()
     assert run(config, "retire", "--key", "k1") == 0
     ring = ring_of(config)
     assert (ring.version, ring.key_ids) == (4, ("k2",))

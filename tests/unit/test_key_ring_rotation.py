@@ -34,11 +34,13 @@ class Node:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> list[Node]:
+    """Two nodes whose rings agree, as the stack starts them (node 2's a copy of node 1's)."""
     result = []
+    first = KeyRing.generate("k1")
     for name in ("central", "central-2"):
         path = tmp_path / name / "keyring.json"
         path.parent.mkdir()
-        write_key_ring(KeyRing.generate("k1"), path)
+        write_key_ring(first, path)
         result.append(Node(name, path))
     return result
 
@@ -69,7 +71,7 @@ def test_every_node_gets_the_same_key_and_it_becomes_current_after_all_loaded_it
     said: list[str] = []
     result = rotate_key(nodes, "k2", timeout_s=5, say=said.append, read=orthancs.read)
     first, second = ring(nodes[0]), ring(nodes[1])
-    assert first.get("k2") == second.get("k2") is not None
+    assert first.holds("k2", second.get("k2") or b""), "the nodes hold different k2"
     assert (first.current_id, second.current_id) == ("k2", "k2")
     assert result.versions == {"central": 3, "central-2": 3}
     # no node was shown k2 current before every node had shown it loaded
@@ -79,9 +81,13 @@ def test_every_node_gets_the_same_key_and_it_becomes_current_after_all_loaded_it
         "central-2",
     }
     text = "\n".join(said)
-    for r in (first, second):
-        for key_id in r.key_ids:
-            assert base64.b64encode(r.get(key_id) or b"").decode() not in text
+    leaked = [
+        key_id
+        for r in (first, second)
+        for key_id in r.key_ids
+        if base64.b64encode(r.get(key_id) or b"").decode() in text
+    ]
+    assert not leaked, f"material of {leaked} in the output"
 
 
 def test_a_node_that_does_not_confirm_stops_the_rotation_before_any_key_is_current(
@@ -135,14 +141,14 @@ def test_a_resumed_rotation_gives_the_others_the_key_a_node_holds_already(
 ) -> None:
     update_key_ring(nodes[0].key_ring_file, lambda r: r.with_key("k2"))  # an earlier run
     rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
-    assert ring(nodes[0]).get("k2") == ring(nodes[1]).get("k2")
+    assert ring(nodes[0]).holds("k2", ring(nodes[1]).get("k2") or b""), "k2 differs"
     assert ring(nodes[0]).version == 3  # added once, promoted once
 
 
 def test_two_nodes_holding_different_keys_under_one_id_are_refused(nodes: list[Node]) -> None:
     for node in nodes:
         update_key_ring(node.key_ring_file, lambda r: r.with_key("k2"))
-    with pytest.raises(KeyRotationError, match="central-2: holds a key 'k2' other than"):
+    with pytest.raises(KeyRotationError, match=r"central-2: .*other bytes under key id 'k2'"):
         rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
     assert [ring(n).current_id for n in nodes] == ["k1", "k1"]
 
@@ -167,3 +173,60 @@ def test_the_node_count_must_be_the_one_the_stack_was_started_with(tmp_path: Pat
     check_node_count(env, 2)
     with pytest.raises(KeyRotationError, match=r"started with 2 central nodes.*=2"):
         check_node_count(env, 1)
+
+
+def test_a_key_added_meanwhile_with_other_bytes_stops_the_rotation(
+    nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's add-key k2 on central-2 between reading the rings and changing them:
+    the rotation must not take central-2's k2 for the one it is adding."""
+    shared = key_rotation._shared_material
+
+    def then_an_operator_adds_k2(nodes_: list[Node], key_id: str) -> bytes:
+        material = shared(nodes_, key_id)
+        update_key_ring(nodes[1].key_ring_file, lambda r: r.with_key(key_id))
+        return material
+
+    monkeypatch.setattr(key_rotation, "_shared_material", then_an_operator_adds_k2)
+    with pytest.raises(KeyRotationError, match=r"central-2: .*added meanwhile with other bytes"):
+        rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
+    assert [ring(n).current_id for n in nodes] == ["k1", "k1"]
+
+
+def test_a_node_showing_another_check_value_stops_the_rotation_at_once(
+    nodes: list[Node],
+) -> None:
+    """Its status lists k2 but with other bytes (its Orthanc read another file, say)."""
+    orthancs = Orthancs(nodes)
+
+    def read(node: KeyRingNode) -> dict[str, Any]:
+        shown = orthancs.read(node)
+        if node.name == "central-2" and "k2" in shown["keys"]:
+            return {**shown, "kcv": {**shown["kcv"], "k2": "0" * 16}}
+        return shown
+
+    started = time.monotonic()
+    with pytest.raises(KeyRotationError, match=r"central-2: .*check value 0{16}, not [0-9a-f]"):
+        rotate_key(nodes, "k2", timeout_s=30, say=lambda _m: None, read=read)
+    assert time.monotonic() - started < 10  # not after the timeout
+    assert [ring(n).current_id for n in nodes] == ["k1", "k1"]
+
+
+def test_rings_that_disagree_are_refused_before_anything_changes(nodes: list[Node]) -> None:
+    write_key_ring(KeyRing.generate("k1"), nodes[1].key_ring_file)  # a regenerated ring
+    with pytest.raises(KeyRotationError, match=r"central-2: .*other bytes under key id 'k1'"):
+        rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
+    assert [ring(n).version for n in nodes] == [1, 1]
+    write_key_ring(KeyRing.generate("k7"), nodes[1].key_ring_file)  # left out of a rotation
+    with pytest.raises(KeyRotationError, match=r"central-2: .*other key ids"):
+        rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
+
+
+def test_a_rotation_stopped_in_phase_2_resumes(nodes: list[Node]) -> None:
+    """central made k2 current, central-2 did not: the rings differ only in the new key."""
+    rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
+    update_key_ring(
+        nodes[1].key_ring_file, lambda r: KeyRing("k1", {k: r.get(k) or b"" for k in r.key_ids}, 9)
+    )
+    rotate_key(nodes, "k2", timeout_s=5, say=lambda _m: None, read=Orthancs(nodes).read)
+    assert [ring(n).current_id for n in nodes] == ["k2", "k2"]

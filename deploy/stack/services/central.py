@@ -9,12 +9,14 @@ send any request to any of them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from imgcloud.errors import KeyRingError
+from imgcloud.storage.keyring import KeyRing, changing_key_ring, write_key_ring
+
 from ..context import S3_BUCKET, StackContext
+from ..errors import StackError
 from ..ports import central_ports
 from ..sandbox import PLUGIN_DIR
 from .orthanc_base import OrthancService
@@ -50,17 +52,24 @@ class CentralOrthanc(OrthancService):
     def ensure_key_ring(self) -> Path:
         """Node 1 generates the ring; node k starts with a copy of it when it has none (the
         local stand-in for a secret store that gives every node the same ring), owned as
-        node 1's is. Each node then keeps its own file, as each production node does."""
+        node 1's is. Each node then keeps its own file, as each production node does, and
+        must not start with a ring that disagrees with node 1's."""
         if self.node == 1:
             return super().ensure_key_ring()
         path = self.key_ring_file
-        if not path.exists():
-            first = CentralOrthanc(self.ctx, 1).ensure_key_ring()
-            self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            shutil.copyfile(first, path)
-            path.chmod(0o600)
-            owner = first.stat()
-            os.chown(path, owner.st_uid, owner.st_gid)
+        first = CentralOrthanc(self.ctx, 1).ensure_key_ring()
+        if path.is_symlink():
+            raise StackError(self.name, f"key ring {path}: not a regular file (a symbolic link)")
+        try:
+            if not path.exists():
+                self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with changing_key_ring(first):  # not half-way through a change of node 1's
+                    owner = first.stat()
+                    ring = KeyRing.from_file(first, "central key ring")
+                    write_key_ring(ring, path, owner=(owner.st_uid, owner.st_gid))
+            check_ring_agrees(self.name, path, first)
+        except KeyRingError as exc:
+            raise StackError(self.name, str(exc)) from None
         return path
 
     def runtime_config(self) -> dict[str, Any]:
@@ -111,3 +120,19 @@ class CentralOrthanc(OrthancService):
 def central_nodes(ctx: StackContext) -> list[CentralOrthanc]:
     """Every central node this stack's settings name, node 1 first."""
     return [CentralOrthanc(ctx, node) for node in range(1, ctx.settings.central_nodes + 1)]
+
+
+def check_ring_agrees(name: str, path: Path, first: Path) -> None:
+    """StackError unless the ring at `path` holds the same key ids with the same bytes and
+    the same current key as node 1's at `first`: a node left out of a rotation (fewer
+    STACK_CENTRAL_NODES then), or a regenerated ring on node 1, would seal objects the
+    other nodes cannot read, or fail to read theirs."""
+    why = KeyRing.from_file(first, "central key ring").disagreement(
+        KeyRing.from_file(path, f"{name} key ring")
+    )
+    if why is not None:
+        raise StackError(
+            name,
+            f"its key ring ({path}) disagrees with central's ({first}): it {why}; make them agree "
+            "(python -m imgcloud.storage add-key/promote on it) before starting it",
+        )

@@ -3,7 +3,8 @@
     python -m imgcloud.storage rewrap --orthanc-config var/central/orthanc.json
     python -m imgcloud.storage check  --orthanc-config var/central/orthanc.json \
         [--delete-orphans --grace-hours 24]
-    python -m imgcloud.storage add-key --orthanc-config CFG --new-key k2 [--key-file F]
+    python -m imgcloud.storage add-key --orthanc-config CFG --new-key k2 --key-file F
+    python -m imgcloud.storage add-key --orthanc-config CFG --new-key k2 --single-node
     python -m imgcloud.storage promote --orthanc-config CFG --key k2
     python -m imgcloud.storage retire  --orthanc-config CFG --key k1
 
@@ -14,8 +15,13 @@ within seconds, without a restart.
 A rotation has two phases. `add-key` puts the new key in this node's ring, not current:
 with --key-file F it takes the key from F, or, if F does not exist, generates one and
 writes it to F (mode 0600, never overwriting) so that the same key can be added on every
-other node from F. Without --key-file the key exists on this node only (one node, as an
-edge). `promote` makes it current, once every node's /imaging-cloud/status lists it.
+other node from F. Without --key-file every node would make its own random bytes under
+the same id, so add-key refuses unless --single-node says this is the only node (an edge).
+Each key's check value (kcv) is printed and shown in /imaging-cloud/status: every node must
+show the same one. `promote` makes it current once every node's status lists the key with
+that check value. Shred the key file once every node holds the key. `retire` refuses while
+a rewrap checkpoint exists (a rewrap is under way or failed), and a rewrap starts only once
+every node's status shows the new key current.
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from pathlib import Path
 
 from ..errors import KeyRingError, PluginError
 from .archive import EncryptedArchive
-from .keyring import KeyRing, create_key_file, read_key_file, update_key_ring
+from .keyring import (
+    KeyRing,
+    create_key_file,
+    read_key_file,
+    update_key_ring,
+)
 from .maintenance import (
     check_consistency,
     load_orthanc_configuration,
@@ -45,11 +56,22 @@ ROTATE_GONE = (
 )
 
 
+def default_checkpoint(ring_file: Path) -> Path:
+    """Where rewrap keeps its progress unless --checkpoint says otherwise."""
+    return ring_file.with_suffix(".rewrap-checkpoint")
+
+
 def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
     """add-key, promote, retire: one change of this node's ring, under its lock."""
     setting = f"{SECTION}.KeyRingFile"
     if args.command == "add-key":
         material = None
+        if args.key_file is None and not args.single_node:
+            raise KeyRingError(
+                "add-key: give --key-file F (the same file on every node): without it each "
+                "node would make its own random key under one id, and none could read what "
+                "the others seal. --single-node if this node is the only one holding the ring"
+            )
         if args.key_file is not None:
             if args.key_file.exists():
                 material = read_key_file(args.key_file, args.new_key)
@@ -71,16 +93,23 @@ def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
             return ring.with_key(args.new_key, material)
 
         before, ring = update_key_ring(ring_file, add, setting)
+        kcv = ring.check_value(args.new_key)
         if ring is before:
-            print(f"add-key: key {args.new_key} is in the ring already; nothing changed")
-            return 0
-        print(
-            f"add-key: key {args.new_key} added (ring version {ring.version}); new objects "
-            f"still use {ring.current_id}. Add it on every other node, then 'promote'."
-        )
-        if material is None:
             print(
-                f"add-key: {args.new_key} exists on this node only (no --key-file)",
+                f"add-key: key {args.new_key} (kcv {kcv}) is in the ring already; nothing changed"
+            )
+        else:
+            print(
+                f"add-key: key {args.new_key} (kcv {kcv}) added (ring version {ring.version});"
+                f" new objects still use {ring.current_id}. Add it on every other node, check "
+                "that each status shows this kcv for it, then 'promote'."
+            )
+        if material is None:
+            print(f"add-key: {args.new_key} exists on this node only (--single-node)")
+        else:
+            print(
+                f"add-key: shred {args.key_file} (shred -u) once every node holds "
+                f"{args.new_key}: it is the key in clear",
                 file=sys.stderr,
             )
         return 0
@@ -91,6 +120,12 @@ def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
         else:
             print(f"promote: new objects now use key {args.key} (ring version {ring.version})")
         return 0
+    checkpoint = args.checkpoint or default_checkpoint(ring_file)
+    if checkpoint.exists():
+        raise KeyRingError(
+            f"retire: a rewrap checkpoint exists ({checkpoint}): a rewrap is under way or "
+            "did not finish; run 'rewrap' until it reports nothing failed, then retire"
+        )
     _, ring = update_key_ring(ring_file, lambda r: r.without(args.key), setting)
     print(
         f"retire: key {args.key} removed (ring version {ring.version}); "
@@ -118,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="add-key: the new key's file (read if it exists, else created 0600)",
     )
+    parser.add_argument(
+        "--single-node",
+        action="store_true",
+        help="add-key without --key-file: this node alone holds the ring (an edge)",
+    )
     parser.add_argument("--key", help="promote, retire: id of the master key")
     args = parser.parse_args(argv)
     if args.command == "rotate":
@@ -138,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         archive = EncryptedArchive.from_settings(settings)
         if args.command == "rewrap":
             ring = archive.keys.get()
-            checkpoint = args.checkpoint or ring_file.with_suffix(".rewrap-checkpoint")
+            checkpoint = args.checkpoint or default_checkpoint(ring_file)
 
             def show(report) -> None:
                 print(

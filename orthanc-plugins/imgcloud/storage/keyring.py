@@ -23,8 +23,9 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ from ..errors import KeyRingError
 
 MASTER_KEY_BYTES = 32
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_KCV_MESSAGE = b"imgcloud key check value"
+
+
+def key_check_value(material: bytes) -> str:
+    """A key's check value: the first 8 bytes (hex) of HMAC-SHA256(key, a fixed message).
+    Two nodes that show the same id and the same check value hold the same bytes; the
+    value tells nothing useful about the key itself."""
+    return hmac.new(material, _KCV_MESSAGE, "sha256").digest()[:8].hex()
 
 
 @dataclass(frozen=True)
@@ -66,9 +75,38 @@ class KeyRing:
     def get(self, key_id: str) -> bytes | None:
         return self._keys.get(key_id)
 
+    def check_value(self, key_id: str) -> str | None:
+        """The key check value of `key_id` (None if it is not in the ring)."""
+        key = self._keys.get(key_id)
+        return None if key is None else key_check_value(key)
+
     def summary(self) -> dict[str, Any]:
-        """What a status answer may show: the version and the key ids, never material."""
-        return {"version": self.version, "current": self.current_id, "keys": list(self._keys)}
+        """What a status answer may show: the version, the key ids and each key's check
+        value (so that nodes can be compared by bytes, not ids), never material."""
+        return {
+            "version": self.version,
+            "current": self.current_id,
+            "keys": list(self._keys),
+            "kcv": {key_id: key_check_value(key) for key_id, key in self._keys.items()},
+        }
+
+    def disagreement(self, other: KeyRing, pending: str | None = None) -> str | None:
+        """Why `other` (another node's ring) cannot serve beside this one, or None: they
+        must hold the same key ids with the same bytes and the same current key. `pending`,
+        a key a rotation is adding, may be missing from one of them or current on one."""
+        mine, theirs = set(self._keys) - {pending}, set(other._keys) - {pending}
+        if mine != theirs:
+            only = sorted(mine ^ theirs)
+            return f"holds other key ids (differing: {', '.join(only)})"
+        for key_id in sorted(set(self._keys) & set(other._keys)):
+            if not hmac.compare_digest(self._keys[key_id], other._keys[key_id]):
+                return f"holds other bytes under key id '{key_id}'"
+        if self.current_id != other.current_id and pending not in (
+            self.current_id,
+            other.current_id,
+        ):
+            return f"has current key '{other.current_id}', not '{self.current_id}'"
+        return None
 
     @classmethod
     def from_json(cls, text: str, source: str = "key ring") -> KeyRing:
@@ -167,29 +205,56 @@ def check_key_id(key_id: str) -> None:
         raise KeyRingError(f"key ring: key id {key_id!r} must match {_KEY_ID.pattern}")
 
 
-def write_key_ring(ring: KeyRing, path: Path) -> None:
-    """Write a key ring file readable by its owner only (atomically). A ring root replaces
-    (a key added, promoted, retired) keeps its owner: the Orthanc's service uid must still
-    read it."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    if os.geteuid() == 0 and path.exists():
-        before = path.stat()
-        os.fchown(fd, before.st_uid, before.st_gid)
-    with os.fdopen(fd, "w") as out:
-        out.write(ring.to_json())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+def write_key_ring(ring: KeyRing, path: Path, owner: tuple[int, int] | None = None) -> None:
+    """Write a key ring file readable by its owner only, atomically: a fresh temporary file
+    (exclusive, 0600) beside it, synced, renamed over it, and the folder synced. A ring
+    root replaces (a key added, promoted, retired) keeps its owner, unless `owner` (uid,
+    gid) is given: the Orthanc's service uid must still read it. A ring path that is a
+    symbolic link is refused (root would write wherever it points)."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        before = None
+    if before is not None and not stat.S_ISREG(before.st_mode):
+        raise KeyRingError(f"key ring {path}: not a regular file (a symbolic link?); refused")
+    if owner is None and before is not None:
+        owner = (before.st_uid, before.st_gid)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(out.fileno(), *owner)
+            out.write(ring.to_json())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 @contextmanager
-def _changing(path: Path) -> Iterator[None]:
-    # One change of a ring at a time (an operator and the stack's rotate-key, say): the lock
-    # file stays beside the ring; a crashed writer's lock goes with its process.
+def changing_key_ring(path: Path) -> Iterator[None]:
+    """One change of a ring at a time (an operator and the stack's rotate-key, say): the lock
+    file stays beside the ring; a crashed writer's lock goes with its process. A lock path
+    that is a symbolic link or no regular file is refused."""
     lock = path.with_suffix(path.suffix + ".lock")
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
+        fd = os.open(
+            lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600
+        )
+    except OSError as exc:
+        raise KeyRingError(f"key ring lock {lock}: cannot open: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyRingError(f"key ring lock {lock}: not a regular file; refused")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -201,7 +266,7 @@ def update_key_ring(
 ) -> tuple[KeyRing, KeyRing]:
     """Read, change and write back a ring file under a lock; (before, after). A change that
     returns the same ring writes nothing."""
-    with _changing(path):
+    with changing_key_ring(path):
         before = KeyRing.from_file(path, setting)
         after = change(before)
         if after is not before:
@@ -236,15 +301,11 @@ def create_key_file(path: Path, key_id: str) -> bytes:
 def read_key_file(path: Path, key_id: str) -> bytes:
     """The key a key file carries for `key_id`; errors never show its content."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise KeyRingError(f"key file {path}: cannot read: {exc.strerror}") from None
     with os.fdopen(fd) as source:
-        if stat.S_IMODE(os.fstat(source.fileno()).st_mode) & 0o077:
-            raise KeyRingError(
-                f"key file {path}: others than its owner may read it; chmod 600 it "
-                "(and treat the key as exposed if others did)"
-            )
+        _check_key_file(path, os.fstat(source.fileno()))
         text = source.read()
     try:
         doc = json.loads(text)
@@ -261,3 +322,22 @@ def read_key_file(path: Path, key_id: str) -> bytes:
     if len(material) != MASTER_KEY_BYTES:
         raise KeyRingError(f"key file {path}: 'key' must be {MASTER_KEY_BYTES} bytes")
     return material
+
+
+def _check_key_file(path: Path, info: os.stat_result) -> None:
+    # Someone who could create the path before us (in /tmp, say) would plant a key they
+    # know: it must be a regular file of ours (or root's), one link, ours alone to read.
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyRingError(f"key file {path}: not a regular file; refused")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise KeyRingError(
+            f"key file {path}: owned by uid {info.st_uid}, not by this user or root; refused "
+            "(treat the key as exposed)"
+        )
+    if info.st_nlink != 1:
+        raise KeyRingError(f"key file {path}: has {info.st_nlink} hard links; refused")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise KeyRingError(
+            f"key file {path}: others than its owner may read it; chmod 600 it "
+            "(and treat the key as exposed if others did)"
+        )
