@@ -2,7 +2,7 @@
 
     python -m imgcloud.storage rewrap --orthanc-config var/central/orthanc.json
     python -m imgcloud.storage check  --orthanc-config var/central/orthanc.json \
-        [--delete-orphans --grace-hours 24]
+        [--delete-orphans --grace-hours 24] [--key k1]
     python -m imgcloud.storage add-key --orthanc-config CFG --new-key k2 --key-file F
     python -m imgcloud.storage add-key --orthanc-config CFG --new-key k2 --single-node
     python -m imgcloud.storage promote --orthanc-config CFG --key k2
@@ -21,7 +21,9 @@ Each key's check value (kcv) is printed and shown in /imaging-cloud/status: ever
 show the same one. `promote` makes it current once every node's status lists the key with
 that check value. Shred the key file once every node holds the key. `retire` refuses while
 a rewrap checkpoint exists (a rewrap is under way or failed), and a rewrap starts only once
-every node's status shows the new key current.
+every node's status shows the new key current. `check --key k1` counts the objects each
+key seals (from their headers) and fails while any is sealed under k1: run it before
+`retire --key k1`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .keyring import (
 from .maintenance import (
     check_consistency,
     load_orthanc_configuration,
+    objects_by_key,
     orthanc_pg_attachments,
     rewrap_all,
 )
@@ -158,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add-key without --key-file: this node alone holds the ring (an edge)",
     )
-    parser.add_argument("--key", help="promote, retire: id of the master key")
+    parser.add_argument(
+        "--key",
+        help="promote, retire: id of the master key; check: fail if any object uses it",
+    )
     args = parser.parse_args(argv)
     if args.command == "rotate":
         parser.error(ROTATE_GONE)
@@ -216,8 +222,20 @@ def main(argv: list[str] | None = None) -> int:
             prefix=settings.key_prefix,
             delete_orphans_older_than=grace,
         )
-        print(json.dumps(result.as_dict()))
-        return 0 if not result.missing else 1
+        answer = result.as_dict()
+        still_used = 0
+        if args.key:
+            by_key = objects_by_key(archive.store, settings.key_prefix)
+            answer["objects_by_key"] = by_key
+            still_used = by_key.get(args.key, 0)
+            if still_used:
+                print(
+                    f"check: {still_used} objects are sealed under {args.key}: rewrap (once "
+                    "every node shows the new key current) before retiring it",
+                    file=sys.stderr,
+                )
+        print(json.dumps(answer))
+        return 0 if not result.missing and not still_used else 1
     except PluginError as exc:
         print(f"imgcloud.storage {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import IntegrityError, ObjectNotFound, StorageError
 from .backends import ObjectStore
-from .envelope import rewrap
+from .envelope import key_id_of, rewrap
 from .keyring import KeyRing
 from .object_keys import object_key, parse_object_key
 
@@ -154,6 +154,27 @@ def check_consistency(
             report.young_orphans_kept += 1
     report.missing = sorted(expected - seen)
     return report
+
+
+NOT_SEALED = "(not a sealed object)"
+
+
+def objects_by_key(store: ObjectStore, prefix: str = "") -> dict[str, int]:
+    """How many of the archive's objects each master key id seals, from each object's
+    header (the whole object is read: the stores offer no range reads). An object that is
+    not one of ours counts under NOT_SEALED; one deleted meanwhile is skipped."""
+    counts: dict[str, int] = {}
+    for obj in store.list(prefix):
+        if parse_object_key(prefix, obj.key) is None:
+            continue
+        try:
+            key_id = key_id_of(store.get(obj.key), obj.key)
+        except ObjectNotFound:
+            continue
+        except IntegrityError:
+            key_id = NOT_SEALED
+        counts[key_id] = counts.get(key_id, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def orthanc_pg_attachments(configuration: dict) -> list[tuple[str, int]]:
