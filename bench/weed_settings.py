@@ -1,6 +1,7 @@
 """Where SeaweedFS's CPU goes during central's ingest, and what a setting changes, one run.
 
     STACK_DIR=var/bench .venv/bin/python -m bench.weed_settings [--rounds 2] [--profile]
+        [--variants current no-fsync] [--strace]
 
 With a stack running, restarts the stack's SeaweedFS with each variant in turn (the current
 settings, then each candidate, alternating for --rounds) and ingests the bench study into
@@ -8,8 +9,9 @@ central on the fair layout (central alone on CPU 1, the rest on CPU 0). Per segm
 prints instances/s, the CPU ms per instance of SeaweedFS and of central, SeaweedFS's
 requests per instance (bench.weed_metrics), and SeaweedFS's CPU while the study is deleted
 between segments (the DELETEs and any work they trigger). --profile adds one segment with
-`-cpuprofile` and prints `go tool pprof -top` of it. SeaweedFS is left running with the
-current settings.
+`-cpuprofile` and prints `go tool pprof -top` of it. --strace adds, per variant, one ingest
+with `strace -f -c` on SeaweedFS and prints its fsync/fdatasync/pwrite64 calls per object
+(strace slows it down: counts only). SeaweedFS is left running with the current settings.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.stack.client import StackClient
@@ -30,26 +33,40 @@ from .archive_bench import delete_study, generate, ingest
 from .archive_layouts import measure
 from .archive_report import request_line
 from .cpu import Group, Pinning, plan_affinity
+from .syscalls import count_syscalls
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`weed server` options, and whether the bucket's fs.configure -fsync rule is set."""
+
+    args: tuple[str, ...] = ()
+    fsync: bool = True
+
 
 # Candidates a production site could run with, and what each does to durability (see
 # docs/archive.md, Benchmark).
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "current": (),
+VARIANTS: dict[str, Variant] = {
+    "current": Variant(),
+    # The stack before the bucket's fsync rule: S3's 200 meant "in the page cache".
+    "no-fsync": Variant(fsync=False),
     # Objects up to 4 kB (the "DICOM until pixel data" attachment) kept in the filer's
     # metadata store instead of a volume needle: one volume write and assign fewer.
-    "saveToFilerLimit=4096": ("-filer.saveToFilerLimit=4096",),
+    "saveToFilerLimit=4096": Variant(("-filer.saveToFilerLimit=4096",)),
 }
+OBJECTS_PER_INSTANCE = 2  # the instance and its "DICOM until pixel data" attachment
 
 
-def restart_weed(ctx, extra: tuple[str, ...]) -> int:
-    """Stop the stack's SeaweedFS and start it again with `extra` options; its PID."""
+def restart_weed(ctx, variant: Variant) -> int:
+    """Stop the stack's SeaweedFS, start it again as `variant` says; its PID."""
     stop_service(ctx, "seaweedfs")
     weed = service(ctx, "seaweedfs")
     assert isinstance(weed, SeaweedFS)
-    weed.extra_args = extra
+    weed.extra_args = variant.args
     weed.prepare()
     weed.start()
     weed.wait_healthy(ctx.settings.start_timeout_s)
+    weed.configure_fsync(variant.fsync)
     pid = weed.pid()
     if pid is None:
         raise SystemExit("SeaweedFS did not start")
@@ -69,11 +86,24 @@ def groups_for(ctx, weed_pid: int) -> list[Group]:
     ]
 
 
-def segment(ctx, stack, files, ids, label, extra, pinning, clients) -> dict:
-    """Restart SeaweedFS with `extra`, pin the fair layout, ingest once; the figures."""
+def traced(ctx, stack, files, ids, label, variant, clients) -> dict[str, int]:
+    """Restart SeaweedFS as `variant`, ingest once under strace; its sync calls."""
+    auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
+    url = stack["CENTRAL_ORTHANC_URL"]
+    pid = restart_weed(ctx, variant)
+    counts = count_syscalls(pid, lambda: ingest(url, auth, files, clients))
+    delete_study(url, auth, ids["study"])
+    objects = len(files) * OBJECTS_PER_INSTANCE
+    per_object = ", ".join(f"{name} {n} ({n / objects:.2f}/obj)" for name, n in counts.items())
+    print(f"{label:<24} strace, {objects} objects: {per_object}", flush=True)
+    return counts
+
+
+def segment(ctx, stack, files, ids, label, variant, pinning, clients) -> dict:
+    """Restart SeaweedFS as `variant`, pin the fair layout, ingest once; the figures."""
     auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
     url, metrics = stack["CENTRAL_ORTHANC_URL"], f"{ctx.http('weed_metrics')}/metrics"
-    groups = groups_for(ctx, restart_weed(ctx, extra))
+    groups = groups_for(ctx, restart_weed(ctx, variant))
     all_cpus = set(os.sched_getaffinity(0))
     names = [g.name for g in groups]
     pinning.apply(groups, plan_affinity("fair", names, "orthanc", {1}, {0}, all_cpus))
@@ -107,8 +137,8 @@ def segment(ctx, stack, files, ids, label, extra, pinning, clients) -> dict:
 def profile(ctx, stack, files, ids, clients, out: Path) -> None:
     """One ingest of the current settings under -cpuprofile; pprof's top functions."""
     out.unlink(missing_ok=True)
-    extra = (f"-cpuprofile={out}",)
-    segment(ctx, stack, files, ids, "current, profiled", extra, Pinning(), clients)
+    variant = Variant((f"-cpuprofile={out}",))
+    segment(ctx, stack, files, ids, "current, profiled", variant, Pinning(), clients)
     stop_service(ctx, "seaweedfs")  # writes the profile
     go = shutil.which("go") or "/usr/local/go/bin/go"
     weed = str(ctx.settings.venv_bin / "weed")
@@ -130,6 +160,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--strace", action="store_true")
     args = parser.parse_args()
     settings = StackSettings.from_env()
     ctx = load_context(settings)
@@ -141,11 +172,14 @@ def main() -> int:
     try:
         if args.profile:
             profile(ctx, stack, files, ids, args.clients, ctx.state / "weed-cpu.pprof")
+        if args.strace:
+            for label in args.variants:
+                traced(ctx, stack, files, ids, label, VARIANTS[label], args.clients)
         for _ in range(args.rounds):
             for label in args.variants:
                 segment(ctx, stack, files, ids, label, VARIANTS[label], Pinning(), args.clients)
     finally:
-        restart_weed(ctx, ())
+        restart_weed(ctx, VARIANTS["current"])
     print(f"done in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -6,11 +6,15 @@ HTTP APIs are off (`-disableHttp`), the volume server wants a JWT signed with th
 keys for every read and write, and every gRPC port wants a client certificate from the
 stack's CA with the common name "seaweedfs" (mutual TLS). Logs go to var/log, and the
 local sockets SeaweedFS makes in /tmp to a private directory (its own mount namespace).
+
+The bucket's path rule asks for fsync on every write (`fs.configure -fsync`), so that S3's
+200, after which central tells Orthanc the instance is stored, means the object is on disk.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import boto3
@@ -18,7 +22,7 @@ from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..context import S3_BUCKET
-from ..errors import PrerequisiteMissing
+from ..errors import PrerequisiteMissing, ServiceUnhealthy
 from ..pki import issue_leaf
 from ..ports import SEAWEEDFS_PORTS
 from .base import Service
@@ -27,6 +31,39 @@ UNSHARE = "/usr/bin/unshare"
 # The common name every gRPC peer of SeaweedFS must present (the CA also signs others).
 GRPC_COMMON_NAME = "seaweedfs"
 _GRPC_SERVERS = ("master", "volume", "filer", "s3")
+SHELL_TIMEOUT_S = 60.0
+
+
+def bucket_prefix(bucket: str) -> str:
+    """The filer path under which SeaweedFS keeps an S3 bucket's objects."""
+    return f"/buckets/{bucket}/"
+
+
+def fsync_command(bucket: str, fsync: bool = True) -> str:
+    """The `weed shell` line that sets (or, fsync=False, drops) the bucket's fsync rule."""
+    if not fsync:
+        return f"fs.configure -locationPrefix={bucket_prefix(bucket)} -delete -apply"
+    return f"fs.configure -locationPrefix={bucket_prefix(bucket)} -fsync -apply"
+
+
+def fsync_rule_applied(shell_output: str, bucket: str) -> bool:
+    """Whether fs.configure's printed configuration has the bucket's rule with fsync on.
+
+    fs.configure prints the whole filer.conf as JSON after the line it ran ("locations":
+    [{"locationPrefix": ..., "fsync": true}, ...]); the shell's prompts and notes are
+    around it, so the JSON object is cut out from the first brace to the last.
+    """
+    start, end = shell_output.find("{"), shell_output.rfind("}")
+    if start < 0 or end < start:
+        return False
+    try:
+        conf = json.loads(shell_output[start : end + 1])
+    except ValueError:
+        return False
+    return any(
+        loc.get("locationPrefix") == bucket_prefix(bucket) and loc.get("fsync") is True
+        for loc in conf.get("locations", [])
+    )
 
 
 def security_toml(
@@ -91,6 +128,8 @@ class SeaweedFS(Service):
     stop_timeout_s = 40.0
     # More `weed server` options, appended (bench.weed_settings tries settings this way).
     extra_args: tuple[str, ...] = ()
+    # A stack left running by an older release gets the bucket's fsync rule on `up` too.
+    provision_when_running = True
 
     @property
     def endpoint(self) -> str:
@@ -206,3 +245,41 @@ class SeaweedFS(Service):
             client.head_bucket(Bucket=S3_BUCKET)
         except ClientError:
             client.create_bucket(Bucket=S3_BUCKET)
+        self.configure_fsync(True)
+
+    def shell_argv(self) -> list[str]:
+        """`weed shell` against this stack's master and filer, over mutual-TLS gRPC."""
+        p = self.ctx.ports
+        return [
+            str(self.ctx.settings.venv_bin / "weed"),
+            f"-config_dir={self.config_dir}",
+            "shell",
+            f"-master=127.0.0.1:{p['weed_master']}.{p['weed_master_grpc']}",
+            f"-filer=127.0.0.1:{p['weed_filer']}.{p['weed_filer_grpc']}",
+        ]
+
+    def shell(self, command: str) -> str:
+        """Run one `weed shell` command; its output (stdout and stderr together)."""
+        try:
+            result = subprocess.run(
+                self.shell_argv(),
+                input=command + "\n",
+                capture_output=True,
+                text=True,
+                timeout=SHELL_TIMEOUT_S,
+                check=False,
+                cwd=self.home,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ServiceUnhealthy(self.name, f"weed shell timed out: {command}") from exc
+        return result.stdout + result.stderr
+
+    def configure_fsync(self, fsync: bool) -> None:
+        """Set the bucket's fsync rule (idempotent: fs.configure replaces the rule for the
+        prefix); fsync=False drops it, for benchmarks that measure its cost."""
+        output = self.shell(fsync_command(S3_BUCKET, fsync))
+        if fsync_rule_applied(output, S3_BUCKET) != fsync:
+            last = output.strip().splitlines()[-1:] or ["no output"]
+            raise ServiceUnhealthy(
+                self.name, f"fs.configure fsync={fsync} not applied: {last[0][:200]}", self.log
+            )
