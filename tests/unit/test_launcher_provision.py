@@ -5,8 +5,10 @@ databases and central's plugin migrations are idempotent, and an upgrade without
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import cast
 
 from deploy.stack import launcher
+from deploy.stack.services.base import Service
 from deploy.stack.services.postgres import Postgres
 
 
@@ -34,7 +36,8 @@ def test_a_running_service_that_asks_is_provisioned_again_and_others_are_left_al
     database = RunningService("postgres", provision_when_running=True)
     realm = RunningService("keycloak", provision_when_running=False)
     said: list[str] = []
-    launcher._start_together(ctx, [database, realm], said.append)  # type: ignore[arg-type]
+    group = cast("list[Service]", [database, realm])
+    launcher._start_together(ctx, group, said.append)  # type: ignore[arg-type]
     assert database.provisioned == 1
     assert realm.provisioned == 0
     assert all("already running" in line for line in said)
