@@ -149,6 +149,18 @@ def test_a_lock_path_that_is_no_regular_file_is_refused(tmp_path: Path) -> None:
         update_key_ring(path, lambda r: r.with_key("k2"))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_roots_lock_file_takes_the_rings_owner(tmp_path: Path) -> None:
+    """The key folder holds the Orthanc service uid's files only (test_data_at_rest)."""
+    path = tmp_path / "keyring.json"
+    write_key_ring(KeyRing.generate("k1"), path)
+    os.chown(path, 10042, 10043)
+    update_key_ring(path, lambda r: r.with_key("k2"))
+    lock = tmp_path / "keyring.json.lock"
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (10042, 10043)
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
 # -- the key file ----------------------------------------------------------------------------
 
 

@@ -253,12 +253,27 @@ def changing_key_ring(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise KeyRingError(f"key ring lock {lock}: cannot open: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode):
             raise KeyRingError(f"key ring lock {lock}: not a regular file; refused")
+        _owned_as_ring(fd, held, path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _owned_as_ring(fd: int, held: os.stat_result, ring: Path) -> None:
+    """Root's lock file takes the ring's owner, as a ring root rewrites does: the key folder
+    holds the service uid's files only (docs/security.md's table of files at rest)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.lstat(ring)
+    except OSError:
+        return
+    if stat.S_ISREG(owner.st_mode) and (held.st_uid, held.st_gid) != (owner.st_uid, owner.st_gid):
+        os.fchown(fd, owner.st_uid, owner.st_gid)
 
 
 def update_key_ring(
