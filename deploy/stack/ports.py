@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 SEAWEEDFS_PORTS = (
@@ -78,10 +79,49 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+# Where listening ports are picked from when the kernel's ephemeral range leaves room below
+# it. A port inside that range can be taken as the source port of any outbound connection
+# between the moment we record it and the moment its service binds it (CI once found the
+# gateway's port held by a connection of a service started before it).
+LOWEST_PORT = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def listening_range() -> range:
+    """Ports below the kernel's ephemeral range (and from LOWEST_PORT up), where no outbound
+    connection takes a source port; empty when the ephemeral range leaves no room."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(LOWEST_PORT, low)
+
+
 def pick_free(count: int, avoid: Iterable[int]) -> list[int]:
+    """`count` distinct ports nothing listens on, none of them in `avoid`: from
+    listening_range() in random order, else (no room there) from the kernel's own choice."""
+    taken = set(avoid)
+    candidates = [p for p in listening_range() if p not in taken]
+    random.SystemRandom().shuffle(candidates)
+    picked = list(_free_among(candidates, count))
+    if len(picked) < count:
+        picked += _kernel_picks(count - len(picked), taken | set(picked))
+    return picked
+
+
+def _free_among(candidates: list[int], count: int) -> Iterator[int]:
+    found = 0
+    for port in candidates:
+        if found == count:
+            return
+        if port_is_free(port):
+            found += 1
+            yield port
+
+
+def _kernel_picks(count: int, taken: set[int]) -> list[int]:
     held: list[socket.socket] = []
     picked: list[int] = []
-    taken = set(avoid)
     try:
         while len(picked) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

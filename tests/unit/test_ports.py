@@ -58,3 +58,26 @@ def test_a_stack_recorded_before_a_port_was_added_keeps_its_ports(tmp_path: Path
     assert set(again) == set(PORT_NAMES)
     assert {k: again[k] for k in older} == older
     assert len(set(again.values())) == len(PORT_NAMES)
+
+
+def test_ports_are_picked_below_the_ephemeral_range(tmp_path: Path) -> None:
+    """No outbound connection's source port can take a recorded port before its service
+    binds it (CI saw the gateway's port so taken)."""
+    from deploy.stack.ports import listening_range
+
+    room = listening_range()
+    assert len(room) > len(PORT_NAMES)  # Debian's default range leaves 20000-32767
+    ports = allocate(tmp_path / "ports.json")
+    assert all(port in room for port in ports.values())
+
+
+def test_without_room_below_the_ephemeral_range_the_kernel_picks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy.stack import ports as ports_module
+
+    monkeypatch.setattr(ports_module, "listening_range", lambda: range(0))
+    ports = allocate(tmp_path / "ports.json")
+    assert set(ports) == set(PORT_NAMES)
+    assert len(set(ports.values())) == len(PORT_NAMES)
+    assert all(port_is_free(port) for port in ports.values())
