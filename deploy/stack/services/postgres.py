@@ -1,5 +1,5 @@
 """PostgreSQL: one cluster for the stack, with a database each for central Orthanc, the
-indexer and Keycloak."""
+indexer, Keycloak and the SeaweedFS filer."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ DATABASES = {
     "orthanc_central": ("orthanc_central", "db_central"),
     "indexer": ("indexer", "db_indexer"),
     "keycloak": ("keycloak", "db_keycloak"),
+    "seaweedfs": ("seaweedfs", "db_seaweedfs"),  # the filer's entries (postgres2 store)
 }
 
 
