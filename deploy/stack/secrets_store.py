@@ -11,6 +11,7 @@ SECRET_NAMES = (
     "db_central",
     "db_indexer",
     "db_keycloak",
+    "db_seaweedfs",  # the SeaweedFS filer's store (its entries: object names)
     "central_orthanc",
     "edge_a_orthanc",
     "edge_b_orthanc",
