@@ -14,7 +14,7 @@ import psycopg
 
 from .errors import PluginError
 
-REVISION = "0001"  # the Alembic head this release's SQL is written for (a unit test checks)
+REVISION = "0002"  # the Alembic head this release's SQL is written for (a unit test checks)
 VERSION_TABLE = "imgcloud_central_version"  # ours, not alembic_version: Orthanc's database
 VERSION_QUERY = f"SELECT version_num FROM {VERSION_TABLE}"  # noqa: S608 - a constant
 # Held by every migration run for its whole transaction: the first run migrates, the others

@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import KeyRingError, PluginError
 from .archive import EncryptedArchive
@@ -43,11 +44,13 @@ from .keyring import (
     update_key_ring,
 )
 from .maintenance import (
+    RewrapReport,
     check_consistency,
     load_orthanc_configuration,
     objects_by_key,
     orthanc_pg_attachments,
     rewrap_all,
+    store_parts,
 )
 from .settings import SECTION, storage_settings
 
@@ -62,6 +65,19 @@ ROTATE_GONE = (
 def default_checkpoint(ring_file: Path) -> Path:
     """Where rewrap keeps its progress unless --checkpoint says otherwise."""
     return ring_file.with_suffix(".rewrap-checkpoint")
+
+
+def part_checkpoint(checkpoint: Path, part: str) -> Path:
+    """The checkpoint of one store behind the archive: the object store keeps the plain
+    name (as before small attachments moved), the others get their name appended."""
+    if part == "object-store":
+        return checkpoint
+    return checkpoint.with_name(f"{checkpoint.name}.{part}")
+
+
+def checkpoints(checkpoint: Path) -> list[Path]:
+    """Every checkpoint a rewrap may have left for `checkpoint`, the existing ones."""
+    return [p for p in (checkpoint, part_checkpoint(checkpoint, "postgresql")) if p.exists()]
 
 
 def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
@@ -123,10 +139,10 @@ def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
         else:
             print(f"promote: new objects now use key {args.key} (ring version {ring.version})")
         return 0
-    checkpoint = args.checkpoint or default_checkpoint(ring_file)
-    if checkpoint.exists():
+    left = checkpoints(args.checkpoint or default_checkpoint(ring_file))
+    if left:
         raise KeyRingError(
-            f"retire: a rewrap checkpoint exists ({checkpoint}): a rewrap is under way or "
+            f"retire: a rewrap checkpoint exists ({left[0]}): a rewrap is under way or "
             "did not finish; run 'rewrap' until it reports nothing failed, then retire"
         )
     _, ring = update_key_ring(ring_file, lambda r: r.without(args.key), setting)
@@ -135,6 +151,44 @@ def change_key_ring(args: argparse.Namespace, ring_file: Path) -> int:
         "run 'check' to confirm nothing needs it"
     )
     return 0
+
+
+def rewrap_command(
+    args: argparse.Namespace, archive: EncryptedArchive, ring_file: Path, prefix: str
+) -> int:
+    """Rewrap every store behind the archive (the bucket, then central's PostgreSQL table
+    of small attachments), each with its own checkpoint; one JSON line of totals."""
+    ring = archive.keys.get()
+    checkpoint = args.checkpoint or default_checkpoint(ring_file)
+    totals: dict[str, Any] = {
+        "current_key": ring.current_id,
+        "scanned": 0,
+        "rewrapped": 0,
+        "already_current": 0,
+        "vanished": 0,
+        "failed": {},
+        "by_store": {},
+    }
+    for part, store in store_parts(archive.store).items():
+
+        def show(report: RewrapReport, part: str = part) -> None:
+            print(
+                f"rewrap ({part}): {report.scanned} scanned, {report.rewrapped} rewrapped, "
+                f"{report.already_current} already on {ring.current_id}, "
+                f"{len(report.failed)} failed",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        report = rewrap_all(
+            store, ring, prefix=prefix, checkpoint=part_checkpoint(checkpoint, part), progress=show
+        )
+        for name in ("scanned", "rewrapped", "already_current", "vanished"):
+            totals[name] += getattr(report, name)
+        totals["failed"].update(report.failed)
+        totals["by_store"][part] = {"scanned": report.scanned, "rewrapped": report.rewrapped}
+    print(json.dumps(totals))
+    return 1 if totals["failed"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,38 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             return change_key_ring(args, ring_file)
         archive = EncryptedArchive.from_settings(settings)
         if args.command == "rewrap":
-            ring = archive.keys.get()
-            checkpoint = args.checkpoint or default_checkpoint(ring_file)
-
-            def show(report) -> None:
-                print(
-                    f"rewrap: {report.scanned} scanned, {report.rewrapped} rewrapped, "
-                    f"{report.already_current} already on {ring.current_id}, "
-                    f"{len(report.failed)} failed",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-            report = rewrap_all(
-                archive.store,
-                ring,
-                prefix=settings.key_prefix,
-                checkpoint=checkpoint,
-                progress=show,
-            )
-            print(
-                json.dumps(
-                    {
-                        "current_key": ring.current_id,
-                        "scanned": report.scanned,
-                        "rewrapped": report.rewrapped,
-                        "already_current": report.already_current,
-                        "vanished": report.vanished,
-                        "failed": report.failed,
-                    }
-                )
-            )
-            return 1 if report.failed else 0
+            return rewrap_command(args, archive, ring_file, settings.key_prefix)
         grace = dt.timedelta(hours=args.grace_hours) if args.delete_orphans else None
         result = check_consistency(
             archive.store,

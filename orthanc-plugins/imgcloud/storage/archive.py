@@ -88,6 +88,12 @@ class EncryptedArchive:
         else:
             assert settings.filesystem_root is not None
             store = FileStore(settings.filesystem_root)
+        if settings.small_attachments == "postgresql":
+            from .small_objects import PostgresStore, TieredStore  # central only: psycopg
+
+            assert settings.small_conninfo is not None
+            small = PostgresStore(settings.small_conninfo)
+            store = TieredStore(store, small, settings.key_prefix)
         return cls(
             store, KeyRingSource(settings.key_ring_file), settings.algorithm, settings.key_prefix
         )

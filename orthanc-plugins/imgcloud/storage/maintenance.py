@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ..errors import IntegrityError, ObjectNotFound, StorageError
 from .backends import ObjectStore
@@ -28,6 +29,13 @@ class RewrapReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+@runtime_checkable
+class ReplacingStore(Protocol):
+    """A store that can replace an object only if it still holds `old` (PostgreSQL)."""
+
+    def replace(self, key: str, old: bytes, new: bytes) -> bool: ...
+
+
 def _rewrap_one(store: ObjectStore, ring: KeyRing, key: str) -> str:
     try:
         blob = store.get(key)
@@ -36,8 +44,19 @@ def _rewrap_one(store: ObjectStore, ring: KeyRing, key: str) -> str:
     moved = rewrap(blob, object_key=key, ring=ring)
     if moved is None:
         return "current"
+    if isinstance(store, ReplacingStore):
+        # never brings back an object Orthanc deleted meanwhile (a put to S3 can)
+        return "rewrapped" if store.replace(key, blob, moved) else "vanished"
     store.put(key, moved)
     return "rewrapped"
+
+
+def store_parts(store: ObjectStore) -> dict[str, ObjectStore]:
+    """The stores behind `store` by name ("object-store", "postgresql"), or just it: a
+    rewrap walks each on its own, with its own checkpoint, so that an object is rewritten
+    where it lies (an old "until pixel data" object in the bucket stays there)."""
+    parts = getattr(store, "parts", None)
+    return parts() if callable(parts) else {"object-store": store}
 
 
 def rewrap_all(

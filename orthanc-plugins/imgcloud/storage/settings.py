@@ -9,8 +9,16 @@
              "CredentialsFile": "/etc/imaging-cloud/s3.json",   // or the environment
              "PathStyle": true, "PoolSize": 32, "ConnectTimeout": 3, "ReadTimeout": 30,
              "MaxAttempts": 4},
-      "Filesystem": {"Root": "/var/lib/imaging-cloud/objects"}
+      "Filesystem": {"Root": "/var/lib/imaging-cloud/objects"},
+      "SmallAttachments": "postgresql"       // or "object-store"
     }
+
+SmallAttachments says where the small "DICOM until pixel data" attachments (content type
+3) go: "postgresql" keeps them, sealed as in the bucket, in a table of the PostgreSQL that
+Orthanc's index uses (shared by every central node; storage/small_objects.py), so each
+instance costs one object-store write; "object-store" puts them in the bucket beside the
+DICOM file. The default is "postgresql" when Backend is "s3" and Orthanc's index is in
+PostgreSQL (central), else "object-store" (edges).
 
 S3 credentials come from CredentialsFile ({"AccessKey": ..., "SecretKey": ...}) or from
 IMGCLOUD_S3_ACCESS_KEY / IMGCLOUD_S3_SECRET_KEY, never from the configuration itself.
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +50,9 @@ class StorageSettings:
     key_prefix: str
     s3: S3Settings | None
     filesystem_root: Path | None
+    small_attachments: str = "object-store"  # or "postgresql"
+    # connection settings of central's PostgreSQL when small_attachments is "postgresql"
+    small_conninfo: dict[str, Any] | None = field(default=None, repr=False)
 
 
 Positive = Annotated[float, Field(gt=0, strict=True)]
@@ -74,6 +85,9 @@ class _Storage(_Block):
     key_prefix: str = Field("", alias="KeyPrefix")
     s3: _S3 | None = Field(None, alias="S3")
     filesystem: _Filesystem | None = Field(None, alias="Filesystem")
+    small_attachments: Literal["postgresql", "object-store"] | None = Field(
+        None, alias="SmallAttachments"
+    )
 
     @field_validator("key_prefix")
     @classmethod
@@ -143,6 +157,34 @@ def storage_settings(configuration: dict[str, Any]) -> StorageSettings | None:
                 f"{SECTION}.Filesystem.Root: required when Backend is 'filesystem'"
             )
         root = Path(storage.filesystem.root)
+    small, conninfo = _small_attachments(configuration, storage)
     return StorageSettings(
-        storage.backend, Path(storage.key_ring_file), algorithm, storage.key_prefix, s3, root
+        storage.backend,
+        Path(storage.key_ring_file),
+        algorithm,
+        storage.key_prefix,
+        s3,
+        root,
+        small,
+        conninfo,
     )
+
+
+def _small_attachments(
+    configuration: dict[str, Any], storage: _Storage
+) -> tuple[str, dict[str, Any] | None]:
+    """Where small attachments go, and central's PostgreSQL connection if there."""
+    from ..instance_hashes import central_conninfo  # psycopg: not needed on an edge
+
+    indexed = bool((configuration.get("PostgreSQL") or {}).get("EnableIndex"))
+    choice = storage.small_attachments
+    if choice is None:
+        choice = "postgresql" if storage.backend == "s3" and indexed else "object-store"
+    if choice == "object-store":
+        return choice, None
+    if not indexed:
+        raise ConfigurationError(
+            f"{SECTION}.SmallAttachments: 'postgresql' needs Orthanc's index in PostgreSQL "
+            "(PostgreSQL.EnableIndex), whose database holds them"
+        )
+    return choice, central_conninfo(configuration)
