@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import boto3
 from botocore.client import Config
@@ -38,6 +38,9 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[StoredObject]: ...
 
 
+S3Client = Literal["boto3", "obstore"]  # obstore: obstore_store.py
+
+
 @dataclass(frozen=True)
 class S3Settings:
     endpoint: str | None
@@ -49,10 +52,14 @@ class S3Settings:
     pool_size: int = 32
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 30.0
-    max_attempts: int = 4  # botocore "standard" retries: bounded exponential backoff
+    max_attempts: int = 4  # attempts in all, bounded exponential backoff between them
+    client: S3Client = "boto3"  # the configuration's default is DEFAULT_S3_CLIENT
 
     def __repr__(self) -> str:  # never print credentials
-        return f"S3Settings(endpoint={self.endpoint!r}, bucket={self.bucket!r})"
+        return (
+            f"S3Settings(endpoint={self.endpoint!r}, bucket={self.bucket!r}, "
+            f"client={self.client!r})"
+        )
 
 
 _MISSING = ("NoSuchKey", "404", "NotFound")
@@ -121,6 +128,21 @@ class S3Store:
                     yield StoredObject(item["Key"], int(item["Size"]), item["LastModified"])
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("list", prefix or "/", exc) from exc
+
+
+S3_CLIENTS: tuple[str, ...] = get_args(S3Client)
+DEFAULT_S3_CLIENT: S3Client = "boto3"  # what "Client" in the storage S3 section means when absent
+
+
+def s3_store(settings: S3Settings) -> ObjectStore:
+    """The S3 backend that `settings.client` names."""
+    if settings.client == "obstore":
+        from .obstore_store import ObstoreS3Store  # it imports this module
+
+        return ObstoreS3Store(settings)
+    if settings.client == "boto3":
+        return S3Store(settings)
+    raise ValueError(f"S3 client {settings.client!r}: not one of {', '.join(S3_CLIENTS)}")
 
 
 class FileStore:
