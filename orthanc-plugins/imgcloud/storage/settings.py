@@ -8,7 +8,7 @@
       "S3": {"Endpoint": "https://s3.example", "Region": "us-east-1", "Bucket": "archive",
              "CredentialsFile": "/etc/imaging-cloud/s3.json",   // or the environment
              "PathStyle": true, "PoolSize": 32, "ConnectTimeout": 3, "ReadTimeout": 30,
-             "MaxAttempts": 4},
+             "MaxAttempts": 4, "Client": "boto3"},   // or "obstore" (storage/backends.py)
       "Filesystem": {"Root": "/var/lib/imaging-cloud/objects"},
       "SmallAttachments": "postgresql"       // or "object-store"
     }
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigurationError
 from ..routes import describe
-from .backends import S3Settings
+from .backends import DEFAULT_S3_CLIENT, S3Client, S3Settings
 from .envelope import Algorithm
 
 SECTION = "ImagingCloud.Storage"
@@ -72,6 +72,7 @@ class _S3(_Block):
     connect_timeout: Positive = Field(3, alias="ConnectTimeout")
     read_timeout: Positive = Field(30, alias="ReadTimeout")
     max_attempts: Positive = Field(4, alias="MaxAttempts")
+    client: S3Client = Field(DEFAULT_S3_CLIENT, alias="Client")
 
 
 class _Filesystem(_Block):
@@ -150,6 +151,7 @@ def storage_settings(configuration: dict[str, Any]) -> StorageSettings | None:
             connect_timeout_s=storage.s3.connect_timeout,
             read_timeout_s=storage.s3.read_timeout,
             max_attempts=int(storage.s3.max_attempts),
+            client=storage.s3.client,
         )
     else:
         if storage.filesystem is None:
