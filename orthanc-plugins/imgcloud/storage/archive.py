@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import IntegrityError, KeyRingError
-from .backends import FileStore, ObjectStore, S3Store
+from .backends import FileStore, ObjectStore, s3_store
 from .envelope import Algorithm, open_sealed, seal
 from .keyring import KeyRing
 from .object_keys import object_key
@@ -84,7 +84,7 @@ class EncryptedArchive:
         store: ObjectStore
         if settings.backend == "s3":
             assert settings.s3 is not None
-            store = S3Store(settings.s3)
+            store = s3_store(settings.s3)  # the client that S3.Client names
         else:
             assert settings.filesystem_root is not None
             store = FileStore(settings.filesystem_root)
