@@ -34,8 +34,8 @@ from .backends import S3Settings, S3Store, StoredObject
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
-# Bounded exponential backoff with jitter between attempts; no attempt starts later than
-# connect + read timeout times the attempts after the first one failed.
+# Bounded exponential backoff with jitter between attempts (0.1 s, then doubling, at most
+# 2 s); retry_timeout also stops retrying once the attempts could have taken their time.
 _INIT_BACKOFF = dt.timedelta(milliseconds=100)
 _MAX_BACKOFF = dt.timedelta(seconds=2)
 
@@ -64,10 +64,13 @@ def retry_config(settings: S3Settings) -> RetryConfig:
 class ObstoreS3Store:
     """Objects in an S3 bucket through obstore; listing through boto3 (see the module)."""
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, unsigned_payload: bool | None = None) -> None:
+        """`unsigned_payload` None: UNSIGNED-PAYLOAD over HTTPS only (benchmarks set it)."""
         self.settings = settings
         self.bucket = settings.bucket
         https = (settings.endpoint or "https://").startswith("https://")
+        if unsigned_payload is not None:
+            https = unsigned_payload
         self._store = _ObstoreS3(
             settings.bucket,
             endpoint=settings.endpoint,
@@ -75,7 +78,7 @@ class ObstoreS3Store:
             access_key_id=settings.access_key,
             secret_access_key=settings.secret_key,
             virtual_hosted_style_request=not settings.path_style,
-            unsigned_payload=https,
+            unsigned_payload=https,  # TLS protects the body; else its hash is signed
             client_options=client_options(settings),
             retry_config=retry_config(settings),
         )
