@@ -127,12 +127,14 @@ def segment(ctx, stack, files, ids, setting: str, clients: int, retrievals: int)
     finally:
         pinning.restore(groups, all_cpus)
     cpu = {name: g["cpu_ms"] for name, g in entry["groups"].items()}
+    written = {name: g["write_kb"] for name, g in entry["groups"].items()}
     puts = entry["requests"].get("SeaweedFS_s3_request_total", {}).get("PUT", 0.0)
     figures: dict[str, Any] = {
         "setting": setting,
         "clients": clients,
         "inst_s": len(files) / seconds,
         "cpu": cpu,
+        "written": written,
         "s3_puts": puts,
         "wado_mb_s": statistics.median(rates),
         "metadata_ms": statistics.median(metadata),
@@ -149,7 +151,9 @@ def segment(ctx, stack, files, ids, setting: str, clients: int, retrievals: int)
     print(
         f"{setting:<13} {clients} clients {figures['inst_s']:6.1f} inst/s; CPU ms/inst: "
         f"central {cpu['orthanc']:.2f}, SeaweedFS {cpu['seaweedfs']:.2f}, PostgreSQL "
-        f"{cpu['postgres']:.2f}, clients {cpu['clients']:.2f}; S3 PUT/inst {puts:.2f}; "
+        f"{cpu['postgres']:.2f}, clients {cpu['clients']:.2f}; kB written/inst: SeaweedFS "
+        f"{written['seaweedfs']:.0f}, PostgreSQL {written['postgres']:.0f}; "
+        f"S3 PUT/inst {puts:.2f}; "
         f"WADO-RS {figures['wado_mb_s']:.0f} MB/s, study metadata "
         f"{figures['metadata_ms']:.0f} ms{per_row}\n    {request_line(entry['requests'])}",
         flush=True,
@@ -172,6 +176,9 @@ def summary(results: list[dict], clients: list[int], instances_per_day: int) -> 
     def cpu_of(group: str) -> Callable[[dict], float]:
         return lambda r: r["cpu"][group]
 
+    def written_by(group: str) -> Callable[[dict], float]:
+        return lambda r: r["written"][group]
+
     for label, group in (
         ("central", "orthanc"),
         ("SeaweedFS", "seaweedfs"),
@@ -179,6 +186,8 @@ def summary(results: list[dict], clients: list[int], instances_per_day: int) -> 
         ("clients", "clients"),
     ):
         metrics.append((f"CPU ms/inst {label}", None, cpu_of(group)))
+    for label, group in (("SeaweedFS", "seaweedfs"), ("PostgreSQL", "postgres")):
+        metrics.append((f"kB written/inst {label}", None, written_by(group)))
     metrics += [
         ("S3 PUTs per instance", None, lambda r: r["s3_puts"]),
         ("whole-study WADO-RS, MB/s", None, lambda r: r["wado_mb_s"]),
