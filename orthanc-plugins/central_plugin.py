@@ -48,7 +48,9 @@ class _Orthanc:
         orthanc.LogWarning(message)
 
 
-APP = CentralApp(SETTINGS, STORAGE, _Orthanc(), _ARCHIVE.keys if _ARCHIVE else None)
+# With an archive, the app wraps its store with the series read-ahead (its worker threads
+# call the S3 client only, never this module).
+APP = CentralApp(SETTINGS, STORAGE, _Orthanc(), _ARCHIVE.keys if _ARCHIVE else None, _ARCHIVE)
 
 
 def _on_stored(dicom, instance_id):

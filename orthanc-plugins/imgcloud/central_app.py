@@ -15,7 +15,8 @@ from .instance_hashes import HashRegistry
 from .plugin_settings import CentralSettings
 from .pushes import PushCreate, PushRegistry, PushRejected, PushReport
 from .routes import Method, Reply, Request, Route, error
-from .storage.archive import KeyRingSource
+from .storage.archive import EncryptedArchive, KeyRingSource
+from .storage.read_ahead import ReadAhead
 from .verification import VerifyRequest
 
 
@@ -36,20 +37,29 @@ class CentralApp:
         storage: str,
         orthanc: CentralOrthanc,
         key_ring: KeyRingSource | None = None,
+        archive: EncryptedArchive | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
         self.orthanc = orthanc
         self.key_ring = key_ring  # the storage area's, as this Orthanc has loaded it
         self.hashes = HashRegistry(settings.conninfo)
+        self.read_ahead: ReadAhead | None = None
         try:
             self.pushes = PushRegistry(settings.conninfo)
+            if archive is not None and settings.read_ahead.enabled:
+                # wraps the archive's store: reads of a series' DICOM files fetch ahead
+                self.read_ahead = ReadAhead(archive, settings.read_ahead, settings.conninfo)
         except BaseException:
             self.hashes.close()
+            if hasattr(self, "pushes"):
+                self.pushes.close()
             raise
 
     def close(self) -> None:
-        """Close both registries' connection pools (when central's plugin stops)."""
+        """Close the registries' and the read-ahead's pools (when central's plugin stops)."""
+        if self.read_ahead is not None:
+            self.read_ahead.close()
         self.pushes.close()
         self.hashes.close()
 
@@ -109,6 +119,7 @@ class CentralApp:
         body: dict[str, Any] = {"role": role, "version": __version__, "storage": self.storage}
         if self.key_ring is not None:
             body["key_ring"] = self.key_ring.summary()
+        body["read_ahead"] = self.read_ahead.stats() if self.read_ahead else {"enabled": False}
         return Reply(200, body)
 
     def verify(self, request: Request) -> Reply:

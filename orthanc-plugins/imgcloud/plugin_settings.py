@@ -20,6 +20,7 @@ from .config import PluginConfig
 from .errors import ConfigurationError
 from .instance_hashes import central_conninfo
 from .routes import describe
+from .storage.read_ahead import ReadAheadSettings
 from .storage.settings import StorageSettings, storage_settings
 
 
@@ -161,6 +162,25 @@ class EdgeSettings(BaseModel):
         }
 
 
+class _ReadAhead(_Section):
+    """ImagingCloud.ReadAhead (storage/read_ahead.py): on by default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    enabled: bool = Field(True, alias="Enabled", strict=True)
+    depth: int = Field(8, alias="Depth", ge=1, le=256)
+    workers: int = Field(4, alias="Workers", ge=1, le=32)
+    max_bytes: int = Field(64 * 1024 * 1024, alias="MaxBytes", ge=1024 * 1024)
+    ttl_s: float = Field(10.0, alias="TtlSeconds", gt=0, le=300)
+    wait_s: float = Field(10.0, alias="WaitSeconds", gt=0, le=120)
+    listing_ttl_s: float = Field(30.0, alias="ListingTtlSeconds", gt=0, le=600)
+
+
+def _read_ahead(configuration: dict[str, Any]) -> ReadAheadSettings:
+    section = configuration["ImagingCloud"].get("ReadAhead") or {}
+    valid: _ReadAhead = _validated(_ReadAhead, section, "ImagingCloud.ReadAhead")
+    return ReadAheadSettings(**valid.model_dump())
+
+
 class CentralSettings(BaseModel):
     """Everything the central plugin reads from Orthanc's configuration."""
 
@@ -168,12 +188,16 @@ class CentralSettings(BaseModel):
     plugin: Annotated[PluginConfig, SkipValidation]
     storage: Annotated[StorageSettings | None, SkipValidation]
     conninfo: dict[str, Any] = Field(repr=False)  # central's own tables, its PostgreSQL index
+    # ImagingCloud.ReadAhead: series read-ahead of the archive's ciphertext (on by default)
+    read_ahead: Annotated[ReadAheadSettings, SkipValidation] = ReadAheadSettings()
 
     @classmethod
     def from_orthanc(cls, configuration: dict[str, Any]) -> CentralSettings:
         """Validate central's configuration; ConfigurationError names the setting."""
+        plugin = PluginConfig.from_orthanc(configuration)
         return cls(
-            plugin=PluginConfig.from_orthanc(configuration),
+            plugin=plugin,
             storage=storage_settings(configuration),
             conninfo=central_conninfo(configuration),
+            read_ahead=_read_ahead(configuration),
         )

@@ -1,0 +1,314 @@
+"""Read-ahead for study and series retrieval from the encrypted S3 archive.
+
+Orthanc's DICOMweb plugin (1.20) answers a WADO-RS study or series by listing its
+instances (`/studies/{id}/instances`) and reading each one's DICOM file (attachment type 1)
+through our storage area, one after the other: one serial S3 GET per instance. When the
+storage area is asked for a type-1 object, ReadAheadStore looks up (in Orthanc's own
+PostgreSQL index) the type-1 attachments of the same series, in index order, and fetches the
+next few concurrently into a small cache of CIPHERTEXT. The later read takes its entry out
+and only decrypts it: EncryptedArchive.read still opens (verifies the GCM tag of) every
+object before any byte of it is served, with the key ring current at read time, and a
+tampered object still fails alone. Orthanc's plaintext cache stays off (docs/archive.md).
+
+Bounds: `max_bytes` of ciphertext held or in flight (reserved from the index's size before
+a GET starts), `workers` threads, `depth` objects ahead of the read, entries dropped unread
+after `ttl_s`, a read waits at most `wait_s` for its prefetch. A failed, late or missing
+prefetch only means the read does its own GET (and raises its own error). Each central node
+has its own cache; nothing is shared. The worker threads call the S3 client only: never the
+`orthanc` module and never `logging` (whose handler calls it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from .backends import ObjectStore, StoredObject
+from .object_keys import object_key, parse_object_key
+
+if TYPE_CHECKING:
+    from .archive import EncryptedArchive
+
+DICOM_FILE = 1  # Orthanc's attachment type of the DICOM file
+ENVELOPE_SLACK = 1024  # the envelope's header and tag over the plaintext size, generously
+
+
+@dataclass(frozen=True)
+class ReadAheadSettings:
+    """ImagingCloud.ReadAhead of central's configuration (plugin_settings validates it)."""
+
+    enabled: bool = True
+    depth: int = 8  # objects fetched ahead of the one read
+    workers: int = 4  # threads doing those GETs
+    max_bytes: int = 64 * 1024 * 1024  # ciphertext held or in flight, at most
+    ttl_s: float = 10.0  # an entry unread this long is dropped
+    wait_s: float = 10.0  # the longest a read waits for its prefetch in flight
+    listing_ttl_s: float = 30.0  # a series listing is looked up again after this
+
+
+Listing = Sequence[tuple[str, int]]  # (attachment uuid, size) of a series' DICOM files
+
+
+@dataclass
+class _Entry:
+    future: Future[bytes]
+    reserved: int
+    started: float
+
+
+@dataclass
+class _Stats:
+    hits: int = 0  # reads answered from a finished prefetch
+    waited: int = 0  # reads that waited for a prefetch in flight
+    misses: int = 0  # type-1 reads that did their own GET
+    failed: int = 0  # prefetches that failed or came too late (the read did its own GET)
+    prefetched: int = 0  # GETs started ahead
+    dropped: int = 0  # entries dropped unread (expired, evicted, oversized)
+    lookup_errors: int = 0  # series listings that could not be read (no read-ahead then)
+    skipped_full: int = 0  # prefetches not started: the byte bound was reached
+
+
+class ReadAheadStore:
+    """An ObjectStore that fetches the next DICOM files of a series ahead of their read."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        series_of: Callable[[str], Listing],
+        settings: ReadAheadSettings,
+        prefix: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.prefix = prefix
+        self._series_of = series_of
+        self._clock = clock
+        # reentrant: a future already done runs its callback (which locks) in add_done_callback
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._reserved = 0
+        self._listings: dict[str, tuple[float, Listing, int]] = {}  # uuid -> (until, list, i)
+        self._stats = _Stats()
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="imgcloud-ahead")
+        self._closed = False
+
+    # -- ObjectStore -------------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        parsed = parse_object_key(self.prefix, key)
+        if parsed is None or parsed[1] != DICOM_FILE:
+            return self.store.get(key)
+        entry = self._take(key)
+        self._read_ahead_of(parsed[0])
+        if entry is not None:
+            waited = not entry.future.done()
+            try:
+                blob = entry.future.result(timeout=self.settings.wait_s)
+            except Exception:  # any failure: the read does its own GET
+                entry.future.cancel()
+                self._count("failed")
+            else:
+                self._count("waited" if waited else "hits")
+                return blob
+        self._count("misses")
+        return self.store.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._evict(key)
+        self.store.put(key, data)
+
+    def delete(self, key: str) -> None:
+        self._evict(key)
+        self.store.delete(key)
+
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[StoredObject]:
+        return self.store.list(prefix, start_after)
+
+    # -- status and shutdown -----------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "enabled": True,
+                **asdict(self._stats),
+                "held": len(self._entries),
+                "held_bytes": self._reserved,
+                "depth": self.settings.depth,
+                "workers": self.settings.workers,
+                "max_bytes": self.settings.max_bytes,
+            }
+
+    def close(self) -> None:
+        """Stop prefetching; GETs in flight finish within the S3 client's timeouts."""
+        with self._lock:
+            self._closed = True
+            for entry in self._entries.values():
+                entry.future.cancel()
+            self._entries.clear()
+            self._reserved = 0
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals ---------------------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self._stats, name, getattr(self._stats, name) + n)
+
+    def _take(self, key: str) -> _Entry | None:
+        """The entry of `key`, taken out; None if none, or only a stale one."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return None
+            self._reserved -= entry.reserved
+            if entry.future.done() and self._clock() - entry.started > self.settings.ttl_s:
+                self._stats.dropped += 1
+                return None
+            return entry
+
+    def _evict(self, key: str) -> None:
+        entry = self._take(key)
+        if entry is not None:
+            entry.future.cancel()
+            self._count("dropped")
+
+    def _listing(self, uuid: str) -> tuple[Listing, int] | None:
+        """The series listing holding `uuid` and its place there (one index query per
+        series and listing_ttl_s)."""
+        now = self._clock()
+        with self._lock:
+            known = self._listings.get(uuid)
+        if known is not None and known[0] > now:
+            return known[1], known[2]
+        try:
+            listing = tuple(self._series_of(uuid))
+        except Exception:  # no listing means no read-ahead, never a failure
+            self._count("lookup_errors")
+            return None
+        until = now + self.settings.listing_ttl_s
+        place = None
+        with self._lock:
+            if len(self._listings) > 200_000:  # far beyond a few series: start afresh
+                self._listings = {u: v for u, v in self._listings.items() if v[0] > now}
+                if len(self._listings) > 200_000:
+                    self._listings.clear()
+            for i, (other, _size) in enumerate(listing):
+                self._listings[other] = (until, listing, i)
+                if other == uuid:
+                    place = i
+        return None if place is None else (listing, place)
+
+    def _drop_stale(self, now: float) -> None:
+        """Entries finished and unread for ttl_s go (lock held)."""
+        stale = [
+            k
+            for k, e in self._entries.items()
+            if e.future.done() and now - e.started > self.settings.ttl_s
+        ]
+        for k in stale:
+            self._reserved -= self._entries.pop(k).reserved
+        self._stats.dropped += len(stale)
+
+    def _read_ahead_of(self, uuid: str) -> None:
+        found = self._listing(uuid)
+        if found is None:
+            return
+        listing, place = found
+        now = self._clock()
+        with self._lock:
+            if self._closed:
+                return
+            self._drop_stale(now)
+            for other, size in listing[place + 1 : place + 1 + self.settings.depth]:
+                key = object_key(self.prefix, other, DICOM_FILE)
+                if key in self._entries:
+                    continue
+                reserve = max(int(size), 0) + ENVELOPE_SLACK
+                if self._reserved + reserve > self.settings.max_bytes:
+                    self._stats.skipped_full += 1
+                    break
+                try:
+                    future = self._pool.submit(self.store.get, key)
+                except RuntimeError:  # the pool was shut down meanwhile
+                    return
+                self._entries[key] = _Entry(future, reserve, now)
+                self._reserved += reserve
+                self._stats.prefetched += 1
+                future.add_done_callback(partial(self._fetched, key))
+
+    def _fetched(self, key: str, future: Future[bytes]) -> None:
+        """A prefetch finished (worker thread): account its real size, drop it if that
+        breaks the byte bound. No logging here (its handler calls the orthanc module)."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        size = len(future.result())
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.future is not future:
+                return
+            extra = size - entry.reserved
+            if extra > 0:
+                if self._reserved + extra > self.settings.max_bytes:
+                    self._reserved -= self._entries.pop(key).reserved
+                    self._stats.dropped += 1
+                    return
+                entry.reserved = size
+                self._reserved += extra
+
+
+# Orthanc's PostgreSQL index (plugin 5.0 schema): resources(internalid, resourcetype,
+# publicid, parentid), attachedfiles(id = the resource, filetype, uuid, compressedsize, ...).
+# The same series' DICOM files in index order, which is the order in which Orthanc lists a
+# series' instances and DICOMweb reads them (bench.read_ahead logs and checks it).
+SERIES_SQL = """
+SELECT sibling_file.uuid, sibling_file.compressedsize
+FROM attachedfiles AS own_file
+JOIN resources AS instance ON instance.internalid = own_file.id
+JOIN resources AS sibling ON sibling.parentid = instance.parentid
+JOIN attachedfiles AS sibling_file
+  ON sibling_file.id = sibling.internalid AND sibling_file.filetype = %(type)s
+WHERE own_file.uuid = %(uuid)s AND own_file.filetype = %(type)s
+ORDER BY sibling.internalid
+LIMIT %(limit)s
+"""
+SERIES_LIMIT = 20_000
+
+
+class SeriesIndex:
+    """Series listings from Orthanc's PostgreSQL index, through a small pool of its own."""
+
+    def __init__(self, conninfo: dict[str, Any]) -> None:
+        from ..instance_hashes import open_pool
+
+        self._pool = open_pool(conninfo, "read-ahead")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __call__(self, uuid: str) -> Listing:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                SERIES_SQL, {"uuid": uuid, "type": DICOM_FILE, "limit": SERIES_LIMIT}
+            ).fetchall()
+        return [(str(u), int(s)) for u, s in rows]
+
+
+class ReadAhead:
+    """Read-ahead installed on an archive: its store wrapped, and what close() undoes."""
+
+    def __init__(
+        self, archive: EncryptedArchive, settings: ReadAheadSettings, conninfo: dict[str, Any]
+    ) -> None:
+        self.index = SeriesIndex(conninfo)
+        self.store = ReadAheadStore(archive.store, self.index, settings, archive.prefix)
+        archive.store = self.store  # EncryptedArchive.read looks its store up on every call
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats()
+
+    def close(self) -> None:
+        self.store.close()
+        self.index.close()

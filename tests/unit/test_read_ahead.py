@@ -1,0 +1,249 @@
+"""The series read-ahead's logic against an in-memory store (the stack's test is
+tests/integration/test_read_ahead.py): what it fetches ahead, its bounds, and that the
+archive above it still verifies every object at read time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imgcloud.errors import ConfigurationError, IntegrityError, ObjectNotFound, StorageUnavailable
+from imgcloud.plugin_settings import CentralSettings
+from imgcloud.storage.archive import EncryptedArchive, KeyRingSource
+from imgcloud.storage.backends import StoredObject
+from imgcloud.storage.envelope import Algorithm
+from imgcloud.storage.keyring import KeyRing, write_key_ring
+from imgcloud.storage.object_keys import object_key
+from imgcloud.storage.read_ahead import ReadAheadSettings, ReadAheadStore
+
+
+class MemoryStore:
+    """A thread-safe dict of objects that counts GETs and can fail chosen ones."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.gets: Counter[str] = Counter()
+        self.fail_once: set[str] = set()
+        self.lock = threading.Lock()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.objects[key] = data
+
+    def get(self, key: str) -> bytes:
+        with self.lock:
+            self.gets[key] += 1
+            if key in self.fail_once:
+                self.fail_once.discard(key)
+                raise StorageUnavailable(f"S3 get {key}: SlowDown")
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise ObjectNotFound(f"object {key}: not found") from None
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[StoredObject]:
+        return iter(())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def series(store: MemoryStore, count: int, size: int = 3000) -> list[str]:
+    uuids = [str(uuid.uuid4()) for _ in range(count)]
+    for u in uuids:
+        store.put(object_key("", u, 1), os.urandom(size))
+    return uuids
+
+
+def listing_of(uuids: list[str], size: int = 3000, calls: list[str] | None = None):
+    def series_of(u: str) -> list[tuple[str, int]]:
+        if calls is not None:
+            calls.append(u)
+        return [(x, size) for x in uuids] if u in uuids else []
+
+    return series_of
+
+
+def settle(ahead: ReadAheadStore) -> None:
+    """Wait until every prefetch started so far has finished."""
+    for entry in list(ahead._entries.values()):
+        try:
+            entry.future.result(timeout=10)
+        except Exception:  # noqa: S110 - a failed prefetch is what some tests want
+            pass
+
+
+def test_a_series_read_in_order_costs_one_get_per_object_and_one_lookup() -> None:
+    store, calls = MemoryStore(), list[str]()
+    uuids = series(store, 30)
+    ahead = ReadAheadStore(store, listing_of(uuids, calls=calls), ReadAheadSettings(depth=4))
+    for u in uuids:
+        key = object_key("", u, 1)
+        assert ahead.get(key) == store.objects[key]
+    settle(ahead)
+    assert set(store.gets.values()) == {1}
+    assert len(calls) == 1  # the listing serves every later read of the series
+    stats = ahead.stats()
+    assert stats["misses"] == 1 and stats["hits"] + stats["waited"] == 29
+    assert stats["held"] == 0 and stats["held_bytes"] == 0
+    ahead.close()
+
+
+def test_other_attachment_types_pass_straight_through() -> None:
+    store, calls = MemoryStore(), list[str]()
+    u = str(uuid.uuid4())
+    store.put(object_key("", u, 3), b"until pixel data")
+    ahead = ReadAheadStore(store, listing_of([u], calls=calls), ReadAheadSettings())
+    assert ahead.get(object_key("", u, 3)) == b"until pixel data"
+    assert calls == [] and ahead.stats()["prefetched"] == 0
+
+
+def test_a_failed_prefetch_means_the_read_does_its_own_get() -> None:
+    store = MemoryStore()
+    uuids = series(store, 5)
+    second = object_key("", uuids[1], 1)
+    store.fail_once.add(second)
+    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings(depth=4))
+    ahead.get(object_key("", uuids[0], 1))
+    settle(ahead)
+    assert ahead.get(second) == store.objects[second]
+    assert store.gets[second] == 2 and ahead.stats()["failed"] == 1
+
+
+def test_a_missing_object_raises_the_reads_own_error() -> None:
+    store = MemoryStore()
+    uuids = series(store, 3)
+    gone = object_key("", uuids[1], 1)
+    del store.objects[gone]
+    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings())
+    ahead.get(object_key("", uuids[0], 1))
+    with pytest.raises(ObjectNotFound, match=gone):
+        ahead.get(gone)
+    assert ahead.get(object_key("", uuids[2], 1)) == store.objects[object_key("", uuids[2], 1)]
+
+
+def test_held_bytes_never_pass_the_bound() -> None:
+    store = MemoryStore()
+    size = 400 * 1024
+    uuids = series(store, 20, size)
+    settings = ReadAheadSettings(depth=16, max_bytes=1024 * 1024)
+    ahead = ReadAheadStore(store, listing_of(uuids, size), settings)
+    ahead.get(object_key("", uuids[0], 1))
+    settle(ahead)
+    stats = ahead.stats()
+    assert stats["held"] == 2 and stats["held_bytes"] <= settings.max_bytes
+    assert stats["skipped_full"] == 1
+    for u in uuids[1:]:  # reading on frees room for the next ones
+        ahead.get(object_key("", u, 1))
+        assert ahead.stats()["held_bytes"] <= settings.max_bytes
+    settle(ahead)
+    assert set(store.gets.values()) == {1}
+
+
+def test_entries_unread_expire() -> None:
+    store, clock = MemoryStore(), Clock()
+    uuids = series(store, 4)
+    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings(ttl_s=5), clock=clock)
+    ahead.get(object_key("", uuids[0], 1))
+    settle(ahead)
+    clock.now += 6
+    later = object_key("", uuids[1], 1)
+    assert ahead.get(later) == store.objects[later]
+    assert store.gets[later] == 2 and ahead.stats()["dropped"] >= 1
+
+
+def test_a_failing_lookup_only_turns_read_ahead_off() -> None:
+    store = MemoryStore()
+    uuids = series(store, 2)
+
+    def broken(_u: str) -> list[tuple[str, int]]:
+        raise OSError("database down")
+
+    ahead = ReadAheadStore(store, broken, ReadAheadSettings())
+    key = object_key("", uuids[0], 1)
+    assert ahead.get(key) == store.objects[key]
+    assert ahead.stats()["lookup_errors"] == 1 and ahead.stats()["prefetched"] == 0
+
+
+def test_delete_drops_the_entry() -> None:
+    store = MemoryStore()
+    uuids = series(store, 3)
+    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings())
+    ahead.get(object_key("", uuids[0], 1))
+    settle(ahead)
+    gone = object_key("", uuids[1], 1)
+    ahead.delete(gone)
+    with pytest.raises(ObjectNotFound):
+        ahead.get(gone)
+
+
+@pytest.fixture
+def sealed(tmp_path: Path) -> tuple[EncryptedArchive, MemoryStore, list[str], dict[str, bytes]]:
+    ring_path = tmp_path / "ring.json"
+    write_key_ring(KeyRing.generate("k1"), ring_path)
+    store = MemoryStore()
+    archive = EncryptedArchive(store, KeyRingSource(ring_path, 0), Algorithm.AES_256_GCM)
+    plain = {str(uuid.uuid4()): os.urandom(5000) for _ in range(6)}
+    for u, data in plain.items():
+        archive.create(u, 1, data)
+    uuids = list(plain)
+    archive.store = ReadAheadStore(store, listing_of(uuids, 5000), ReadAheadSettings())
+    return archive, store, uuids, plain
+
+
+def test_a_tampered_object_fails_alone_through_the_archive(sealed) -> None:
+    archive, store, uuids, plain = sealed
+    key = object_key("", uuids[2], 1)
+    blob = bytearray(store.objects[key])
+    blob[-50] ^= 0x01
+    store.objects[key] = bytes(blob)
+    for u in uuids:
+        if u == uuids[2]:
+            with pytest.raises(IntegrityError, match=key):
+                archive.read(u, 1)
+        else:
+            assert archive.read(u, 1) == plain[u]
+    assert archive.store.stats()["hits"] + archive.store.stats()["waited"] == 5
+
+
+def test_ciphertext_fetched_before_a_rotation_opens_with_the_ring_of_the_read(
+    sealed, tmp_path: Path
+) -> None:
+    archive, _store, uuids, plain = sealed
+    assert archive.read(uuids[0], 1) == plain[uuids[0]]  # the rest is fetched ahead
+    settle(archive.store)
+    ring = KeyRing.from_file(tmp_path / "ring.json", "ring")
+    write_key_ring(ring.with_key("k2").promoted("k2"), tmp_path / "ring.json")
+    assert archive.keys.get(force=True).current_id == "k2"
+    for u in uuids[1:]:
+        assert archive.read(u, 1) == plain[u]
+
+
+CENTRAL = {
+    "PostgreSQL": {"EnableIndex": True, "Host": "127.0.0.1", "Port": 9, "Database": "x"},
+    "ImagingCloud": {"Role": "central"},
+}
+
+
+def test_settings_default_on_and_can_be_switched_off() -> None:
+    assert CentralSettings.from_orthanc(CENTRAL).read_ahead.enabled is True
+    off = {**CENTRAL, "ImagingCloud": {"Role": "central", "ReadAhead": {"Enabled": False}}}
+    assert CentralSettings.from_orthanc(off).read_ahead.enabled is False
+
+
+def test_settings_out_of_range_name_the_setting() -> None:
+    bad = {**CENTRAL, "ImagingCloud": {"Role": "central", "ReadAhead": {"Depth": 0}}}
+    with pytest.raises(ConfigurationError, match=r"ImagingCloud\.ReadAhead"):
+        CentralSettings.from_orthanc(bad)
