@@ -7,14 +7,16 @@ tests/integration/test_small_attachments.py runs the real one."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from imgcloud.errors import ConfigurationError, ObjectNotFound
+from imgcloud.errors import ConfigurationError, ObjectNotFound, StorageUnavailable
 from imgcloud.storage.archive import EncryptedArchive, KeyRingSource
 from imgcloud.storage.backends import FileStore, StoredObject
 from imgcloud.storage.envelope import Algorithm, key_id_of
@@ -22,7 +24,8 @@ from imgcloud.storage.keyring import KeyRing, write_key_ring
 from imgcloud.storage.maintenance import check_consistency, objects_by_key, rewrap_all, store_parts
 from imgcloud.storage.object_keys import object_key
 from imgcloud.storage.settings import storage_settings
-from imgcloud.storage.small_objects import TieredStore
+from imgcloud.storage.small_objects import PostgresStore, TieredStore
+from psycopg_pool import PoolTimeout
 
 T0 = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
 
@@ -193,3 +196,71 @@ def test_postgresql_without_an_index_or_an_unknown_choice_names_the_setting() ->
         storage_settings(storage({**S3, "SmallAttachments": "postgresql"}))
     with pytest.raises(ConfigurationError, match=r"SmallAttachments"):
         storage_settings(storage({**S3, "SmallAttachments": "tape"}, INDEX))
+
+
+class FakeConnection:
+    def __init__(self, fail: BaseException | None, broken: bool) -> None:
+        self.fail, self.broken = fail, broken
+
+    def execute(self, query: str, params: tuple[Any, ...]) -> Any:
+        if self.fail is not None:
+            raise self.fail
+
+        class Cursor:
+            description = None
+            rowcount = 1
+
+        return Cursor()
+
+
+class FakePool:
+    """Lends the given connections in turn, as psycopg_pool's connection() does."""
+
+    def __init__(self, *connections: FakeConnection) -> None:
+        self.connections = list(connections)
+        self.lent = 0
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[FakeConnection]:
+        self.lent += 1
+        yield self.connections.pop(0)
+
+
+def store_on(pool: FakePool) -> PostgresStore:
+    store = PostgresStore.__new__(PostgresStore)
+    store._pool = pool  # type: ignore[assignment]
+    return store
+
+
+def test_a_connection_broken_since_it_was_opened_is_replaced_once() -> None:
+    key = object_key("", uuid_n(1), 3)
+    pool = FakePool(
+        FakeConnection(psycopg.OperationalError("gone"), broken=True), FakeConnection(None, False)
+    )
+    assert store_on(pool).remove(key) is True and pool.lent == 2
+    twice = FakePool(
+        FakeConnection(psycopg.OperationalError("gone"), broken=True),
+        FakeConnection(psycopg.OperationalError("still gone"), broken=True),
+    )
+    with pytest.raises(StorageUnavailable, match=f"PostgreSQL delete {key}: OperationalError"):
+        store_on(twice).remove(key)
+
+
+def test_a_statement_timeout_or_a_pool_timeout_is_not_retried() -> None:
+    key = object_key("", uuid_n(1), 3)
+    cancelled = FakePool(FakeConnection(psycopg.errors.QueryCanceled("timeout"), broken=False))
+    with pytest.raises(StorageUnavailable, match="QueryCanceled"):
+        store_on(cancelled).put(key, b"x")
+    assert cancelled.lent == 1
+
+    class Exhausted(FakePool):
+        @contextlib.contextmanager
+        def connection(self) -> Iterator[FakeConnection]:
+            self.lent += 1
+            raise PoolTimeout("no connection in 5 s")
+            yield  # pragma: no cover
+
+    exhausted = Exhausted()
+    with pytest.raises(StorageUnavailable, match="PoolTimeout"):
+        store_on(exhausted).get(key)
+    assert exhausted.lent == 1

@@ -84,42 +84,54 @@ class PostgresStore:
         # the class name only: a psycopg message may quote parameters
         return StorageUnavailable(f"PostgreSQL {action} {key}: {type(exc).__name__}")
 
+    def _execute(self, action: str, key: str, query: str, params: tuple[Any, ...]) -> Any:
+        """Run one statement; its first row for a SELECT, else its row count. A connection
+        found broken (PostgreSQL restarted since it was opened) is replaced and the
+        statement, idempotent here, tried once more; any other failure raises at once."""
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn:
+                    try:
+                        cursor = conn.execute(query, params)
+                        return cursor.fetchone() if cursor.description else cursor.rowcount
+                    except psycopg.OperationalError:
+                        if attempt == 1 and conn.broken:
+                            continue  # the pool discards it; take another
+                        raise
+            except psycopg.Error as exc:
+                raise self._fail(action, key, exc) from exc
+        raise AssertionError("unreachable")
+
     def put(self, key: str, data: bytes) -> None:
-        try:
-            with self._pool.connection() as conn:
-                conn.execute(
-                    f"""INSERT INTO {TABLE} (object_key, sealed) VALUES (%s, %s)
-                        ON CONFLICT (object_key) DO UPDATE
-                        SET sealed = excluded.sealed, stored_at = now()""",  # noqa: S608
-                    (key, data),
-                )
-        except psycopg.Error as exc:
-            raise self._fail("put", key, exc) from exc
+        self._execute(
+            "put",
+            key,
+            f"""INSERT INTO {TABLE} (object_key, sealed) VALUES (%s, %s)
+                ON CONFLICT (object_key) DO UPDATE
+                SET sealed = excluded.sealed, stored_at = now()""",  # noqa: S608
+            (key, data),
+        )
 
     def get(self, key: str) -> bytes:
-        try:
-            with self._pool.connection() as conn:
-                row = conn.execute(
-                    f"SELECT sealed FROM {TABLE} WHERE object_key = %s",  # noqa: S608
-                    (key,),
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise self._fail("get", key, exc) from exc
+        row = self._execute(
+            "get",
+            key,
+            f"SELECT sealed FROM {TABLE} WHERE object_key = %s",  # noqa: S608
+            (key,),
+        )
         if row is None:
             raise ObjectNotFound(f"object {key}: not found in {TABLE}")
         return bytes(row[0])
 
     def remove(self, key: str) -> bool:
         """Delete the row; whether there was one."""
-        try:
-            with self._pool.connection() as conn:
-                cursor = conn.execute(
-                    f"DELETE FROM {TABLE} WHERE object_key = %s",  # noqa: S608
-                    (key,),
-                )
-        except psycopg.Error as exc:
-            raise self._fail("delete", key, exc) from exc
-        return cursor.rowcount > 0
+        count = self._execute(
+            "delete",
+            key,
+            f"DELETE FROM {TABLE} WHERE object_key = %s",  # noqa: S608
+            (key,),
+        )
+        return bool(count)
 
     def delete(self, key: str) -> None:
         self.remove(key)
@@ -127,16 +139,13 @@ class PostgresStore:
     def replace(self, key: str, old: bytes, new: bytes) -> bool:
         """Store `new` only if the row still holds `old` (a rewrap racing with Orthanc's
         deletion or a fresh write loses, never resurrecting or overwriting); whether it did."""
-        try:
-            with self._pool.connection() as conn:
-                cursor = conn.execute(
-                    f"""UPDATE {TABLE} SET sealed = %s
-                        WHERE object_key = %s AND sealed = %s""",  # noqa: S608
-                    (new, key, old),
-                )
-        except psycopg.Error as exc:
-            raise self._fail("replace", key, exc) from exc
-        return cursor.rowcount > 0
+        count = self._execute(
+            "replace",
+            key,
+            f"UPDATE {TABLE} SET sealed = %s WHERE object_key = %s AND sealed = %s",  # noqa: S608
+            (new, key, old),
+        )
+        return bool(count)
 
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[StoredObject]:
         """Every object whose name starts with `prefix`, after `start_after`, in byte order
