@@ -57,6 +57,13 @@ def _on_stored(dicom, instance_id):
     APP.stored(instance_id, dicom.GetInstanceData())
 
 
+def _http_filter(uri, **request):
+    """Every HTTP request is let through; a WADO-RS retrieval first announces its series to
+    the archive's read-ahead (one indexed PostgreSQL query, in this HTTP thread)."""
+    APP.http_request(request.get("method"), uri)
+    return True
+
+
 def _on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         APP.close()  # the registries' PostgreSQL pools, before Orthanc unloads the plugin
@@ -65,5 +72,6 @@ def _on_change(change_type, level, resource_id):
 for _path, _route in APP.routes().items():
     glue_common.route(_path, _route)
 orthanc.RegisterOnStoredInstanceCallback(_on_stored)
+orthanc.RegisterIncomingHttpRequestFilter(_http_filter)
 orthanc.RegisterOnChangeCallback(_on_change)
 orthanc.LogWarning(f"imaging-cloud central plugin {__version__} loaded, storage {STORAGE}")

@@ -16,7 +16,7 @@ from .plugin_settings import CentralSettings
 from .pushes import PushCreate, PushRegistry, PushRejected, PushReport
 from .routes import Method, Reply, Request, Route, error
 from .storage.archive import EncryptedArchive, KeyRingSource
-from .storage.read_ahead import ReadAhead
+from .storage.read_ahead import ReadAhead, SeriesIndex
 from .verification import VerifyRequest
 
 
@@ -49,7 +49,8 @@ class CentralApp:
             self.pushes = PushRegistry(settings.conninfo)
             if archive is not None and settings.read_ahead.enabled:
                 # wraps the archive's store: reads of a series' DICOM files fetch ahead
-                self.read_ahead = ReadAhead(archive, settings.read_ahead, settings.conninfo)
+                index = SeriesIndex(settings.conninfo)
+                self.read_ahead = ReadAhead(archive, settings.read_ahead, index)
         except BaseException:
             self.hashes.close()
             if hasattr(self, "pushes"):
@@ -62,6 +63,12 @@ class CentralApp:
             self.read_ahead.close()
         self.pushes.close()
         self.hashes.close()
+
+    def http_request(self, method: object, uri: str) -> None:
+        """Every HTTP request, before Orthanc answers it: a WADO-RS retrieval of a study or
+        series tells the read-ahead which DICOM files come next (never raises)."""
+        if self.read_ahead is not None:
+            self.read_ahead.retrieval(method, uri)
 
     def stored(self, instance_id: str, data: bytes) -> None:
         """Record the SHA-256 of exactly what arrived (before encryption), for verification."""

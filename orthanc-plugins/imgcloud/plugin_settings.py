@@ -178,7 +178,8 @@ class _ReadAhead(_Section):
 def _read_ahead(configuration: dict[str, Any]) -> ReadAheadSettings:
     section = configuration["ImagingCloud"].get("ReadAhead") or {}
     valid: _ReadAhead = _validated(_ReadAhead, section, "ImagingCloud.ReadAhead")
-    return ReadAheadSettings(**valid.model_dump())
+    root = str((configuration.get("DicomWeb") or {}).get("Root") or "/dicom-web/")
+    return ReadAheadSettings(**valid.model_dump(), dicomweb_root=root)
 
 
 class CentralSettings(BaseModel):

@@ -19,7 +19,7 @@ from imgcloud.storage.backends import StoredObject
 from imgcloud.storage.envelope import Algorithm
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 from imgcloud.storage.object_keys import object_key
-from imgcloud.storage.read_ahead import ReadAheadSettings, ReadAheadStore
+from imgcloud.storage.read_ahead import ReadAhead, ReadAheadSettings, ReadAheadStore
 
 
 class MemoryStore:
@@ -67,13 +67,13 @@ def series(store: MemoryStore, count: int, size: int = 3000) -> list[str]:
     return uuids
 
 
-def listing_of(uuids: list[str], size: int = 3000, calls: list[str] | None = None):
-    def series_of(u: str) -> list[tuple[str, int]]:
-        if calls is not None:
-            calls.append(u)
-        return [(x, size) for x in uuids] if u in uuids else []
-
-    return series_of
+def announced(
+    store: MemoryStore, uuids: list[str], settings: ReadAheadSettings, size: int = 3000, **kw
+) -> ReadAheadStore:
+    """A read-ahead over `store` told that the series `uuids` is about to be read."""
+    ahead = ReadAheadStore(store, settings, **kw)
+    ahead.announce([[(u, size) for u in uuids]])
+    return ahead
 
 
 def settle(ahead: ReadAheadStore) -> None:
@@ -85,29 +85,31 @@ def settle(ahead: ReadAheadStore) -> None:
             pass
 
 
-def test_a_series_read_in_order_costs_one_get_per_object_and_one_lookup() -> None:
-    store, calls = MemoryStore(), list[str]()
+def test_a_series_read_in_order_costs_one_get_per_object() -> None:
+    store = MemoryStore()
     uuids = series(store, 30)
-    ahead = ReadAheadStore(store, listing_of(uuids, calls=calls), ReadAheadSettings(depth=4))
+    ahead = announced(store, uuids, ReadAheadSettings(depth=4))
     for u in uuids:
         key = object_key("", u, 1)
         assert ahead.get(key) == store.objects[key]
     settle(ahead)
     assert set(store.gets.values()) == {1}
-    assert len(calls) == 1  # the listing serves every later read of the series
     stats = ahead.stats()
     assert stats["misses"] == 1 and stats["hits"] + stats["waited"] == 29
     assert stats["held"] == 0 and stats["held_bytes"] == 0
     ahead.close()
 
 
-def test_other_attachment_types_pass_straight_through() -> None:
-    store, calls = MemoryStore(), list[str]()
-    u = str(uuid.uuid4())
-    store.put(object_key("", u, 3), b"until pixel data")
-    ahead = ReadAheadStore(store, listing_of([u], calls=calls), ReadAheadSettings())
-    assert ahead.get(object_key("", u, 3)) == b"until pixel data"
-    assert calls == [] and ahead.stats()["prefetched"] == 0
+def test_other_attachment_types_and_unannounced_reads_pass_straight_through() -> None:
+    store = MemoryStore()
+    uuids = series(store, 3)
+    store.put(object_key("", uuids[0], 3), b"until pixel data")
+    ahead = announced(store, uuids, ReadAheadSettings())
+    assert ahead.get(object_key("", uuids[0], 3)) == b"until pixel data"
+    assert ahead.stats()["prefetched"] == 0
+    other = series(store, 2)
+    assert ahead.get(object_key("", other[0], 1)) == store.objects[object_key("", other[0], 1)]
+    assert ahead.stats()["prefetched"] == 0 and ahead.stats()["misses"] == 1
 
 
 def test_a_failed_prefetch_means_the_read_does_its_own_get() -> None:
@@ -115,7 +117,7 @@ def test_a_failed_prefetch_means_the_read_does_its_own_get() -> None:
     uuids = series(store, 5)
     second = object_key("", uuids[1], 1)
     store.fail_once.add(second)
-    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings(depth=4))
+    ahead = announced(store, uuids, ReadAheadSettings(depth=4))
     ahead.get(object_key("", uuids[0], 1))
     settle(ahead)
     assert ahead.get(second) == store.objects[second]
@@ -127,7 +129,7 @@ def test_a_missing_object_raises_the_reads_own_error() -> None:
     uuids = series(store, 3)
     gone = object_key("", uuids[1], 1)
     del store.objects[gone]
-    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings())
+    ahead = announced(store, uuids, ReadAheadSettings())
     ahead.get(object_key("", uuids[0], 1))
     with pytest.raises(ObjectNotFound, match=gone):
         ahead.get(gone)
@@ -139,7 +141,7 @@ def test_held_bytes_never_pass_the_bound() -> None:
     size = 400 * 1024
     uuids = series(store, 20, size)
     settings = ReadAheadSettings(depth=16, max_bytes=1024 * 1024)
-    ahead = ReadAheadStore(store, listing_of(uuids, size), settings)
+    ahead = announced(store, uuids, settings, size)
     ahead.get(object_key("", uuids[0], 1))
     settle(ahead)
     stats = ahead.stats()
@@ -155,7 +157,7 @@ def test_held_bytes_never_pass_the_bound() -> None:
 def test_entries_unread_expire() -> None:
     store, clock = MemoryStore(), Clock()
     uuids = series(store, 4)
-    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings(ttl_s=5), clock=clock)
+    ahead = announced(store, uuids, ReadAheadSettings(ttl_s=5), clock=clock)
     ahead.get(object_key("", uuids[0], 1))
     settle(ahead)
     clock.now += 6
@@ -164,23 +166,53 @@ def test_entries_unread_expire() -> None:
     assert store.gets[later] == 2 and ahead.stats()["dropped"] >= 1
 
 
-def test_a_failing_lookup_only_turns_read_ahead_off() -> None:
+def wado_read_ahead(
+    tmp_path: Path, index
+) -> tuple[ReadAhead, EncryptedArchive, MemoryStore, list[str], dict[str, bytes]]:
+    ring_path = tmp_path / "ring.json"
+    write_key_ring(KeyRing.generate("k1"), ring_path)
     store = MemoryStore()
-    uuids = series(store, 2)
+    archive = EncryptedArchive(store, KeyRingSource(ring_path, 0), Algorithm.AES_256_GCM)
+    plain = {str(uuid.uuid4()): os.urandom(5000) for _ in range(6)}
+    for u, data in plain.items():
+        archive.create(u, 1, data)
+    return ReadAhead(archive, ReadAheadSettings(), index), archive, store, list(plain), plain
 
-    def broken(_u: str) -> list[tuple[str, int]]:
+
+def test_a_wado_rs_retrieval_announces_its_series(tmp_path: Path) -> None:
+    asked: list[tuple[str, str | None]] = []
+
+    def index(study: str, series: str | None) -> list[list[tuple[str, int]]]:
+        asked.append((study, series))
+        return [[(u, 5000) for u in uuids]]
+
+    ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, index)
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/frames/1")
+    ahead.retrieval("GET", "/dicom-web/studies/1.2.3/series/4.5")  # the same: looked up once
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3")
+    ahead.retrieval(2, "/dicom-web/studies/9.9")  # a POST (STOW-RS) announces nothing
+    ahead.retrieval(1, "/instances")
+    assert asked == [("1.2.3", "4.5"), ("1.2.3", None)]
+    assert [archive.read(u, 1) for u in uuids] == list(plain.values())
+    settle(ahead.store)
+    assert set(store.gets.values()) == {1} and ahead.stats()["misses"] == 1
+    ahead.close()
+
+
+def test_a_failing_lookup_only_turns_read_ahead_off(tmp_path: Path) -> None:
+    def broken(study: str, series: str | None) -> list[list[tuple[str, int]]]:
         raise OSError("database down")
 
-    ahead = ReadAheadStore(store, broken, ReadAheadSettings())
-    key = object_key("", uuids[0], 1)
-    assert ahead.get(key) == store.objects[key]
+    ahead, archive, _store, uuids, plain = wado_read_ahead(tmp_path, broken)
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3")
+    assert archive.read(uuids[0], 1) == plain[uuids[0]]
     assert ahead.stats()["lookup_errors"] == 1 and ahead.stats()["prefetched"] == 0
 
 
 def test_delete_drops_the_entry() -> None:
     store = MemoryStore()
     uuids = series(store, 3)
-    ahead = ReadAheadStore(store, listing_of(uuids), ReadAheadSettings())
+    ahead = announced(store, uuids, ReadAheadSettings())
     ahead.get(object_key("", uuids[0], 1))
     settle(ahead)
     gone = object_key("", uuids[1], 1)
@@ -199,7 +231,7 @@ def sealed(tmp_path: Path) -> tuple[EncryptedArchive, MemoryStore, list[str], di
     for u, data in plain.items():
         archive.create(u, 1, data)
     uuids = list(plain)
-    archive.store = ReadAheadStore(store, listing_of(uuids, 5000), ReadAheadSettings())
+    archive.store = announced(store, uuids, ReadAheadSettings(), 5000)
     return archive, store, uuids, plain
 
 

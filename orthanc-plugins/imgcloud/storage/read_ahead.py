@@ -2,13 +2,16 @@
 
 Orthanc's DICOMweb plugin (1.20) answers a WADO-RS study or series by listing its
 instances (`/studies/{id}/instances`) and reading each one's DICOM file (attachment type 1)
-through our storage area, one after the other: one serial S3 GET per instance. When the
-storage area is asked for a type-1 object, ReadAheadStore looks up (in Orthanc's own
-PostgreSQL index) the type-1 attachments of the same series, in index order, and fetches the
-next few concurrently into a small cache of CIPHERTEXT. The later read takes its entry out
-and only decrypts it: EncryptedArchive.read still opens (verifies the GCM tag of) every
-object before any byte of it is served, with the key ring current at read time, and a
-tampered object still fails alone. Orthanc's plaintext cache stays off (docs/archive.md).
+through our storage area, one after the other: one serial S3 GET per instance. Central's
+HTTP filter sees the WADO-RS request first (`/dicom-web/studies/<uid>[/series/<uid>]...`)
+and ReadAhead.retrieval() looks up the DICOM files of that study or series in Orthanc's own
+PostgreSQL index (through DicomIdentifiers, which is indexed; AttachedFiles has no index on
+uuid), per series in index order, which is the order DICOMweb reads them in. When the
+storage area is then asked for one of them, ReadAheadStore fetches the next few of its series
+concurrently into a small cache of CIPHERTEXT. The later read takes its entry out and only
+decrypts it: EncryptedArchive.read still opens (verifies the GCM tag of) every object before
+any byte of it is served, with the key ring current at read time, and a tampered object
+still fails alone. Orthanc's plaintext cache stays off (docs/archive.md).
 
 Bounds: `max_bytes` of ciphertext held or in flight (reserved from the index's size before
 a GET starts), `workers` threads, `depth` objects ahead of the read, entries dropped unread
@@ -20,6 +23,7 @@ has its own cache; nothing is shared. The worker threads call the S3 client only
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +53,7 @@ class ReadAheadSettings:
     ttl_s: float = 10.0  # an entry unread this long is dropped
     wait_s: float = 10.0  # the longest a read waits for its prefetch in flight
     listing_ttl_s: float = 30.0  # a series listing is looked up again after this
+    dicomweb_root: str = "/dicom-web/"  # DicomWeb.Root: the retrievals announced
 
 
 Listing = Sequence[tuple[str, int]]  # (attachment uuid, size) of a series' DICOM files
@@ -69,7 +74,8 @@ class _Stats:
     failed: int = 0  # prefetches that failed or came too late (the read did its own GET)
     prefetched: int = 0  # GETs started ahead
     dropped: int = 0  # entries dropped unread (expired, evicted, oversized)
-    lookup_errors: int = 0  # series listings that could not be read (no read-ahead then)
+    announced: int = 0  # WADO-RS retrievals whose listings were looked up
+    lookup_errors: int = 0  # listings that could not be read (no read-ahead then)
     skipped_full: int = 0  # prefetches not started: the byte bound was reached
 
 
@@ -79,7 +85,6 @@ class ReadAheadStore:
     def __init__(
         self,
         store: ObjectStore,
-        series_of: Callable[[str], Listing],
         settings: ReadAheadSettings,
         prefix: str = "",
         clock: Callable[[], float] = time.monotonic,
@@ -87,7 +92,6 @@ class ReadAheadStore:
         self.store = store
         self.settings = settings
         self.prefix = prefix
-        self._series_of = series_of
         self._clock = clock
         # reentrant: a future already done runs its callback (which locks) in add_done_callback
         self._lock = threading.RLock()
@@ -175,31 +179,27 @@ class ReadAheadStore:
             entry.future.cancel()
             self._count("dropped")
 
-    def _listing(self, uuid: str) -> tuple[Listing, int] | None:
-        """The series listing holding `uuid` and its place there (one index query per
-        series and listing_ttl_s)."""
-        now = self._clock()
+    def announce(self, listings: Sequence[Listing]) -> None:
+        """Series about to be read: each a list of (uuid, size) in the order of reading."""
+        until = self._clock() + self.settings.listing_ttl_s
         with self._lock:
-            known = self._listings.get(uuid)
-        if known is not None and known[0] > now:
-            return known[1], known[2]
-        try:
-            listing = tuple(self._series_of(uuid))
-        except Exception:  # no listing means no read-ahead, never a failure
-            self._count("lookup_errors")
-            return None
-        until = now + self.settings.listing_ttl_s
-        place = None
-        with self._lock:
-            if len(self._listings) > 200_000:  # far beyond a few series: start afresh
+            if len(self._listings) > 200_000:  # far beyond a few studies: start afresh
+                now = self._clock()
                 self._listings = {u: v for u, v in self._listings.items() if v[0] > now}
                 if len(self._listings) > 200_000:
                     self._listings.clear()
-            for i, (other, _size) in enumerate(listing):
-                self._listings[other] = (until, listing, i)
-                if other == uuid:
-                    place = i
-        return None if place is None else (listing, place)
+            for listing in listings:
+                frozen = tuple(listing)
+                for i, (uuid, _size) in enumerate(frozen):
+                    self._listings[uuid] = (until, frozen, i)
+
+    def _listing(self, uuid: str) -> tuple[Listing, int] | None:
+        """The announced series listing holding `uuid` and its place there."""
+        with self._lock:
+            known = self._listings.get(uuid)
+        if known is None or known[0] <= self._clock():
+            return None
+        return known[1], known[2]
 
     def _drop_stale(self, now: float) -> None:
         """Entries finished and unread for ttl_s go (lock held)."""
@@ -259,26 +259,31 @@ class ReadAheadStore:
                 self._reserved += extra
 
 
-# Orthanc's PostgreSQL index (plugin 5.0 schema): resources(internalid, resourcetype,
-# publicid, parentid), attachedfiles(id = the resource, filetype, uuid, compressedsize, ...).
-# The same series' DICOM files in index order, which is the order in which Orthanc lists a
-# series' instances and DICOMweb reads them (bench.read_ahead logs and checks it).
-SERIES_SQL = """
-SELECT sibling_file.uuid, sibling_file.compressedsize
-FROM attachedfiles AS own_file
-JOIN resources AS instance ON instance.internalid = own_file.id
-JOIN resources AS sibling ON sibling.parentid = instance.parentid
-JOIN attachedfiles AS sibling_file
-  ON sibling_file.id = sibling.internalid AND sibling_file.filetype = %(type)s
-WHERE own_file.uuid = %(uuid)s AND own_file.filetype = %(type)s
-ORDER BY sibling.internalid
+# Orthanc's PostgreSQL index (plugin 5.0 schema): resources(internalid, resourcetype 1 study
+# 2 series 3 instance, publicid, parentid), dicomidentifiers(id, taggroup, tagelement, value;
+# indexed on value), attachedfiles(id = the instance, filetype, uuid, compressedsize, ...;
+# keyed by id and filetype). A study's (or one series') DICOM files, per series in index
+# order, the order in which Orthanc lists them and DICOMweb reads them (bench.read_ahead and
+# tests/integration/test_read_ahead.py check it).
+LISTING_SQL = """
+SELECT series.internalid, file.uuid, file.compressedsize
+FROM dicomidentifiers AS study_uid
+JOIN resources AS study ON study.internalid = study_uid.id AND study.resourcetype = 1
+JOIN resources AS series ON series.parentid = study.internalid
+JOIN resources AS instance ON instance.parentid = series.internalid
+JOIN attachedfiles AS file ON file.id = instance.internalid AND file.filetype = %(type)s
+WHERE study_uid.taggroup = 32 AND study_uid.tagelement = 13 AND study_uid.value = %(study)s
+  AND (%(series)s::text IS NULL OR series.internalid IN (
+      SELECT id FROM dicomidentifiers
+      WHERE taggroup = 32 AND tagelement = 14 AND value = %(series)s))
+ORDER BY series.internalid, instance.internalid
 LIMIT %(limit)s
 """
-SERIES_LIMIT = 20_000
+LISTING_LIMIT = 50_000
 
 
 class SeriesIndex:
-    """Series listings from Orthanc's PostgreSQL index, through a small pool of its own."""
+    """Listings from Orthanc's PostgreSQL index, through a small pool of its own."""
 
     def __init__(self, conninfo: dict[str, Any]) -> None:
         from ..instance_hashes import open_pool
@@ -288,27 +293,79 @@ class SeriesIndex:
     def close(self) -> None:
         self._pool.close()
 
-    def __call__(self, uuid: str) -> Listing:
+    def __call__(self, study_uid: str, series_uid: str | None) -> list[Listing]:
+        args = {"study": study_uid, "series": series_uid, "type": DICOM_FILE}
         with self._pool.connection() as conn:
-            rows = conn.execute(
-                SERIES_SQL, {"uuid": uuid, "type": DICOM_FILE, "limit": SERIES_LIMIT}
-            ).fetchall()
-        return [(str(u), int(s)) for u, s in rows]
+            rows = conn.execute(LISTING_SQL, args | {"limit": LISTING_LIMIT}).fetchall()
+        by_series: dict[int, list[tuple[str, int]]] = {}
+        for series, uuid, size in rows:
+            by_series.setdefault(int(series), []).append((str(uuid), int(size)))
+        return list(by_series.values())
+
+
+_UID = r"[0-9.]{1,64}"
+
+
+def _is_get(method: object) -> bool:
+    if isinstance(method, str):
+        return method.upper() == "GET"
+    try:
+        return int(method) == 1  # type: ignore[call-overload]  # OrthancPluginHttpMethod_Get
+    except (TypeError, ValueError):
+        return False
 
 
 class ReadAhead:
-    """Read-ahead installed on an archive: its store wrapped, and what close() undoes."""
+    """Read-ahead installed on an archive: its store wrapped, retrievals announced by the
+    HTTP filter, and what close() undoes."""
 
     def __init__(
-        self, archive: EncryptedArchive, settings: ReadAheadSettings, conninfo: dict[str, Any]
+        self,
+        archive: EncryptedArchive,
+        settings: ReadAheadSettings,
+        index: Callable[[str, str | None], list[Listing]],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.index = SeriesIndex(conninfo)
-        self.store = ReadAheadStore(archive.store, self.index, settings, archive.prefix)
+        self.index = index
+        self.settings = settings
+        self.store = ReadAheadStore(archive.store, settings, archive.prefix, clock)
         archive.store = self.store  # EncryptedArchive.read looks its store up on every call
+        root = re.escape("/" + settings.dicomweb_root.strip("/") + "/")
+        self._wado = re.compile(rf"^{root}studies/({_UID})(?:/series/({_UID}))?(?:/.*)?$")
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._recent: dict[tuple[str, str | None], float] = {}  # looked up, until
+
+    def retrieval(self, method: object, uri: str) -> None:
+        """An HTTP request (from the filter, before Orthanc answers it): a WADO-RS GET of a
+        study or series announces its listings. Never raises: no read-ahead at worst.
+        `method` as the filter has it: the SDK's number (1 is GET) or a name."""
+        if not uri.startswith(self.settings.dicomweb_root) or not _is_get(method):
+            return
+        match = self._wado.match(uri)
+        if match is None:
+            return
+        wanted = (match[1], match[2])
+        now = self._clock()
+        with self._lock:
+            if self._recent.get(wanted, 0.0) > now:
+                return  # frames of one series: one lookup per listing_ttl_s / 2
+            if len(self._recent) > 10_000:
+                self._recent = {k: t for k, t in self._recent.items() if t > now}
+            self._recent[wanted] = now + self.settings.listing_ttl_s / 2
+        try:
+            listings = self.index(*wanted)
+        except Exception:  # a lookup that fails only means no read-ahead
+            self.store._count("lookup_errors")
+            return
+        self.store._count("announced")
+        self.store.announce(listings)
 
     def stats(self) -> dict[str, Any]:
         return self.store.stats()
 
     def close(self) -> None:
         self.store.close()
-        self.index.close()
+        closer = getattr(self.index, "close", None)
+        if closer is not None:
+            closer()
