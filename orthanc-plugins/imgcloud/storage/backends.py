@@ -131,7 +131,9 @@ class S3Store:
 
 
 S3_CLIENTS: tuple[str, ...] = get_args(S3Client)
-DEFAULT_S3_CLIENT: S3Client = "boto3"  # what "Client" in the storage S3 section means when absent
+# What "Client" in the storage S3 section means when absent: obstore, by measurement
+# (bench/s3_clients.py: less of central's CPU per instance, and the GIL free meanwhile).
+DEFAULT_S3_CLIENT: S3Client = "obstore"
 
 
 def s3_store(settings: S3Settings) -> ObjectStore:
