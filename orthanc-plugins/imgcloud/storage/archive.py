@@ -81,6 +81,8 @@ class EncryptedArchive:
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> EncryptedArchive:
+        # the key ring first: a bad ring is the error to show even when a store is down
+        keys = KeyRingSource(settings.key_ring_file)
         store: ObjectStore
         if settings.backend == "s3":
             assert settings.s3 is not None
@@ -94,9 +96,7 @@ class EncryptedArchive:
             assert settings.small_conninfo is not None
             small = PostgresStore(settings.small_conninfo)
             store = TieredStore(store, small, settings.key_prefix)
-        return cls(
-            store, KeyRingSource(settings.key_ring_file), settings.algorithm, settings.key_prefix
-        )
+        return cls(store, keys, settings.algorithm, settings.key_prefix)
 
     def create(self, attachment_uuid: str, content_type: int, data: bytes) -> None:
         """Seal and store; returns only once the backend confirmed the write."""
