@@ -1,7 +1,7 @@
 """Where SeaweedFS's CPU goes during central's ingest, and what a setting changes, one run.
 
     STACK_DIR=var/bench .venv/bin/python -m bench.weed_settings [--rounds 2] [--profile]
-        [--variants current no-fsync] [--strace]
+        [--variants current leveldb2] [--strace]
 
 With a stack running, restarts the stack's SeaweedFS with each variant in turn (the current
 settings, then each candidate, alternating for --rounds) and ingests the bench study into
@@ -27,6 +27,7 @@ from pathlib import Path
 from deploy.stack.client import StackClient
 from deploy.stack.launcher import load_context, service, stop_service
 from deploy.stack.services.seaweedfs import SeaweedFS
+from deploy.stack.services.seaweedfs_filer import LEVELDB2, POSTGRES2
 from deploy.stack.settings import StackSettings
 
 from .archive_bench import delete_study, generate, ingest
@@ -38,22 +39,28 @@ from .syscalls import count_syscalls
 
 @dataclass(frozen=True)
 class Variant:
-    """`weed server` options, and whether the bucket's fs.configure -fsync rule is set."""
+    """`weed server` options, whether the bucket's fs.configure -fsync rule is set, and the
+    filer's store (seaweedfs_filer.py)."""
 
     args: tuple[str, ...] = ()
     fsync: bool = True
+    filer_store: str = POSTGRES2
 
 
 # Candidates a production site could run with, and what each does to durability (see
 # docs/archive.md, Benchmark).
 VARIANTS: dict[str, Variant] = {
     "current": Variant(),
+    # The filer's entries in leveldb2, written without sync (the stack before postgres2),
+    # in a folder of the bench's own (not data/filerldb2, which `up` would move).
+    "leveldb2": Variant(filer_store=LEVELDB2),
     # The stack before the bucket's fsync rule: S3's 200 meant "in the page cache".
     "no-fsync": Variant(fsync=False),
     # Objects up to 4 kB (the "DICOM until pixel data" attachment) kept in the filer's
     # metadata store instead of a volume needle: one volume write and assign fewer.
     "saveToFilerLimit=4096": Variant(("-filer.saveToFilerLimit=4096",)),
 }
+BENCH_LEVELDB = "filerldb2-bench"
 OBJECTS_PER_INSTANCE = 2  # the instance and its "DICOM until pixel data" attachment
 
 
@@ -63,10 +70,14 @@ def restart_weed(ctx, variant: Variant) -> int:
     weed = service(ctx, "seaweedfs")
     assert isinstance(weed, SeaweedFS)
     weed.extra_args = variant.args
+    weed.filer_store = variant.filer_store
+    weed.leveldb_dir = weed.data_dir / BENCH_LEVELDB
     weed.prepare()
     weed.start()
     weed.wait_healthy(ctx.settings.start_timeout_s)
-    weed.configure_fsync(variant.fsync)
+    weed.after_healthy()  # the bucket, in this store too, and its fsync rule
+    if not variant.fsync:
+        weed.configure_fsync(False)
     pid = weed.pid()
     if pid is None:
         raise SystemExit("SeaweedFS did not start")
@@ -153,6 +164,24 @@ def profile(ctx, stack, files, ids, clients, out: Path) -> None:
         print(result.stdout or result.stderr, flush=True)
 
 
+def summary(results: list[dict], labels: list[str]) -> None:
+    """Each variant's mean over its segments, and its ratio to the first variant's."""
+    keys = ("inst_s", "weed_ms", "postgres_ms", "orthanc_ms")
+    means = {
+        label: {k: sum(r[k] for r in results if r["label"] == label) for k in keys}
+        for label in labels
+    }
+    for label in labels:
+        n = sum(1 for r in results if r["label"] == label)
+        means[label] = {k: v / n for k, v in means[label].items()}
+    base = means[labels[0]]
+    print(f"mean over rounds; ratio to {labels[0]} in brackets")
+    for label in labels:
+        m = means[label]
+        cells = ", ".join(f"{k} {m[k]:.2f} ({m[k] / base[k]:.2f}x)" for k in keys)
+        print(f"  {label:<22} {cells}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.weed_settings", description=__doc__)
     parser.add_argument("--instances", type=int, default=300)
@@ -175,9 +204,12 @@ def main() -> int:
         if args.strace:
             for label in args.variants:
                 traced(ctx, stack, files, ids, label, VARIANTS[label], args.clients)
-        for _ in range(args.rounds):
-            for label in args.variants:
-                segment(ctx, stack, files, ids, label, VARIANTS[label], Pinning(), args.clients)
+        results = [
+            segment(ctx, stack, files, ids, label, VARIANTS[label], Pinning(), args.clients)
+            for _ in range(args.rounds)
+            for label in args.variants
+        ]
+        summary(results, args.variants)
     finally:
         restart_weed(ctx, VARIANTS["current"])
     print(f"done in {time.monotonic() - started:.0f} s")

@@ -7,8 +7,10 @@ keys for every read and write, and every gRPC port wants a client certificate fr
 stack's CA with the common name "seaweedfs" (mutual TLS). Logs go to var/log, and the
 local sockets SeaweedFS makes in /tmp to a private directory (its own mount namespace).
 
-The bucket's path rule asks for fsync on every write (`fs.configure -fsync`), so that S3's
-200, after which central tells Orthanc the instance is stored, means the object is on disk.
+The bucket's path rule asks for fsync on every write (`fs.configure -fsync`), and the
+filer keeps its entries (the objects' names) in the stack's PostgreSQL (seaweedfs_filer.py),
+so that S3's 200, after which central tells Orthanc the instance is stored, means the object
+and its name are on disk.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from ..context import S3_BUCKET
 from ..errors import PrerequisiteMissing, ServiceUnhealthy
 from ..pki import issue_leaf
 from ..ports import SEAWEEDFS_PORTS
+from ..processes import stop
 from .base import Service
+from .seaweedfs_filer import (
+    LEVELDB2,
+    META_FILE,
+    MOVED_SUFFIX,
+    POSTGRES2,
+    filer_toml,
+    legacy_store,
+    totals,
+)
 
 UNSHARE = "/usr/bin/unshare"
 # The common name every gRPC peer of SeaweedFS must present (the CA also signs others).
@@ -128,8 +140,12 @@ class SeaweedFS(Service):
     stop_timeout_s = 40.0
     # More `weed server` options, appended (bench.weed_settings tries settings this way).
     extra_args: tuple[str, ...] = ()
-    # A stack left running by an older release gets the bucket's fsync rule on `up` too.
+    # A stack left running by an older release gets the bucket's fsync rule on `up` too,
+    # and its filer entries moved from leveldb2 to postgres2 (seaweedfs_filer.py).
     provision_when_running = True
+    # The filer's store; benchmarks set LEVELDB2 with a folder of their own to compare.
+    filer_store: str = POSTGRES2
+    leveldb_dir: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -176,6 +192,27 @@ class SeaweedFS(Service):
         config = self.home / "s3.json"
         config.touch(mode=0o600, exist_ok=True)
         config.write_text(json.dumps(identities))
+        legacy = legacy_store(self.data_dir)
+        if self.filer_store == POSTGRES2 and legacy is not None:
+            self.write_filer_toml(LEVELDB2, legacy)  # moved by after_healthy
+        else:
+            self.write_filer_toml(self.filer_store, self.leveldb_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def write_filer_toml(self, store: str, leveldb_dir: Path | None = None) -> None:
+        toml = self.config_dir / "filer.toml"
+        toml.touch(mode=0o600, exist_ok=True)
+        toml.write_text(
+            filer_toml(
+                store,
+                password=self.ctx.secrets["db_seaweedfs"],
+                port=self.ctx.ports["postgres"],
+                leveldb_dir=str(leveldb_dir or self.data_dir / "filerldb2"),
+            )
+        )
 
     def argv(self) -> list[str]:
         # `weed server` puts plaintext gRPC sockets for its own components at fixed paths in
@@ -240,6 +277,9 @@ class SeaweedFS(Service):
         return None
 
     def after_healthy(self) -> None:
+        legacy = legacy_store(self.data_dir)
+        if self.filer_store == POSTGRES2 and legacy is not None:
+            self.move_to_postgres2(legacy)
         client = self._client()
         try:
             client.head_bucket(Bucket=S3_BUCKET)
@@ -283,3 +323,28 @@ class SeaweedFS(Service):
             raise ServiceUnhealthy(
                 self.name, f"fs.configure fsync={fsync} not applied: {last[0][:200]}", self.log
             )
+
+    def move_to_postgres2(self, legacy: Path) -> None:
+        """Move the filer's entries from the running leveldb2 store to postgres2, once: save
+        them all, restart SeaweedFS on postgres2, load them, compare the counts."""
+        meta = self.home / META_FILE
+        meta.unlink(missing_ok=True)
+        saved = totals(self.shell(f"fs.meta.save -o {meta} /"))
+        if saved is None or not meta.exists():
+            raise ServiceUnhealthy(self.name, "fs.meta.save of the leveldb2 store failed")
+        stop(self.ctx.settings.run_dir, self.name, sig=self.stop_signal,
+             timeout_s=self.stop_timeout_s)  # fmt: skip
+        self.write_filer_toml(POSTGRES2)
+        self.start()
+        self.wait_healthy(self.ctx.settings.start_timeout_s)
+        loaded = totals(self.shell(f"fs.meta.load -v=false {meta}"))
+        if loaded != saved:
+            self.write_filer_toml(LEVELDB2, legacy)  # the next start uses the old store
+            raise ServiceUnhealthy(
+                self.name,
+                f"filer entries moved to postgres2: saved {saved}, loaded {loaded}; "
+                "leveldb2 kept and used again at the next start",
+                self.log,
+            )
+        legacy.rename(legacy.with_name(legacy.name + MOVED_SUFFIX))
+        meta.unlink()
