@@ -1,5 +1,8 @@
-"""security.toml for the compose deployment's SeaweedFS (docker-compose.yml mounts the
-folder at /etc/seaweedfs): fresh JWT signing keys for the volume server and the filer.
+"""security.toml and filer.toml for the compose deployment's SeaweedFS (docker-compose.yml
+mounts the folder at /etc/seaweedfs): fresh JWT signing keys for the volume server and the
+filer, and the filer's store, postgres2 on the compose PostgreSQL (role and database
+"seaweedfs"; the password is not in the file: compose passes DB_SEAWEEDFS_PASSWORD to
+SeaweedFS as WEED_POSTGRES2_PASSWORD).
 
     python -m deploy.compose.seaweedfs_security DIR
 
@@ -22,11 +25,17 @@ KEYS = ("weed_jwt_volume_write", "weed_jwt_volume_read", "weed_jwt_filer_write",
 
 
 def write(folder: Path) -> Path:
+    """Write security.toml (fresh keys) and filer.toml into folder; security.toml's path."""
     from deploy.stack.services.seaweedfs import security_toml
+    from deploy.stack.services.seaweedfs_filer import POSTGRES2, filer_toml
 
     text = security_toml({k: secrets.token_urlsafe(32) for k in KEYS})  # no gRPC TLS here
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / "security.toml"
+    _write_private(folder / "filer.toml", filer_toml(POSTGRES2, host="postgres", port=5432))
+    return _write_private(folder / "security.toml", text)
+
+
+def _write_private(path: Path, text: str) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)

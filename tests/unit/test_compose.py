@@ -1,6 +1,7 @@
 """docker-compose.yml cannot run here (no Docker engine); check what can be checked."""
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -10,6 +11,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 EXPECTED = {
     "postgres",
     "seaweedfs",
+    "seaweedfs-fsync",
     "keycloak",
     "keycloak-provision",
     "tools",
@@ -81,6 +83,53 @@ def test_seaweedfs_runs_with_its_security_config_and_no_http_admin_api(tmp_path:
     ):
         keys = re.findall(rf'^\[{re.escape(section)}\]\nkey = "([^"]+)"', text, re.M)
         assert len(keys) == 1 and len(keys[0]) >= 40, section
+
+
+def test_seaweedfs_keeps_its_filer_entries_in_postgresql(tmp_path: Path) -> None:
+    """postgres2 on the compose PostgreSQL (its own role and database), not leveldb2's
+    unsynced writes; the password reaches SeaweedFS only from the environment."""
+    from deploy.compose.seaweedfs_security import write
+
+    services = load()["services"]
+    weed = services["seaweedfs"]
+    write(tmp_path / "weed")
+    filer = tmp_path / "weed" / "filer.toml"
+    assert filer.stat().st_mode & 0o777 == 0o600
+    conf = tomllib.loads(filer.read_text())
+    assert list(conf) == ["postgres2"]
+    store = conf["postgres2"]
+    assert store["enabled"] is True
+    assert (store["hostname"], store["port"]) == ("postgres", 5432)
+    assert store["username"] == store["database"] == "seaweedfs"
+    assert "password" not in store
+    password = "${DB_SEAWEEDFS_PASSWORD:?set DB_SEAWEEDFS_PASSWORD}"
+    assert weed["environment"]["WEED_POSTGRES2_PASSWORD"] == password
+    assert weed["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    postgres = services["postgres"]
+    assert postgres["environment"]["DB_SEAWEEDFS_PASSWORD"] == password
+    init = [v.split(":")[0] for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v]
+    sql = "".join((ROOT / path).read_text() for path in init)
+    assert "CREATE ROLE seaweedfs LOGIN PASSWORD '${DB_SEAWEEDFS_PASSWORD}'" in sql
+    assert "CREATE DATABASE seaweedfs OWNER seaweedfs" in sql
+
+
+def test_the_bucket_fsync_rule_is_set_before_any_central_node_starts() -> None:
+    services = load()["services"]
+    fsync = services["seaweedfs-fsync"]
+    assert fsync["image"] == services["seaweedfs"]["image"]
+    script = " ".join(fsync["command"])
+    rule = 'echo "fs.configure -locationPrefix=/buckets/imaging-archive/ -fsync -apply"'
+    assert rule in script
+    assert "weed shell -master=seaweedfs:9333 -filer=seaweedfs:8888" in script
+    # fails unless the printed filer.conf has the rule on (a shell that cannot reach the
+    # filer prints errors and exits 0)
+    assert "grep -q '\"fsync\": *true'" in script
+    assert any(v.endswith(":/etc/seaweedfs:ro") for v in fsync["volumes"])  # security.toml
+    assert fsync["depends_on"]["seaweedfs"] == {"condition": "service_healthy"}
+    assert "test" in services["seaweedfs"]["healthcheck"]
+    for name in ("central", "central-2"):
+        needs = services[name]["depends_on"]
+        assert needs["seaweedfs-fsync"] == {"condition": "service_completed_successfully"}
 
 
 def test_each_service_sees_only_its_own_secret_folder() -> None:
