@@ -52,6 +52,7 @@ from bench.codecs_corpus import (
     generator_instances,
     pydicom_instances,
     same_pixels,
+    signed_ct_instances,
 )
 
 Encoder = Callable[[bytes], bytes]
@@ -216,7 +217,8 @@ def measure(instances: list[Instance], repeat: int, work: Path) -> Results:
                 check(o, inst, cand.decoder, repeat)
             outcomes.append(o)
         results.by_candidate[cand.name] = outcomes
-    run = codecs_dcmtk.run({n: inst.dicom for n, inst in names.items()}, {}, work, repeat)
+    encoding = {n: inst.dicom for n, inst in names.items()}
+    run = codecs_dcmtk.run(encoding, {}, work / "encode-run", repeat)
     base = []
     for file_name, inst in names.items():
         o = Outcome()
@@ -232,15 +234,15 @@ def measure(instances: list[Instance], repeat: int, work: Path) -> Results:
         n: {f: o.out for f, o in zip(names, outs, strict=True) if o.out}
         for n, outs in results.by_candidate.items()
     }
-    central = codecs_dcmtk.run({}, to_central, work, repeat)
+    central = codecs_dcmtk.run({}, to_central, work / "central-run", repeat)
     for name, outs in results.by_candidate.items():
         for file_name, o, inst in zip(names, outs, instances, strict=True):
             if not o.out:
                 continue
             said = central.stored.get(name, {}).get(file_name, {})
-            o.central_stored = said.get("stored") == str(o_syntax(o.out))
+            o.central_stored = said.get("stored") == o_syntax(o.out) and bool(said["same_bytes"])
             if not o.central_stored:
-                o.central_error = f"not stored: {said.get('error', said.get('stored'))} "
+                o.central_error = f"not stored as sent: {said.get('error', said)} "
             got = central.decoded.get(name, {}).get(file_name)
             if got is None:
                 o.central_ok = False
@@ -251,7 +253,6 @@ def measure(instances: list[Instance], repeat: int, work: Path) -> Results:
                 o.central_ok = same_pixels(inst.pixels, decoded(got[1]))
             except Exception as exc:
                 o.central_ok, o.central_error = False, str(exc)[:120]
-    shutil.rmtree(work, ignore_errors=True)
     return results
 
 
@@ -347,16 +348,19 @@ def main() -> None:
     parser.add_argument("--ct", type=int, default=30)
     parser.add_argument("--mr", type=int, default=24)
     parser.add_argument("--dx", type=int, default=3)
+    parser.add_argument("--signed-ct", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pydicom-files", action="store_true")
     parser.add_argument("--work", type=Path, default=codecs_dcmtk.REPO / "var" / "bench-codecs")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # pydicom's notes on padding, precision... not results
     instances = generator_instances({"CT": args.ct, "MR": args.mr, "DX": args.dx})
+    instances += signed_ct_instances(args.signed_ct)
     if not args.no_pydicom_files:
         instances += pydicom_instances()
     started = time.monotonic()
-    results = measure(instances, args.repeat, args.work)
+    shutil.rmtree(args.work, ignore_errors=True)
+    results = measure(instances, args.repeat, args.work)  # its Orthancs' logs stay in --work
     print(f"codecs bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(versions(codecs_dcmtk.orthanc_platform().root))
     print(

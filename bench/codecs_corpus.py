@@ -56,6 +56,22 @@ def generator_instances(counts: dict[str, int], seed: int = 1307) -> list[Instan
     return out
 
 
+def signed_ct_instances(count: int, seed: int = 1307) -> list[Instance]:
+    """The generator's CT as many scanners send it: signed 12 bits stored (HU values,
+    intercept 0), which the generator itself does not make."""
+    out = []
+    for index, ds in enumerate(make_study(seed, "CT", instances=count).instances()):
+        hu = ds.pixel_array.astype(np.int16) - 1024
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = 0
+        ds.PixelData = np.clip(hu, -2048, 2047).astype(np.int16).tobytes()
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        dicom = buf.getvalue()
+        out.append(Instance("CT signed12", f"CTs-{index + 1}", dicom, decoded(dicom)))
+    return out
+
+
 def _losslessly_compressible(ds: object) -> bool:
     """8- or 16-bit, 1 or 3 samples, not chroma-subsampled: what a lossless codec takes."""
     return (

@@ -5,8 +5,11 @@ call the edge plugin makes, on every file of CODECS_BENCH_DIR/encode (to JPEG-LS
 and of CODECS_BENCH_DIR/decode/<candidate> (back to explicit little endian: what central's
 Orthanc does to render or convert another encoder's output), and whether Orthanc stores
 each of those files at all (POST /instances, the syntax it records, then deleted). CPU is
-the calling thread's (DCMTK runs in it), the best of CODECS_BENCH_REPEAT runs. Writes
-the outputs and times.json, then the file `done`.
+the calling thread's (DCMTK runs in it), the best of CODECS_BENCH_REPEAT runs.
+
+Each result is appended to results.jsonl as it is known, and the task under way is named
+in `current` first: if a file brings Orthanc down, the bench starts it again, and the
+task named there is recorded as having crashed Orthanc and skipped. `done` at the end.
 """
 
 import json
@@ -19,7 +22,9 @@ import orthanc
 HERE = Path(os.environ["CODECS_BENCH_DIR"])
 REPEAT = int(os.environ.get("CODECS_BENCH_REPEAT", "3"))
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+BACK = "1.2.840.10008.1.2.1"  # explicit VR little endian
+RESULTS = HERE / "results.jsonl"
+CURRENT = HERE / "current"
 
 
 def _timed(dicom, syntax):
@@ -32,44 +37,72 @@ def _timed(dicom, syntax):
     return best, out
 
 
-def _each(source, target, syntax):
-    times = {}
+def _transcode(path, target, syntax):
+    spent, out = _timed(path.read_bytes(), syntax)
     target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.iterdir()):
-        try:
-            spent, out = _timed(path.read_bytes(), syntax)
-        except Exception as exc:
-            times[path.name] = {"error": str(exc)[:200]}
-            continue
-        (target / path.name).write_bytes(out)
-        times[path.name] = {"cpu_s": spent}
-    return times
+    (target / path.name).write_bytes(out)
+    return {"cpu_s": spent}
 
 
-def _stores(source):
-    """Whether Orthanc stores each file (as central must), and the syntax it records."""
-    said = {}
-    for path in sorted(source.iterdir()):
-        try:
-            answer = json.loads(orthanc.RestApiPost("/instances", path.read_bytes()))
-            uri = f"/instances/{answer['ID']}/metadata/TransferSyntax"
-            syntax = orthanc.RestApiGet(uri).decode()
-            orthanc.RestApiDelete(f"/instances/{answer['ID']}")
-            said[path.name] = {"stored": syntax}
-        except Exception as exc:
-            said[path.name] = {"error": str(exc)[:200]}
-    return said
+def _store(path):
+    dicom = path.read_bytes()
+    step = "POST /instances"
+    try:
+        answer = json.loads(orthanc.RestApiPost("/instances", dicom))
+        step = "GET header"
+        header = json.loads(orthanc.RestApiGet(f"/instances/{answer['ID']}/header?simplify"))
+        step = "GET file"
+        same = orthanc.RestApiGet(f"/instances/{answer['ID']}/file") == dicom
+        step = "DELETE"
+        orthanc.RestApiDelete(f"/instances/{answer['ID']}")
+    except Exception as exc:
+        return {"error": f"{step}: {exc}"[:200]}
+    return {"stored": header.get("TransferSyntaxUID", ""), "same_bytes": same}
+
+
+def _tasks():
+    for path in sorted((HERE / "encode").iterdir()) if (HERE / "encode").is_dir() else []:
+        yield "encode", path.name, lambda p=path: _transcode(p, HERE / "encoded", JPEG_LS_LOSSLESS)
+    decode = HERE / "decode"
+    for candidate in sorted(decode.iterdir()) if decode.is_dir() else []:
+        back = HERE / "decoded" / candidate.name
+        for path in sorted(candidate.iterdir()):
+            yield (
+                candidate.name,
+                path.name,
+                lambda p=path, to=back: _transcode(p, to, BACK),
+            )
+            yield "store/" + candidate.name, path.name, lambda p=path: _store(p)
+
+
+def _record(phase, name, said):
+    with RESULTS.open("a") as f:
+        f.write(json.dumps({"phase": phase, "name": name, **said}) + "\n")
 
 
 def _run():
-    results = {"encode": _each(HERE / "encode", HERE / "encoded", JPEG_LS_LOSSLESS)}
-    decode = HERE / "decode"
-    for candidate in sorted(decode.iterdir()) if decode.is_dir() else []:
-        results[candidate.name] = _each(
-            candidate, HERE / "decoded" / candidate.name, EXPLICIT_LITTLE
-        )
-        results["store/" + candidate.name] = _stores(candidate)
-    (HERE / "times.json").write_text(json.dumps(results))
+    seen = set()
+    if RESULTS.exists():
+        seen = {
+            (r["phase"], r["name"]) for r in map(json.loads, RESULTS.read_text().split("\n")[:-1])
+        }
+    if CURRENT.exists():  # Orthanc went down during this task the last time
+        phase, name = json.loads(CURRENT.read_text())
+        if (phase, name) not in seen:
+            exit_file = HERE / "exit"
+            how = exit_file.read_text() if exit_file.exists() else "?"
+            _record(phase, name, {"error": f"Orthanc crashed on this file (exit status {how})"})
+            seen.add((phase, name))
+    for phase, name, task in _tasks():
+        if (phase, name) in seen:
+            continue
+        CURRENT.write_text(json.dumps([phase, name]))
+        try:
+            said = task()
+        except Exception as exc:
+            said = {"error": str(exc)[:200]}
+        _record(phase, name, said)
+    CURRENT.unlink(missing_ok=True)
     (HERE / "done").write_text("ok")
 
 
