@@ -47,10 +47,30 @@ class _Orthanc:
     def log_warning(message: str) -> None:
         orthanc.LogWarning(message)
 
+    @staticmethod
+    def instance_order(study_uid: str, series_uid: str | None) -> list[list[str]]:
+        """Instance IDs per series as Orthanc lists them, which is the order DICOMweb reads a
+        study or series in (from the HTTP filter's thread, an Orthanc thread)."""
+        if series_uid:
+            listed = orthanc.RestApiGet(f"/series/{orthanc.LookupSeries(series_uid)}/instances")
+        else:
+            listed = orthanc.RestApiGet(f"/studies/{orthanc.LookupStudy(study_uid)}/instances")
+        by_series: dict[str, list[str]] = {}
+        for item in json.loads(listed):
+            by_series.setdefault(item["ParentSeries"], []).append(item["ID"])
+        return list(by_series.values())
+
 
 # With an archive, the app wraps its store with the series read-ahead (its worker threads
 # call the S3 client only, never this module).
-APP = CentralApp(SETTINGS, STORAGE, _Orthanc(), _ARCHIVE.keys if _ARCHIVE else None, _ARCHIVE)
+APP = CentralApp(
+    SETTINGS,
+    STORAGE,
+    _Orthanc(),
+    _ARCHIVE.keys if _ARCHIVE else None,
+    _ARCHIVE,
+    _Orthanc.instance_order,
+)
 
 
 def _on_stored(dicom, instance_id):

@@ -16,7 +16,7 @@ from .plugin_settings import CentralSettings
 from .pushes import PushCreate, PushRegistry, PushRejected, PushReport
 from .routes import Method, Reply, Request, Route, error
 from .storage.archive import EncryptedArchive, KeyRingSource
-from .storage.read_ahead import ReadAhead, SeriesIndex
+from .storage.read_ahead import AttachmentIndex, OrderOf, ReadAhead
 from .verification import VerifyRequest
 
 
@@ -38,6 +38,7 @@ class CentralApp:
         orthanc: CentralOrthanc,
         key_ring: KeyRingSource | None = None,
         archive: EncryptedArchive | None = None,
+        instance_order: OrderOf | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -47,10 +48,10 @@ class CentralApp:
         self.read_ahead: ReadAhead | None = None
         try:
             self.pushes = PushRegistry(settings.conninfo)
-            if archive is not None and settings.read_ahead.enabled:
+            if archive is not None and instance_order and settings.read_ahead.enabled:
                 # wraps the archive's store: reads of a series' DICOM files fetch ahead
-                index = SeriesIndex(settings.conninfo)
-                self.read_ahead = ReadAhead(archive, settings.read_ahead, index)
+                files = AttachmentIndex(settings.conninfo)
+                self.read_ahead = ReadAhead(archive, settings.read_ahead, instance_order, files)
         except BaseException:
             self.hashes.close()
             if hasattr(self, "pushes"):

@@ -8,7 +8,7 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -167,8 +167,10 @@ def test_entries_unread_expire() -> None:
 
 
 def wado_read_ahead(
-    tmp_path: Path, index
+    tmp_path: Path, order_of
 ) -> tuple[ReadAhead, EncryptedArchive, MemoryStore, list[str], dict[str, bytes]]:
+    """A read-ahead on an archive of 6 sealed instances "i0".."i5" of one series, whose
+    order Orthanc lists them in is order_of's."""
     ring_path = tmp_path / "ring.json"
     write_key_ring(KeyRing.generate("k1"), ring_path)
     store = MemoryStore()
@@ -176,32 +178,42 @@ def wado_read_ahead(
     plain = {str(uuid.uuid4()): os.urandom(5000) for _ in range(6)}
     for u, data in plain.items():
         archive.create(u, 1, data)
-    return ReadAhead(archive, ReadAheadSettings(), index), archive, store, list(plain), plain
+    files = {f"i{n}": (u, 5000) for n, u in enumerate(plain)}
+
+    def files_of(ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        return {i: files[i] for i in ids if i in files}
+
+    ahead = ReadAhead(archive, ReadAheadSettings(), order_of, files_of)
+    return ahead, archive, store, list(plain), plain
 
 
-def test_a_wado_rs_retrieval_announces_its_series(tmp_path: Path) -> None:
+def test_a_wado_rs_retrieval_announces_its_series_in_orthancs_order(tmp_path: Path) -> None:
     asked: list[tuple[str, str | None]] = []
+    orthancs_order = ["i3", "i0", "i5", "i1", "i4", "i2"]
 
-    def index(study: str, series: str | None) -> list[list[tuple[str, int]]]:
+    def order_of(study: str, series: str | None) -> list[list[str]]:
         asked.append((study, series))
-        return [[(u, 5000) for u in uuids]]
+        return [[*orthancs_order, "deleted meanwhile"]]
 
-    ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, index)
+    ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, order_of)
     ahead.retrieval(1, "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/frames/1")
     ahead.retrieval("GET", "/dicom-web/studies/1.2.3/series/4.5")  # the same: looked up once
     ahead.retrieval(1, "/dicom-web/studies/1.2.3")
     ahead.retrieval(2, "/dicom-web/studies/9.9")  # a POST (STOW-RS) announces nothing
     ahead.retrieval(1, "/instances")
     assert asked == [("1.2.3", "4.5"), ("1.2.3", None)]
-    assert [archive.read(u, 1) for u in uuids] == list(plain.values())
+    for i in orthancs_order:
+        u = uuids[int(i[1])]
+        assert archive.read(u, 1) == plain[u]
     settle(ahead.store)
-    assert set(store.gets.values()) == {1} and ahead.stats()["misses"] == 1
+    assert set(store.gets.values()) == {1}
+    assert ahead.stats()["misses"] == 1 and ahead.stats()["announced"] == 2
     ahead.close()
 
 
 def test_a_failing_lookup_only_turns_read_ahead_off(tmp_path: Path) -> None:
-    def broken(study: str, series: str | None) -> list[list[tuple[str, int]]]:
-        raise OSError("database down")
+    def broken(study: str, series: str | None) -> list[list[str]]:
+        raise OSError("unknown study")
 
     ahead, archive, _store, uuids, plain = wado_read_ahead(tmp_path, broken)
     ahead.retrieval(1, "/dicom-web/studies/1.2.3")

@@ -3,15 +3,16 @@
 Orthanc's DICOMweb plugin (1.20) answers a WADO-RS study or series by listing its
 instances (`/studies/{id}/instances`) and reading each one's DICOM file (attachment type 1)
 through our storage area, one after the other: one serial S3 GET per instance. Central's
-HTTP filter sees the WADO-RS request first (`/dicom-web/studies/<uid>[/series/<uid>]...`)
-and ReadAhead.retrieval() looks up the DICOM files of that study or series in Orthanc's own
-PostgreSQL index (through DicomIdentifiers, which is indexed; AttachedFiles has no index on
-uuid), per series in index order, which is the order DICOMweb reads them in. When the
-storage area is then asked for one of them, ReadAheadStore fetches the next few of its series
-concurrently into a small cache of CIPHERTEXT. The later read takes its entry out and only
-decrypts it: EncryptedArchive.read still opens (verifies the GCM tag of) every object before
-any byte of it is served, with the key ring current at read time, and a tampered object
-still fails alone. Orthanc's plaintext cache stays off (docs/archive.md).
+HTTP filter sees the WADO-RS request first (`/dicom-web/studies/<uid>[/series/<uid>]...`):
+ReadAhead.retrieval() asks Orthanc (through the glue) for the same instance list DICOMweb
+is about to ask for, so the order is Orthanc's own (not internalid order: bench.read_ahead
+found that wrong for a study ingested by parallel clients), and looks up their DICOM files'
+uuids in Orthanc's PostgreSQL index by public ID (indexed; AttachedFiles has no index on
+uuid). When the storage area is then asked for one of them, ReadAheadStore fetches the
+next few of its series concurrently into a small cache of CIPHERTEXT. The later read takes
+its entry out and only decrypts it: EncryptedArchive.read still opens (verifies the GCM tag
+of) every object before any byte of it is served, with the key ring current at read time,
+and a tampered object still fails alone. Orthanc's plaintext cache stays off (docs/archive.md).
 
 Bounds: `max_bytes` of ciphertext held or in flight (reserved from the index's size before
 a GET starts), `workers` threads, `depth` objects ahead of the read, entries dropped unread
@@ -259,31 +260,21 @@ class ReadAheadStore:
                 self._reserved += extra
 
 
-# Orthanc's PostgreSQL index (plugin 5.0 schema): resources(internalid, resourcetype 1 study
-# 2 series 3 instance, publicid, parentid), dicomidentifiers(id, taggroup, tagelement, value;
-# indexed on value), attachedfiles(id = the instance, filetype, uuid, compressedsize, ...;
-# keyed by id and filetype). A study's (or one series') DICOM files, per series in index
-# order, the order in which Orthanc lists them and DICOMweb reads them (bench.read_ahead and
-# tests/integration/test_read_ahead.py check it).
-LISTING_SQL = """
-SELECT series.internalid, file.uuid, file.compressedsize
-FROM dicomidentifiers AS study_uid
-JOIN resources AS study ON study.internalid = study_uid.id AND study.resourcetype = 1
-JOIN resources AS series ON series.parentid = study.internalid
-JOIN resources AS instance ON instance.parentid = series.internalid
+# Orthanc's PostgreSQL index (plugin 5.0 schema): resources(internalid, resourcetype (3 is an
+# instance), publicid (indexed), parentid), attachedfiles(id = the instance, filetype, uuid,
+# compressedsize, ...; keyed by id and filetype; no index on uuid).
+FILES_SQL = """
+SELECT instance.publicid, file.uuid, file.compressedsize
+FROM resources AS instance
 JOIN attachedfiles AS file ON file.id = instance.internalid AND file.filetype = %(type)s
-WHERE study_uid.taggroup = 32 AND study_uid.tagelement = 13 AND study_uid.value = %(study)s
-  AND (%(series)s::text IS NULL OR series.internalid IN (
-      SELECT id FROM dicomidentifiers
-      WHERE taggroup = 32 AND tagelement = 14 AND value = %(series)s))
-ORDER BY series.internalid, instance.internalid
-LIMIT %(limit)s
+WHERE instance.publicid = ANY(%(ids)s) AND instance.resourcetype = 3
 """
-LISTING_LIMIT = 50_000
+LISTING_LIMIT = 50_000  # instances of one retrieval looked up, at most
 
 
-class SeriesIndex:
-    """Listings from Orthanc's PostgreSQL index, through a small pool of its own."""
+class AttachmentIndex:
+    """The DICOM file (uuid, size) of Orthanc instances, from Orthanc's PostgreSQL index,
+    through a small pool of its own."""
 
     def __init__(self, conninfo: dict[str, Any]) -> None:
         from ..instance_hashes import open_pool
@@ -293,14 +284,11 @@ class SeriesIndex:
     def close(self) -> None:
         self._pool.close()
 
-    def __call__(self, study_uid: str, series_uid: str | None) -> list[Listing]:
-        args = {"study": study_uid, "series": series_uid, "type": DICOM_FILE}
+    def __call__(self, instance_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        args = {"ids": list(instance_ids[:LISTING_LIMIT]), "type": DICOM_FILE}
         with self._pool.connection() as conn:
-            rows = conn.execute(LISTING_SQL, args | {"limit": LISTING_LIMIT}).fetchall()
-        by_series: dict[int, list[tuple[str, int]]] = {}
-        for series, uuid, size in rows:
-            by_series.setdefault(int(series), []).append((str(uuid), int(size)))
-        return list(by_series.values())
+            rows = conn.execute(FILES_SQL, args).fetchall()
+        return {str(i): (str(u), int(size)) for i, u, size in rows}
 
 
 _UID = r"[0-9.]{1,64}"
@@ -315,6 +303,12 @@ def _is_get(method: object) -> bool:
         return False
 
 
+# (study uid, series uid or None) -> Orthanc instance IDs per series, in the order Orthanc
+# lists them (the glue asks Orthanc's /studies/{id}/instances, as DICOMweb then does)
+OrderOf = Callable[[str, str | None], list[list[str]]]
+FilesOf = Callable[[Sequence[str]], dict[str, tuple[str, int]]]
+
+
 class ReadAhead:
     """Read-ahead installed on an archive: its store wrapped, retrievals announced by the
     HTTP filter, and what close() undoes."""
@@ -323,10 +317,12 @@ class ReadAhead:
         self,
         archive: EncryptedArchive,
         settings: ReadAheadSettings,
-        index: Callable[[str, str | None], list[Listing]],
+        order_of: OrderOf,
+        files_of: FilesOf,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.index = index
+        self.order_of = order_of
+        self.files_of = files_of
         self.settings = settings
         self.store = ReadAheadStore(archive.store, settings, archive.prefix, clock)
         archive.store = self.store  # EncryptedArchive.read looks its store up on every call
@@ -354,18 +350,19 @@ class ReadAhead:
                 self._recent = {k: t for k, t in self._recent.items() if t > now}
             self._recent[wanted] = now + self.settings.listing_ttl_s / 2
         try:
-            listings = self.index(*wanted)
+            order = self.order_of(*wanted)
+            files = self.files_of([i for series in order for i in series])
         except Exception:  # a lookup that fails only means no read-ahead
             self.store._count("lookup_errors")
             return
         self.store._count("announced")
-        self.store.announce(listings)
+        self.store.announce([[files[i] for i in series if i in files] for series in order])
 
     def stats(self) -> dict[str, Any]:
         return self.store.stats()
 
     def close(self) -> None:
         self.store.close()
-        closer = getattr(self.index, "close", None)
+        closer = getattr(self.files_of, "close", None)
         if closer is not None:
             closer()
