@@ -168,8 +168,10 @@ def segment(label, url, auth, ids, layouts: Layouts, side, layout, n) -> dict[st
         "cpu_ms": {name: g["cpu_ms"] for name, g in entry["groups"].items()},
         "requests": request_line(entry.get("requests", {})),
         "counters": counters,
+        "cpus": {c: round(v["busy"]) for c, v in entry["cpus"].items()},
     }
     cpu = ", ".join(f"{k} {v:.2f}" for k, v in figures["cpu_ms"].items())
+    busy = ", ".join(f"CPU {c} {v} %" for c, v in sorted(figures["cpus"].items()))
     ahead = ", ".join(
         f"{k} {counters[k]}"
         for k in ("misses", "hits", "waited", "failed", "prefetched", "dropped", "skipped_full")
@@ -178,7 +180,8 @@ def segment(label, url, auth, ids, layouts: Layouts, side, layout, n) -> dict[st
     print(
         f"{layout:<6} {label:<18} study {figures['study_mb_s']:6.1f} MB/s, series "
         f"{figures['series_mb_s']:6.1f} MB/s, frame p50 {figures['frame_p50_ms']:.1f} ms "
-        f"p95 {figures['frame_p95_ms']:.1f} ms\n    CPU ms/inst (study retrievals): {cpu}\n"
+        f"p95 {figures['frame_p95_ms']:.1f} ms\n    CPU ms/inst (study retrievals): {cpu}; "
+        f"busy: {busy}\n"
         f"    {figures['requests']}" + (f"\n    read-ahead: {ahead}" if ahead else ""),
         flush=True,
     )
