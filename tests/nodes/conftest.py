@@ -9,14 +9,16 @@ session's stack starts: one full stack at a time on this machine.
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from pydicom.dataset import Dataset
 
 from deploy.stack.client import ORTHANC_POOL_LIMITS, StackClient
 from deploy.stack.context import StackContext
@@ -47,6 +49,29 @@ class CentralNode:
         return httpx.Client(
             base_url=self.url, auth=self.auth, timeout=30.0, limits=ORTHANC_POOL_LIMITS
         )
+
+    def upload_study(self, instances: Iterable[Dataset]) -> list[Uploaded]:
+        """POST each instance to this node's /instances (asserting 200), in order."""
+        uploaded = []
+        with self.client() as node:
+            for ds in instances:
+                buffer = io.BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                answer = node.post("/instances", content=buffer.getvalue())
+                assert answer.status_code == 200, answer.text
+                uploaded.append(
+                    Uploaded(str(ds.SOPInstanceUID), answer.json()["ID"], buffer.getvalue())
+                )
+        return uploaded
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """One instance as sent: its SOP Instance UID, the ID Orthanc gave it, its bytes."""
+
+    sop_uid: str
+    orthanc_id: str
+    raw: bytes
 
 
 @dataclass(frozen=True)

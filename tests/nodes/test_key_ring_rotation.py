@@ -7,7 +7,6 @@ under the new key."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import subprocess
@@ -86,14 +85,8 @@ def test_an_object_sealed_on_node_1_under_the_new_key_reads_on_node_2(
     assert {loaded_ring(n)["kcv"][key_id] for n in two_centrals.nodes} == {a.check_value(key_id)}
 
     study = make_study(fresh_seed(), "CT", instances=2, institution_code="H0001")
-    sent: dict[str, bytes] = {}
+    sent = {u.orthanc_id: u.raw for u in first.upload_study(study.instances())}
     with first.client() as node_1:
-        for ds in study.instances():
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            answer = node_1.post("/instances", content=buffer.getvalue())
-            assert answer.status_code == 200, answer.text
-            sent[answer.json()["ID"]] = buffer.getvalue()
         uuids = {
             i: node_1.get(f"/instances/{i}/attachments/dicom/info").json()["Uuid"] for i in sent
         }

@@ -62,14 +62,7 @@ def test_neither_node_logs_an_index_or_schema_error(two_centrals: TwoCentrals) -
 def test_a_study_stored_through_node_1_is_served_by_node_2(two_centrals: TwoCentrals) -> None:
     first, second = two_centrals.nodes
     study = make_study(fresh_seed(), "CT", instances=2, institution_code="H0001")
-    sent: dict[str, bytes] = {}
-    with first.client() as node_1:
-        for ds in study.instances():
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            answer = node_1.post("/instances", content=buffer.getvalue())
-            assert answer.status_code == 200, answer.text
-            sent[str(ds.SOPInstanceUID)] = buffer.getvalue()
+    sent = {u.sop_uid: u.raw for u in first.upload_study(study.instances())}
     uid = study.exam.study_instance_uid
     with second.client() as node_2:
         study_id = eventually(lambda: find_study(node_2, uid), what="node 2 finds the study")
