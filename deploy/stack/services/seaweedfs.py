@@ -44,6 +44,11 @@ UNSHARE = "/usr/bin/unshare"
 GRPC_COMMON_NAME = "seaweedfs"
 _GRPC_SERVERS = ("master", "volume", "filer", "s3")
 SHELL_TIMEOUT_S = 60.0
+# A small object in a bucket of its own that health() reads back: after a restart the S3
+# API answers before the volume server has told the master its volumes, and reads of
+# stored objects fail (InternalError) until it has.
+PROBE_BUCKET = "seaweedfs-probe"
+PROBE_KEY = "readable"
 
 
 def bucket_prefix(bucket: str) -> str:
@@ -269,11 +274,20 @@ class SeaweedFS(Service):
         )
 
     def health(self) -> str | None:
-        """Healthy when the S3 API answers an authenticated, signed request."""
+        """Healthy when the S3 API answers an authenticated, signed request and the probe
+        object, once written (after_healthy), reads back."""
+        client = self._client()
         try:
-            self._client().list_buckets()
+            client.list_buckets()
         except (BotoCoreError, ClientError) as exc:
             return f"S3 list_buckets: {type(exc).__name__}"
+        try:
+            client.get_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "NoSuchBucket"):
+                return f"S3 GetObject of the probe: {exc.response.get('Error', {}).get('Code')}"
+        except BotoCoreError as exc:
+            return f"S3 GetObject of the probe: {type(exc).__name__}"
         return None
 
     def after_healthy(self) -> None:
@@ -281,10 +295,12 @@ class SeaweedFS(Service):
         if self.filer_store == POSTGRES2 and legacy is not None:
             self.move_to_postgres2(legacy)
         client = self._client()
-        try:
-            client.head_bucket(Bucket=S3_BUCKET)
-        except ClientError:
-            client.create_bucket(Bucket=S3_BUCKET)
+        for bucket in (S3_BUCKET, PROBE_BUCKET):
+            try:
+                client.head_bucket(Bucket=bucket)
+            except ClientError:
+                client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY, Body=b"readable")
         self.configure_fsync(True)
 
     def shell_argv(self) -> list[str]:
@@ -348,3 +364,4 @@ class SeaweedFS(Service):
             )
         legacy.rename(legacy.with_name(legacy.name + MOVED_SUFFIX))
         meta.unlink()
+        self.wait_healthy(self.ctx.settings.start_timeout_s)  # the probe, moved, reads back
