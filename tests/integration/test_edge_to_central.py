@@ -193,3 +193,33 @@ def test_central_confirms_by_store_time_hash_and_discards_a_mismatch(stack: Stac
         assert central.post("/instances", content=raw).status_code == 200  # the resend
         again = central.post("/imaging-cloud/verify", json={"instances": {sop: right}})
         assert again.json()["confirmed"] == [sop]
+
+
+def test_signed_12_bit_ct_is_kept_as_received_and_the_edge_stays_up(stack: StackClient) -> None:
+    """CT as many scanners send it (signed, 12 of 16 bits) made DCMTK's JPEG-LS encoder abort
+    the edge's Orthanc (bench.codecs): it now reaches central as received, pixels intact."""
+    study = make_study(
+        fresh_seed(), "CT", instances=2, institution_code=stack["EDGE_A_INSTITUTION"]
+    )
+    sent = []
+    for ds in study.instances():
+        ds.PixelRepresentation = 1
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.RescaleIntercept = 0
+        hu = ds.pixel_array.astype(np.int32) - 1024
+        ds.PixelData = np.clip(hu, -2048, 2047).astype(np.int16).tobytes()
+        sent.append(ds)
+    result = stack.send_to_edge("A", sent)
+    assert result.ok, result.failed
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        study_id = wait_for_instances(central, study.exam.study_instance_uid, 2, timeout_s=120)
+        received = {}
+        for inst in central.get(f"/studies/{study_id}/instances").json():
+            ds = pydicom.dcmread(io.BytesIO(central.get(f"/instances/{inst['ID']}/file").content))
+            received[ds.SOPInstanceUID] = ds
+    for original in sent:
+        got = received[original.SOPInstanceUID]
+        assert got.file_meta.TransferSyntaxUID != JPEG_LS_LOSSLESS
+        assert np.array_equal(got.pixel_array, original.pixel_array)
+    with stack.orthanc("EDGE_A") as edge_a:
+        assert edge_a.get("/system").status_code == 200  # the same Orthanc, still up
