@@ -1,4 +1,5 @@
 import io
+from collections.abc import Callable
 
 import pytest
 from imgcloud.compression import (
@@ -56,7 +57,7 @@ def test_unknown_policy_names_the_setting() -> None:
 
 
 def test_compress_calls_the_transcoder_with_the_target(ct: Dataset) -> None:
-    calls = []
+    calls: list[str] = []
 
     def fake(dicom: bytes, syntax: str) -> bytes:
         calls.append(syntax)
@@ -104,6 +105,16 @@ def test_helpers(ct: Dataset) -> None:
     assert not has_pixel_data(encoded(ct))
 
 
+def recording(calls: list[str]) -> Callable[[bytes, str], bytes]:
+    """A transcoder that records its target and returns an empty file."""
+
+    def transcode(_dicom: bytes, target: str) -> bytes:
+        calls.append(target)
+        return b""
+
+    return transcode
+
+
 def transcoder_must_not_run(_dicom: bytes, _target: str) -> bytes:
     raise AssertionError("the transcoder was called")
 
@@ -119,8 +130,8 @@ def test_signed_pixels_with_fewer_bits_stored_never_reach_dcmtk_jpeg_ls(ct: Data
     assert compress(dicom, jpeg_ls, transcoder_must_not_run) is None
     # the same pixels, 16 of 16 bits stored, are transcoded
     ct.BitsStored, ct.HighBit = 16, 15
-    calls = []
-    compress(encoded(ct), jpeg_ls, lambda d, t: calls.append(t) or b"")
+    calls: list[str] = []
+    compress(encoded(ct), jpeg_ls, recording(calls))
     assert calls == [JPEG_LS]
 
 
@@ -134,7 +145,7 @@ def test_tiny_images_never_reach_dcmtk_jpeg_ls(ct: Dataset) -> None:
 def test_other_codecs_still_take_signed_12_bit(ct: Dataset) -> None:
     ct.PixelRepresentation = 1
     ct.BitsStored, ct.HighBit = 12, 11
-    calls = []
+    calls: list[str] = []
     policy = CompressionPolicy.from_name("jpeg-lossless")
-    compress(encoded(ct), policy, lambda d, t: calls.append(t) or b"")
+    compress(encoded(ct), policy, recording(calls))
     assert calls == ["1.2.840.10008.1.2.4.70"]
