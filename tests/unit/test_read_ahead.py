@@ -196,8 +196,11 @@ def test_a_wado_rs_retrieval_announces_its_series_in_orthancs_order(tmp_path: Pa
         return [[*orthancs_order, "deleted meanwhile"]]
 
     ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, order_of)
+    # one instance's frames or metadata announce nothing: no prefetch for single reads
     ahead.retrieval(1, "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/frames/1")
-    ahead.retrieval("GET", "/dicom-web/studies/1.2.3/series/4.5")  # the same: looked up once
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3/series/4.5/metadata")
+    ahead.retrieval("GET", "/dicom-web/studies/1.2.3/series/4.5")
+    ahead.retrieval("GET", "/dicom-web/studies/1.2.3/series/4.5/")  # the same: looked up once
     ahead.retrieval(1, "/dicom-web/studies/1.2.3")
     ahead.retrieval(2, "/dicom-web/studies/9.9")  # a POST (STOW-RS) announces nothing
     ahead.retrieval(1, "/instances")
