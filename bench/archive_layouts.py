@@ -5,12 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deploy.stack.launcher import services
+from deploy.stack.launcher import service, services
 
 from .archive_report import OURS, PLAIN, per_instance
 from .cpu import Group, Pinning, all_stats, cpu_shares, cpu_times, delta, plan_affinity, usage
 from .weed_metrics import per_instance as requests_per_instance
 from .weed_metrics import scrape
+
+
+def ingest_groups(ctx, central_pid: int | None = None, weed_pid: int | None = None) -> list[Group]:
+    """The process groups an ingest segment prices: central (or `central_pid`), SeaweedFS
+    (or `weed_pid`), PostgreSQL, and this process as the clients; SystemExit if one of
+    them is not running."""
+    central = central_pid or service(ctx, "central").pid()
+    weed = weed_pid or service(ctx, "seaweedfs").pid()
+    postgres = service(ctx, "postgres").pid()
+    if central is None or weed is None or postgres is None:
+        raise SystemExit("central, seaweedfs and postgres must be running")
+    return [
+        Group("orthanc", roots=frozenset({central})),
+        Group("seaweedfs", roots=frozenset({weed})),
+        Group("postgres", roots=frozenset({postgres})),
+        Group("clients", pids=frozenset({os.getpid()})),
+    ]
 
 
 def bucket_objects(s3, bucket: str) -> tuple[int, int]:

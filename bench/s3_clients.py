@@ -40,7 +40,7 @@ from deploy.stack.services.central import CentralOrthanc
 from deploy.stack.settings import StackSettings
 
 from .archive_bench import delete_study, generate, ingest, retrieve
-from .archive_layouts import measure
+from .archive_layouts import ingest_groups, measure
 from .cpu import Group, Pinning, plan_affinity
 
 CLIENTS = ("boto3", "obstore")
@@ -65,24 +65,12 @@ def restart_central(ctx, client: str | None) -> int:
     return pid
 
 
-def groups_for(ctx, central_pid: int) -> list[Group]:
-    weed, postgres = service(ctx, "seaweedfs").pid(), service(ctx, "postgres").pid()
-    if weed is None or postgres is None:
-        raise SystemExit("seaweedfs and postgres must be running")
-    return [
-        Group("orthanc", roots=frozenset({central_pid})),
-        Group("seaweedfs", roots=frozenset({weed})),
-        Group("postgres", roots=frozenset({postgres})),
-        Group("clients", pids=frozenset({os.getpid()})),
-    ]
-
-
 def segment(ctx, stack, files, ids, client: str, clients: int) -> dict[str, float]:
     """Central with `client`, fair layout: one ingest and three whole-study retrievals."""
     auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
     url = stack["CENTRAL_ORTHANC_URL"]
     delete_study(url, auth, ids["study"])
-    groups = groups_for(ctx, restart_central(ctx, client))
+    groups = ingest_groups(ctx, central_pid=restart_central(ctx, client))
     all_cpus, pinning = set(os.sched_getaffinity(0)), Pinning()
     names = [g.name for g in groups]
     pinning.apply(groups, plan_affinity("fair", names, "orthanc", {1}, {0}, all_cpus))

@@ -32,9 +32,9 @@ from deploy.stack.launcher import load_context, service, stop_service
 from deploy.stack.settings import StackSettings
 
 from .archive_bench import client, delete_study, generate, ingest, retrieve
-from .archive_layouts import measure
+from .archive_layouts import ingest_groups, measure
 from .archive_report import request_line
-from .cpu import Group, Pinning, plan_affinity
+from .cpu import Pinning, plan_affinity
 
 SETTINGS = ("object-store", "postgresql")
 TABLE = "imgcloud_small_objects"
@@ -60,18 +60,6 @@ def restart_central(ctx, setting: str | None) -> int:
     if pid is None:
         raise SystemExit("central did not start")
     return pid
-
-
-def groups_for(ctx, central_pid: int) -> list[Group]:
-    weed, postgres = service(ctx, "seaweedfs").pid(), service(ctx, "postgres").pid()
-    if weed is None or postgres is None:
-        raise SystemExit("seaweedfs and postgres must be running")
-    return [
-        Group("orthanc", roots=frozenset({central_pid})),
-        Group("seaweedfs", roots=frozenset({weed})),
-        Group("postgres", roots=frozenset({postgres})),
-        Group("clients", pids=frozenset({os.getpid()})),
-    ]
 
 
 def table_size(ctx, vacuum: bool = False) -> tuple[int, int, float]:
@@ -106,7 +94,7 @@ def segment(ctx, stack, files, ids, setting: str, clients: int, retrievals: int)
     """Central restarted with `setting`, pinned fair; one ingest and `retrievals` WADO-RS."""
     auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
     url, metrics = stack["CENTRAL_ORTHANC_URL"], f"{ctx.http('weed_metrics')}/metrics"
-    groups = groups_for(ctx, restart_central(ctx, setting))
+    groups = ingest_groups(ctx, central_pid=restart_central(ctx, setting))
     pinning, all_cpus = Pinning(), set(os.sched_getaffinity(0))
     names = [g.name for g in groups]
     pinning.apply(groups, plan_affinity("fair", names, "orthanc", {1}, {0}, all_cpus))

@@ -31,9 +31,9 @@ from deploy.stack.services.seaweedfs_filer import LEVELDB2, POSTGRES2
 from deploy.stack.settings import StackSettings
 
 from .archive_bench import delete_study, generate, ingest
-from .archive_layouts import measure
+from .archive_layouts import ingest_groups, measure
 from .archive_report import request_line
-from .cpu import Group, Pinning, plan_affinity
+from .cpu import Pinning, plan_affinity
 from .syscalls import count_syscalls
 
 
@@ -84,19 +84,6 @@ def restart_weed(ctx, variant: Variant) -> int:
     return pid
 
 
-def groups_for(ctx, weed_pid: int) -> list[Group]:
-    central = service(ctx, "central").pid()
-    postgres = service(ctx, "postgres").pid()
-    if central is None or postgres is None:
-        raise SystemExit("central and postgres must be running")
-    return [
-        Group("orthanc", roots=frozenset({central})),
-        Group("seaweedfs", roots=frozenset({weed_pid})),
-        Group("postgres", roots=frozenset({postgres})),
-        Group("clients", pids=frozenset({os.getpid()})),
-    ]
-
-
 def traced(ctx, stack, files, ids, label, variant, clients) -> dict[str, int]:
     """Restart SeaweedFS as `variant`, ingest once under strace; its sync calls."""
     auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
@@ -114,7 +101,7 @@ def segment(ctx, stack, files, ids, label, variant, pinning, clients) -> dict:
     """Restart SeaweedFS as `variant`, pin the fair layout, ingest once; the figures."""
     auth = (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"])
     url, metrics = stack["CENTRAL_ORTHANC_URL"], f"{ctx.http('weed_metrics')}/metrics"
-    groups = groups_for(ctx, restart_weed(ctx, variant))
+    groups = ingest_groups(ctx, weed_pid=restart_weed(ctx, variant))
     all_cpus = set(os.sched_getaffinity(0))
     names = [g.name for g in groups]
     pinning.apply(groups, plan_affinity("fair", names, "orthanc", {1}, {0}, all_cpus))
