@@ -51,10 +51,17 @@ class _Orthanc:
     def instance_order(study_uid: str, series_uid: str | None) -> list[list[str]]:
         """Instance IDs per series as Orthanc lists them, which is the order DICOMweb reads a
         study or series in (from the HTTP filter's thread, an Orthanc thread)."""
+        study_id = orthanc.LookupStudy(study_uid)
         if series_uid:
-            listed = orthanc.RestApiGet(f"/series/{orthanc.LookupSeries(series_uid)}/instances")
+            # only a series of the study in the URI (the gateway authorised that study): no
+            # lookups, timings or counters about series of other studies
+            series_id = orthanc.LookupSeries(series_uid)
+            series = json.loads(orthanc.RestApiGet(f"/series/{series_id}"))
+            if series.get("ParentStudy") != study_id:
+                raise LookupError("the series is not in the study named")
+            listed = orthanc.RestApiGet(f"/series/{series_id}/instances")
         else:
-            listed = orthanc.RestApiGet(f"/studies/{orthanc.LookupStudy(study_uid)}/instances")
+            listed = orthanc.RestApiGet(f"/studies/{study_id}/instances")
         by_series: dict[str, list[str]] = {}
         for item in json.loads(listed):
             by_series.setdefault(item["ParentSeries"], []).append(item["ID"])

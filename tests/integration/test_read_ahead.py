@@ -154,3 +154,26 @@ def test_read_ahead_on_and_off_serve_identical_bytes(
     assert served[True] == served[False]
     assert sorted(served[True][0]) == sorted(study["files"].values())
     assert victim not in served[False][2]
+
+
+def test_a_series_of_another_study_is_not_looked_up(
+    central: httpx.Client, study: dict[str, Any]
+) -> None:
+    """The gateway authorises by the study in the URI: a series UID of another study under
+    it must not make the read-ahead list that series (no announcement, nothing fetched)."""
+    other = make_study(3302, "CT", instances=2)
+    upload(central, dicom_bytes(other))
+    before = counters(central)
+    uri = (
+        f"/dicom-web/studies/{study['exam'].study_instance_uid}"
+        f"/series/{other.exam.series_instance_uid}"
+    )
+    assert central.get(uri, headers=ACCEPT).status_code == 404
+    after = counters(central)
+    assert after["announced"] == before["announced"]
+    assert after["lookup_errors"] == before["lookup_errors"] + 1
+    # the same series under its own study is announced
+    own = f"/dicom-web/studies/{other.exam.study_instance_uid}/series/"
+    own += other.exam.series_instance_uid
+    assert central.get(own, headers=ACCEPT).status_code == 200
+    assert counters(central)["announced"] == after["announced"] + 1

@@ -156,6 +156,9 @@ class ReadAheadStore:
             self._entries.clear()
             self._reserved = 0
         self._pool.shutdown(wait=False, cancel_futures=True)
+        closer = getattr(self.store, "close", None)  # e.g. the small attachments' pool
+        if closer is not None:
+            closer()
 
     # -- internals ---------------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:
@@ -270,6 +273,7 @@ JOIN attachedfiles AS file ON file.id = instance.internalid AND file.filetype = 
 WHERE instance.publicid = ANY(%(ids)s) AND instance.resourcetype = 3
 """
 LISTING_LIMIT = 50_000  # instances of one retrieval looked up, at most
+STATEMENT_TIMEOUT_MS = 2000
 
 
 class AttachmentIndex:
@@ -279,7 +283,9 @@ class AttachmentIndex:
     def __init__(self, conninfo: dict[str, Any]) -> None:
         from ..instance_hashes import open_pool
 
-        self._pool = open_pool(conninfo, "read-ahead")
+        # A stuck index fails the lookup (no read-ahead) instead of holding the request.
+        timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        self._pool = open_pool(conninfo, "read-ahead", options=timeout)
 
     def close(self) -> None:
         self._pool.close()
