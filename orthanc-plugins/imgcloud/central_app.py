@@ -44,6 +44,7 @@ class CentralApp:
         self.storage = storage
         self.orthanc = orthanc
         self.key_ring = key_ring  # the storage area's, as this Orthanc has loaded it
+        self.archive = archive
         self.hashes = HashRegistry(settings.conninfo)
         self.read_ahead: ReadAhead | None = None
         try:
@@ -59,11 +60,18 @@ class CentralApp:
             raise
 
     def close(self) -> None:
-        """Close the registries' and the read-ahead's pools (when central's plugin stops)."""
-        if self.read_ahead is not None:
-            self.read_ahead.close()
-        self.pushes.close()
-        self.hashes.close()
+        """Close the read-ahead, the archive's store and the registries' pools (when
+        central's plugin stops); one failing does not keep the others open."""
+        try:
+            if self.read_ahead is not None:
+                self.read_ahead.close()  # and the store it wraps
+            elif self.archive is not None:
+                self.archive.close()
+        finally:
+            try:
+                self.pushes.close()
+            finally:
+                self.hashes.close()
 
     def http_request(self, method: object, uri: str) -> None:
         """Every HTTP request, before Orthanc answers it: a WADO-RS retrieval of a study or

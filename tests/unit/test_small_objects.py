@@ -110,6 +110,23 @@ def test_a_small_object_left_in_the_object_store_is_read_and_removed_there(parts
         tiered.get(legacy)
 
 
+def test_a_node_set_to_object_store_writes_heads_to_the_bucket_and_still_sees_rows(
+    tmp_path: Path, ring_file: Path
+) -> None:
+    """The table is shared: a node with "SmallAttachments": "object-store" must still read,
+    remove and rewrap the rows other nodes wrote, or a retire would strand them (review 2)."""
+    large, small = FileStore(tmp_path / "objects"), MemoryRows()
+    tiered = TieredStore(large, small, write_small=False)  # type: ignore[arg-type]
+    mine, theirs = object_key("", uuid_n(3), 3), object_key("", uuid_n(4), 3)
+    tiered.put(mine, b"head written here")
+    small.rows[theirs] = b"head written by another node"
+    assert [o.key for o in large.list()] == [mine] and theirs in small.rows
+    assert tiered.get(theirs) == b"head written by another node"
+    assert sorted(o.key for o in tiered.list()) == sorted([mine, theirs])
+    tiered.delete(theirs)
+    assert theirs not in small.rows
+
+
 def test_listing_merges_both_stores_in_name_order(parts) -> None:
     large, _small, tiered = parts
     keys = [object_key("", uuid_n(n), t) for n in range(1, 6) for t in (1, 3)]
@@ -176,6 +193,8 @@ def test_postgresql_is_the_default_with_s3_and_a_postgresql_index() -> None:
     assert "pw" not in repr(central)
     chosen = storage_settings(storage({**S3, "SmallAttachments": "object-store"}, INDEX))
     assert chosen is not None and chosen.small_attachments == "object-store"
+    # the table is shared: a node writing to the bucket still reaches the rows (review 2)
+    assert chosen.small_conninfo == central.small_conninfo
 
 
 @pytest.mark.parametrize(

@@ -90,13 +90,19 @@ class EncryptedArchive:
         else:
             assert settings.filesystem_root is not None
             store = FileStore(settings.filesystem_root)
-        if settings.small_attachments == "postgresql":
+        if settings.small_conninfo is not None:
             from .small_objects import PostgresStore, TieredStore  # central only: psycopg
 
-            assert settings.small_conninfo is not None
             small = PostgresStore(settings.small_conninfo)
-            store = TieredStore(store, small, settings.key_prefix)
+            writes = settings.small_attachments == "postgresql"
+            store = TieredStore(store, small, settings.key_prefix, write_small=writes)
         return cls(store, keys, settings.algorithm, settings.key_prefix)
+
+    def close(self) -> None:
+        """Close the store's own resources, if it has any (e.g. a connection pool)."""
+        closer = getattr(self.store, "close", None)
+        if closer is not None:
+            closer()
 
     def create(self, attachment_uuid: str, content_type: int, data: bytes) -> None:
         """Seal and store; returns only once the backend confirmed the write."""

@@ -51,7 +51,9 @@ class StorageSettings:
     s3: S3Settings | None
     filesystem_root: Path | None
     small_attachments: str = "object-store"  # or "postgresql"
-    # connection settings of central's PostgreSQL when small_attachments is "postgresql"
+    # connection settings of central's PostgreSQL wherever the table can be (S3 and a
+    # PostgreSQL index): "object-store" then only sends new small attachments to the
+    # bucket; reads, deletions and maintenance still see the rows other nodes wrote
     small_conninfo: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -183,7 +185,10 @@ def _small_attachments(
     if choice is None:
         choice = "postgresql" if storage.backend == "s3" and indexed else "object-store"
     if choice == "object-store":
-        return choice, None
+        # the table is shared by every central node: a node writing to the bucket still
+        # reads and removes rows, and its rewrap/check/census cover them
+        shared = storage.backend == "s3" and indexed
+        return choice, central_conninfo(configuration) if shared else None
     if not indexed:
         raise ConfigurationError(
             f"{SECTION}.SmallAttachments: 'postgresql' needs Orthanc's index in PostgreSQL "

@@ -188,17 +188,21 @@ class TieredStore:
         small: PostgresStore,
         prefix: str = "",
         content_types: Iterable[int] = SMALL_CONTENT_TYPES,
+        write_small: bool = True,
     ) -> None:
         self.large = large
         self.small = small
         self.prefix = prefix
         self.content_types = frozenset(content_types)
+        # False on a node set to "object-store": new small attachments go to the bucket,
+        # the rows others wrote are still read, removed, listed and rewrapped
+        self.write_small = write_small
 
     def _small(self, key: str) -> bool:
         return is_small(self.prefix, key, self.content_types)
 
     def put(self, key: str, data: bytes) -> None:
-        (self.small if self._small(key) else self.large).put(key, data)
+        (self.small if self.write_small and self._small(key) else self.large).put(key, data)
 
     def get(self, key: str) -> bytes:
         if self._small(key):
