@@ -181,7 +181,7 @@ def micro(stack: StackClient, ctx, files: list[bytes]) -> dict[str, dict[str, di
     stores: dict[str, ObjectStore] = {
         "boto3": s3_store(base),
         "obstore": s3_store(via_obstore),
-        "obstore, unsigned": ObstoreS3Store(via_obstore, unsigned_payload=True),
+        "obstore, unsigned": ObstoreS3Store(via_obstore, unsigned_payload=True, _bench_only=True),
     }
     for store in stores.values():  # connections, credentials and threads ready
         store.put("bench/warm", b"x")

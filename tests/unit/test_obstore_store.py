@@ -136,6 +136,23 @@ def test_plain_http_signs_the_payload_hash(server: Server) -> None:
     assert sha256 == hashlib.sha256(b"sealed").hexdigest()
 
 
+def test_the_environment_cannot_turn_signing_off(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """obstore reads AWS_* variables; AWS_SKIP_SIGNATURE would send requests unsigned."""
+    monkeypatch.setenv("AWS_SKIP_SIGNATURE", "true")
+    monkeypatch.setenv("AWS_ALLOW_INVALID_CERTIFICATES", "true")
+    server.status = 200
+    s3_store(settings(url(server))).put("ab/cd/x.1", b"sealed")
+    [(_method, _path, sha256)] = server.seen
+    assert sha256 == hashlib.sha256(b"sealed").hexdigest()
+
+
+def test_unsigned_payload_over_plain_http_is_refused() -> None:
+    with pytest.raises(ValueError, match="plain HTTP"):
+        ObstoreS3Store(settings("http://127.0.0.1:9"), unsigned_payload=True)
+
+
 def test_nobody_listening_is_unavailable_quickly() -> None:
     with socket.socket() as probe:  # a port that was free a moment ago
         probe.bind(("127.0.0.1", 0))

@@ -44,6 +44,8 @@ def client_options(settings: S3Settings) -> ClientConfig:
     timeout = dt.timedelta(seconds=settings.read_timeout_s)
     return {
         "allow_http": (settings.endpoint or "").startswith("http://"),
+        # Stated, so that no AWS_* variable in the environment can turn them off.
+        "allow_invalid_certificates": False,
         "connect_timeout": dt.timedelta(seconds=settings.connect_timeout_s),
         "read_timeout": timeout,  # one read of the response stalls no longer than this
         "timeout": timeout + dt.timedelta(seconds=settings.connect_timeout_s),  # whole request
@@ -64,11 +66,21 @@ def retry_config(settings: S3Settings) -> RetryConfig:
 class ObstoreS3Store:
     """Objects in an S3 bucket through obstore; listing through boto3 (see the module)."""
 
-    def __init__(self, settings: S3Settings, unsigned_payload: bool | None = None) -> None:
-        """`unsigned_payload` None: UNSIGNED-PAYLOAD over HTTPS only (benchmarks set it)."""
+    def __init__(
+        self,
+        settings: S3Settings,
+        unsigned_payload: bool | None = None,
+        _bench_only: bool = False,
+    ) -> None:
+        """`unsigned_payload` None: UNSIGNED-PAYLOAD over HTTPS only; forcing it over plain
+        HTTP is refused unless `_bench_only` (bench.s3_clients measures what it saves)."""
         self.settings = settings
         self.bucket = settings.bucket
         https = (settings.endpoint or "https://").startswith("https://")
+        if unsigned_payload and not https and not _bench_only:
+            raise ValueError(
+                "unsigned payload over plain HTTP: anyone on the link could replace a body"
+            )
         if unsigned_payload is not None:
             https = unsigned_payload
         self._store = _ObstoreS3(
@@ -79,6 +91,7 @@ class ObstoreS3Store:
             secret_access_key=settings.secret_key,
             virtual_hosted_style_request=not settings.path_style,
             unsigned_payload=https,  # TLS protects the body; else its hash is signed
+            skip_signature=False,  # stated: AWS_SKIP_SIGNATURE would send requests unsigned
             client_options=client_options(settings),
             retry_config=retry_config(settings),
         )
