@@ -27,16 +27,12 @@ from ..context import S3_BUCKET
 from ..errors import PrerequisiteMissing, ServiceUnhealthy
 from ..pki import issue_leaf
 from ..ports import SEAWEEDFS_PORTS
-from ..processes import stop
 from .base import Service
 from .seaweedfs_filer import (
     LEVELDB2,
-    META_FILE,
-    MOVED_SUFFIX,
     POSTGRES2,
     filer_toml,
     legacy_store,
-    totals,
 )
 
 UNSHARE = "/usr/bin/unshare"
@@ -199,7 +195,10 @@ class SeaweedFS(Service):
         config.write_text(json.dumps(identities))
         legacy = legacy_store(self.data_dir)
         if self.filer_store == POSTGRES2 and legacy is not None:
-            self.write_filer_toml(LEVELDB2, legacy)  # moved by after_healthy
+            # A stack made before postgres2 keeps its leveldb2 store: the automatic move
+            # (fs.meta.save, restart, fs.meta.load) lost objects' names in the upgrade test
+            # (2 runs of 2), so it is not done; docs/archive.md says how it stands.
+            self.write_filer_toml(LEVELDB2, legacy)
         else:
             self.write_filer_toml(self.filer_store, self.leveldb_dir)
 
@@ -291,9 +290,6 @@ class SeaweedFS(Service):
         return None
 
     def after_healthy(self) -> None:
-        legacy = legacy_store(self.data_dir)
-        if self.filer_store == POSTGRES2 and legacy is not None:
-            self.move_to_postgres2(legacy)
         client = self._client()
         for bucket in (S3_BUCKET, PROBE_BUCKET):
             try:
@@ -339,29 +335,3 @@ class SeaweedFS(Service):
             raise ServiceUnhealthy(
                 self.name, f"fs.configure fsync={fsync} not applied: {last[0][:200]}", self.log
             )
-
-    def move_to_postgres2(self, legacy: Path) -> None:
-        """Move the filer's entries from the running leveldb2 store to postgres2, once: save
-        them all, restart SeaweedFS on postgres2, load them, compare the counts."""
-        meta = self.home / META_FILE
-        meta.unlink(missing_ok=True)
-        saved = totals(self.shell(f"fs.meta.save -o {meta} /"))
-        if saved is None or not meta.exists():
-            raise ServiceUnhealthy(self.name, "fs.meta.save of the leveldb2 store failed")
-        stop(self.ctx.settings.run_dir, self.name, sig=self.stop_signal,
-             timeout_s=self.stop_timeout_s)  # fmt: skip
-        self.write_filer_toml(POSTGRES2)
-        self.start()
-        self.wait_healthy(self.ctx.settings.start_timeout_s)
-        loaded = totals(self.shell(f"fs.meta.load -v=false {meta}"))
-        if loaded != saved:
-            self.write_filer_toml(LEVELDB2, legacy)  # the next start uses the old store
-            raise ServiceUnhealthy(
-                self.name,
-                f"filer entries moved to postgres2: saved {saved}, loaded {loaded}; "
-                "leveldb2 kept and used again at the next start",
-                self.log,
-            )
-        legacy.rename(legacy.with_name(legacy.name + MOVED_SUFFIX))
-        meta.unlink()
-        self.wait_healthy(self.ctx.settings.start_timeout_s)  # the probe, moved, reads back

@@ -6,27 +6,20 @@ that finds it is gone. The stack's filer keeps its entries in the stack's Postgr
 instead (SeaweedFS's `postgres2` store, database and role "seaweedfs"), where a commit
 is fsynced before the filer answers.
 
-A stack made before this keeps its entries in data/filerldb2. Its first `up` after the
-upgrade moves them: SeaweedFS is started on the old store, `fs.meta.save` writes every
-entry to a file, SeaweedFS is started again on postgres2, `fs.meta.load` reads the file
-back, and the counts printed by both must agree; only then is data/filerldb2 renamed to
-data/filerldb2.moved-to-postgres2 (kept, not deleted). A failure at any step stops `up`
-with the old store untouched, so the next `up` tries again.
+A stack made before this keeps its entries in data/filerldb2, and keeps using leveldb2:
+an automatic move (fs.meta.save on leveldb2, a restart on postgres2, fs.meta.load, counts
+compared) lost some objects' names in the upgrade test although the counts agreed, so it
+is not done. Moving an existing store is open.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 POSTGRES2 = "postgres2"
 LEVELDB2 = "leveldb2"
 DATABASE = "seaweedfs"  # database and role (deploy/stack/services/postgres.py)
 LEGACY_DIR = "filerldb2"  # SeaweedFS's default leveldb2 folder under `weed server -dir`
-MOVED_SUFFIX = ".moved-to-postgres2"
-META_FILE = "filer-entries.meta"
-
-_TOTAL = re.compile(r"total (\d+) directories, (\d+) files")
 
 
 def filer_toml(
@@ -69,12 +62,3 @@ def legacy_store(data_dir: Path) -> Path | None:
     """The leveldb2 folder of a stack made before the postgres2 store, if not moved yet."""
     path = data_dir / LEGACY_DIR
     return path if path.is_dir() else None
-
-
-def totals(shell_output: str) -> tuple[int, int] | None:
-    """(directories, files) from fs.meta.save's or fs.meta.load's closing line."""
-    found = _TOTAL.findall(shell_output)
-    if not found:
-        return None
-    dirs, files = found[-1]
-    return int(dirs), int(files)
