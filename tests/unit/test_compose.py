@@ -109,7 +109,10 @@ def test_seaweedfs_keeps_its_filer_entries_in_postgresql(tmp_path: Path) -> None
     assert postgres["environment"]["DB_SEAWEEDFS_PASSWORD"] == password
     init = [v.split(":")[0] for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v]
     sql = "".join((ROOT / path).read_text() for path in init)
-    assert "CREATE ROLE seaweedfs LOGIN PASSWORD '${DB_SEAWEEDFS_PASSWORD}'" in sql
+    # the password from the environment, quoted by psql, never pasted into the SQL
+    assert "\\getenv seaweedfs DB_SEAWEEDFS_PASSWORD" in sql
+    assert "CREATE ROLE seaweedfs LOGIN PASSWORD :'seaweedfs';" in sql
+    assert "${DB_" not in sql
     assert "CREATE DATABASE seaweedfs OWNER seaweedfs" in sql
 
 
