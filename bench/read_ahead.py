@@ -28,7 +28,7 @@ import httpx
 import psycopg
 import pydicom
 
-from deploy.stack.client import StackClient
+from deploy.stack.client import StackClient, multipart_parts
 from deploy.stack.launcher import load_context, start_service, stop_service
 from deploy.stack.services.central import CentralOrthanc
 from deploy.stack.settings import StackSettings
@@ -64,17 +64,6 @@ def restart_central(ctx, read_ahead: dict[str, Any] | None) -> None:
     svc.start()
     svc.wait_healthy(ctx.settings.start_timeout_s)
     svc.after_healthy()
-
-
-def multipart(response: httpx.Response) -> list[bytes]:
-    boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
-    parts = []
-    for chunk in response.content.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _headers, _, body = chunk.partition(b"\r\n\r\n")
-        parts.append(body[:-2] if body.endswith(b"\r\n") else body)
-    return parts
 
 
 def wado(url: str, auth, path: str) -> tuple[float, httpx.Response]:
@@ -130,7 +119,7 @@ def read_order(url: str, auth, ids: dict[str, str]) -> list[str]:
     _, response = wado(url, auth, f"studies/{ids['study']}")
     return [
         str(pydicom.dcmread(io.BytesIO(p), stop_before_pixels=True).SOPInstanceUID)
-        for p in multipart(response)
+        for p in multipart_parts(response)
     ]
 
 

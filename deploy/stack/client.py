@@ -144,3 +144,15 @@ def wait_for_instances(
     raise TimeoutError(
         f"study {study_instance_uid}: {seen} of {count} instances after {timeout_s:.0f} s"
     )
+
+
+def multipart_parts(response: httpx.Response) -> list[bytes]:
+    """The bodies of a multipart/related answer (a WADO-RS retrieval), in order."""
+    boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
+    parts = []
+    for chunk in response.content.split(b"--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _headers, _, body = chunk.partition(b"\r\n\r\n")
+        parts.append(body[:-2] if body.endswith(b"\r\n") else body)
+    return parts

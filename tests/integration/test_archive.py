@@ -20,7 +20,7 @@ from imgcloud.storage.keyring import KeyRing
 from imgcloud.storage.object_keys import object_key, parse_object_key
 
 from deploy.samples.studies import SampleStudy, make_study
-from deploy.stack.client import StackClient, find_study
+from deploy.stack.client import StackClient, find_study, multipart_parts
 from deploy.stack.launcher import load_context, start_service, stop_service
 from deploy.stack.services.seaweedfs import s3_client
 from deploy.stack.settings import REPO_ROOT, StackSettings
@@ -46,17 +46,6 @@ def upload(central: httpx.Client, files: dict[str, bytes]) -> dict[str, str]:
         assert response.status_code == 200, response.text
         ids[sop_uid] = response.json()["ID"]
     return ids
-
-
-def multipart_parts(response: httpx.Response) -> list[bytes]:
-    boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
-    parts = []
-    for chunk in response.content.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _headers, _, body = chunk.partition(b"\r\n\r\n")
-        parts.append(body[:-2] if body.endswith(b"\r\n") else body)
-    return parts
 
 
 def entropy(data: bytes) -> float:

@@ -16,12 +16,12 @@ import pytest
 
 from bench.read_ahead import index_order, orthanc_order, restart_central
 from deploy.samples.studies import make_study
-from deploy.stack.client import StackClient
+from deploy.stack.client import StackClient, multipart_parts
 from deploy.stack.launcher import load_context
 from deploy.stack.services.seaweedfs import s3_client
 from deploy.stack.settings import StackSettings
 
-from .test_archive import dicom_bytes, dicom_object_key, multipart_parts, upload
+from .test_archive import dicom_bytes, dicom_object_key, upload
 
 ACCEPT = {"Accept": 'multipart/related; type="application/dicom"'}
 INSTANCES = 12

@@ -30,7 +30,7 @@ import pytest
 
 from deploy.samples import modality
 from deploy.samples.studies import SampleStudy, make_study
-from deploy.stack.client import StackClient, find_study, wait_for_instances
+from deploy.stack.client import StackClient, find_study, multipart_parts, wait_for_instances
 from deploy.stack.launcher import down, load_context, up
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
@@ -127,17 +127,6 @@ def wait_delivered(edge: httpx.Client, study_instance_uid: str, timeout_s: float
             return
         time.sleep(0.5)
     raise TimeoutError(f"study {study_instance_uid} at the edge: {state} after {timeout_s} s")
-
-
-def multipart_parts(response: httpx.Response) -> list[bytes]:
-    boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
-    parts = []
-    for chunk in response.content.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _headers, _, body = chunk.partition(b"\r\n\r\n")
-        parts.append(body[:-2] if body.endswith(b"\r\n") else body)
-    return parts
 
 
 def send_as_1_10_stack_wants(
