@@ -1,6 +1,7 @@
-"""Orthanc glue for a hospital edge: compress on arrival, forward stable studies to central
-through a durable queue, confirm every instance by SHA-256, report status; fetch studies
-back from the cloud, collect pushes from other hospitals, pull from the hospital PACS.
+"""Orthanc glue for a hospital edge: forward studies to central through a durable queue,
+compressed losslessly on the way (not in the modality's C-STORE: no callback of ours runs
+there), confirm every instance by SHA-256, report status; fetch studies back from the
+cloud, collect pushes from other hospitals, pull from the hospital PACS.
 
 The only edge module that imports `orthanc` (with glue_common). It registers Orthanc's
 callbacks and translates them; the edge itself is imgcloud.edge_app.EdgeApp, its REST
@@ -21,18 +22,11 @@ STORAGE, ARCHIVE = glue_common.register_storage("edge", SETTINGS.storage)
 
 
 def _transcode(dicom: bytes, transfer_syntax: str) -> bytes:
+    """DCMTK, for the policies other than JPEG-LS (imgcloud.edge_app.EdgeApp.encode)."""
     return orthanc.TranscodeDicomInstance(dicom, transfer_syntax).SerializeDicomInstance()
 
 
 APP = EdgeApp(SETTINGS, ARCHIVE, STORAGE, glue_common.in_process_transport(), _transcode)
-
-
-def _on_received(dicom, origin):
-    """Compress every instance losslessly on arrival, before it is stored or forwarded."""
-    compressed = APP.compressed(bytes(dicom))
-    if compressed is None:
-        return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
-    return orthanc.ReceivedInstanceAction.MODIFY, compressed
 
 
 def _on_change(change_type, level, resource_id):
@@ -83,7 +77,6 @@ def _http_filter(uri, **request):
 
 
 orthanc.RegisterIncomingHttpRequestFilter(_http_filter)
-orthanc.RegisterReceivedInstanceCallback(_on_received)
 orthanc.RegisterFindCallback(_on_find)
 orthanc.RegisterMoveCallback(_on_move)
 orthanc.RegisterOnChangeCallback(_on_change)

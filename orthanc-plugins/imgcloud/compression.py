@@ -53,74 +53,14 @@ class CompressionPolicy:
         return self.target
 
 
-@dataclass(frozen=True)
-class PixelModule:
-    """What decides whether an instance may be handed to the transcoder at all."""
-
-    transfer_syntax: str
-    signed: bool
-    bits_allocated: int
-    bits_stored: int
-    rows: int
-    columns: int
-
-
-PIXEL_TAGS = ["PixelRepresentation", "BitsAllocated", "BitsStored", "Rows", "Columns"]
-
-
-def pixel_module_of(dicom: bytes) -> PixelModule | None:
-    """The transfer syntax and pixel description, parsed without the pixel data; None if
-    the file is not DICOM or has no transfer syntax."""
+def transfer_syntax_of(dicom: bytes) -> str | None:
+    """Transfer syntax from the file meta information; None if the file is not DICOM."""
     try:
-        ds = dcmread(io.BytesIO(dicom), stop_before_pixels=True, specific_tags=PIXEL_TAGS)
+        ds = dcmread(io.BytesIO(dicom), stop_before_pixels=True, specific_tags=[])
     except (InvalidDicomError, EOFError, ValueError, OSError):
         return None
     uid = getattr(ds.file_meta, "TransferSyntaxUID", None)
-    if not uid:
-        return None
-
-    def number(name: str) -> int:
-        try:
-            return int(ds.get(name, 0) or 0)
-        except (TypeError, ValueError):
-            return 0
-
-    return PixelModule(
-        str(uid),
-        number("PixelRepresentation") == 1,
-        number("BitsAllocated"),
-        number("BitsStored"),
-        number("Rows"),
-        number("Columns"),
-    )
-
-
-def transfer_syntax_of(dicom: bytes) -> str | None:
-    """Transfer syntax from the file meta information."""
-    module = pixel_module_of(dicom)
-    return module.transfer_syntax if module else None
-
-
-JPEG_LS_LOSSLESS = POLICIES["jpeg-ls-lossless"]
-# Below this many rows or columns a lossless codec gains nothing.
-SMALLEST_SIDE = 16
-
-
-def unsafe_for_transcoder(module: PixelModule, target: str) -> str | None:
-    """Why this instance must not reach Orthanc's DCMTK transcoder for `target`, or None.
-
-    DCMTK 3.6.9's JPEG-LS encoder (its bundled CharLS, in Orthanc 1.12.7) fails an
-    assertion and aborts the whole Orthanc on signed pixels with fewer bits stored than
-    allocated, as many CT scanners send them (12 of 16 bits), and on tiny images
-    (bench.codecs, 2026-12-07): an abort is not an exception the edge could catch, so such
-    instances are kept as received."""
-    if target != JPEG_LS_LOSSLESS:
-        return None
-    if module.signed and module.bits_stored < module.bits_allocated:
-        return f"signed {module.bits_stored} of {module.bits_allocated} bits"
-    if min(module.rows, module.columns) < SMALLEST_SIDE:
-        return f"{module.rows}x{module.columns} pixels"
-    return None
+    return str(uid) if uid else None
 
 
 def has_pixel_data(dicom: bytes) -> bool:
@@ -133,17 +73,13 @@ def compress(
 ) -> bytes | None:
     """The compressed instance, or None to keep it as received.
 
-    A transcoder failure (unsupported bit depth, photometric interpretation...) keeps the
-    original: an instance is never lost because it could not be compressed.
+    `transcode(dicom, target)` is the encoder for the target syntax (imgcloud.edge_app
+    picks it). A failure (unsupported bit depth, photometric interpretation, a codec crash)
+    keeps the original: an instance is never lost because it could not be compressed.
     """
-    module = pixel_module_of(dicom)
-    syntax = module.transfer_syntax if module else None
-    target = policy.plan(syntax) if module and syntax else None
-    if module is None or target is None or not has_pixel_data(dicom):
-        return None
-    unsafe = unsafe_for_transcoder(module, target)
-    if unsafe is not None:
-        log.warning("kept as received (%s to %s would abort DCMTK): %s", syntax, target, unsafe)
+    syntax = transfer_syntax_of(dicom)
+    target = policy.plan(syntax) if syntax else None
+    if target is None or not has_pixel_data(dicom):
         return None
     try:
         out = transcode(dicom, target)

@@ -9,7 +9,8 @@ bounded number of rounds.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,6 +56,20 @@ class StudyDelivery:
     # Instances read for hashing are kept for sending, up to this many bytes per round
     # (a compressed CT is ~40 MB); beyond it they are read again when sent.
     keep_bytes: int = 256 * 1024 * 1024
+    readers: int = 1  # instances read (and so compressed) at the same time
+
+    def _read_all(self, unread: list[tuple[str, str]]) -> Iterator[bytes]:
+        """Each instance's bytes, in order, `readers` at a time: reading may compress
+        (imgcloud.edge_app), which then runs on every core. At most twice `readers`
+        instances are read ahead of the hashing."""
+        ids = [instance_id for instance_id, _ in unread]
+        if self.readers <= 1 or len(ids) <= 1:
+            yield from map(self.read_instance, ids)
+            return
+        window = 2 * self.readers
+        with ThreadPoolExecutor(self.readers, thread_name_prefix="imgcloud-read") as pool:
+            for start in range(0, len(ids), window):
+                yield from pool.map(self.read_instance, ids[start : start + window])
 
     def deliver(self, study_id: str) -> tuple[int, int]:
         """Send and confirm what the edge holds of a study; returns (instances, bytes sent).
@@ -70,6 +85,7 @@ class StudyDelivery:
         by_sop: dict[str, str] = {}
         kept: dict[str, bytes] = {}
         fresh: list[tuple[str, str, str]] = []
+        unread: list[tuple[str, str]] = []
         held = 0
         for instance_id, sop_uid in instances:
             by_sop[sop_uid] = instance_id
@@ -78,7 +94,8 @@ class StudyDelivery:
                 if not entry[2]:
                     todo[sop_uid] = entry[1]
                 continue
-            data = self.read_instance(instance_id)
+            unread.append((instance_id, sop_uid))
+        for (instance_id, sop_uid), data in zip(unread, self._read_all(unread), strict=True):
             todo[sop_uid] = hashlib.sha256(data).hexdigest()
             fresh.append((instance_id, sop_uid, todo[sop_uid]))
             if held + len(data) <= self.keep_bytes:

@@ -1,9 +1,11 @@
-"""A hospital edge, assembled: compression on arrival, the durable forwarding queue to
-central with SHA-256 confirmation, study records for the indexer, retrieval and pushes,
-and the audited C-FIND / C-MOVE SCP.
+"""A hospital edge, assembled: compression before forwarding (worker processes, outside
+the modality's C-STORE), the durable forwarding queue to central with SHA-256
+confirmation, study records for the indexer, retrieval and pushes, and the audited
+C-FIND / C-MOVE SCP.
 
 Plain Python: edge_plugin.py builds one EdgeApp with the few Orthanc calls it needs
-(the in-process REST transport, transcoding) and passes Orthanc's callbacks to it.
+(the in-process REST transport, DCMTK transcoding for the non-JPEG-LS policies) and passes
+Orthanc's callbacks to it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from . import __version__
 from .bandwidth import RateLimiter, mbps_to_bytes_per_s
 from .central_api import CentralApi
 from .compression import compress
+from .compression_pool import JPEG_LS_LOSSLESS, CompressionPool, default_workers
 from .delivery import StudyDelivery
 from .dicom_audit import AuditOutbox, AuditSender
 from .dicom_scp import DicomScp
@@ -53,6 +56,7 @@ class EdgeApp:
         self.storage = storage
         self.institution = str(settings.plugin.institution)
         self.transcode = transcode
+        self.pool = CompressionPool(settings.compression_workers or default_workers())
         data = settings.data_dir
         self.rules = RulesStore(data / "edge-rules.json", settings.compression.name)
         # The plugin's threads call this Orthanc's REST API in-process through the SDK
@@ -83,10 +87,11 @@ class EdgeApp:
         self.queue = ForwardQueue(settings.queue_file, retry_max_s=retry_max_s)
         self.delivery = StudyDelivery(
             self.local.list_instances,
-            self.local.read_instance,
+            self.read_for_forwarding,
             self.send,
             self.central.verify,
             cache=self.queue,
+            readers=self.pool.workers + 1,  # one more: each read also waits for Orthanc
         )
         self.sender: RecordSender | None = None
         if credentials is not None and settings.indexer is not None:
@@ -123,14 +128,37 @@ class EdgeApp:
             query_retrieve_aets=settings.plugin.query_retrieve_aets,
         )
 
+    def encode(self, dicom: bytes, target: str) -> bytes:
+        """JPEG-LS in the worker processes (CharLS), the other policies by Orthanc's DCMTK
+        in this thread."""
+        if target == JPEG_LS_LOSSLESS:
+            return self.pool.jpeg_ls(dicom)
+        return self.transcode(dicom, target)
+
     def compressed(self, dicom: bytes) -> bytes | None:
         """The instance compressed losslessly as the rules say, None to keep it as is."""
-        return compress(dicom, self.rules.current.compression_policy, self.transcode)
+        return compress(dicom, self.rules.current.compression_policy, self.encode)
+
+    def read_for_forwarding(self, instance_id: str) -> bytes:
+        """The instance as it goes to central: the modality's C-STORE stored it as
+        received; the first read for forwarding compresses it and replaces the local copy
+        with the compressed one (Orthanc's OverwriteInstances; same instance, same IDs).
+
+        Crash-safe by order: the received copy stays until the compressed one is stored,
+        and what central is sent is only ever what the edge holds. Every read to forward
+        comes here, so nothing the rules say to compress leaves uncompressed, except an
+        instance the codec refuses (kept and sent as received, logged)."""
+        data = self.local.read_instance(instance_id)
+        compressed = self.compressed(data)
+        if compressed is None:
+            return data
+        self.local.store(compressed)
+        return compressed
 
     def send_one(self, item: tuple[str, bytes | None]) -> int:
         instance_id, data = item
         if data is None:
-            data = self.local.read_instance(instance_id)
+            data = self.read_for_forwarding(instance_id)
         self.limiter.acquire(len(data))
         self.central.store(data)
         return len(data)
@@ -182,7 +210,9 @@ class EdgeApp:
     def stop(self, join_s: float = 5.0) -> bool:
         """Tell every worker to stop, then wait for them all against one deadline: Orthanc's
         shutdown waits `join_s` at most, not that for each worker. False if any still runs."""
-        return stop_all(self._background(), join_s)
+        stopped = stop_all(self._background(), join_s)
+        self.pool.close()
+        return stopped
 
     def status(self) -> dict[str, Any]:
         current = self.rules.current

@@ -13,6 +13,10 @@ class ForwardingError(PluginError):
     """A study could not be sent to the central archive (the attempt will be retried)."""
 
 
+class CompressionError(PluginError):
+    """An instance could not be compressed (it is forwarded and kept as received)."""
+
+
 class ServiceCallError(PluginError):
     """A call to central or to this edge's own Orthanc failed or was refused.
 

@@ -85,6 +85,8 @@ class _Python(_Section):
 
 class _EdgeSection(_Section):
     compression: str = Field("jpeg-ls-lossless", alias="Compression")
+    # encoder processes (imgcloud.compression_pool); 0: one per core this Orthanc may use
+    compression_workers: int = Field(0, alias="CompressionWorkers", ge=0, le=64)
     indexer: Any = Field(None, alias="Indexer")
 
 
@@ -93,6 +95,7 @@ class _EdgeOrthanc(_Section):
 
     python: _Python = Field(_Python.model_validate({}), alias="Python")
     dicom_aet: str = Field("ORTHANC", alias="DicomAet")
+    overwrite_instances: bool = Field(False, alias="OverwriteInstances")
     https_ca: str | None = Field(None, alias="HttpsCACertificates")
     dicom_modalities: dict[str, Any] = Field(default_factory=dict, alias="DicomModalities")
     limit_find_results: int | None = Field(None, alias="LimitFindResults", ge=0)
@@ -107,6 +110,7 @@ class EdgeSettings(BaseModel):
     plugin: Annotated[PluginConfig, SkipValidation]
     storage: Annotated[StorageSettings, SkipValidation]
     compression: Annotated[CompressionPolicy, SkipValidation]
+    compression_workers: int
     peer: PeerSettings
     indexer: IndexerSettings | None
     dicom_aet: str
@@ -125,6 +129,12 @@ class EdgeSettings(BaseModel):
             raise ConfigurationError(
                 "Python.AllowThreads: must be true (the plugin's worker threads call Orthanc's SDK)"
             )
+        if orthanc.overwrite_instances is not True:
+            # the compressed copy replaces the one the modality sent (imgcloud.edge_app)
+            raise ConfigurationError(
+                "OverwriteInstances: must be true (the edge replaces each instance it "
+                "compresses with the compressed copy)"
+            )
         storage = storage_settings(configuration)
         if storage is None:
             raise ConfigurationError(
@@ -136,6 +146,7 @@ class EdgeSettings(BaseModel):
             plugin=plugin,
             storage=storage,
             compression=CompressionPolicy.from_name(orthanc.imaging_cloud.compression),
+            compression_workers=orthanc.imaging_cloud.compression_workers,
             peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}"),
             indexer=_indexer(orthanc.imaging_cloud.indexer),
             dicom_aet=orthanc.dicom_aet,

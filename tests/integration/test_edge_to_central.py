@@ -60,6 +60,28 @@ def test_study_reaches_central_compressed_with_identical_pixels(
         assert str(got.PatientName) == sent_study.patient.dicom_name
 
 
+def test_the_edge_keeps_the_copy_it_forwarded(stack: StackClient, sent_study) -> None:
+    """The C-STORE stored each instance as received; forwarding compressed it and replaced
+    the edge's copy with exactly the bytes central holds."""
+    uid = sent_study.exam.study_instance_uid
+    with stack.orthanc("CENTRAL_ORTHANC") as central, stack.orthanc("EDGE_A") as edge:
+        central_id = wait_for_instances(central, uid, SLICES, timeout_s=120)
+        at_central = {
+            i["MainDicomTags"]["SOPInstanceUID"]: central.get(f"/instances/{i['ID']}/file").content
+            for i in central.get(f"/studies/{central_id}/instances").json()
+        }
+        edge_id = find_study(edge, uid)
+        at_edge = {
+            i["MainDicomTags"]["SOPInstanceUID"]: edge.get(f"/instances/{i['ID']}/file").content
+            for i in edge.get(f"/studies/{edge_id}/instances").json()
+        }
+        assert len(edge.get(f"/studies/{edge_id}/instances").json()) == SLICES
+    assert at_edge == at_central
+    for raw in at_edge.values():
+        syntax = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True).file_meta
+        assert syntax.TransferSyntaxUID == JPEG_LS_LOSSLESS
+
+
 def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> None:
     with stack.orthanc("CENTRAL_ORTHANC") as central:
         wait_for_instances(central, sent_study.exam.study_instance_uid, SLICES, timeout_s=120)
@@ -195,9 +217,10 @@ def test_central_confirms_by_store_time_hash_and_discards_a_mismatch(stack: Stac
         assert again.json()["confirmed"] == [sop]
 
 
-def test_signed_12_bit_ct_is_kept_as_received_and_the_edge_stays_up(stack: StackClient) -> None:
+def test_signed_12_bit_ct_is_compressed_and_the_edge_stays_up(stack: StackClient) -> None:
     """CT as many scanners send it (signed, 12 of 16 bits) made DCMTK's JPEG-LS encoder abort
-    the edge's Orthanc (bench.codecs): it now reaches central as received, pixels intact."""
+    the edge's Orthanc (bench.codecs); CharLS in the edge's encoder processes takes it, and
+    it reaches central compressed, pixels intact."""
     study = make_study(
         fresh_seed(), "CT", instances=2, institution_code=stack["EDGE_A_INSTITUTION"]
     )
@@ -219,7 +242,7 @@ def test_signed_12_bit_ct_is_kept_as_received_and_the_edge_stays_up(stack: Stack
             received[ds.SOPInstanceUID] = ds
     for original in sent:
         got = received[original.SOPInstanceUID]
-        assert got.file_meta.TransferSyntaxUID != JPEG_LS_LOSSLESS
+        assert got.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS
         assert np.array_equal(got.pixel_array, original.pixel_array)
     with stack.orthanc("EDGE_A") as edge_a:
         assert edge_a.get("/system").status_code == 200  # the same Orthanc, still up

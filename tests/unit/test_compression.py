@@ -1,5 +1,4 @@
 import io
-from collections.abc import Callable
 
 import pytest
 from imgcloud.compression import (
@@ -103,49 +102,3 @@ def test_helpers(ct: Dataset) -> None:
     assert has_pixel_data(raw)
     del ct.PixelData
     assert not has_pixel_data(encoded(ct))
-
-
-def recording(calls: list[str]) -> Callable[[bytes, str], bytes]:
-    """A transcoder that records its target and returns an empty file."""
-
-    def transcode(_dicom: bytes, target: str) -> bytes:
-        calls.append(target)
-        return b""
-
-    return transcode
-
-
-def transcoder_must_not_run(_dicom: bytes, _target: str) -> bytes:
-    raise AssertionError("the transcoder was called")
-
-
-def test_signed_pixels_with_fewer_bits_stored_never_reach_dcmtk_jpeg_ls(ct: Dataset) -> None:
-    """DCMTK 3.6.9's JPEG-LS encoder aborts Orthanc on signed 12-of-16-bit CT (bench.codecs):
-    such an instance is kept as received, never transcoded."""
-    ct.PixelRepresentation = 1
-    ct.BitsStored, ct.HighBit = 12, 11
-    ct.PixelData = bytes(len(ct.PixelData))
-    dicom = encoded(ct)
-    jpeg_ls = CompressionPolicy.from_name("jpeg-ls-lossless")
-    assert compress(dicom, jpeg_ls, transcoder_must_not_run) is None
-    # the same pixels, 16 of 16 bits stored, are transcoded
-    ct.BitsStored, ct.HighBit = 16, 15
-    calls: list[str] = []
-    compress(encoded(ct), jpeg_ls, recording(calls))
-    assert calls == [JPEG_LS]
-
-
-def test_tiny_images_never_reach_dcmtk_jpeg_ls(ct: Dataset) -> None:
-    ct.Rows, ct.Columns = 3, 3
-    ct.PixelData = bytes(3 * 3 * 2)
-    policy = CompressionPolicy.from_name("jpeg-ls-lossless")
-    assert compress(encoded(ct), policy, transcoder_must_not_run) is None
-
-
-def test_other_codecs_still_take_signed_12_bit(ct: Dataset) -> None:
-    ct.PixelRepresentation = 1
-    ct.BitsStored, ct.HighBit = 12, 11
-    calls: list[str] = []
-    policy = CompressionPolicy.from_name("jpeg-lossless")
-    compress(encoded(ct), policy, recording(calls))
-    assert calls == ["1.2.840.10008.1.2.4.70"]

@@ -27,6 +27,7 @@ def edge_configuration(tmp_path: Path, **section: Any) -> dict[str, Any]:
     write_key_ring(KeyRing.generate("k1"), ring)
     return {
         "Python": {"AllowThreads": True},
+        "OverwriteInstances": True,
         "DicomAet": "EDGE_A",
         **{
             f"DicomAlwaysAllow{op}": False
@@ -58,12 +59,14 @@ def test_settings_hold_what_the_edge_reads(tmp_path: Path) -> None:
     assert (settings.dicom_aet, settings.ca_bundle, settings.indexer) == ("EDGE_A", True, None)
     assert settings.compression.name == "jpeg-ls-lossless"
     assert settings.queue_file == tmp_path / "queue.sqlite"
+    assert settings.compression_workers == 0  # one per core
 
 
 @pytest.mark.parametrize(
     ("change", "setting"),
     [
         ({"Python": {}}, "Python.AllowThreads"),
+        ({"OverwriteInstances": False}, "OverwriteInstances"),
         ({"OrthancPeers": {"central": {"Username": "u"}}}, "OrthancPeers.central.Url"),
         ({"LimitFindResults": -1}, "LimitFindResults"),
     ],

@@ -219,6 +219,31 @@ def test_large_studies_are_not_held_in_memory() -> None:
     assert held[:3] == [True, False, False]
 
 
+def test_instances_are_read_several_at_a_time_and_hashed_in_order() -> None:
+    """Reading may compress (the edge's encoder processes): `readers` reads run at once,
+    and each hash still belongs to its own instance."""
+    central, delivery = fake_central()
+    delivery.readers = 3
+    files = {"i1": b"one", "i2": b"two", "i3": b"three"}
+    inside = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    all_in = threading.Barrier(3, timeout=10)  # fails unless three reads overlap
+
+    def slow_read(iid: str) -> bytes:
+        with lock:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+        all_in.wait()
+        with lock:
+            inside["now"] -= 1
+        return files[iid]
+
+    delivery.read_instance = slow_read
+    assert delivery.deliver("study") == (3, 3 + 3 + 5 + 3)
+    assert inside["most"] == 3
+    assert central == {"1.1": b"one", "1.2": b"two", "1.3": b"three"}
+
+
 def test_streamed_study_is_hashed_once_and_only_new_instances_go(
     queue: ForwardQueue,
 ) -> None:

@@ -1,0 +1,126 @@
+"""JPEG-LS lossless encoding in worker processes, outside the modality's C-STORE.
+
+CharLS through pydicom's pyjpegls plugin: the same bytes as DCMTK's JPEG-LS, 1.05-1.77x
+faster per instance (bench/codecs.py, docs/edge.md), and every pixel back on each generator
+modality and on pydicom's own files (tests/unit/test_codec_roundtrip.py). It also encodes
+what DCMTK 3.6.9's encoder aborts Orthanc on (signed pixels with fewer bits stored than
+allocated, tiny images).
+
+Why processes and not the plugin's threads: pyjpegls holds the GIL while it encodes, so in
+threads it would serialise on one core and hold up every other Python callback of the
+edge. The workers are spawned (never forked: Orthanc is multithreaded) with the plugin's
+own interpreter and PYTHONPATH, and run at a lower CPU priority than Orthanc, so receiving
+from a modality comes first. A worker that dies (a codec crash) breaks only the instance
+it had: the pool is rebuilt and that instance is kept as received.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import CompressionError
+
+T = TypeVar("T")
+
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+ENCODE_TIMEOUT_S = 120.0  # one instance; a multi-frame of hundreds of MB stays well below
+WORKER_NICE = 10
+
+
+def encode_jpeg_ls(dicom: bytes) -> bytes:
+    """Runs in a worker: the instance re-encoded as JPEG-LS lossless, its identity kept
+    (pydicom makes a new SOP Instance UID by default, which would break exactly-once
+    delivery). Raises whatever pydicom or the codec raise."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(dicom))
+    ds.compress(JPEG_LS_LOSSLESS, encoding_plugin="pyjpegls", generate_instance_uid=False)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _lower_priority() -> None:
+    os.nice(WORKER_NICE)
+
+
+def interpreter() -> str:
+    """The Python the workers run: the plugin's own. Inside Orthanc sys.executable is
+    Orthanc or empty; the interpreter of the same version under sys.base_prefix is the one
+    the plugin embeds (its C extensions, numpy's among them, must match)."""
+    if Path(sys.executable).name.startswith("python"):
+        return sys.executable
+    major, minor = sys.version_info[:2]
+    return str(Path(sys.base_prefix) / "bin" / f"python{major}.{minor}")
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class CompressionPool:
+    """A pool of `workers` encoder processes, started at the first instance."""
+
+    def __init__(self, workers: int, timeout_s: float = ENCODE_TIMEOUT_S) -> None:
+        if workers < 1:
+            raise ValueError("a compression pool needs at least one worker")
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                context.set_executable(interpreter())
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=context, initializer=_lower_priority
+                )
+            return self._pool
+
+    def _discard(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = None
+        # shutdown() does not stop a worker stuck in the codec; Python 3.14's
+        # terminate_workers() would, 3.13 (Debian 13's) has only the private map
+        for process in list(getattr(broken, "_processes", {}).values()):
+            process.terminate()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def jpeg_ls(self, dicom: bytes) -> bytes:
+        """The instance as JPEG-LS lossless; CompressionError if it could not be encoded
+        (the caller keeps it as received)."""
+        return self.call(encode_jpeg_ls, dicom)
+
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        """fn(*args) in a worker (fn and its arguments picklable); CompressionError if it
+        raised, its worker died, or it took longer than the timeout."""
+        pool = self._executor()
+        try:
+            return pool.submit(fn, *args).result(timeout=self.timeout_s)
+        except BrokenProcessPool as exc:
+            self._discard(pool)
+            raise CompressionError(f"the encoder process died: {exc}") from exc
+        except TimeoutError as exc:
+            # the worker may be stuck in the codec: only a new pool frees its slot
+            self._discard(pool)
+            raise CompressionError(f"no result within {self.timeout_s:.0f} s") from exc
+        except Exception as exc:
+            raise CompressionError(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

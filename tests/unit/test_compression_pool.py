@@ -1,0 +1,101 @@
+"""The edge's encoder processes: real worker processes, real CharLS (pyjpegls)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+from imgcloud.compression import CompressionPolicy, compress
+from imgcloud.compression_pool import JPEG_LS_LOSSLESS, CompressionPool, interpreter
+from imgcloud.errors import CompressionError
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from deploy.samples.studies import make_study
+
+pytest.importorskip("jpeg_ls", reason="pyjpegls (CharLS) is not installed")
+
+
+def encoded(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = CompressionPool(2, timeout_s=60)
+    yield pool
+    pool.close()
+
+
+def signed_12_bit_ct() -> Dataset:
+    """CT as many scanners send it: signed, 12 of 16 bits (DCMTK's encoder aborts on it)."""
+    ds = next(make_study(31, "CT", instances=1).instances())
+    ds.PixelRepresentation = 1
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.RescaleIntercept = 0
+    hu = ds.pixel_array.astype(np.int32) - 1024
+    ds.PixelData = np.clip(hu, -2048, 2047).astype(np.int16).tobytes()
+    return ds
+
+
+def test_signed_12_bit_ct_is_compressed_and_every_pixel_comes_back(pool) -> None:
+    original = signed_12_bit_ct()
+    out = pool.jpeg_ls(encoded(original))
+    got = dcmread(io.BytesIO(out))
+    assert got.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS
+    assert got.SOPInstanceUID == original.SOPInstanceUID  # identity kept
+    assert len(out) * 2 < len(encoded(original))
+    assert np.array_equal(got.pixel_array, original.pixel_array)
+
+
+def test_the_policy_sends_jpeg_ls_through_the_pool(pool) -> None:
+    ds = next(make_study(32, "MR", instances=1).instances())
+    policy = CompressionPolicy.from_name("jpeg-ls-lossless")
+    out = compress(encoded(ds), policy, lambda dicom, _target: pool.jpeg_ls(dicom))
+    assert out is not None
+    assert np.array_equal(dcmread(io.BytesIO(out)).pixel_array, ds.pixel_array)
+
+
+def test_what_the_codec_refuses_is_an_error_the_caller_keeps_as_received(pool) -> None:
+    with pytest.raises(CompressionError):
+        pool.jpeg_ls(b"not dicom at all")
+    policy = CompressionPolicy.from_name("jpeg-ls-lossless")
+    ds = next(make_study(33, "DX", instances=1).instances())
+    ds.BitsAllocated = ds.BitsStored = 32  # CharLS encodes at most 16 bits
+    ds.HighBit = 31
+    ds.PixelData = bytes(ds.Rows * ds.Columns * 4)
+    assert compress(encoded(ds), policy, lambda dicom, _t: pool.jpeg_ls(dicom)) is None
+
+
+def test_a_worker_that_dies_fails_its_instance_only_and_the_pool_recovers(pool) -> None:
+    with pytest.raises(CompressionError, match="died"):
+        pool.call(os._exit, 3)
+    ds = next(make_study(34, "CT", instances=1).instances())
+    assert dcmread(io.BytesIO(pool.jpeg_ls(encoded(ds)))).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a_stuck_worker_times_out_and_is_replaced() -> None:
+    pool = CompressionPool(1, timeout_s=1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CompressionError, match="within"):
+            pool.call(time.sleep, 30)
+        assert time.monotonic() - started < 20
+        assert pool.call(sum, [1, 2, 3]) == 6  # a new worker, not the stuck one
+    finally:
+        pool.close()
+
+
+def test_workers_run_the_plugins_interpreter_at_lower_priority(pool) -> None:
+    assert os.path.exists(interpreter())
+    assert pool.call(os.nice, 0) >= os.nice(0) + 10
+
+
+def test_a_pool_needs_a_worker() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        CompressionPool(0)
