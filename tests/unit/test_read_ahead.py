@@ -16,7 +16,7 @@ from imgcloud.errors import ConfigurationError, IntegrityError, ObjectNotFound, 
 from imgcloud.plugin_settings import CentralSettings
 from imgcloud.storage.archive import EncryptedArchive, KeyRingSource
 from imgcloud.storage.backends import StoredObject
-from imgcloud.storage.envelope import Algorithm
+from imgcloud.storage.envelope import Algorithm, key_id_of, rewrap
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 from imgcloud.storage.object_keys import object_key
 from imgcloud.storage.read_ahead import ReadAhead, ReadAheadSettings, ReadAheadStore
@@ -276,6 +276,92 @@ def test_ciphertext_fetched_before_a_rotation_opens_with_the_ring_of_the_read(
     assert archive.keys.get(force=True).current_id == "k2"
     for u in uuids[1:]:
         assert archive.read(u, 1) == plain[u]
+
+
+def rewrap_and_retire_k1(archive: EncryptedArchive, store: MemoryStore, ring_path: Path) -> None:
+    """What the storage CLI does while the archive serves: k2 added and made current, every
+    object in the store re-headed under k2 (one PUT each, straight to the store), k1
+    retired from the ring file."""
+    ring = KeyRing.from_file(ring_path, "ring").with_key("k2").promoted("k2")
+    write_key_ring(ring, ring_path)
+    for key, blob in list(store.objects.items()):
+        moved = rewrap(blob, object_key=key, ring=ring)
+        assert moved is not None
+        store.put(key, moved)
+    write_key_ring(ring.without("k1"), ring_path)
+    assert archive.keys.get(force=True).key_ids == ("k2",)
+
+
+def test_a_copy_fetched_ahead_of_a_rewrap_and_retire_is_read_again(tmp_path: Path) -> None:
+    """The cached ciphertext names k1, which the ring no longer holds once it is retired:
+    served from the cache, the read would fail; it does its own GET of the rewrapped
+    object instead."""
+
+    def order_of(study: str, series: str | None) -> list[list[str]]:
+        return [[f"i{n}" for n in range(6)]]
+
+    ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, order_of)
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3")
+    assert archive.read(uuids[0], 1) == plain[uuids[0]]
+    settle(ahead.store)
+    cached = {k: e.future.result() for k, e in ahead.store._entries.items()}
+    assert len(cached) == 5 and {key_id_of(b, k) for k, b in cached.items()} == {"k1"}
+    rewrap_and_retire_k1(archive, store, tmp_path / "ring.json")
+    for u in uuids[1:]:
+        assert archive.read(u, 1) == plain[u]
+    key = object_key("", uuids[1], 1)
+    assert store.gets[key] == 2  # the prefetch, then the read's own GET
+    stats = ahead.stats()
+    assert stats["refetched"] == 5 and stats["hits"] + stats["waited"] == 0
+    ahead.close()
+
+
+def test_without_the_ring_check_the_cached_copy_fails_the_read(sealed, tmp_path: Path) -> None:
+    """The failure the check prevents: a read-ahead store not told about the ring serves
+    the pre-rewrap copy, and the archive cannot open it."""
+    archive, store, uuids, plain = sealed
+    assert archive.read(uuids[0], 1) == plain[uuids[0]]
+    settle(archive.store)
+    rewrap_and_retire_k1(archive, store, tmp_path / "ring.json")
+    with pytest.raises(IntegrityError, match="'k1', which is not in the key ring"):
+        archive.read(uuids[1], 1)
+
+
+def test_copies_under_a_key_still_in_the_ring_are_served(tmp_path: Path) -> None:
+    """k2 made current and the objects rewrapped, k1 not retired yet: the cached copies
+    under k1 still open, so they are served without a second GET."""
+
+    def order_of(study: str, series: str | None) -> list[list[str]]:
+        return [[f"i{n}" for n in range(6)]]
+
+    ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, order_of)
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3")
+    archive.read(uuids[0], 1)
+    settle(ahead.store)
+    ring_path = tmp_path / "ring.json"
+    write_key_ring(KeyRing.from_file(ring_path, "ring").with_key("k2").promoted("k2"), ring_path)
+    for u in uuids[1:]:
+        assert archive.read(u, 1) == plain[u]
+    assert set(store.gets.values()) == {1}
+    assert ahead.stats()["refetched"] == 0 and ahead.stats()["hits"] == 5
+    ahead.close()
+
+
+def test_a_cached_copy_with_a_broken_header_is_read_again(tmp_path: Path) -> None:
+    def order_of(study: str, series: str | None) -> list[list[str]]:
+        return [[f"i{n}" for n in range(6)]]
+
+    ahead, archive, store, uuids, plain = wado_read_ahead(tmp_path, order_of)
+    ahead.retrieval(1, "/dicom-web/studies/1.2.3")
+    key = object_key("", uuids[1], 1)
+    good = store.objects[key]
+    store.objects[key] = b"XYZ" + good[3:]  # the prefetch gets a copy without the magic
+    archive.read(uuids[0], 1)
+    settle(ahead.store)
+    store.objects[key] = good
+    assert archive.read(uuids[1], 1) == plain[uuids[1]]
+    assert store.gets[key] == 2 and ahead.stats()["refetched"] == 1
+    ahead.close()
 
 
 CENTRAL = {

@@ -13,6 +13,9 @@ next few of its series concurrently into a small cache of CIPHERTEXT. The later 
 its entry out and only decrypts it: EncryptedArchive.read still opens (verifies the GCM tag
 of) every object before any byte of it is served, with the key ring current at read time,
 and a tampered object still fails alone. Orthanc's plaintext cache stays off (docs/archive.md).
+An entry is served only if its header names a key the ring holds at that moment: one
+fetched before a `rewrap` replaced the object and a `retire` then dropped its old key would
+no longer open, so the read does its own GET of the object as it is now.
 
 Bounds: `max_bytes` of ciphertext held or in flight (reserved from the index's size before
 a GET starts), `workers` threads, `depth` objects ahead of the read, entries dropped unread
@@ -33,11 +36,13 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ..errors import IntegrityError
 from .backends import ObjectStore, StoredObject
+from .envelope import key_id_of
 from .object_keys import object_key, parse_object_key
 
 if TYPE_CHECKING:
-    from .archive import EncryptedArchive
+    from .archive import EncryptedArchive, KeyRingSource
 
 DICOM_FILE = 1  # Orthanc's attachment type of the DICOM file
 ENVELOPE_SLACK = 1024  # the envelope's header and tag over the plaintext size, generously
@@ -78,6 +83,7 @@ class _Stats:
     announced: int = 0  # WADO-RS retrievals whose listings were looked up
     lookup_errors: int = 0  # listings that could not be read (no read-ahead then)
     skipped_full: int = 0  # prefetches not started: the byte bound was reached
+    refetched: int = 0  # entries sealed under a key the ring no longer holds: GET again
 
 
 class ReadAheadStore:
@@ -89,11 +95,14 @@ class ReadAheadStore:
         settings: ReadAheadSettings,
         prefix: str = "",
         clock: Callable[[], float] = time.monotonic,
+        servable: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.prefix = prefix
         self._clock = clock
+        # (key, fetched ciphertext) -> may it be served? None: every entry may
+        self._servable = servable
         # reentrant: a future already done runs its callback (which locks) in add_done_callback
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -118,8 +127,11 @@ class ReadAheadStore:
                 entry.future.cancel()
                 self._count("failed")
             else:
-                self._count("waited" if waited else "hits")
-                return blob
+                if self._servable is None or self._servable(key, blob):
+                    self._count("waited" if waited else "hits")
+                    return blob
+                self._count("refetched")
+                return self.store.get(key)  # the object as it is now, not the cached copy
         self._count("misses")
         return self.store.get(key)
 
@@ -297,6 +309,19 @@ class AttachmentIndex:
         return {str(i): (str(u), int(size)) for i, u, size in rows}
 
 
+def sealed_under_a_held_key(keys: KeyRingSource, key: str, blob: bytes) -> bool:
+    """Whether a fetched copy names a master key the ring holds now (the ring file looked
+    at again, so the read right after opens it with this same ring). A copy from before a
+    rewrap and a retire names the retired key: the object is read again from the store.
+    A copy whose header does not parse is read again too (the read then fails on the
+    store's own copy, as it would without read-ahead)."""
+    try:
+        key_id = key_id_of(blob, key)
+    except IntegrityError:
+        return False
+    return keys.get(force=True).get(key_id) is not None
+
+
 _UID = r"[0-9.]{1,64}"
 
 
@@ -330,7 +355,13 @@ class ReadAhead:
         self.order_of = order_of
         self.files_of = files_of
         self.settings = settings
-        self.store = ReadAheadStore(archive.store, settings, archive.prefix, clock)
+        self.store = ReadAheadStore(
+            archive.store,
+            settings,
+            archive.prefix,
+            clock,
+            servable=partial(sealed_under_a_held_key, archive.keys),
+        )
         archive.store = self.store  # EncryptedArchive.read looks its store up on every call
         root = re.escape("/" + settings.dicomweb_root.strip("/") + "/")
         # Whole-study and whole-series retrievals only: a single instance's frames,
