@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from .errors import ConfigurationError
+from .errors import CompressorUnavailable, ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def compress(
         return None
     try:
         out = transcode(dicom, target)
+    except CompressorUnavailable:
+        raise  # not this instance's fault: forwarding is retried, nothing leaves uncompressed
     except Exception as exc:
         log.warning("kept as received (%s could not transcode to %s): %s", syntax, target, exc)
         return None

@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import CompressionError
+from .errors import CompressionError, CompressorUnavailable
 
 T = TypeVar("T")
 
@@ -49,8 +49,30 @@ def encode_jpeg_ls(dicom: bytes) -> bytes:
     return out.getvalue()
 
 
-def _lower_priority() -> None:
+def _ready() -> None:
+    """Each worker's start: below Orthanc's CPU priority, so receiving comes first."""
     os.nice(WORKER_NICE)
+
+
+def _codec_version() -> str:
+    import jpeg_ls  # noqa: F401 - the import is the check
+    from pydicom.pixels.encoders import JPEGLSLosslessEncoder
+
+    if not JPEGLSLosslessEncoder.is_available:
+        raise CompressorUnavailable("pydicom has no JPEG-LS encoder (pyjpegls missing)")
+    return "ok"
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    # shutdown() does not stop a worker stuck in the codec; Python 3.14's
+    # terminate_workers() would, 3.13 (Debian 13's) has only the private map
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _WorkerDied(Exception):
+    """A worker process exited while a call was in flight (any call's, not only this)."""
 
 
 def interpreter() -> str:
@@ -70,52 +92,75 @@ def default_workers() -> int:
 class CompressionPool:
     """A pool of `workers` encoder processes, started at the first instance."""
 
-    def __init__(self, workers: int, timeout_s: float = ENCODE_TIMEOUT_S) -> None:
+    def __init__(
+        self, workers: int, timeout_s: float = ENCODE_TIMEOUT_S, python: str | None = None
+    ) -> None:
         if workers < 1:
             raise ValueError("a compression pool needs at least one worker")
         self.workers = workers
+        self.python = python or interpreter()
         self.timeout_s = timeout_s
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
-            if self._pool is None:
-                context = multiprocessing.get_context("spawn")
-                context.set_executable(interpreter())
-                self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=context, initializer=_lower_priority
-                )
-            return self._pool
+            if self._pool is not None:
+                return self._pool
+            context = multiprocessing.get_context("spawn")
+            context.set_executable(self.python)
+            pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ready)
+            try:
+                # a worker that cannot start or import the codec would otherwise turn
+                # every instance into "kept as received": forwarding waits instead
+                pool.submit(_codec_version).result(timeout=self.timeout_s)
+            except Exception as exc:
+                _stop(pool)
+                raise CompressorUnavailable(
+                    f"the encoder processes could not start ({self.python}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self._pool = pool
+            return pool
 
     def _discard(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
             if self._pool is broken:
                 self._pool = None
-        # shutdown() does not stop a worker stuck in the codec; Python 3.14's
-        # terminate_workers() would, 3.13 (Debian 13's) has only the private map
-        for process in list(getattr(broken, "_processes", {}).values()):
-            process.terminate()
-        broken.shutdown(wait=False, cancel_futures=True)
+        _stop(broken)
 
     def jpeg_ls(self, dicom: bytes) -> bytes:
-        """The instance as JPEG-LS lossless; CompressionError if it could not be encoded
-        (the caller keeps it as received)."""
+        """The instance as JPEG-LS lossless. CompressionError if this instance could not be
+        encoded (the caller keeps it as received); CompressorUnavailable if the encoder
+        processes could not run at all (forwarding is retried later)."""
         return self.call(encode_jpeg_ls, dicom)
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
-        """fn(*args) in a worker (fn and its arguments picklable); CompressionError if it
-        raised, its worker died, or it took longer than the timeout."""
+        """fn(*args) in a worker (fn and its arguments picklable). A worker's death breaks
+        every call in flight, so a call is tried once more in a new pool; dying twice, or
+        raising, or taking longer than the timeout is this call's CompressionError."""
+        try:
+            return self._once(fn, *args)
+        except _WorkerDied:
+            try:
+                return self._once(fn, *args)
+            except _WorkerDied as exc:
+                raise CompressionError(f"the encoder process died twice on it: {exc}") from exc
+
+    def _once(self, fn: Callable[..., T], *args: object) -> T:
         pool = self._executor()
         try:
-            return pool.submit(fn, *args).result(timeout=self.timeout_s)
+            future = pool.submit(fn, *args)
+            return future.result(timeout=self.timeout_s)
         except BrokenProcessPool as exc:
             self._discard(pool)
-            raise CompressionError(f"the encoder process died: {exc}") from exc
+            raise _WorkerDied(str(exc)) from exc
         except TimeoutError as exc:
             # the worker may be stuck in the codec: only a new pool frees its slot
             self._discard(pool)
             raise CompressionError(f"no result within {self.timeout_s:.0f} s") from exc
+        except RuntimeError as exc:  # submit after a concurrent close or discard
+            raise _WorkerDied(str(exc)) from exc
         except Exception as exc:
             raise CompressionError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -13,6 +13,11 @@ class ForwardingError(PluginError):
     """A study could not be sent to the central archive (the attempt will be retried)."""
 
 
+class CompressorUnavailable(ForwardingError):
+    """The edge's encoder processes cannot run: forwarding waits rather than send
+    uncompressed what the rules say to compress."""
+
+
 class CompressionError(PluginError):
     """An instance could not be compressed (it is forwarded and kept as received)."""
 

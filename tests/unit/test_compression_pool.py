@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from imgcloud.compression import CompressionPolicy, compress
 from imgcloud.compression_pool import JPEG_LS_LOSSLESS, CompressionPool, interpreter
-from imgcloud.errors import CompressionError
+from imgcloud.errors import CompressionError, CompressorUnavailable, ForwardingError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -94,6 +94,18 @@ def test_a_stuck_worker_times_out_and_is_replaced() -> None:
 def test_workers_run_the_plugins_interpreter_at_lower_priority(pool) -> None:
     assert os.path.exists(interpreter())
     assert pool.call(os.nice, 0) >= os.nice(0) + 10
+
+
+def test_encoders_that_cannot_start_hold_forwarding_back_rather_than_send_uncompressed(
+    tmp_path,
+) -> None:
+    pool = CompressionPool(1, timeout_s=30, python=str(tmp_path / "no-python"))
+    policy = CompressionPolicy.from_name("jpeg-ls-lossless")
+    ds = next(make_study(35, "CT", instances=1).instances())
+    assert issubclass(CompressorUnavailable, ForwardingError)  # the queue retries it
+    with pytest.raises(CompressorUnavailable, match="could not start"):
+        compress(encoded(ds), policy, lambda dicom, _t: pool.jpeg_ls(dicom))
+    pool.close()
 
 
 def test_a_pool_needs_a_worker() -> None:
