@@ -111,9 +111,38 @@ def test_seaweedfs_keeps_its_filer_entries_in_postgresql(tmp_path: Path) -> None
     sql = "".join((ROOT / path).read_text() for path in init)
     # the password from the environment, quoted by psql, never pasted into the SQL
     assert "\\getenv seaweedfs DB_SEAWEEDFS_PASSWORD" in sql
-    assert "CREATE ROLE seaweedfs LOGIN PASSWORD :'seaweedfs';" in sql
+    assert "ALTER ROLE seaweedfs LOGIN PASSWORD :'seaweedfs';" in sql
     assert "${DB_" not in sql
     assert "CREATE DATABASE seaweedfs OWNER seaweedfs" in sql
+
+
+def init_sql() -> str:
+    postgres = load()["services"]["postgres"]
+    init = [v.split(":")[0] for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v]
+    return "".join((ROOT / path).read_text() for path in init)
+
+
+def test_the_init_scripts_leave_each_database_to_its_own_role() -> None:
+    """The same databases, owners and grants as the native stack's provisioning: PUBLIC
+    loses CONNECT and TEMPORARY, the owner alone gets them (tests/integration/
+    test_postgres_privileges.py runs these scripts against a real PostgreSQL 15)."""
+    from deploy.stack.services.postgres import DATABASES, private_database
+
+    sql = init_sql()
+    for database, (role, _secret) in DATABASES.items():
+        assert f"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS" in sql
+        for statement in private_database(database, role):
+            text = statement.as_string().replace('"', "")  # plain names need no quotes
+            assert text + ";" in sql, (database, text)
+    created = re.findall(r"CREATE DATABASE (\w+)", sql)
+    assert sorted(created) == sorted(DATABASES)
+    # Passwords only through \getenv and :'name' (a password with a quote stays a literal).
+    assert re.findall(r"PASSWORD (\S+);", sql) == [
+        ":'central'",
+        ":'indexer'",
+        ":'keycloak'",
+        ":'seaweedfs'",
+    ]
 
 
 def test_the_bucket_fsync_rule_is_set_before_any_central_node_starts() -> None:

@@ -9,7 +9,7 @@ from typing import cast
 
 from deploy.stack import launcher
 from deploy.stack.services.base import Service
-from deploy.stack.services.postgres import Postgres
+from deploy.stack.services.postgres import DATABASES, Postgres, private_database
 
 
 class RunningService:
@@ -45,3 +45,14 @@ def test_a_running_service_that_asks_is_provisioned_again_and_others_are_left_al
 
 def test_postgres_asks_to_be_provisioned_when_found_running() -> None:
     assert Postgres.provision_when_running is True
+
+
+def test_every_database_is_taken_from_public_and_granted_to_its_role() -> None:
+    statements = [s.as_string() for s in private_database("keycloak", "keycloak")]
+    assert statements == [
+        'REVOKE ALL ON DATABASE "keycloak" FROM PUBLIC',
+        'GRANT CONNECT, TEMPORARY ON DATABASE "keycloak" TO "keycloak"',
+    ]
+    assert set(DATABASES) == {"orthanc_central", "indexer", "keycloak", "seaweedfs"}
+    odd = private_database('we"ird', "o'wner")[1].as_string()
+    assert odd == 'GRANT CONNECT, TEMPORARY ON DATABASE "we""ird" TO "o\'wner"'

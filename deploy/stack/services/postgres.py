@@ -1,5 +1,5 @@
 """PostgreSQL: one cluster for the stack, with a database each for central Orthanc, the
-indexer, Keycloak and the SeaweedFS filer."""
+indexer, Keycloak and the SeaweedFS filer, each open to its own role only."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ DATABASES = {
     "keycloak": ("keycloak", "db_keycloak"),
     "seaweedfs": ("seaweedfs", "db_seaweedfs"),  # the filer's entries (postgres2 store)
 }
+
+
+def private_database(database: str, role: str) -> list[sql.Composed]:
+    """Statements leaving `database` to `role` alone. PostgreSQL gives PUBLIC (every role,
+    present and future) CONNECT and TEMPORARY on a new database: without these the indexer's
+    role could log in to Keycloak's database, and so on. Idempotent: run at every `up`, so a
+    stack provisioned by an earlier release loses PUBLIC's grants too. The superuser (the
+    stack's own provisioning) is not bound by grants."""
+    db, owner = sql.Identifier(database), sql.Identifier(role)
+    return [
+        sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db),
+        sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, owner),
+    ]
 
 
 class Postgres(Service):
@@ -162,7 +175,7 @@ class Postgres(Service):
         self.migrate_central()
 
     def provision(self) -> None:
-        """Create each component's role and database (idempotent)."""
+        """Create each component's role and database, open to that role only (idempotent)."""
         with self._connect() as conn:
             for database, (role, secret) in DATABASES.items():
                 password = self.ctx.secrets[secret]
@@ -183,6 +196,8 @@ class Postgres(Service):
                             sql.Identifier(database), sql.Identifier(role)
                         )
                     )
+                for statement in private_database(database, role):
+                    conn.execute(statement)
 
     def migrate_central(self) -> None:
         """Central's plugin tables to the Alembic head, once, before any central Orthanc
