@@ -28,6 +28,7 @@ from .dicom_scp import DicomScp
 from .edge_rules import RulesStore
 from .forward_queue import ForwardQueue
 from .forwarding import QueueWorker
+from .in_place import InPlaceCompressor
 from .indexer_client import IndexerClient, RecordSender
 from .local_api import LocalOrthanc
 from .plugin_settings import EdgeSettings
@@ -62,6 +63,9 @@ class EdgeApp:
         # The plugin's threads call this Orthanc's REST API in-process through the SDK
         # (Python.AllowThreads releases the GIL meanwhile).
         self.local = LocalOrthanc(transport, settings.dicom_aet)
+        self.in_place = InPlaceCompressor(
+            self.local.read_instance, self.local.store, self.compressed, self.pool.workers + 1
+        )
         self.known_modalities = set(settings.dicom_modalities)
         self.rules.known_modalities = self.known_modalities
         self.limiter = RateLimiter(
@@ -140,20 +144,12 @@ class EdgeApp:
         return compress(dicom, self.rules.current.compression_policy, self.encode)
 
     def read_for_forwarding(self, instance_id: str) -> bytes:
-        """The instance as it goes to central: the modality's C-STORE stored it as
-        received; the first read for forwarding compresses it and replaces the local copy
-        with the compressed one (Orthanc's OverwriteInstances; same instance, same IDs).
-
-        Crash-safe by order: the received copy stays until the compressed one is stored,
-        and what central is sent is only ever what the edge holds. Every read to forward
-        comes here, so nothing the rules say to compress leaves uncompressed, except an
-        instance the codec refuses (kept and sent as received, logged)."""
-        data = self.local.read_instance(instance_id)
-        compressed = self.compressed(data)
-        if compressed is None:
-            return data
-        self.local.store(compressed)
-        return compressed
+        """The instance as it goes to central: compressed as the rules say. The arrival
+        usually compressed it already and replaced the local copy (imgcloud.in_place);
+        one still being compressed is waited for, one never compressed is compressed now.
+        Every read to forward comes here, so nothing the rules say to compress leaves
+        uncompressed, except an instance the codec refuses (kept and sent as received)."""
+        return self.in_place.read(instance_id)
 
     def send_one(self, item: tuple[str, bytes | None]) -> int:
         instance_id, data = item
@@ -190,7 +186,11 @@ class EdgeApp:
 
     def instance_arrived(self, instance_id: str, study_id: str) -> None:
         """Stream: the study is queued (durably) at its first instance and goes to central
-        while the modality is still sending; each arrival marks it to go again."""
+        while the modality is still sending; each arrival marks it to go again, and is
+        compressed in the background. Our own compressed copy coming back is not an
+        arrival: what forwarding hashed is what was stored."""
+        if not self.in_place.arrived(instance_id):
+            return
         self.queue.forget_instance(instance_id)
         self.queue.enqueue(study_id)
         self.worker.notify()
@@ -211,6 +211,7 @@ class EdgeApp:
         """Tell every worker to stop, then wait for them all against one deadline: Orthanc's
         shutdown waits `join_s` at most, not that for each worker. False if any still runs."""
         stopped = stop_all(self._background(), join_s)
+        self.in_place.close()
         self.pool.close()
         return stopped
 
