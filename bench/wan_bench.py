@@ -1,17 +1,27 @@
 """Edge -> central over an emulated WAN: our forwarding against plain Orthanc peer store.
 
-Two network namespaces joined by a veth pair limited with tc tbf (default 100 Mbit/s):
+Two network namespaces joined by a veth pair limited with tc tbf (default 100 Mbit/s;
+--rate-mbit 0: no tbf, the veth's own speed):
 - central side: the whole stack (PostgreSQL, SeaweedFS, central Orthanc with encrypted S3
-  storage...), a TLS endpoint on the link address in front of central's REST API, and a
-  plain Orthanc receiver for the baseline;
-- edge side: our edge Orthanc (JPEG-LS on arrival, SHA-256 confirmed, uploads over TLS)
-  and a plain Orthanc sender (no plugin, uncompressed, peer store over plain HTTP).
+  storage...), a TLS endpoint on the link address in front of central's REST API, a plain
+  Orthanc receiver for the baseline, and a discarding sink for the link probe;
+- edge side: our edge Orthanc (CharLS JPEG-LS before forwarding, SHA-256 confirmed, uploads
+  over TLS), a plain Orthanc sender (no plugin, uncompressed, peer store over plain HTTP),
+  and the modality client (dcmtk storescu) that sends into either.
 
-The same 300-slice CT goes through both, one after the other, over the same link. Printed:
-end-to-end time (C-STORE start -> all at the far end), the transfer phase alone, the link
-utilisation while sending, the edge's CPU per instance, and lossless ratios per modality.
+Layouts (--layout fair|shared|both): "fair" pins every process of the edge namespace to
+one CPU (--edge-cpu, default 0) and every process of the central namespace to the others;
+"shared" lets everything use every CPU. The modality client is on the edge's CPU: it is a
+load client that would ideally have a CPU of its own, but with two there is none to spare,
+and on central's it would take CPU from the receiving side the live run measures; both
+senders pay it alike, and its CPU is printed.
 
-    sudo .venv/bin/python -m bench.wan_bench [--rate-mbit 100] [--slices 300] [--json]
+The same CT goes through both senders, one after the other, over the same link. Printed per
+layout: C-STORE into the edge, live end-to-end (C-STORE start -> study at central), the
+backlog drain against the peer store and against the compressed-bytes floor, the link's
+utilisation while sending, and CPU per instance of every process group in each phase.
+
+    sudo .venv/bin/python -m bench.wan_bench [--rate-mbit 100[,0]] [--layout both] [--json]
 
 Needs root (namespaces) and nothing else running on the stack's ports; it starts and stops
 its own stack in var/wan-bench. This module is the orchestrator, in the root namespace; what
@@ -21,6 +31,7 @@ runs in the edge namespace is bench/wan_edge_side.py.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -29,17 +40,89 @@ import subprocess
 import sys
 from typing import Any
 
-from bench.netns import WanLink
-from bench.wan_edge_side import RECEIVER_PORT, RELAY_PORT, drive, stop_processes
-from deploy.stack.launcher import load_context, read_stack_env
+from bench.netns import WanLink, utilisation
+from bench.wan_edge_side import RECEIVER_PORT, RELAY_PORT, SINK_PORT, drive, stop_processes
+from deploy.stack.launcher import load_context, read_stack_env, services
 from deploy.stack.pki import issue_leaf
 from deploy.stack.sandbox import orthanc_command
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+CONNECTIONS = "TLS connections to central"  # counted by the relay, with the CPU figures
 
 
-def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
+def namespace_pids(ns: str) -> list[int]:
+    """Every process in network namespace `ns` (as `ip netns` names it)."""
+    inode = os.stat(f"/run/netns/{ns}").st_ino
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    out.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+    return out
+
+
+def pin(pids: list[int], cpus: set[int]) -> int:
+    """Every thread of these processes on `cpus` (threads and processes they start later
+    inherit it); returns the thread count."""
+    count = 0
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+                count += 1
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+    return count
+
+
+def layout_cpus(layout: str, edge_cpu: int) -> tuple[set[int], set[int]]:
+    """(edge side's CPUs, central side's CPUs) of a layout."""
+    if layout == "shared":
+        return set(ALL_CPUS), set(ALL_CPUS)
+    if edge_cpu not in ALL_CPUS or len(ALL_CPUS) < 2:
+        raise SystemExit(f"the fair layout needs CPU {edge_cpu} and another, have {ALL_CPUS}")
+    return {edge_cpu}, set(ALL_CPUS - {edge_cpu})
+
+
+def central_groups(ctx, relay: int, receiver: list[int], sink: int) -> dict[str, list[int]]:
+    """The central side's process groups by root PID, as the edge side prices them."""
+    groups: dict[str, list[int]] = {
+        "central Orthanc": [],
+        "PostgreSQL": [],
+        "SeaweedFS": [],
+        "other stack services": [],
+    }
+    for svc in services(ctx):
+        if (pid := svc.pid()) is None:
+            continue
+        name = svc.name
+        key = (
+            "central Orthanc"
+            if name.startswith("central")
+            else {"postgres": "PostgreSQL", "seaweedfs": "SeaweedFS"}.get(
+                name, "other stack services"
+            )
+        )
+        groups[key].append(pid)
+    return groups | {
+        "TLS relay": [relay],
+        "plain receiver (and its relay)": receiver,
+        "link sink": [sink],
+    }
+
+
+def run(
+    rates: list[int], slices: int, seed: int, layouts: list[str], edge_cpu: int
+) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise SystemExit("wan_bench needs root (network namespaces)")
     state = REPO_ROOT / "var" / "wan-bench"
@@ -47,15 +130,15 @@ def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
     state.mkdir(parents=True)
     state.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
     stack_dir = state / "stack"
-    link = WanLink(rate_mbit=rate_mbit)
+    link = WanLink(rate_mbit=rates[0])
     link.create()
     helpers: list[subprocess.Popen] = []
-    env = os.environ | {"STACK_DIR": str(stack_dir)}
+    stack_environ = os.environ | {"STACK_DIR": str(stack_dir)}
     try:
         print(f"starting the stack inside {link.central_ns} ...", file=sys.stderr, flush=True)
         subprocess.run(
             [*link.prefix(link.central_ns), PYTHON, "-m", "deploy.stack", "up"],
-            env=env, check=True, timeout=900, stdout=sys.stderr, cwd=REPO_ROOT,
+            env=stack_environ, check=True, timeout=900, stdout=sys.stderr, cwd=REPO_ROOT,
         )  # fmt: skip
         settings = StackSettings.from_env(str(stack_dir))
         ctx = load_context(settings)
@@ -78,10 +161,19 @@ def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
                     str(cert),
                     "--key",
                     str(key),
+                    "--count-file",
+                    str(state / "relay-connections"),
                 ],
                 cwd=REPO_ROOT,
             )
         )
+        helpers.append(
+            subprocess.Popen(
+                [*link.prefix(link.central_ns), PYTHON, "-m", "bench.relay", "--listen",
+                 f"{link.central_ip}:{SINK_PORT}", "--discard"],
+                cwd=REPO_ROOT,
+            )
+        )  # fmt: skip
         receiver_password = secrets.token_urlsafe(16)
         receiver_home = state / "receiver"
         receiver_home.mkdir()
@@ -90,7 +182,7 @@ def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
             json.dumps(
                 {
                     "Name": "wan-bench-plain-receiver",
-                    "HttpPort": RECEIVER_PORT,
+                    "HttpPort": RECEIVER_PORT + 1,  # on loopback (bindlo), relayed below
                     "DicomServerEnabled": False,
                     "StorageDirectory": str(receiver_home),
                     "IndexDirectory": str(receiver_home),
@@ -104,95 +196,213 @@ def run(rate_mbit: int, slices: int, seed: int) -> dict[str, Any]:
             )
         )
         log = (state / "receiver.log").open("w")
-        argv, env = orthanc_command(settings, receiver_config, [receiver_home])
+        # not `stack_environ`: the final `down` needs that one (it was once overwritten
+        # here, and the down went to the default stack in var/, leaving this one running)
+        argv, receiver_env = orthanc_command(settings, receiver_config, [receiver_home])
         helpers.append(
             subprocess.Popen(
                 [*link.prefix(link.central_ns), *argv],
-                env=os.environ | env,
+                env=os.environ | receiver_env,
                 stdout=log,
                 stderr=log,
             )
         )
-        plan = {
-            "home": str(state / "edge-side"),
-            "central_ip": link.central_ip,
-            "edge_if": link.edge_if,
-            "rate_mbit": rate_mbit,
-            "slices": slices,
-            "seed": seed,
-            "ca_cert": stack["CA_CERT"],
-            "central_user": stack["CENTRAL_ORTHANC_USER"],
-            "central_password": stack["CENTRAL_ORTHANC_PASSWORD"],
-            "receiver_password": receiver_password,
-            "stack_dir": str(stack_dir),
-        }
-        print(f"measuring inside {link.edge_ns} ...", file=sys.stderr, flush=True)
-        done = subprocess.run(
-            [*link.prefix(link.edge_ns), PYTHON, "-m", "bench.wan_bench", "--drive"],
-            input=json.dumps(plan), capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT,
+        # Orthanc listens on loopback only (the bindlo shim): a plain TCP relay gives the
+        # receiver the link address, as the TLS relay does central (both paths one hop).
+        helpers.append(
+            subprocess.Popen(
+                [*link.prefix(link.central_ns), PYTHON, "-m", "bench.relay", "--listen",
+                 f"{link.central_ip}:{RECEIVER_PORT}", "--to", f"127.0.0.1:{RECEIVER_PORT + 1}"],
+                cwd=REPO_ROOT,
+            )
         )  # fmt: skip
-        if done.returncode != 0:
-            raise SystemExit(f"the edge-side run failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout)
-        result["link_mbit"] = rate_mbit
+        relay, sink, receiver, receiver_relay = (h.pid for h in helpers)
+        groups = central_groups(ctx, relay, [receiver, receiver_relay], sink)
+        result: dict[str, Any] = {"runs": []}
+        for index, (rate_mbit, layout) in enumerate(itertools.product(rates, layouts)):
+            link.set_rate(rate_mbit)
+            edge_cpus, central_cpus = layout_cpus(layout, edge_cpu)
+            threads = pin(namespace_pids(link.central_ns), central_cpus)
+            print(
+                f"{rate_mbit or 'no tbf'} Mbit/s, layout {layout}: edge side on CPUs "
+                f"{sorted(edge_cpus)}, central side ({threads} threads) on "
+                f"{sorted(central_cpus)}; measuring in {link.edge_ns}",
+                file=sys.stderr,
+                flush=True,
+            )
+            plan = {
+                "home": str(state / f"edge-side-{index}"),
+                "central_ip": link.central_ip,
+                "edge_if": link.edge_if,
+                "rate_mbit": rate_mbit,
+                "slices": slices,
+                "seed": seed + 1000 * index,  # new studies: central holds the earlier ones
+                "edge_cpus": sorted(edge_cpus),
+                "central_groups": groups,
+                "ratios": index == 0,
+                "relay_count_file": str(state / "relay-connections"),
+                "ca_cert": stack["CA_CERT"],
+                "central_user": stack["CENTRAL_ORTHANC_USER"],
+                "central_password": stack["CENTRAL_ORTHANC_PASSWORD"],
+                "receiver_password": receiver_password,
+                "stack_dir": str(stack_dir),
+            }
+            done = subprocess.run(
+                [*link.prefix(link.edge_ns), PYTHON, "-m", "bench.wan_bench", "--drive"],
+                input=json.dumps(plan), capture_output=True, text=True, timeout=1800,
+                cwd=REPO_ROOT,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise SystemExit(f"the edge-side run ({layout}) failed:\n{done.stderr[-3000:]}")
+            one = json.loads(done.stdout)
+            one["edge_cpus"], one["central_cpus"] = sorted(edge_cpus), sorted(central_cpus)
+            result["runs"].append(one | {"layout": layout, "rate_mbit": rate_mbit})
         return result
     finally:
         stop_processes(helpers, wait_s=20)
         subprocess.run(
-            [PYTHON, "-m", "deploy.stack", "down"], env=env, timeout=300, cwd=REPO_ROOT,
+            [PYTHON, "-m", "deploy.stack", "down"], env=stack_environ, timeout=300,
+            cwd=REPO_ROOT,
             stdout=sys.stderr,
         )  # fmt: skip
         link.destroy()
 
 
-def report(result: dict[str, Any]) -> str:
-    base, ours, drain = result["baseline"], result["ours"], result["ours_backlog"]
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
 
-    def row(label: str, b: float, o: float) -> str:
-        return f"{label:<44}{b:>14.2f}{o:>10.2f}{b / o if o else float('inf'):>8.2f}x"
+
+def _per_instance(phases: list[dict[str, Any]], slices: int) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for phase in phases:
+        for name, cpu in phase["cpu_s"].items():
+            total[name] = total.get(name, 0.0) + cpu
+    return {name: 1000 * cpu / slices for name, cpu in total.items()}
+
+
+def report_run(r: dict[str, Any]) -> list[str]:
+    name, rate_mbit = r["layout"], r["rate_mbit"]
+    n = r["slices"]
+    link_bps = r["link_mbit_s"] * 1e6 / 8
+    p_cs, p_fw = r["plain_cstore"], r["plain_forward"]
+    o_cs, o_after = r["ours_cstore"], r["ours_after_cstore"]
+    b_cs, drain = r["backlog_cstore"], r["backlog_drain"]
+    plain_e2e = p_cs["wall_s"] + p_fw["wall_s"]
+    ours_e2e = o_cs["wall_s"] + o_after["wall_s"]
+    p_link = utilisation(p_cs["samples"] + p_fw["samples"], link_bps)
+    o_link = utilisation(o_cs["samples"] + o_after["samples"], link_bps)
+    d_link = drain["link"]
+    floor_s = r["backlog_bytes_sent_mb"] * 1e6 / link_bps
+    tbf = f"tbf {rate_mbit} Mbit/s" if rate_mbit else "no tbf"
+    where = (
+        f"edge side (edge Orthanc / plain sender, storescu, bench driver) on CPU "
+        f"{r['edge_cpus']}, central side (stack, TLS relay, plain receiver, sink) on CPU "
+        f"{r['central_cpus']}"
+        if name == "fair"
+        else "every process on every CPU (today's layout)"
+    )
+    w = 50
+
+    def row(label: str, plain: float, ours: float, target: str) -> str:
+        return f"{label:<{w}}{plain:>9.2f}{ours:>9.2f}{_ratio(plain, ours):>9}  {target}"
 
     lines = [
-        f"CT study: {result['slices']} slices, {result['study_mb']} MB uncompressed; link "
-        f"{result['link_mbit']} Mbit/s (tc tbf, veth between two network namespaces)",
-        f"{'':<44}{'plain Orthanc':>14}{'ours':>10}{'ratio':>9}",
-        row(
-            "live: modality C-STORE start -> at central (s)",
-            base["end_to_end_s"],
-            ours["end_to_end_s"],
-        ),
-        row("  of which C-STORE into the sender (s)", base["cstore_s"], ours["cstore_s"]),
-        row("  of which after the C-STORE (s)", base["after_cstore_s"], ours["after_cstore_s"]),
-        row("backlog: study waiting -> at central (s)", base["after_cstore_s"], drain["drain_s"]),
-        f"{'link while sending: mean Mbit/s (utilisation)':<44}"
-        f"{base['mean_mbit_s']:>8.1f} ({base['utilisation']:.0%})"
-        f"  live {ours['mean_mbit_s']:.1f} ({ours['utilisation']:.0%}),"
-        f" backlog {drain['mean_mbit_s']:.1f} ({drain['utilisation']:.0%})",
-        f"bytes on the wire (ours, compressed): {ours['bytes_sent_mb']} MB",
-        f"ours live: queued {ours['queued_after_s']} s after the first C-STORE began, "
-        f"delivered and confirmed {ours['delivered_after_cstore_s']} s after the last "
-        "(StableAge 1 s)",
-        f"edge CPU per instance (ours, compress + hash + TLS upload): "
-        f"{ours['edge_cpu_ms_per_instance']} ms",
-        "lossless ratio (JPEG-LS) on generated data: "
-        + ", ".join(f"{m} {r}:1" for m, r in result["lossless_ratio"].items()),
-        "(plain Orthanc: C-STORE into a plain Orthanc, then peer store of the uncompressed "
-        "study over plain HTTP; ours: edge plugin, TLS, SHA-256 confirmed at central)",
+        f"== {tbf}, layout {name}: {where}",
+        "link: one plain TCP stream put {r['probed_mbit_s']} Mbit/s on the wire; "
+        f"rates below are against {r['link_mbit_s']} Mbit/s",
+        f"{'':<{w}}{'plain':>9}{'ours':>9}{'plain/ours':>11}  target",
+        row("C-STORE into the edge (s)", p_cs["wall_s"], o_cs["wall_s"], ">= 0.9x"),
+        row("  same, forwarding off (backlog study) (s)", p_cs["wall_s"], b_cs["wall_s"], ""),
+        row("live: C-STORE start -> study at central (s)", plain_e2e, ours_e2e, ">= 2x"),
+        row("  of which after the last C-STORE (s)", p_fw["wall_s"], o_after["wall_s"], ""),
+        row("backlog: waiting study -> at central (s)", p_fw["wall_s"], drain["wall_s"], ">= 2x"),
+        f"{'backlog vs compressed-bytes floor':<{w}}{floor_s:>9.2f}{drain['wall_s']:>9.2f}"
+        f"{drain['wall_s'] / floor_s:>8.2f}x  <= 1.3x (floor = {r['backlog_bytes_sent_mb']} MB"
+        f" of instances / {r['link_mbit_s']} Mbit/s; ratio = drain/floor)",
+        f"{'link in use while sending':<{w}}{p_link['utilisation']:>9.0%}"
+        f"{'':>9}  live {o_link['utilisation']:.0%} ({o_link['mean_mbit_s']} Mbit/s), "
+        f"backlog {d_link['utilisation']:.0%} ({d_link['mean_mbit_s']} Mbit/s)  target >= 85 %",
+        f"{'bytes on the wire, edge -> central (MB)':<{w}}{p_link['wire_mb']:>9.1f}"
+        f"{'':>9}  live {o_link['wire_mb']:.1f}, backlog {d_link['wire_mb']:.1f} "
+        f"(instances: live {r['ours_live']['bytes_sent_mb']}, backlog "
+        f"{r['backlog_bytes_sent_mb']}; study {r['study_mb']} MB uncompressed)",
+        f"ours live: queued {r['ours_live']['queued_after_s']} s after the first C-STORE "
+        f"began, delivered and confirmed {r['ours_live']['delivered_after_cstore_s']} s after "
+        "the last (StableAge 1 s)",
     ]
+    columns = {
+        "plain live": _per_instance([p_cs, p_fw], n),
+        "ours live": _per_instance([o_cs, o_after], n),
+        "backlog C-STORE": _per_instance([b_cs], n),
+        "backlog drain": _per_instance([drain], n),
+    }
+    lines.append(f"CPU ms per instance{'':<{w - 19 - 6}}" + "".join(f"{c:>16}" for c in columns))
+    connections = {c: col.pop(CONNECTIONS) * n / 1000 for c, col in columns.items()}
+    for group in columns["plain live"]:
+        values = [col[group] for col in columns.values()]
+        if max(values) >= 0.05:
+            lines.append(f"  {group:<{w - 8}}" + "".join(f"{v:>16.1f}" for v in values))
+    lines.append(
+        "TLS connections to central opened (accepted by its TLS endpoint): ours live "
+        f"{connections['ours live']:.0f}, backlog drain {connections['backlog drain']:.0f}"
+    )
+    drain_cpu = columns["backlog drain"]
+    per_mb = r["backlog_bytes_sent_mb"] / n
+    hash_ms = 1000 * per_mb / r["sha256_mb_s"]
+    edge_orthanc = drain_cpu["edge Orthanc (receive, store, hash, TLS upload)"]
+    lines.append(
+        "edge stages per instance, backlog drain: compress (CharLS workers) "
+        f"{drain_cpu['edge compression workers (CharLS)']:.1f} ms; hash (SHA-256 of "
+        f"{per_mb * 1000:.0f} kB at {r['sha256_mb_s']:.0f} MB/s, computed) {hash_ms:.1f} ms; "
+        f"the rest of the edge Orthanc (read, store the compressed copy, TLS upload, REST) "
+        f"{edge_orthanc - hash_ms:.1f} ms; central's TLS endpoint "
+        f"{drain_cpu['central: TLS relay']:.1f} ms"
+    )
+    return lines
+
+
+def report(result: dict[str, Any]) -> str:
+    first = result["runs"][0]
+    lines = [
+        f"CT study: {first['slices']} slices, {first['study_mb']} MB uncompressed; veth "
+        "between two network namespaces; plain: C-STORE into a plain Orthanc, then peer "
+        "store of the uncompressed study over plain HTTP; ours: edge plugin, CharLS before "
+        "forwarding, TLS, SHA-256 confirmed at central; plain/ours > 1 means ours is faster",
+    ]
+    for one in result["runs"]:
+        lines += ["", *report_run(one)]
+    if "lossless_ratio" in first:
+        lines += [
+            "",
+            "lossless ratio (JPEG-LS) on generated data: "
+            + ", ".join(f"{m} {r}:1" for m, r in first["lossless_ratio"].items()),
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.wan_bench", description=__doc__)
-    parser.add_argument("--rate-mbit", type=int, default=100)
+    parser.add_argument(
+        "--rate-mbit", default="100", help="link rate(s), comma-separated; 0: no tbf"
+    )
+    parser.add_argument("--layout", choices=("fair", "shared", "both"), default="both")
+    parser.add_argument("--edge-cpu", type=int, default=0, help="the edge side's CPU (fair)")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--seed", type=int, default=8100)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--report", metavar="JSON", help="print the report of a saved result")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
         print(json.dumps(drive(json.load(sys.stdin))))
         return
-    result = run(args.rate_mbit, args.slices, args.seed)
+    if args.report:
+        print(report(json.loads(open(args.report).read())))
+        return
+    layouts = ["fair", "shared"] if args.layout == "both" else [args.layout]
+    rates = [int(r) for r in args.rate_mbit.split(",")]
+    result = run(rates, args.slices, args.seed, layouts, args.edge_cpu)
+    (REPO_ROOT / "var" / "wan-bench" / "result.json").write_text(json.dumps(result))
     print(json.dumps(result, indent=1) if args.json else report(result))
 
 

@@ -7,75 +7,99 @@ the study).
 
 from __future__ import annotations
 
+import hashlib
 import io
-import itertools
 import json
 import os
+import resource
 import secrets
 import shutil
 import subprocess
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.cpu import CLOCK_TICKS, Group, ProcStat, all_stats, usage
+from bench.netns import TxSampler, probe_capacity, utilisation
 from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
 from deploy.stack.services.orthanc import deep_merge, dicom_modality
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
 RELAY_PORT = 8443  # central's TLS endpoint on the link address (bench/relay.py)
 RECEIVER_PORT = 18042  # the plain Orthanc receiver, central side
+SINK_PORT = 9009  # a discarding sink, central side, for the link probe
 EDGE_HTTP, EDGE_DICOM, SENDER_HTTP, SENDER_DICOM = 8042, 4242, 8043, 4243
 
 
-class TxSampler(threading.Thread):
-    """Samples the link interface's transmitted bytes every 100 ms."""
-
-    def __init__(self, interface: str) -> None:
-        super().__init__(daemon=True)
-        self.path = Path(f"/sys/class/net/{interface}/statistics/tx_bytes")
-        self.samples: list[tuple[float, int]] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.samples.append((time.monotonic(), int(self.path.read_text())))
-            self._halt.wait(0.1)
-
-    def stop(self) -> list[tuple[float, int]]:
-        self._halt.set()
-        self.join()
-        return self.samples
+def edge_cpu(root: int, stats: list[ProcStat]) -> dict[str, float]:
+    """CPU seconds of an Orthanc's process tree: the Orthanc process itself (receiving,
+    storing, hashing, TLS uploads, its REST API) and its Python worker processes (the
+    edge's CharLS compression pool), wrappers (sandbox) counted with Orthanc."""
+    out = {"orthanc": 0.0, "workers": 0.0}
+    for member in Group("tree", roots=frozenset({root})).members(stats):
+        try:
+            comm = Path(f"/proc/{member.pid}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        key = "workers" if comm.startswith("python") else "orthanc"
+        out[key] += member.cpu_ticks / CLOCK_TICKS
+    return out
 
 
-def utilisation(samples: list[tuple[float, int]], link_bytes_per_s: float) -> dict[str, float]:
-    """Average and peak rate over the period the link was busy (>20 % of its rate)."""
-    busy = [
-        (t0, t1, b1 - b0)
-        for (t0, b0), (t1, b1) in itertools.pairwise(samples)
-        if (b1 - b0) / (t1 - t0) > 0.2 * link_bytes_per_s
-    ]
-    if not busy:
-        return {"busy_s": 0.0, "mean_mbit_s": 0.0, "utilisation": 0.0}
-    start, end = busy[0][0], busy[-1][1]
-    total = sum(b for *_, b in busy) + sum(
-        b1 - b0
-        for (t0, b0), (t1, b1) in itertools.pairwise(samples)
-        if start <= t0 and t1 <= end and (b1 - b0) / (t1 - t0) <= 0.2 * link_bytes_per_s
-    )
-    rate = total / (end - start)
-    return {
-        "busy_s": round(end - start, 2),
-        "mean_mbit_s": round(rate * 8 / 1e6, 1),
-        "utilisation": round(rate / link_bytes_per_s, 3),
-    }
+class Meter:
+    """CPU of every process group and the link's bytes over one phase of the bench."""
+
+    def __init__(self, plan: dict[str, Any], edge_pid: int, sender_pid: int) -> None:
+        self.plan, self.edge_pid, self.sender_pid = plan, edge_pid, sender_pid
+        self.central = [
+            Group(name, roots=frozenset(pids)) for name, pids in plan["central_groups"].items()
+        ]
+
+    def snapshot(self) -> dict[str, float]:
+        stats = all_stats()
+        edge = edge_cpu(self.edge_pid, stats)
+        sender = edge_cpu(self.sender_pid, stats)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # storescu, once it has ended
+        central = {name: u.cpu_s for name, u in usage(self.central).items()}
+        return {
+            "edge Orthanc (receive, store, hash, TLS upload)": edge["orthanc"],
+            "edge compression workers (CharLS)": edge["workers"],
+            "plain Orthanc sender": sender["orthanc"] + sender["workers"],
+            "modality client (storescu)": kids.ru_utime + kids.ru_stime,
+            "bench harness (polling, sampling)": own.ru_utime + own.ru_stime,
+            "TLS connections to central": self.connections(),
+            **{f"central: {name}": cpu for name, cpu in central.items()},
+        }
+
+    def connections(self) -> float:
+        try:
+            return float(Path(self.plan["relay_count_file"]).read_text() or 0)
+        except FileNotFoundError:
+            return 0.0
+
+    def phase(self, work: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+        """Run work(); returns its result, and the phase's wall time, link use and CPU."""
+        sampler = TxSampler(self.plan["edge_if"])
+        sampler.start()
+        before, t0 = self.snapshot(), time.monotonic()
+        result = work()
+        wall, after = time.monotonic() - t0, self.snapshot()
+        link = utilisation(sampler.stop(), self.plan["link_mbit_s"] * 1e6 / 8)
+        cpu = {name: round(after[name] - before[name], 3) for name in after}
+        samples = sampler.samples
+        return result, {"wall_s": round(wall, 2), "link": link, "cpu_s": cpu, "samples": samples}
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def sha256_mb_s(megabytes: int = 64) -> float:
+    """SHA-256 speed on this (the edge's) CPU, to price the edge's hashing."""
+    data = os.urandom(megabytes << 20)
+    t0 = time.process_time()
+    hashlib.sha256(data).digest()
+    return megabytes * 1.048576 / (time.process_time() - t0)
 
 
 def wait_http(url: str, auth: tuple[str, str], timeout_s: float = 120, **kw: Any) -> None:
@@ -125,7 +149,7 @@ def wait_delivered(edge: httpx.Client, uid: str, timeout_s: float = 900) -> dict
             state = edge.get(f"/imaging-cloud/studies/{found[0]['ID']}/forwarding")
             if state.status_code == 200 and state.json()["state"] == "delivered":
                 return dict(state.json())
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise TimeoutError(f"the edge did not deliver within {timeout_s} s")
 
 
@@ -204,12 +228,14 @@ def orthanc_configs(
 
 
 def drive(plan: dict[str, Any]) -> dict[str, Any]:
-    """Runs inside the edge namespace: starts both senders, sends, measures."""
+    """Runs inside the edge namespace, on the edge's CPUs (inherited by both Orthancs and
+    the modality client): starts both senders, sends, measures."""
     from imgcloud.storage.keyring import KeyRing, write_key_ring
 
     from deploy.samples.modality import send
     from deploy.samples.studies import make_study
 
+    os.sched_setaffinity(0, set(plan["edge_cpus"]))
     home = Path(plan["home"])
     shutil.rmtree(home, ignore_errors=True)
     (home / "edge" / "storage").mkdir(parents=True)
@@ -229,70 +255,63 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
         log = (home / f"{name}.log").open("w")
         argv, env = orthanc_command(settings, path, [home])
         procs.append(subprocess.Popen(argv, env=os.environ | env, stdout=log, stderr=log))
-    edge_pid = procs[0].pid
     auth = ("edge", password)
     edge_url, sender_url = f"http://127.0.0.1:{EDGE_HTTP}", f"http://127.0.0.1:{SENDER_HTTP}"
-    link_bytes = plan["rate_mbit"] * 1e6 / 8
     try:
         wait_http(f"{edge_url}/imaging-cloud/status", auth)
         wait_http(f"{sender_url}/system", auth)
         wait_http(
             f"http://{central_ip}:{RECEIVER_PORT}/system", ("bench", plan["receiver_password"])
         )
+        probed = probe_capacity(central_ip, SINK_PORT, plan["edge_if"])
+        plan["link_mbit_s"] = plan["rate_mbit"] or probed  # no tbf: what one stream gets
+        meter = Meter(plan, procs[0].pid, procs[1].pid)
         live = make_study(plan["seed"], "CT", instances=plan["slices"])
         backlog = make_study(plan["seed"] + 10, "CT", instances=plan["slices"])
         raw_bytes = write_study(list(live.instances()), home / "live")
         write_study(list(backlog.instances()), home / "backlog")
         uid = live.exam.study_instance_uid
-        result: dict[str, Any] = {"slices": plan["slices"], "study_mb": round(raw_bytes / 1e6, 1)}
+        result: dict[str, Any] = {
+            "slices": plan["slices"],
+            "study_mb": round(raw_bytes / 1e6, 1),
+            "probed_mbit_s": round(probed, 1),
+            "link_mbit_s": round(plan["link_mbit_s"], 1),
+            "sha256_mb_s": round(sha256_mb_s(), 1),
+        }
         receiver_auth = ("bench", plan["receiver_password"])
         receiver_url = f"http://{central_ip}:{RECEIVER_PORT}"
 
         # Baseline: the modality stores to a plain Orthanc, then a peer store of the
         # uncompressed study (what Orthanc offers to forward a study).
-        sampler = TxSampler(plan["edge_if"])
-        sampler.start()
-        t0 = time.monotonic()
-        storescu(home / "live", SENDER_DICOM, "PLAIN_SENDER")
-        t1 = time.monotonic()
-        with httpx.Client(base_url=sender_url, auth=auth, timeout=900) as sender:
-            study_id = sender.post("/tools/lookup", content=uid).json()[0]["ID"]
-            answer = sender.post(
-                "/peers/receiver/store", json={"Resources": [study_id], "Synchronous": True}
-            )
-            answer.raise_for_status()
-        t2 = time.monotonic()
+        def peer_store() -> str:
+            with httpx.Client(base_url=sender_url, auth=auth, timeout=900) as sender:
+                study_id = sender.post("/tools/lookup", content=uid).json()[0]["ID"]
+                answer = sender.post(
+                    "/peers/receiver/store", json={"Resources": [study_id], "Synchronous": True}
+                )
+                answer.raise_for_status()
+                return str(study_id)
+
+        _, cstore = meter.phase(lambda: storescu(home / "live", SENDER_DICOM, "PLAIN_SENDER"))
+        study_id, forward = meter.phase(peer_store)
         with httpx.Client(base_url=receiver_url, auth=receiver_auth, timeout=60) as receiver:
             got = len(receiver.get(f"/studies/{study_id}/instances").json())
         assert got == plan["slices"], f"receiver holds {got} instances"
-        result["baseline"] = {
-            "cstore_s": round(t1 - t0, 2),
-            "after_cstore_s": round(t2 - t1, 2),
-            "end_to_end_s": round(t2 - t0, 2),
-            **utilisation(sampler.stop(), link_bytes),
-        }
+        result["plain_cstore"], result["plain_forward"] = cstore, forward
 
-        # Ours, live: the edge compresses on arrival and streams to central while the
-        # modality is still sending; delivered = stable (1 s) and every hash confirmed.
-        cpu0 = cpu_seconds(edge_pid)
-        sampler = TxSampler(plan["edge_if"])
-        sampler.start()
-        t0, t0_wall = time.monotonic(), time.time()
-        storescu(home / "live", EDGE_DICOM, "EDGE_BENCH")
-        t1, t1_wall = time.monotonic(), time.time()
+        # Ours, live: the edge streams to central while the modality is still sending
+        # (compressing each instance on its first read for forwarding); delivered = stable
+        # (1 s) and every hash confirmed by central.
         with httpx.Client(base_url=edge_url, auth=auth, timeout=60) as edge:
-            delivered = wait_delivered(edge, uid)
-            t2 = time.monotonic()
-        cpu1 = cpu_seconds(edge_pid)
-        result["ours"] = {
-            "cstore_s": round(t1 - t0, 2),
-            "after_cstore_s": round(t2 - t1, 2),
-            "end_to_end_s": round(t2 - t0, 2),
-            "bytes_sent_mb": round(delivered["bytes_sent"] / 1e6, 1),
+            t0_wall = time.time()
+            _, cstore = meter.phase(lambda: storescu(home / "live", EDGE_DICOM, "EDGE_BENCH"))
+            t1_wall = time.time()
+            delivered, after = meter.phase(lambda: wait_delivered(edge, uid))
+        result["ours_cstore"], result["ours_after_cstore"] = cstore, after
+        result["ours_live"] = {
+            "bytes_sent_mb": round(delivered["bytes_sent"] / 1e6, 2),
             "queued_after_s": round(delivered["queued_at"] - t0_wall, 2),
             "delivered_after_cstore_s": round(delivered["delivered_at"] - t1_wall, 2),
-            "edge_cpu_ms_per_instance": round((cpu1 - cpu0) * 1000 / plan["slices"], 1),
-            **utilisation(sampler.stop(), link_bytes),
         }
 
         # Ours, backlog: the study waits at the edge (forwarding switched off, as during
@@ -301,18 +320,17 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
             rules = edge.get("/imaging-cloud/rules").json()
             rules = rules | {"version": rules["version"] + 1, "forwarding_enabled": False}
             edge.put("/imaging-cloud/rules", json=rules).raise_for_status()
-            storescu(home / "backlog", EDGE_DICOM, "EDGE_BENCH")
+            _, cstore = meter.phase(lambda: storescu(home / "backlog", EDGE_DICOM, "EDGE_BENCH"))
             time.sleep(2)  # stable: the whole study is waiting
-            sampler = TxSampler(plan["edge_if"])
-            sampler.start()
-            t0 = time.monotonic()
             rules = rules | {"version": rules["version"] + 1, "forwarding_enabled": True}
-            edge.put("/imaging-cloud/rules", json=rules).raise_for_status()
-            wait_delivered(edge, backlog.exam.study_instance_uid)
-            result["ours_backlog"] = {
-                "drain_s": round(time.monotonic() - t0, 2),
-                **utilisation(sampler.stop(), link_bytes),
-            }
+
+            def drain() -> dict[str, Any]:
+                edge.put("/imaging-cloud/rules", json=rules).raise_for_status()
+                return wait_delivered(edge, backlog.exam.study_instance_uid)
+
+            delivered, drained = meter.phase(drain)
+        result["backlog_cstore"], result["backlog_drain"] = cstore, drained
+        result["backlog_bytes_sent_mb"] = round(delivered["bytes_sent"] / 1e6, 2)
         with httpx.Client(
             base_url=f"https://{central_ip}:{RELAY_PORT}",
             auth=(plan["central_user"], plan["central_password"]),
@@ -324,23 +342,33 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
                 central_id = found.json()[0]["ID"]
                 got = len(central.get(f"/studies/{central_id}/instances").json())
                 assert got == plan["slices"], f"central holds {got} instances"
-
-        # Lossless ratios per modality on the generated data.
-        ratios = {}
-        with httpx.Client(base_url=edge_url, auth=auth, timeout=60) as edge:
-            for offset, modality in enumerate(("CT", "MR", "DX")):
-                sample = list(make_study(plan["seed"] + offset, modality).instances())[:20]
-                if modality != "CT":  # the CT is on the edge already
-                    sent = send(sample, host="127.0.0.1", port=EDGE_DICOM, called_aet="EDGE_BENCH")
-                    assert sent.ok, sent.failed
-                original = compressed = 0
-                for ds in sample:
-                    original += len(dicom_bytes(ds))
-                    found = edge.post("/tools/lookup", content=str(ds.SOPInstanceUID)).json()
-                    instance = next(f["ID"] for f in found if f["Type"] == "Instance")
-                    compressed += len(edge.get(f"/instances/{instance}/file").content)
-                ratios[modality] = round(original / compressed, 2)
-        result["lossless_ratio"] = ratios
+        if plan.get("ratios", True):
+            result["lossless_ratio"] = lossless_ratios(plan, edge_url, auth, send, make_study)
         return result
     finally:
         stop_processes(procs, wait_s=30)
+
+
+def lossless_ratios(
+    plan: dict[str, Any], edge_url: str, auth: tuple[str, str], send: Any, make_study: Any
+) -> dict[str, float]:
+    """Original over stored bytes of 20 instances per modality on the generated data (the
+    CT is on the edge already, forwarded, so compressed; MR and DX are sent now and
+    forwarded, so read compressed once they are delivered)."""
+    ratios = {}
+    with httpx.Client(base_url=edge_url, auth=auth, timeout=60) as edge:
+        for offset, modality in enumerate(("CT", "MR", "DX")):
+            study = make_study(plan["seed"] + offset, modality)
+            sample = list(study.instances())[:20]
+            if modality != "CT":
+                sent = send(sample, host="127.0.0.1", port=EDGE_DICOM, called_aet="EDGE_BENCH")
+                assert sent.ok, sent.failed
+                wait_delivered(edge, study.exam.study_instance_uid, timeout_s=120)
+            original = compressed = 0
+            for ds in sample:
+                original += len(dicom_bytes(ds))
+                found = edge.post("/tools/lookup", content=str(ds.SOPInstanceUID)).json()
+                instance = next(f["ID"] for f in found if f["Type"] == "Instance")
+                compressed += len(edge.get(f"/instances/{instance}/file").content)
+            ratios[modality] = round(original / compressed, 2)
+    return ratios
