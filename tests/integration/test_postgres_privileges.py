@@ -11,11 +11,8 @@ whole stack, running. Run it under the stack lock.
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,9 +21,10 @@ from psycopg import sql
 
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context
-from deploy.stack.processes import stop
 from deploy.stack.services.postgres import DATABASES, PG_BIN, Postgres
 from deploy.stack.settings import REPO_ROOT, StackSettings
+
+from ..support.scratch_stack import scratch_context, scratch_state, start, stop_service
 
 pytestmark = pytest.mark.integration
 
@@ -43,20 +41,13 @@ COMPOSE_PASSWORDS = {
 @pytest.fixture
 def pg() -> Iterator[Postgres]:
     """A running PostgreSQL of the stack's kind, not provisioned yet."""
-    base = REPO_ROOT / "var"
-    base.mkdir(exist_ok=True)
-    state = Path(tempfile.mkdtemp(prefix="test-pg-privileges-", dir=base))
-    state.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
-    ctx = load_context(StackSettings.from_env(str(state)))
-    svc = Postgres(ctx)
-    try:
-        svc.prepare()
-        svc.start()
-        svc.wait_healthy(ctx.settings.start_timeout_s)
-        yield svc
-    finally:
-        stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=60)
-        shutil.rmtree(state, ignore_errors=True)
+    with scratch_state("test-pg-privileges-") as state:
+        svc = Postgres(scratch_context(state))
+        try:
+            start(svc, then_provision=False)
+            yield svc
+        finally:
+            stop_service(svc)
 
 
 def connect_as(ctx: StackContext, role: str, password: str, database: str) -> str:

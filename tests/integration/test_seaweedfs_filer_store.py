@@ -9,52 +9,36 @@ the stack lock.
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from deploy.stack.context import S3_BUCKET, StackContext
-from deploy.stack.launcher import load_context
-from deploy.stack.processes import stop
-from deploy.stack.services.base import Service
 from deploy.stack.services.postgres import Postgres
 from deploy.stack.services.seaweedfs import SeaweedFS
 from deploy.stack.services.seaweedfs_filer import LEVELDB2
-from deploy.stack.settings import REPO_ROOT, StackSettings
+
+from ..support.scratch_stack import scratch_context, scratch_state, start, stop_service
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def ctx() -> Iterator[StackContext]:
-    base = REPO_ROOT / "var"
-    base.mkdir(exist_ok=True)
-    state = Path(tempfile.mkdtemp(prefix="test-weed-filer-", dir=base))
-    state.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
-    context = load_context(StackSettings.from_env(str(state)))
-    try:
-        run(Postgres(context))
-        yield context
-    finally:
-        for name, svc in (("seaweedfs", SeaweedFS(context)), ("postgres", Postgres(context))):
-            stop(context.settings.run_dir, name, sig=svc.stop_signal, timeout_s=60)
-        shutil.rmtree(state, ignore_errors=True)
+    with scratch_state("test-weed-filer-") as state:
+        context = scratch_context(state)
+        try:
+            start(Postgres(context))
+            yield context
+        finally:
+            stop_service(SeaweedFS(context))
+            stop_service(Postgres(context))
 
 
-def run(svc: Service) -> None:
-    svc.prepare()
-    svc.start()
-    svc.wait_healthy(svc.ctx.settings.start_timeout_s)
-    svc.after_healthy()
-
-
-def halt(svc: Service) -> None:
-    assert stop(svc.ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=60)
+def halt(svc: SeaweedFS) -> None:
+    assert stop_service(svc)
 
 
 def put_objects(weed: SeaweedFS, count: int) -> dict[str, bytes]:
@@ -96,13 +80,13 @@ def keys_as_rows(objects: dict[str, bytes]) -> set[str]:
 
 def test_the_filer_keeps_object_names_in_postgresql(ctx: StackContext) -> None:
     weed = SeaweedFS(ctx)
-    run(weed)
+    start(weed)
     objects = put_objects(weed, 5)
     assert keys_as_rows(objects) <= names_in_postgres(ctx)
     assert not (weed.data_dir / "filerldb2").exists()
     halt(weed)
     weed = SeaweedFS(ctx)
-    run(weed)
+    start(weed)
     read_back(weed, objects)
 
 
@@ -123,7 +107,7 @@ def test_a_stack_on_leveldb2_keeps_it_and_its_objects(ctx: StackContext) -> None
     halt(old)
 
     weed = SeaweedFS(ctx)
-    run(weed)
+    start(weed)
     assert legacy.is_dir()
     assert "[leveldb2]" in (weed.config_dir / "filer.toml").read_text()
     read_back(weed, objects)
