@@ -1,9 +1,9 @@
 #!/bin/sh
 # First start of the compose PostgreSQL: the SeaweedFS filer's role and database (its
 # postgres2 store: every object's name), the database open to that role only. A
-# PostgreSQL volume made before this file runs no init script again: run it by hand, as
-# postgres-init.sh (safe to run again: created only if missing, the grants made again):
-#   docker compose exec -u postgres postgres sh /docker-entrypoint-initdb.d/20-seaweedfs.sh
+# PostgreSQL volume made before this file runs no init script again: the one-shot
+# postgres-init service runs it at every up (safe to run again: created only if missing,
+# the grants made again).
 # The password as in postgres-init.sh: \getenv, quoted by :'name'.
 set -eu
 psql -v ON_ERROR_STOP=1 --username postgres <<'SQL'

@@ -4,8 +4,8 @@
 # database). The passwords come from the environment through psql's \getenv (PostgreSQL
 # 15), quoted as literals by :'name': never on a command line, never pasted into the SQL.
 # Safe to run again on a volume made before (roles and databases are created only if
-# missing, the passwords set from the environment, the grants made again):
-#   docker compose exec -u postgres postgres sh /docker-entrypoint-initdb.d/10-imaging-cloud.sh
+# missing, the passwords set from the environment, the grants made again): the one-shot
+# postgres-init service runs it at every up.
 set -eu
 psql -v ON_ERROR_STOP=1 --username postgres <<'SQL'
 \getenv central DB_CENTRAL_PASSWORD

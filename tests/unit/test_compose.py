@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 EXPECTED = {
     "postgres",
+    "postgres-init",
     "seaweedfs",
     "seaweedfs-fsync",
     "keycloak",
@@ -104,7 +105,7 @@ def test_seaweedfs_keeps_its_filer_entries_in_postgresql(tmp_path: Path) -> None
     assert "password" not in store
     password = "${DB_SEAWEEDFS_PASSWORD:?set DB_SEAWEEDFS_PASSWORD}"
     assert weed["environment"]["WEED_POSTGRES2_PASSWORD"] == password
-    assert weed["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert weed["depends_on"]["postgres-init"] == {"condition": "service_completed_successfully"}
     postgres = services["postgres"]
     assert postgres["environment"]["DB_SEAWEEDFS_PASSWORD"] == password
     init = [v.split(":")[0] for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v]
@@ -120,6 +121,35 @@ def init_sql() -> str:
     postgres = load()["services"]["postgres"]
     init = [v.split(":")[0] for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v]
     return "".join((ROOT / path).read_text() for path in init)
+
+
+def test_the_init_scripts_run_again_at_every_up_before_anything_uses_the_database() -> None:
+    """PostgreSQL runs docker-entrypoint-initdb.d on an empty volume only; postgres-init runs
+    the same files at every up, and every other service that uses PostgreSQL waits for it
+    (a volume made by an earlier release gets its new roles and grants)."""
+    services = load()["services"]
+    first = [v.split(":")[0] for v in services["postgres"]["volumes"] if "initdb.d" in v]
+    again = services["postgres-init"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in again["volumes"]}
+    command = again["command"][0]
+    order = [m.group(1) for m in re.finditer(r"sh (/init/\S+)", command)]
+    assert [mounted[path] for path in order] == first
+    assert again["environment"]["PGHOST"] == "postgres"
+    assert set(again["environment"]) >= set(services["postgres"]["environment"]) - {
+        "POSTGRES_PASSWORD"
+    }
+    assert again["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    users = [
+        name
+        for name, svc in services.items()
+        if name not in {"postgres", "postgres-init"}
+        and "postgres" in str(svc.get("environment", "")) + str(svc.get("command", ""))
+    ]
+    assert users, "no service found that uses PostgreSQL"
+    for name in users:
+        needs = services[name].get("depends_on", {})
+        assert "postgres" not in needs, name
+        assert needs.get("postgres-init") == {"condition": "service_completed_successfully"}, name
 
 
 def test_the_init_scripts_leave_each_database_to_its_own_role() -> None:
