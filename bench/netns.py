@@ -103,17 +103,18 @@ class TxSampler(threading.Thread):
 
 def utilisation(samples: list[tuple[float, int]], link_bytes_per_s: float) -> dict[str, float]:
     """Bytes on the wire over the whole sampled period, and the mean rate over the period
-    the link was busy (from the first to the last 100 ms above 20 % of its rate)."""
+    the link was busy: from the first to the last 100 ms above 20 % of the link's rate, or
+    of the period's peak if lower (without tbf the link is far faster than any sender)."""
     wire = samples[-1][1] - samples[0][1] if samples else 0
-    pairs = list(itertools.pairwise(samples))
-    busy = [
-        (t0, t1) for (t0, b0), (t1, b1) in pairs if (b1 - b0) / (t1 - t0) > 0.2 * link_bytes_per_s
-    ]
+    pairs = [(t0, b0, t1, b1) for (t0, b0), (t1, b1) in itertools.pairwise(samples) if t1 > t0]
+    peak = max(((b1 - b0) / (t1 - t0) for t0, b0, t1, b1 in pairs), default=0.0)
+    threshold = 0.2 * min(link_bytes_per_s, peak)
+    busy = [(t0, t1) for t0, b0, t1, b1 in pairs if b1 > b0 and (b1 - b0) / (t1 - t0) > threshold]
     out = {"wire_mb": round(wire / 1e6, 2), "busy_s": 0.0, "mean_mbit_s": 0.0, "utilisation": 0.0}
     if not busy:
         return out
     start, end = busy[0][0], busy[-1][1]
-    total = sum(b1 - b0 for (t0, b0), (t1, b1) in pairs if start <= t0 and t1 <= end)
+    total = sum(b1 - b0 for t0, b0, t1, b1 in pairs if start <= t0 and t1 <= end)
     rate = total / (end - start)
     out |= {
         "busy_s": round(end - start, 2),

@@ -36,10 +36,12 @@ def test_utilisation_is_the_mean_rate_over_the_busy_window_only() -> None:
     assert got["wire_mb"] == pytest.approx(20.5, abs=0.01)
 
 
-def test_utilisation_of_an_idle_link_is_zero_but_counts_its_bytes() -> None:
-    got = utilisation(samples([0.05 * MB] * 10), 10 * MB)
-    assert got["utilisation"] == 0.0 and got["busy_s"] == 0.0
-    assert got["wire_mb"] == pytest.approx(0.05, abs=0.001)
+def test_utilisation_of_an_idle_link_is_zero_and_a_trickle_is_its_share() -> None:
+    idle = utilisation(samples([0.0] * 10), 10 * MB)
+    assert idle["utilisation"] == 0.0 and idle["busy_s"] == 0.0 and idle["wire_mb"] == 0.0
+    trickle = utilisation(samples([0.05 * MB] * 10), 10 * MB)
+    assert trickle["utilisation"] == pytest.approx(0.005)
+    assert trickle["wire_mb"] == pytest.approx(0.05, abs=0.001)
 
 
 @pytest.mark.skipif(len(ALL_CPUS) < 2, reason="needs two CPUs")
@@ -76,7 +78,9 @@ def test_report_prints_the_ratios_floor_and_stages_from_the_phases() -> None:
     edge = "edge Orthanc (receive, store, hash, TLS upload)"
     workers = "edge compression workers (CharLS)"
     cpu = {edge: 0.0, workers: 0.0, "central: TLS relay": 0.0, CONNECTIONS: 0.0}
+    cpu["plain Orthanc sender"] = 0.0
     drain_cpu = {edge: 3.0, workers: 6.0, "central: TLS relay": 0.9, CONNECTIONS: 7.0}
+    plain_cpu = cpu | {"plain Orthanc sender": 0.6}
     drain = phase(8.0, cpu | drain_cpu, [link] * 30)
     drain["link"] = utilisation(drain["samples"], link)
     one = {
@@ -87,7 +91,7 @@ def test_report_prints_the_ratios_floor_and_stages_from_the_phases() -> None:
         "sha256_mb_s": 500.0,
         "edge_cpus": [0],
         "central_cpus": [1],
-        "plain_cstore": phase(15.0, cpu, [0.0] * 5),
+        "plain_cstore": phase(15.0, plain_cpu, [0.0] * 5),
         "plain_forward": phase(14.0, cpu, [link] * 20),
         "ours_cstore": phase(12.0, cpu, [0.5 * link] * 5),
         "ours_after_cstore": phase(3.0, cpu, [link] * 5),
@@ -104,8 +108,20 @@ def test_report_prints_the_ratios_floor_and_stages_from_the_phases() -> None:
     # floor: 40 MB at 12.5 MB/s = 3.2 s; the drain took 8 s, 2.5 times it
     floor = lines["backlog vs compressed-bytes floor"]
     assert "3.20" in floor and "2.50x" in floor
-    # 300 instances: 20 ms compress, 10 ms edge Orthanc of which 133 kB hashed at 500 MB/s
-    stages = next(line for line in text.splitlines() if line.startswith("edge stages"))
-    assert "compress (CharLS workers) 20.0 ms" in stages
+    # backlog study, 300 instances: 20 ms compress, 10 ms edge Orthanc of which 133 kB
+    # hashed at 500 MB/s (0.27 ms) and 2 ms receiving as the plain sender did
+    stages = next(line for line in text.splitlines() if line.startswith("edge CPU"))
+    assert "(C-STORE + drain) 30.0 ms" in stages and "compress (CharLS workers) 20.0" in stages
+    assert "plain Orthanc does (its C-STORE above) 2.0" in stages
+    assert "0.3; the rest" in stages and "TLS upload) 7.7;" in stages
+    assert "the other end, 3.0)" in stages
     assert "backlog drain 7" in text
-    assert "0.3 ms" in stages and "9.7 ms" in stages and "TLS endpoint 3.0 ms" in stages
+
+
+def test_without_tbf_the_busy_window_follows_the_senders_peak() -> None:
+    # a 5 Gbit/s link, a sender at 80 Mbit/s for 1 s between idle seconds
+    rates = [0.0] * 10 + [10 * MB] * 10 + [0.0] * 10
+    got = utilisation(samples(rates), 625 * MB)
+    assert got["busy_s"] == pytest.approx(1.0)
+    assert got["mean_mbit_s"] == pytest.approx(80.0, abs=0.5)
+    assert got["utilisation"] == pytest.approx(0.016, abs=0.001)
