@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from deploy.stack.client import StackClient
+from deploy.stack.processes import read_pid
 from deploy.stack.settings import StackSettings
 
 
@@ -19,7 +20,9 @@ def rss_mb(pid: int) -> float:
 
 def soak(stack: StackClient, settings: StackSettings, total: int, clients: int) -> None:
     """Ingest `total` instances into central, sampling its resident memory."""
-    pid = int((settings.run_dir / "central.pid").read_text())
+    pid = read_pid(settings.run_dir, "central")
+    if pid is None:
+        raise SystemExit("central is not running (no live pid in its pid file)")
     url, auth = (
         stack["CENTRAL_ORTHANC_URL"],
         (stack["CENTRAL_ORTHANC_USER"], stack["CENTRAL_ORTHANC_PASSWORD"]),
