@@ -224,7 +224,8 @@ def run(
             edge_cpus, central_cpus = layout_cpus(layout, edge_cpu)
             threads = pin(namespace_pids(link.central_ns), central_cpus)
             print(
-                f"{f'{rate_mbit} Mbit/s' if rate_mbit else 'no tbf'}, layout {layout}: edge side on CPUs "
+                f"{f'{rate_mbit} Mbit/s' if rate_mbit else 'no tbf'}, layout {layout}: "
+                "edge side on CPUs "
                 f"{sorted(edge_cpus)}, central side ({threads} threads) on "
                 f"{sorted(central_cpus)}; measuring in {link.edge_ns}",
                 file=sys.stderr,
