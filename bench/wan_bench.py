@@ -292,7 +292,7 @@ def report_run(r: dict[str, Any]) -> list[str]:
     ours_e2e = o_cs["wall_s"] + o_after["wall_s"]
     p_link = utilisation(p_cs["samples"] + p_fw["samples"], link_bps)
     o_link = utilisation(o_cs["samples"] + o_after["samples"], link_bps)
-    d_link = drain["link"]
+    d_link = utilisation(drain["samples"], link_bps)  # not the run's own: same rule
     floor_s = r["backlog_bytes_sent_mb"] * 1e6 / link_bps
     tbf = f"tbf {rate_mbit} Mbit/s" if rate_mbit else "no tbf"
     where = (
