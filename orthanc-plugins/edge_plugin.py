@@ -29,6 +29,21 @@ def _transcode(dicom: bytes, transfer_syntax: str) -> bytes:
 APP = EdgeApp(SETTINGS, ARCHIVE, STORAGE, glue_common.in_process_transport(), _transcode)
 
 
+def _held(sop_instance_uid: str) -> str | None:
+    try:
+        return orthanc.LookupInstance(sop_instance_uid)
+    except Exception:  # the SDK raises when there is no such instance
+        return None
+
+
+def _on_cstore(received):
+    """Every C-STORE (modality, PACS) before Orthanc stores it: a DIMSE status, 0 to store
+    (imgcloud.edge_app.EdgeApp.cstore_status). Uploads over REST need Orthanc's own
+    credentials and are not filtered."""
+    tags = json.loads(received.GetInstanceSimplifiedJson())
+    return APP.cstore_status(str(tags.get("SOPInstanceUID") or ""), _held)
+
+
 def _on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.NEW_INSTANCE:
         study = json.loads(orthanc.RestApiGet(f"/instances/{resource_id}/study"))
@@ -77,6 +92,7 @@ def _http_filter(uri, **request):
 
 
 orthanc.RegisterIncomingHttpRequestFilter(_http_filter)
+orthanc.RegisterIncomingCStoreInstanceFilter(_on_cstore)
 orthanc.RegisterFindCallback(_on_find)
 orthanc.RegisterMoveCallback(_on_move)
 orthanc.RegisterOnChangeCallback(_on_change)

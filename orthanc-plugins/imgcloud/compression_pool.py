@@ -10,17 +10,21 @@ Why processes and not the plugin's threads: pyjpegls holds the GIL while it enco
 threads it would serialise on one core and hold up every other Python callback of the
 edge. The workers are spawned (never forked: Orthanc is multithreaded) with the plugin's
 own interpreter and PYTHONPATH, and run at a lower CPU priority than Orthanc, so receiving
-from a modality comes first. A worker that dies (a codec crash) breaks only the instance
-it had: the pool is rebuilt and that instance is kept as received.
+from a modality comes first; each exits when Orthanc does, even SIGKILLed. A worker that
+dies (a codec crash) or is stuck breaks every call in flight: each is run again alone, so
+only the instance that kills or hangs a worker of its own is kept as received.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing
 import os
 import sys
 import threading
+import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -50,8 +54,22 @@ def encode_jpeg_ls(dicom: bytes) -> bytes:
 
 
 def _ready() -> None:
-    """Each worker's start: below Orthanc's CPU priority, so receiving comes first."""
+    """Each worker's start: below Orthanc's CPU priority, so receiving comes first; gone
+    when Orthanc is (even SIGKILLed: a worker holds its own queue's pipe ends and would
+    never see EOF); and silent, as pydicom's own warnings may quote a tag's value and
+    would reach Orthanc's stderr outside its DeidentifyLogs."""
     os.nice(WORKER_NICE)
+    logging.getLogger("pydicom").handlers = [logging.NullHandler()]
+    logging.getLogger("pydicom").propagate = False
+    warnings.simplefilter("ignore")
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="imgcloud-orphan-watch", daemon=True).start()
 
 
 def _codec_version() -> str:
@@ -85,8 +103,13 @@ def interpreter() -> str:
     return str(Path(sys.base_prefix) / "bin" / f"python{major}.{minor}")
 
 
+MAX_DEFAULT_WORKERS = 8  # each holds a few copies of the instance it encodes
+
+
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
+    """One per core this Orthanc may run on, at most 8 (ImagingCloud.CompressionWorkers
+    sets more, or fewer where a CPU quota, which affinity does not show, applies)."""
+    return max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
 
 
 class CompressionPool:
@@ -102,14 +125,20 @@ class CompressionPool:
         self.timeout_s = timeout_s
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        if self._closed:
+            raise CompressorUnavailable("the edge is stopping")
+        context = multiprocessing.get_context("spawn")
+        context.set_executable(self.python)
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_ready)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is not None:
                 return self._pool
-            context = multiprocessing.get_context("spawn")
-            context.set_executable(self.python)
-            pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ready)
+            pool = self._new_pool(self.workers)
             try:
                 # a worker that cannot start or import the codec would otherwise turn
                 # every instance into "kept as received": forwarding waits instead
@@ -136,21 +165,25 @@ class CompressionPool:
         return self.call(encode_jpeg_ls, dicom)
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
-        """fn(*args) in a worker (fn and its arguments picklable). A worker's death breaks
-        every call in flight, so a call is tried once more in a new pool; dying twice, or
-        raising, or taking longer than the timeout is this call's CompressionError."""
-        try:
-            return self._once(fn, *args)
-        except _WorkerDied:
-            try:
-                return self._once(fn, *args)
-            except _WorkerDied as exc:
-                raise CompressionError(f"the encoder process died twice on it: {exc}") from exc
+        """fn(*args) in a worker (fn and its arguments picklable); CompressionError if it
+        raised, its worker died, or it ran past the timeout.
 
-    def _once(self, fn: Callable[..., T], *args: object) -> T:
+        A worker's death, or a stuck worker's removal, breaks every call in flight in the
+        pool, not only the guilty one's; each call so broken is run again alone in a
+        worker of its own, and only what happens there is held against it."""
+        try:
+            return self._shared(fn, *args)
+        except _WorkerDied:
+            return self._alone(fn, *args)
+
+    def _shared(self, fn: Callable[..., T], *args: object) -> T:
         pool = self._executor()
         try:
             future = pool.submit(fn, *args)
+        except (BrokenProcessPool, RuntimeError) as exc:  # broken or discarded meanwhile
+            self._discard(pool)
+            raise _WorkerDied(str(exc)) from exc
+        try:
             return future.result(timeout=self.timeout_s)
         except BrokenProcessPool as exc:
             self._discard(pool)
@@ -158,14 +191,33 @@ class CompressionPool:
         except TimeoutError as exc:
             # the worker may be stuck in the codec: only a new pool frees its slot
             self._discard(pool)
-            raise CompressionError(f"no result within {self.timeout_s:.0f} s") from exc
-        except RuntimeError as exc:  # submit after a concurrent close or discard
-            raise _WorkerDied(str(exc)) from exc
+            raise _WorkerDied(f"no result within {self.timeout_s:.0f} s") from exc
         except Exception as exc:
             raise CompressionError(f"{type(exc).__name__}: {exc}") from exc
 
+    def _alone(self, fn: Callable[..., T], *args: object) -> T:
+        pool = self._new_pool(1)
+        try:
+            try:
+                future = pool.submit(fn, *args)
+            except OSError as exc:
+                raise CompressorUnavailable(f"an encoder process could not start: {exc}") from exc
+            try:
+                return future.result(timeout=self.timeout_s)
+            except BrokenProcessPool as exc:
+                raise CompressionError(f"its encoder process died: {exc}") from exc
+            except TimeoutError as exc:
+                raise CompressionError(f"no result within {self.timeout_s:.0f} s") from exc
+            except Exception as exc:
+                raise CompressionError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            _stop(pool)
+
     def close(self) -> None:
+        """No new work; the workers are stopped without waiting for them (a stuck one
+        would hold Orthanc's shutdown)."""
         with self._lock:
+            self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            _stop(pool)

@@ -11,6 +11,7 @@ Orthanc's callbacks to it.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +39,10 @@ from .study_records import RecordStore, build_record
 from .tokens import BearerAuth, ClientCredentials
 from .worker import Worker, stop_all
 
+log = logging.getLogger(__name__)
+# C-STORE warning "coercion of data elements": what is held is not what was sent (PS3.4
+# B.2.3); DICOM has no status for a duplicate, and a failure would make the sender retry
+DUPLICATE_STATUS = 0xB000
 SEND_THREADS = 6  # uploads in flight: hides central's per-instance store latency
 Transcode = Callable[[bytes, str], bytes]
 
@@ -64,7 +69,7 @@ class EdgeApp:
         # (Python.AllowThreads releases the GIL meanwhile).
         self.local = LocalOrthanc(transport, settings.dicom_aet)
         self.in_place = InPlaceCompressor(
-            self.local.read_instance, self.local.store, self.compressed, self.pool.workers + 1
+            self.local.read_instance, self.local.replace, self.compressed, self.pool.workers + 1
         )
         self.known_modalities = set(settings.dicom_modalities)
         self.rules.known_modalities = self.known_modalities
@@ -151,10 +156,23 @@ class EdgeApp:
         uncompressed, except an instance the codec refuses (kept and sent as received)."""
         return self.in_place.read(instance_id)
 
+    def cstore_status(self, sop_instance_uid: str, held: Callable[[str], str | None]) -> int:
+        """The DIMSE status for a modality's (or PACS's) C-STORE, before Orthanc stores it:
+        0 to store it; for an instance the edge already holds, a warning, and the first
+        copy stays (OverwriteInstances is on for the plugin's own compressed copy only:
+        without this a resend would replace an archived instance, and central's copy after
+        it). `held(uid)` is the held instance's Orthanc ID, or None."""
+        existing = held(sop_instance_uid) if sop_instance_uid else None
+        if existing is None:
+            return 0
+        log.warning("a C-STORE of instance %s, held already, was discarded", existing)
+        return DUPLICATE_STATUS
+
     def send_one(self, item: tuple[str, bytes | None]) -> int:
         instance_id, data = item
         if data is None:
-            data = self.read_for_forwarding(instance_id)
+            # the bytes hashed were these: the local copy, compressed or kept, as it is now
+            data = self.local.read_instance(instance_id)
         self.limiter.acquire(len(data))
         self.central.store(data)
         return len(data)

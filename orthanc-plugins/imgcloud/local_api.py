@@ -18,7 +18,7 @@ import httpx
 
 from .errors import LocalOrthancError
 from .http_call import Service
-from .orthanc_rest import OrthancRest
+from .orthanc_rest import DICOM, OrthancRest
 
 # The HTTP status Orthanc's REST API gives each error code (Orthanc's
 # ConvertErrorCodeToHttpStatus): the SDK raises the code, callers expect the status.
@@ -79,6 +79,17 @@ class LocalOrthanc(OrthancRest):
         # Orthanc's own DicomScuTimeout.
         self.client = httpx.Client(base_url="http://orthanc.local", transport=transport)
         self.service = Service(self.client, "local Orthanc", LocalOrthancError, timeout=None)
+
+    def replace(self, dicom: bytes) -> None:
+        """Store the edge's compressed copy over the received one (OverwriteInstances,
+        which imgcloud.edge_app allows to the plugin only); LocalOrthancError unless
+        Orthanc stored it."""
+        answer = self._json(
+            "POST", "/instances", "replace an instance", content=dicom, headers=DICOM
+        )
+        status = answer.get("Status") if isinstance(answer, dict) else None
+        if status != "Success":
+            raise LocalOrthancError(f"the compressed copy was not stored (Orthanc: {status})")
 
     def find_resource(self, uid: str) -> str | None:
         """The Orthanc ID of a series or instance by its UID."""

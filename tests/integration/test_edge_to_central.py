@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import time
 from pathlib import Path
 
 import httpx
@@ -80,6 +81,34 @@ def test_the_edge_keeps_the_copy_it_forwarded(stack: StackClient, sent_study) ->
     for raw in at_edge.values():
         syntax = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True).file_meta
         assert syntax.TransferSyntaxUID == JPEG_LS_LOSSLESS
+
+
+def test_a_resend_with_other_content_cannot_replace_an_archived_instance(
+    stack: StackClient, sent_study
+) -> None:
+    """The edge overwrites an instance only with its own compressed copy: a modality that
+    sends an instance again (here with other pixels) gets a warning, and neither the
+    edge's copy nor central's changes."""
+    uid = sent_study.exam.study_instance_uid
+    first = next(sent_study.instances())
+    with stack.orthanc("CENTRAL_ORTHANC") as central, stack.orthanc("EDGE_A") as edge:
+        wait_for_instances(central, uid, SLICES, timeout_s=120)
+
+        def copies() -> tuple[bytes, bytes]:
+            found = []
+            for client in (edge, central):
+                look = client.post("/tools/lookup", content=first.SOPInstanceUID).json()
+                found.append(client.get(f"/instances/{look[0]['ID']}/file").content)
+            return found[0], found[1]
+
+        before = copies()
+        other = first.copy()
+        other.PixelData = bytes(255 - b for b in first.PixelData)
+        result = stack.send_to_edge("A", [other])
+        assert result.failed == {first.SOPInstanceUID: 0xB000}  # warning: the first stays
+        time.sleep(3)  # a replacement would be forwarded within this
+        assert copies() == before
+        assert len(edge.get(f"/studies/{find_study(edge, uid)}/instances").json()) == SLICES
 
 
 def test_edge_reports_the_forwarded_study(stack: StackClient, sent_study) -> None:

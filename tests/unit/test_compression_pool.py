@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from deploy.samples.studies import make_study
+from deploy.stack.settings import REPO_ROOT
+
+from ..support import pool_tasks
 
 pytest.importorskip("jpeg_ls", reason="pyjpegls (CharLS) is not installed")
 
@@ -79,6 +86,63 @@ def test_a_worker_that_dies_fails_its_instance_only_and_the_pool_recovers(pool) 
     assert dcmread(io.BytesIO(pool.jpeg_ls(encoded(ds)))).SOPInstanceUID == ds.SOPInstanceUID
 
 
+def test_a_worker_death_is_held_against_its_own_call_only() -> None:
+    """Every call in flight breaks when one worker dies; each is run again alone, so the
+    innocent ones still succeed and only the poisonous one fails."""
+    pool = CompressionPool(2, timeout_s=60)
+    try:
+        with ThreadPoolExecutor(4) as threads:
+            innocent = [threads.submit(pool.call, pool_tasks.after, 1.5, n) for n in range(3)]
+            time.sleep(0.2)
+            poison = threads.submit(pool.call, pool_tasks.die_after, 0.3)
+            assert [f.result(timeout=120) for f in innocent] == [0, 1, 2]
+            with pytest.raises(CompressionError, match="died"):
+                poison.result(timeout=120)
+    finally:
+        pool.close()
+
+
+def test_workers_do_not_outlive_a_sigkilled_orthanc(tmp_path) -> None:
+    script = (
+        "import sys, time\n"
+        "from imgcloud.compression_pool import CompressionPool\n"
+        "from tests.support import pool_tasks\n"
+        "print(CompressionPool(1).call(pool_tasks.worker_pid), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        env=os.environ | {"PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'orthanc-plugins'}"},
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert Path(f"/proc/{worker}").exists()
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists(), "the worker outlived its Orthanc"
+
+
+def test_inside_orthanc_the_workers_run_the_embedded_pythons_own_version(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/usr/sbin/Orthanc")
+    python = Path(interpreter())
+    assert python.name == f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    assert python.parent == Path(sys.base_prefix) / "bin"
+    assert python.exists()
+
+
+def test_a_closed_pool_takes_no_work() -> None:
+    pool = CompressionPool(1, timeout_s=30)
+    assert pool.call(sum, [2, 3]) == 5
+    pool.close()
+    with pytest.raises(CompressorUnavailable, match="stopping"):
+        pool.call(sum, [1])
+
+
 def test_a_stuck_worker_times_out_and_is_replaced() -> None:
     pool = CompressionPool(1, timeout_s=1)
     try:
@@ -91,8 +155,7 @@ def test_a_stuck_worker_times_out_and_is_replaced() -> None:
         pool.close()
 
 
-def test_workers_run_the_plugins_interpreter_at_lower_priority(pool) -> None:
-    assert os.path.exists(interpreter())
+def test_workers_run_at_lower_priority(pool) -> None:
     assert pool.call(os.nice, 0) >= os.nice(0) + 10
 
 

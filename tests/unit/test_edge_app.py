@@ -130,6 +130,15 @@ def routes(app: EdgeApp) -> dict:
     return EdgeRoutes(app, lambda _message: None).routes()
 
 
+def test_a_c_store_of_an_instance_held_already_is_discarded_with_a_warning(
+    app: EdgeApp,
+) -> None:
+    held = {"1.2.3": "orthanc-id"}
+    assert app.cstore_status("1.2.3", held.get) == 0xB000
+    assert app.cstore_status("1.2.4", held.get) == 0
+    assert app.cstore_status("", lambda _uid: pytest.fail("looked up an empty UID")) == 0
+
+
 def test_status_and_not_yet_known_studies(routes: dict) -> None:
     status = routes["/imaging-cloud/status"].dispatch("GET")
     assert isinstance(status, Reply) and status.status == 200
