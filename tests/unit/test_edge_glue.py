@@ -44,6 +44,7 @@ def fake_orthanc(configuration: dict, registered: dict) -> types.ModuleType:
         "RegisterStorageArea",
         "RegisterRestCallback",
         "RegisterReceivedInstanceCallback",
+        "RegisterIncomingCStoreInstanceFilter",
         "RegisterFindCallback",
         "RegisterMoveCallback",
         "RegisterOnChangeCallback",
@@ -68,8 +69,14 @@ def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 def test_the_plugin_registers_its_callbacks(loaded: dict) -> None:
     paths = {args[0] for args in loaded["RegisterRestCallback"]}
     assert "/imaging-cloud/status" in paths and "/imaging-cloud/pushes" in paths
-    for kind in ("RegisterStorageArea", "RegisterOnChangeCallback", "RegisterMoveCallback"):
+    for kind in (
+        "RegisterStorageArea",
+        "RegisterOnChangeCallback",
+        "RegisterMoveCallback",
+        "RegisterIncomingCStoreInstanceFilter",  # only the plugin overwrites an instance
+    ):
         assert len(loaded[kind]) == 1
+    assert "RegisterReceivedInstanceCallback" not in loaded  # nothing of ours in the C-STORE
     assert any("edge plugin" in m and "loaded for H0001" in m for m in loaded["LogWarning"])
 
 
