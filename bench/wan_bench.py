@@ -40,6 +40,7 @@ import subprocess
 import sys
 from typing import Any
 
+from bench.cpu import threads
 from bench.netns import WanLink, utilisation
 from bench.wan_edge_side import RECEIVER_PORT, RELAY_PORT, SINK_PORT, drive, stop_processes
 from deploy.stack.launcher import load_context, read_stack_env, services
@@ -70,17 +71,12 @@ def pin(pids: list[int], cpus: set[int]) -> int:
     """Every thread of these processes on `cpus` (threads and processes they start later
     inherit it); returns the thread count."""
     count = 0
-    for pid in pids:
+    for tid in (tid for pid in pids for tid in threads(pid)):
         try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        for tid in tids:
-            try:
-                os.sched_setaffinity(tid, cpus)
-                count += 1
-            except (ProcessLookupError, FileNotFoundError):
-                continue
+            os.sched_setaffinity(tid, cpus)
+            count += 1
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # the thread ended meanwhile
     return count
 
 

@@ -31,11 +31,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TypeVar
 
+from .compression import POLICIES
 from .errors import CompressionError, CompressorUnavailable
 
 T = TypeVar("T")
 
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_LOSSLESS = POLICIES["jpeg-ls-lossless"]
 ENCODE_TIMEOUT_S = 120.0  # one instance; a multi-frame of hundreds of MB stays well below
 WORKER_NICE = 10
 
