@@ -48,6 +48,35 @@ PORT_NAMES = (
 )
 
 
+# The redundant topology's extra ports (IMGCLOUD_TOPOLOGY=ha, see docs/ha.md). PostgreSQL:
+# three etcd members (Patroni's DCS), two PostgreSQL nodes under Patroni and their REST APIs;
+# "postgres" stays the one stable address of the current primary (a TCP proxy that asks
+# Patroni). SeaweedFS: masters 2 and 3 (raft of three with "weed_master"), a second volume
+# server, filer and S3 endpoint. Keycloak: a second node and each node's cluster port.
+HA_PORT_NAMES = (
+    *(f"etcd_{n}_{kind}" for n in (1, 2, 3) for kind in ("client", "peer")),
+    "pg_node_1",
+    "pg_node_2",
+    "patroni_1_api",
+    "patroni_2_api",
+    "pg_proxy_stats",
+    "weed_master_2",
+    "weed_master_2_grpc",
+    "weed_master_3",
+    "weed_master_3_grpc",
+    "weed_volume_2",
+    "weed_volume_2_grpc",
+    "weed_filer_2",
+    "weed_filer_2_grpc",
+    "weed_s3_2",
+    "weed_s3_2_grpc",
+    "keycloak_2",
+    "keycloak_2_mgmt",
+    "keycloak_cluster_1",
+    "keycloak_cluster_2",
+)
+
+
 def central_ports(node: int) -> tuple[str, str]:
     """(HTTP, DICOM) port names of central node `node`: node 1 keeps today's names."""
     prefix = "central" if node == 1 else f"central_{node}"
@@ -59,12 +88,14 @@ def indexer_port(node: int) -> str:
     return "indexer" if node == 1 else f"indexer_{node}"
 
 
-def port_names(central_nodes: int = 1, indexer_nodes: int = 1) -> tuple[str, ...]:
+def port_names(
+    central_nodes: int = 1, indexer_nodes: int = 1, *, ha: bool = False
+) -> tuple[str, ...]:
     """PORT_NAMES plus those of central nodes 2..central_nodes and indexer nodes
-    2..indexer_nodes."""
+    2..indexer_nodes, and with `ha` those of the redundant topology."""
     extra = [name for node in range(2, central_nodes + 1) for name in central_ports(node)]
     extra += [indexer_port(node) for node in range(2, indexer_nodes + 1)]
-    return (*PORT_NAMES, *extra)
+    return (*PORT_NAMES, *extra, *(HA_PORT_NAMES if ha else ()))
 
 
 def port_is_free(port: int) -> bool:

@@ -38,6 +38,17 @@ def admin_cidrs(text: str) -> tuple[str, ...]:
 
 
 MAX_NODES = 8
+# IMGCLOUD_TOPOLOGY: "small" (one process per component, the default) or "ha" (no single
+# point of failure in the cloud tier: docs/ha.md).
+TOPOLOGIES = ("small", "ha")
+
+
+def topology(text: str) -> str:
+    """The topology named (case and spaces ignored); ValueError names the choices."""
+    name = text.strip().lower() or "small"
+    if name not in TOPOLOGIES:
+        raise ValueError(f"IMGCLOUD_TOPOLOGY: {text!r} is not one of {', '.join(TOPOLOGIES)}")
+    return name
 
 
 def node_count(variable: str, text: str) -> int:
@@ -72,6 +83,9 @@ class StackSettings:
     # How many indexer nodes run (STACK_INDEXER_NODES): one database; node 1 is `indexer`
     # (and runs the migrations), node k `indexer-k`. Their background loops take leases.
     indexer_nodes: int = 1
+    # "small" or "ha" (IMGCLOUD_TOPOLOGY). The HA topology runs at least two central and two
+    # indexer nodes whatever STACK_CENTRAL_NODES and STACK_INDEXER_NODES say.
+    topology: str = "small"
 
     @classmethod
     def from_env(cls, state_dir: str | None = None) -> StackSettings:
@@ -80,23 +94,34 @@ class StackSettings:
         cache = Path(os.environ.get("STACK_CACHE_DIR") or REPO_ROOT / "var" / "cache").resolve()
         versions = _read_versions(REPO_ROOT / "deploy" / "versions.env")
         timeout = float(os.environ.get("STACK_START_TIMEOUT", "180"))
+        shape = topology(os.environ.get("IMGCLOUD_TOPOLOGY", "small"))
+        least = 2 if shape == "ha" else 1
         return cls(
             state_dir=state,
             cache_dir=cache,
             versions=versions,
             start_timeout_s=timeout,
             keycloak_admin_cidrs=admin_cidrs(os.environ.get("STACK_KEYCLOAK_ADMIN_CIDRS", "")),
-            central_nodes=node_count(
-                "STACK_CENTRAL_NODES", os.environ.get("STACK_CENTRAL_NODES", "1")
+            central_nodes=max(
+                least,
+                node_count("STACK_CENTRAL_NODES", os.environ.get("STACK_CENTRAL_NODES", "1")),
             ),
-            indexer_nodes=node_count(
-                "STACK_INDEXER_NODES", os.environ.get("STACK_INDEXER_NODES", "1")
+            indexer_nodes=max(
+                least,
+                node_count("STACK_INDEXER_NODES", os.environ.get("STACK_INDEXER_NODES", "1")),
             ),
+            topology=shape,
         )
 
     def __post_init__(self) -> None:
         node_count("central_nodes", str(self.central_nodes))
         node_count("indexer_nodes", str(self.indexer_nodes))
+        topology(self.topology)
+
+    @property
+    def ha(self) -> bool:
+        """Whether this is the redundant topology (IMGCLOUD_TOPOLOGY=ha)."""
+        return self.topology == "ha"
 
     @property
     def venv_bin(self) -> Path:
@@ -129,7 +154,7 @@ class StackSettings:
     @property
     def port_names(self) -> tuple[str, ...]:
         """Every port name of this stack: the fixed ones and each extra node's."""
-        return port_names(self.central_nodes, self.indexer_nodes)
+        return port_names(self.central_nodes, self.indexer_nodes, ha=self.ha)
 
     def log(self, service: str) -> Path:
         return self.log_dir / f"{service}.log"
