@@ -48,28 +48,25 @@ PORT_NAMES = (
 )
 
 
-# The redundant topology's extra ports (IMGCLOUD_TOPOLOGY=ha, see docs/ha.md). PostgreSQL:
-# three etcd members (Patroni's DCS), two PostgreSQL nodes under Patroni and their REST APIs;
-# "postgres" stays the one stable address of the current primary (a TCP proxy that asks
-# Patroni). SeaweedFS: masters 2 and 3 (raft of three with "weed_master"), a second volume
-# server, filer and S3 endpoint. Keycloak: a second node and each node's cluster port.
+# The redundant topology's extra ports (IMGCLOUD_TOPOLOGY=ha, see docs/ha.md). Clients keep
+# the small stack's addresses: "postgres" and "weed_s3" are then the local proxy's fronts
+# (HAProxy, health-checked: the current Patroni primary; any live S3 endpoint), and the
+# nodes behind them listen on ports of their own. PostgreSQL: three etcd members (Patroni's
+# DCS), two PostgreSQL nodes and their Patroni REST APIs. SeaweedFS: masters 2 and 3 (a
+# raft of three with "weed_master"), volume servers 2 and 3, a second filer, two S3 nodes.
+# Keycloak: a second node and each node's cluster (JGroups) port.
 HA_PORT_NAMES = (
     *(f"etcd_{n}_{kind}" for n in (1, 2, 3) for kind in ("client", "peer")),
     "pg_node_1",
     "pg_node_2",
     "patroni_1_api",
     "patroni_2_api",
-    "pg_proxy_stats",
-    "weed_master_2",
-    "weed_master_2_grpc",
-    "weed_master_3",
-    "weed_master_3_grpc",
-    "weed_volume_2",
-    "weed_volume_2_grpc",
+    "ha_proxy_stats",
+    *(f"weed_master_{n}{grpc}" for n in (2, 3) for grpc in ("", "_grpc")),
+    *(f"weed_volume_{n}{grpc}" for n in (2, 3) for grpc in ("", "_grpc")),
     "weed_filer_2",
     "weed_filer_2_grpc",
-    "weed_s3_2",
-    "weed_s3_2_grpc",
+    *(f"weed_s3_node_{n}{grpc}" for n in (1, 2) for grpc in ("", "_grpc")),
     "keycloak_2",
     "keycloak_2_mgmt",
     "keycloak_cluster_1",
