@@ -1,0 +1,178 @@
+"""After the chaos run (bench/chaos.py): what was acknowledged and is or is not at central
+or in the indexer, one central node's throughput against two, and each service's memory
+and CPU."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import pydicom
+
+from deploy.samples.studies import make_study
+from deploy.stack.client import StackClient, find_study
+from deploy.stack.context import StackContext
+from deploy.stack.launcher import services
+
+from .chaos_load import INSTITUTION, Tokens, Workload
+from .cpu import CLOCK_TICKS, PROC, Group, all_stats
+
+ARRIVAL_TIMEOUT_S = 300.0  # for the edge's queue to drain after the last kill
+
+
+def account(stack: StackClient, work: Workload) -> str:
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        ingest = _studies_at_central(central, work.loops["ingest"].written, per_study=2)
+        archive = _instances_at_central(central, work.loops["archive"].written)
+    records = _records_kept(stack, work.loops["records"].written)
+    return "\n".join(
+        [
+            "accounting (acknowledged operations only):",
+            f"  ingest:  {ingest}",
+            f"  archive: {archive}",
+            f"  records: {records}",
+        ]
+    )
+
+
+def _studies_at_central(central: httpx.Client, study_uids: list[str], per_study: int) -> str:
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+    counts: dict[str, int] = {}
+    pending = list(study_uids)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for uid in pending:
+            study_id = find_study(central, uid)
+            count = len(central.get(f"/studies/{study_id}/instances").json()) if study_id else 0
+            counts[uid] = count
+            if count < per_study:
+                still.append(uid)
+        pending = still
+        if pending:
+            time.sleep(2.0)
+    lost = sum(max(0, per_study - counts.get(u, 0)) for u in study_uids)
+    duplicated = sum(max(0, counts.get(u, 0) - per_study) for u in study_uids)
+    return (
+        f"{len(study_uids)} studies ({len(study_uids) * per_study} instances) sent: "
+        f"{lost} instances lost, {duplicated} duplicated"
+    )
+
+
+def _instances_at_central(central: httpx.Client, sop_uids: list[str]) -> str:
+    lost = duplicated = 0
+    for uid in sop_uids:
+        found = [
+            i for i in central.post("/tools/lookup", content=uid).json() if i["Type"] == "Instance"
+        ]
+        lost += not found
+        duplicated += max(0, len(found) - 1)
+    return f"{len(sop_uids)} uploads acknowledged: {lost} missing, {duplicated} duplicated"
+
+
+def _records_kept(stack: StackClient, exam_nos: list[str]) -> str:
+    token = Tokens(stack, every_s=60.0).get("ADMIN")
+    missing = 0
+    with stack.gateway(token) as api:
+        for exam_no in exam_nos:
+            base = f"/api/v1/institutions/{INSTITUTION}/exams/{exam_no}"
+            if api.get(base).status_code != 200 or api.get(f"{base}/report").status_code != 200:
+                missing += 1
+    return f"{len(exam_nos)} exam+report writes acknowledged: {missing} missing"
+
+
+# --- one central node against two ---------------------------------------------------------
+
+
+def node_throughput(stack: StackClient, seconds: float = 15.0, clients: int = 4) -> str:
+    """Instances a second that `clients` uploaders get into central's REST API, all to node
+    1, then spread over nodes 1 and 2, in this run (two cores: not twice)."""
+    if "CENTRAL_2_ORTHANC_URL" not in stack.env:
+        return "one central node against two: the stack runs one node"
+    one = _upload_rate(stack, ["CENTRAL_ORTHANC"], seconds, clients, seed=1)
+    two = _upload_rate(stack, ["CENTRAL_ORTHANC", "CENTRAL_2_ORTHANC"], seconds, clients, seed=2)
+    return (
+        f"central ingest, {clients} clients, {seconds:g} s each: one node {one:.1f} inst/s, "
+        f"two nodes {two:.1f} inst/s ({two / one:.2f}x)"
+        if one
+        else "central ingest: no upload succeeded on one node"
+    )
+
+
+def _upload_rate(
+    stack: StackClient, nodes: list[str], seconds: float, clients: int, seed: int
+) -> float:
+    study = make_study(int(time.time()) * 10 + seed, "MR", instances=600)
+    bodies = []
+    for ds in study.instances():
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        bodies.append(buffer.getvalue())
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def upload(k: int) -> None:
+        with stack.orthanc(nodes[k % len(nodes)]) as node:
+            for i in range(k, len(bodies), clients):
+                if time.monotonic() >= stop:
+                    return
+                if node.post("/instances", content=bodies[i]).status_code == 200:
+                    done[k] += 1
+
+    threads = [threading.Thread(target=upload, args=(k,)) for k in range(clients)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.monotonic() - start)
+
+
+# --- memory and CPU ------------------------------------------------------------------------
+
+
+@dataclass
+class Resources:
+    cpu_s: dict[str, float]
+    rss_mb: dict[str, float]
+    at: float
+
+    def report(self, before: Resources) -> str:
+        span = self.at - before.at
+        lines = [f"per service over the run ({span:.0f} s): CPU s (share of one core), RSS now"]
+        for name in sorted(self.rss_mb, key=lambda n: -self.rss_mb[n]):
+            cpu = self.cpu_s[name] - before.cpu_s.get(name, 0.0)
+            share = 100 * cpu / span
+            lines.append(f"  {name:<20} {cpu:8.1f} s ({share:5.1f} %)  {self.rss_mb[name]:8.0f} MB")
+        total_cpu = sum(self.cpu_s.values()) - sum(before.cpu_s.values())
+        lines.append(
+            f"  {'total':<20} {total_cpu:8.1f} s ({100 * total_cpu / span:5.1f} %)  "
+            f"{sum(self.rss_mb.values()):8.0f} MB"
+        )
+        return "\n".join(lines)
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def resources(ctx: StackContext) -> Resources:
+    stats = all_stats()
+    cpu: dict[str, float] = {}
+    rss: dict[str, float] = {}
+    for svc in services(ctx):
+        pid = svc.pid()
+        if pid is None:
+            continue
+        members = Group(svc.name, roots=frozenset({pid})).members(stats)
+        cpu[svc.name] = sum(m.cpu_ticks for m in members) / CLOCK_TICKS
+        rss[svc.name] = sum(_rss_kb(m.pid) for m in members) / 1024
+    return Resources(cpu, rss, time.monotonic())
