@@ -297,6 +297,12 @@ def test_patroni_runs_synchronous_on_the_three_etcd_members() -> None:
     assert dcs["ttl"] >= dcs["loop_wait"] + 2 * dcs["retry_timeout"]
     hosts = conf["etcd3"]["hosts"].split(",")
     assert hosts == [f"{n}:2379" for n in nodes("etcd")]
+    for name in nodes("etcd"):
+        env = services()[name]["environment"]
+        assert env["ETCD_NAME"] == name
+        assert env["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == f"http://{name}:2380"
+        members = dict(m.split("=") for m in env["ETCD_INITIAL_CLUSTER"].split(","))
+        assert members == {n: f"http://{n}:2380" for n in nodes("etcd")}
     subnet = load()["networks"]["default"]["ipam"]["config"][0]["subnet"]
     assert all(subnet in rule for rule in conf["postgresql"]["pg_hba"] if rule.startswith("host"))
     for name in nodes("patroni"):
