@@ -142,32 +142,45 @@ class AuditWriter:
     """Async writer used by the API. Records are queued and written in batches every
     `flush_s` (one transaction for many requests): a crash can lose at most that window,
     like PostgreSQL's own asynchronous commit. Every decision is a row, except that
-    identical granted ones within one batch are one row with their `count`."""
+    identical granted ones within one batch are one row with their `count`. While the
+    database cannot be reached (or the pool has no connection to give) the records are
+    kept and tried again, backing off to `retry_max_s`, without waiting for a next request
+    (a worker that gets none would otherwise hold them indefinitely)."""
 
-    def __init__(self, pool: AsyncConnectionPool, flush_s: float = 0.1) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, flush_s: float = 0.1, retry_max_s: float = 5.0
+    ) -> None:
         self.pool = pool
         self.flush_s = flush_s
+        self.retry_max_s = retry_max_s
         self._pending: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def record(self, event: dict[str, Any]) -> None:
         self._pending.append(event)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._flush_soon())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
 
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.flush_s)
-        await self.flush()
+    async def _drain(self) -> None:
+        """Flush until nothing is pending (records that arrive meanwhile go with the next
+        batch); after a failed flush wait longer each time, up to retry_max_s."""
+        delay = self.flush_s
+        while self._pending:
+            await asyncio.sleep(delay)
+            written = await self.flush()
+            delay = self.flush_s if written else min(max(delay, self.flush_s) * 2, self.retry_max_s)
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Write what is pending; False when the database could not take it (it is kept)."""
         batch, self._pending = aggregate(self._pending), []
         if not batch:
-            return
+            return True
         try:
             await self._insert(batch)
         except psycopg.OperationalError:  # the database is away: kept for the next flush
             log.exception("%d audit records could not be written yet", len(batch))
             self._pending = batch + self._pending
+            return False
         except psycopg.Error:
             # One record the database refuses must not stop the trail (it would fail every
             # later batch too): one by one, a refused one again without its free-text
@@ -175,6 +188,7 @@ class AuditWriter:
             log.exception("%d audit records refused as a batch: one by one", len(batch))
             for record in batch:
                 await self._insert_alone(record)
+        return True
 
     async def _insert(self, batch: list[dict[str, Any]]) -> None:
         async with self.pool.connection() as conn, conn.cursor() as cursor:
