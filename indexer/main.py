@@ -28,7 +28,7 @@ from .api.routes import (
 )
 from .config import get_settings
 from .db import session_factory
-from .services.audit import AuditWriter
+from .services.audit_writer import AuditWriter
 from .services.platform import BuiltInPlatform, HttpPlatform, MasterIndexPlatform, MasterIndexQueue
 from .services.qido import CentralQido
 
@@ -69,7 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         queue.stop()
-        await app.state.audit.flush()
+        await app.state.audit.aclose()
         await app.state.central_qido.close()
         await app.state.pool.close()
 

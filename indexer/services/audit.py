@@ -10,7 +10,6 @@ longer matches its hash, each place where rows went missing, and each row left u
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +18,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import CursorResult, String, text
 from sqlalchemy.orm import Session
@@ -118,94 +116,6 @@ def event(
         if isinstance(value, str):
             record[column] = value.replace("\x00", "")[:width]
     return record
-
-
-def aggregate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Identical granted records of one batch as one row with their count (a viewer's
-    repeats). A refusal, an edge's event, or anything that differs keeps its own row."""
-    rows: list[dict[str, Any]] = []
-    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for record in batch:
-        if record["outcome"] >= 400 or record.get("event_id") is not None:
-            rows.append(record)
-            continue
-        key = tuple((k, record[k]) for k in sorted(record) if k != "count")
-        if key in seen:
-            seen[key]["count"] += record["count"]
-            continue
-        seen[key] = dict(record)
-        rows.append(seen[key])
-    return rows
-
-
-class AuditWriter:
-    """Async writer used by the API. Records are queued and written in batches every
-    `flush_s` (one transaction for many requests): a crash can lose at most that window,
-    like PostgreSQL's own asynchronous commit. Every decision is a row, except that
-    identical granted ones within one batch are one row with their `count`. While the
-    database cannot be reached (or the pool has no connection to give) the records are
-    kept and tried again, backing off to `retry_max_s`, without waiting for a next request
-    (a worker that gets none would otherwise hold them indefinitely)."""
-
-    def __init__(
-        self, pool: AsyncConnectionPool, flush_s: float = 0.1, retry_max_s: float = 5.0
-    ) -> None:
-        self.pool = pool
-        self.flush_s = flush_s
-        self.retry_max_s = retry_max_s
-        self._pending: list[dict[str, Any]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def record(self, event: dict[str, Any]) -> None:
-        self._pending.append(event)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        """Flush until nothing is pending (records that arrive meanwhile go with the next
-        batch); after a failed flush wait longer each time, up to retry_max_s."""
-        delay = self.flush_s
-        while self._pending:
-            await asyncio.sleep(delay)
-            written = await self.flush()
-            delay = self.flush_s if written else min(max(delay, self.flush_s) * 2, self.retry_max_s)
-
-    async def flush(self) -> bool:
-        """Write what is pending; False when the database could not take it (it is kept)."""
-        batch, self._pending = aggregate(self._pending), []
-        if not batch:
-            return True
-        try:
-            await self._insert(batch)
-        except psycopg.OperationalError:  # the database is away: kept for the next flush
-            log.exception("%d audit records could not be written yet", len(batch))
-            self._pending = batch + self._pending
-            return False
-        except psycopg.Error:
-            # One record the database refuses must not stop the trail (it would fail every
-            # later batch too): one by one, a refused one again without its free-text
-            # fields, and only then dropped, loudly. Messages never carry the events' data.
-            log.exception("%d audit records refused as a batch: one by one", len(batch))
-            for record in batch:
-                await self._insert_alone(record)
-        return True
-
-    async def _insert(self, batch: list[dict[str, Any]]) -> None:
-        async with self.pool.connection() as conn, conn.cursor() as cursor:
-            await cursor.executemany(INSERT_SQL, batch)
-
-    async def _insert_alone(self, record: dict[str, Any]) -> None:
-        bare = record | {"resource": "(refused)", "purpose": None, "filters": None}
-        for attempt in (record, bare):
-            try:
-                await self._insert([attempt])
-                return
-            except psycopg.OperationalError:
-                self._pending.append(record)
-                return
-            except psycopg.Error:
-                continue
-        log.error("an audit record of action %r was refused and dropped", record.get("action"))
 
 
 async def record_now(pool: AsyncConnectionPool, records: list[dict[str, Any]]) -> None:

@@ -19,7 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 from deploy.stack.client import StackClient
 from deploy.stack.launcher import load_context, service
 from deploy.stack.settings import REPO_ROOT, StackSettings
-from indexer.services.audit import AuditWriter, event
+from indexer.services.audit import event
+from indexer.services.audit_writer import AuditWriter
 
 from ..support.eventually import eventually
 from .test_audit import indexer_cli

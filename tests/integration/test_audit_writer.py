@@ -13,7 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 from deploy.stack.client import StackClient
 from deploy.stack.launcher import load_context
 from deploy.stack.settings import StackSettings
-from indexer.services.audit import AuditWriter, event
+from indexer.services.audit import event
+from indexer.services.audit_writer import AuditWriter
 
 
 def test_a_refused_record_does_not_stop_the_trail(
