@@ -57,6 +57,37 @@ def test_tampered_file_raises_integrity_error(archive: EncryptedArchive, tmp_pat
         archive.read(u, 1)
 
 
+class StaleFirstRead(FileStore):
+    """A store whose first read of a key answers an older copy, as a copy read ahead before
+    the object was rewritten does; later reads answer the object as it is."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.stale: dict[str, bytes] = {}
+        self.reads = 0
+
+    def get(self, key: str) -> bytes:
+        self.reads += 1
+        return self.stale.pop(key, None) or super().get(key)
+
+
+def test_a_stale_copy_that_fails_is_read_again_from_the_store(tmp_path: Path) -> None:
+    ring_path = tmp_path / "ring.json"
+    write_key_ring(KeyRing.generate("k1"), ring_path)
+    store = StaleFirstRead(tmp_path / "objects")
+    archive = EncryptedArchive(store, KeyRingSource(ring_path, 0), Algorithm.AES_256_GCM)
+    u = str(uuid.uuid4())
+    archive.create(u, 1, b"y" * 1000)
+    key = object_key("", u, 1)
+    tampered = bytearray(store.get(key))
+    tampered[-100] ^= 0xFF
+    store.stale[key] = bytes(tampered)
+    store.reads = 0
+    assert archive.read(u, 1) == b"y" * 1000  # the store's own copy, after the stale one
+    assert store.reads == 2
+    assert archive.read(u, 1) == b"y" * 1000 and store.reads == 3  # no second read when fine
+
+
 def test_key_ring_change_is_picked_up_without_restart(
     archive: EncryptedArchive, tmp_path: Path
 ) -> None:

@@ -140,15 +140,27 @@ class EncryptedArchive:
     def read(self, attachment_uuid: str, content_type: int) -> bytes:
         key = object_key(self.prefix, attachment_uuid, content_type)
         blob = self.store.get(key)
+        try:
+            return self._open(blob, key, int(content_type))
+        except IntegrityError:
+            # The copy may be one read ahead before the object was rewritten (restored,
+            # rewrapped under another key, its old key then retired): read it once more
+            # from the store, and fail only if that copy fails too.
+            again = self.store.get(key)
+            if again == blob:
+                raise
+            return self._open(again, key, int(content_type))
+
+    def _open(self, blob: bytes, key: str, content_type: int) -> bytes:
         ring = self.keys.get()
         try:
-            return open_sealed(blob, object_key=key, attachment_type=int(content_type), ring=ring)
+            return open_sealed(blob, object_key=key, attachment_type=content_type, ring=ring)
         except IntegrityError:
             # A key ring rotated moments ago may hold the key: look once more, then fail.
             fresh = self.keys.get(force=True)
             if fresh is ring:
                 raise
-            return open_sealed(blob, object_key=key, attachment_type=int(content_type), ring=fresh)
+            return open_sealed(blob, object_key=key, attachment_type=content_type, ring=fresh)
 
     def remove(self, attachment_uuid: str, content_type: int) -> None:
         self.store.delete(object_key(self.prefix, attachment_uuid, content_type))
