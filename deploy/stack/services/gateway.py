@@ -9,6 +9,7 @@ import signal
 import ssl
 from pathlib import Path
 
+from ..context import StackContext
 from ..errors import PrerequisiteMissing
 from ..modes import GATEWAY_HOME_MODE
 from .base import Service, http_health
@@ -43,6 +44,11 @@ def upstream_servers(addresses: list[str]) -> str:
     if not addresses:
         raise ValueError("gateway template: an upstream needs at least one server")
     return " ".join(f"server {address};" for address in addresses)
+
+
+def keycloak_ports(ctx: StackContext) -> list[str]:
+    """The HTTP port names of the Keycloak nodes (two in the HA topology)."""
+    return ["keycloak", "keycloak_2"] if ctx.settings.ha else ["keycloak"]
 
 
 class NginxService(Service):
@@ -107,7 +113,9 @@ class Gateway(NginxService):
                 "CENTRAL_BASIC_AUTH": basic,
                 "INDEXER_SERVERS": upstream_servers(indexers),
                 "GATEWAY_FORWARD_SECRET": self.ctx.secrets["gateway_forward_secret"],
-                "KEYCLOAK": f"127.0.0.1:{self.ctx.ports['keycloak']}",
+                "KEYCLOAK_SERVERS": upstream_servers(
+                    [f"127.0.0.1:{self.ctx.ports[name]}" for name in keycloak_ports(self.ctx)]
+                ),
                 "KEYCLOAK_ADMIN_ACCESS": keycloak_admin_access(
                     self.ctx.settings.keycloak_admin_cidrs
                 ),
