@@ -71,6 +71,10 @@ HA_PORT_NAMES = (
     "keycloak_2_mgmt",
     "keycloak_cluster_1",
     "keycloak_cluster_2",
+    # the local proxy's fronts for the indexer's own calls: any live central node, any
+    # live Keycloak node (so the indexer's study searches and key fetch name no one node)
+    "central_lb",
+    "keycloak_lb",
 )
 
 
