@@ -55,12 +55,12 @@ def service_on(ctx: StackContext, port: int) -> str:
     raise LookupError(f"no service of the stack declares port {port}")
 
 
-def first_of(ctx: StackContext, prefix: str) -> str:
-    """The first service whose name starts with `prefix` (a node of that component)."""
-    for svc in services(ctx):
-        if svc.name.startswith(prefix):
-            return svc.name
-    raise LookupError(f"no service named {prefix}*")
+def node_of(ctx: StackContext, prefix: str, index: int = 0) -> str:
+    """The `index`-th service whose name starts with `prefix` (a node of that component)."""
+    nodes = [svc.name for svc in services(ctx) if svc.name.startswith(prefix)]
+    if len(nodes) <= index:
+        raise LookupError(f"fewer than {index + 1} services named {prefix}*: {nodes}")
+    return nodes[index]
 
 
 def patroni_leader(ctx: StackContext) -> str:
@@ -99,12 +99,12 @@ class Target:
 
 TARGETS = (
     Target("a central Orthanc", "central", lambda ctx: "central"),
-    Target("an indexer", "indexer", lambda ctx: "indexer-2"),
+    Target("an indexer", "indexer", lambda ctx: node_of(ctx, "indexer", 1)),
     Target("the PostgreSQL primary", "postgresql", patroni_leader),
-    Target("a SeaweedFS volume server", "seaweedfs", lambda ctx: first_of(ctx, "weed-volume")),
+    Target("a volume server", "seaweedfs", lambda ctx: node_of(ctx, "seaweedfs-volume", 1)),
     Target("the raft leader master", "seaweedfs", raft_leader),
-    Target("an S3 endpoint", "seaweedfs", lambda ctx: first_of(ctx, "weed-s3")),
-    Target("a Keycloak node", "keycloak", lambda ctx: "keycloak-2"),
+    Target("an S3 endpoint", "seaweedfs", lambda ctx: node_of(ctx, "seaweedfs-s3")),
+    Target("a Keycloak node", "keycloak", lambda ctx: node_of(ctx, "keycloak", 1)),
 )
 
 
