@@ -57,35 +57,93 @@ def test_tampered_file_raises_integrity_error(archive: EncryptedArchive, tmp_pat
         archive.read(u, 1)
 
 
-class StaleFirstRead(FileStore):
-    """A store whose first read of a key answers an older copy, as a copy read ahead before
-    the object was rewritten does; later reads answer the object as it is."""
+class Scripted(FileStore):
+    """A store that may answer a scripted copy of a key before the stored one (as a copy
+    read ahead before the object was rewritten), with the read-ahead store's get_fresh."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.stale: dict[str, bytes] = {}
+        self.first: dict[str, bytes] = {}
         self.reads = 0
+        self.fresh_reads = 0
 
     def get(self, key: str) -> bytes:
         self.reads += 1
-        return self.stale.pop(key, None) or super().get(key)
+        return self.first.pop(key, None) or super().get(key)
+
+    def get_fresh(self, key: str) -> bytes:
+        self.fresh_reads += 1
+        return super().get(key)
 
 
-def test_a_stale_copy_that_fails_is_read_again_from_the_store(tmp_path: Path) -> None:
+def flipped(blob: bytes) -> bytes:
+    out = bytearray(blob)
+    out[-100] ^= 0xFF
+    return bytes(out)
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> tuple[EncryptedArchive, Scripted]:
     ring_path = tmp_path / "ring.json"
     write_key_ring(KeyRing.generate("k1"), ring_path)
-    store = StaleFirstRead(tmp_path / "objects")
-    archive = EncryptedArchive(store, KeyRingSource(ring_path, 0), Algorithm.AES_256_GCM)
+    store = Scripted(tmp_path / "objects")
+    return EncryptedArchive(store, KeyRingSource(ring_path, 0), Algorithm.AES_256_GCM), store
+
+
+def test_a_stale_copy_that_fails_is_read_again_from_the_store(
+    scripted: tuple[EncryptedArchive, Scripted], caplog: pytest.LogCaptureFixture
+) -> None:
+    archive, store = scripted
     u = str(uuid.uuid4())
     archive.create(u, 1, b"y" * 1000)
     key = object_key("", u, 1)
-    tampered = bytearray(store.get(key))
-    tampered[-100] ^= 0xFF
-    store.stale[key] = bytes(tampered)
+    store.first[key] = flipped(store.get(key))
     store.reads = 0
     assert archive.read(u, 1) == b"y" * 1000  # the store's own copy, after the stale one
-    assert store.reads == 2
-    assert archive.read(u, 1) == b"y" * 1000 and store.reads == 3  # no second read when fine
+    assert (store.reads, store.fresh_reads) == (1, 1)
+    assert f"object {key}: a copy failed to open" in caplog.text  # never silent
+    assert archive.read(u, 1) == b"y" * 1000 and (store.reads, store.fresh_reads) == (2, 1)
+
+
+def test_a_tampered_object_fails_after_its_second_read(
+    scripted: tuple[EncryptedArchive, Scripted], tmp_path: Path
+) -> None:
+    archive, store = scripted
+    u = str(uuid.uuid4())
+    archive.create(u, 1, b"z" * 1000)
+    path = tmp_path / "objects" / object_key("", u, 1)
+    path.write_bytes(flipped(path.read_bytes()))
+    with pytest.raises(IntegrityError, match=object_key("", u, 1)):
+        archive.read(u, 1)
+    assert (store.reads, store.fresh_reads) == (1, 1)
+
+
+def test_the_second_read_is_held_to_the_same_name(
+    scripted: tuple[EncryptedArchive, Scripted], tmp_path: Path
+) -> None:
+    """A valid object of another name, swapped in for the second read, still fails."""
+    archive, store = scripted
+    victim, other = str(uuid.uuid4()), str(uuid.uuid4())
+    archive.create(victim, 1, b"v" * 1000)
+    archive.create(other, 1, b"o" * 1000)
+    victim_key = object_key("", victim, 1)
+    store.first[victim_key] = flipped(store.get(victim_key))
+    path = tmp_path / "objects" / victim_key
+    path.write_bytes((tmp_path / "objects" / object_key("", other, 1)).read_bytes())
+    with pytest.raises(IntegrityError, match=victim_key):
+        archive.read(victim, 1)
+
+
+def test_without_read_ahead_a_failing_copy_is_not_read_twice(
+    archive: EncryptedArchive, tmp_path: Path
+) -> None:
+    u = str(uuid.uuid4())
+    archive.create(u, 1, b"w" * 1000)
+    path = tmp_path / "objects" / object_key("", u, 1)
+    path.write_bytes(flipped(path.read_bytes()))
+    assert not hasattr(archive.store, "get_fresh")  # FileStore: read-after-write consistent
+    with pytest.raises(IntegrityError):
+        archive.read(u, 1)
 
 
 def test_key_ring_change_is_picked_up_without_restart(

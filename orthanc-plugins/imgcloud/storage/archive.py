@@ -142,13 +142,18 @@ class EncryptedArchive:
         blob = self.store.get(key)
         try:
             return self._open(blob, key, int(content_type))
-        except IntegrityError:
-            # The copy may be one read ahead before the object was rewritten (restored,
-            # rewrapped under another key, its old key then retired): read it once more
-            # from the store, and fail only if that copy fails too.
-            again = self.store.get(key)
+        except IntegrityError as exc:
+            # With read-ahead, the copy may be one fetched before the object was rewritten
+            # (restored, rewrapped under another key, its old key then retired): read it
+            # once more from the store itself, and fail only if that copy fails too.
+            fresh = getattr(self.store, "get_fresh", None)
+            if fresh is None:
+                raise
+            log.warning("object %s: a copy failed to open (%s); reading it again", key, exc)
+            again = fresh(key)
             if again == blob:
                 raise
+            del blob
             return self._open(again, key, int(content_type))
 
     def _open(self, blob: bytes, key: str, content_type: int) -> bytes:

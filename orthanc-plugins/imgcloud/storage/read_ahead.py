@@ -83,7 +83,7 @@ class _Stats:
     announced: int = 0  # WADO-RS retrievals whose listings were looked up
     lookup_errors: int = 0  # listings that could not be read (no read-ahead then)
     skipped_full: int = 0  # prefetches not started: the byte bound was reached
-    refetched: int = 0  # entries sealed under a key the ring no longer holds: GET again
+    refetched: int = 0  # GET again: a copy sealed under a retired key, or one that failed to open
 
 
 class ReadAheadStore:
@@ -133,6 +133,13 @@ class ReadAheadStore:
                 self._count("refetched")
                 return self.store.get(key)  # the object as it is now, not the cached copy
         self._count("misses")
+        return self.store.get(key)
+
+    def get_fresh(self, key: str) -> bytes:
+        """The object as the store holds it now: no cached copy, nothing read ahead (the
+        archive's second read of a copy that failed to open)."""
+        self._evict(key)
+        self._count("refetched")
         return self.store.get(key)
 
     def put(self, key: str, data: bytes) -> None:
