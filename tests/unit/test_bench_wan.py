@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from bench.netns import utilisation
-from bench.wan_bench import ALL_CPUS, CONNECTIONS, layout_cpus, pin, report
+from bench.wan_bench import ALL_CPUS, layout_cpus, pin
+from bench.wan_report import CONNECTIONS, report
 
 MB = 1_000_000
 
