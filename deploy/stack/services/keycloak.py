@@ -20,8 +20,9 @@ ADMIN_USER = "bootstrap-admin"
 
 class Keycloak(Service):
     name = "keycloak"
-    ports = ("keycloak", "keycloak_mgmt")
+    ports: tuple[str, ...] = ("keycloak", "keycloak_mgmt")  # (HTTP, management)
     stop_timeout_s = 30.0
+    log_level = "WARN"
 
     def prepare(self) -> None:
         kc = self.ctx.settings.keycloak_home / "bin" / "kc.sh"
@@ -29,14 +30,27 @@ class Keycloak(Service):
             raise PrerequisiteMissing(self.name, f"{kc} not installed/built: run make install")
 
     @property
+    def internal_url(self) -> str:
+        """This node's own /auth URL on loopback."""
+        return f"{self.ctx.http(self.ports[0])}/auth"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.ctx.ports[self.ports[1]]}/auth/health/ready"
+
+    @property
     def admin_url(self) -> str:
         """Where the admin console is used: the gateway if admin networks are set."""
         if self.ctx.settings.keycloak_admin_cidrs:
             return self.ctx.keycloak_public_url
-        return self.ctx.keycloak_internal_url
+        return self.internal_url
+
+    def cache_options(self) -> list[str]:
+        return ["--cache=local"]  # one node here: no JGroups cluster listening on the network
 
     def argv(self) -> list[str]:
         p = self.ctx.ports
+        http_port, mgmt_port = (p[name] for name in self.ports[:2])
         return [
             str(self.ctx.settings.keycloak_home / "bin" / "kc.sh"),
             "start",
@@ -45,10 +59,10 @@ class Keycloak(Service):
             "--db-username=keycloak",
             "--http-enabled=true",
             "--http-host=127.0.0.1",
-            f"--http-port={p['keycloak']}",
+            f"--http-port={http_port}",
             # Health (and, with the current build, metrics) on loopback only; the gateway
             # never routes to this port.
-            f"--http-management-port={p['keycloak_mgmt']}",
+            f"--http-management-port={mgmt_port}",
             # Browsers and tokens see the gateway's URL; services may talk to Keycloak directly.
             f"--hostname={self.ctx.keycloak_public_url}",
             # The admin console and the master realm are not behind the gateway unless the
@@ -56,8 +70,8 @@ class Keycloak(Service):
             f"--hostname-admin={self.admin_url}",
             "--hostname-backchannel-dynamic=true",
             "--proxy-headers=xforwarded",
-            "--cache=local",  # one node here: no JGroups cluster listening on the network
-            "--log-level=WARN",
+            *self.cache_options(),
+            f"--log-level={self.log_level}",
         ]
 
     def env(self) -> dict[str, str]:
@@ -70,7 +84,7 @@ class Keycloak(Service):
         }
 
     def health(self) -> str | None:
-        return http_health(f"http://127.0.0.1:{self.ctx.ports['keycloak_mgmt']}/auth/health/ready")
+        return http_health(self.health_url)
 
     def after_healthy(self) -> None:
         realm = load_realm(self.ctx.gateway_url, local_dev=True)
