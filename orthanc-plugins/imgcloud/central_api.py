@@ -27,14 +27,18 @@ class CentralApi(OrthancRest):
         timeout_s: float = 120.0,
         transport: httpx.BaseTransport | None = None,
         verify: Any = True,
+        keepalive_s: float = 0.5,
     ) -> None:
         timeout = httpx.Timeout(timeout_s, connect=5)
         self.client = httpx.Client(
             base_url=url.rstrip("/"),
             auth=auth,
             timeout=timeout,
-            # Orthanc 1.10 closes idle keep-alive connections after about a second.
-            limits=httpx.Limits(max_connections=16, keepalive_expiry=0.5),
+            # An idle connection is kept `keepalive_s` (ImagingCloud.CentralKeepAliveSeconds):
+            # long enough to span the pause between two rounds of a study streaming in, so
+            # the next round does not pay a TLS handshake per upload; below what the far
+            # end keeps (the gateway 65 s; Orthanc its KeepAliveTimeout, 1 s by default).
+            limits=httpx.Limits(max_connections=16, keepalive_expiry=keepalive_s),
             transport=transport,
             verify=verify,
         )

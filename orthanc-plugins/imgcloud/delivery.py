@@ -57,6 +57,8 @@ class StudyDelivery:
     # (a compressed CT is ~40 MB); beyond it they are read again when sent.
     keep_bytes: int = 256 * 1024 * 1024
     readers: int = 1  # instances read (and so compressed) at the same time
+    # instance IDs central has just confirmed (the edge then replaces their local copies)
+    confirmed: Callable[[list[str]], None] = lambda _instance_ids: None
 
     def _read_all(self, unread: list[tuple[str, str]]) -> Iterator[bytes]:
         """Each instance's bytes, in order, `readers` at a time: reading may compress
@@ -118,13 +120,17 @@ class StudyDelivery:
             result = self.verify(todo)
             pending = sorted(result.missing | result.mismatched)
         if pending or not result.confirmed >= set(todo):
-            self.cache.confirm([by_sop[s] for s in result.confirmed])
+            self._confirm([by_sop[s] for s in result.confirmed])
             raise ForwardingError(
                 f"study {study_id}: {len(pending)} of {len(todo)} instances not confirmed by "
                 f"central after {self.rounds} rounds"
             )
-        self.cache.confirm([by_sop[s] for s in todo])
+        self._confirm([by_sop[s] for s in todo])
         return len(instances), sent_bytes
+
+    def _confirm(self, instance_ids: list[str]) -> None:
+        self.cache.confirm(instance_ids)
+        self.confirmed(instance_ids)
 
 
 def verify_against(

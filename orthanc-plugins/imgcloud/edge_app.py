@@ -69,7 +69,13 @@ class EdgeApp:
         # (Python.AllowThreads releases the GIL meanwhile).
         self.local = LocalOrthanc(transport, settings.dicom_aet)
         self.in_place = InPlaceCompressor(
-            self.local.read_instance, self.local.replace, self.compressed, self.pool.workers + 1
+            self.local.read_instance,
+            self.local.replace,
+            self.compressed,
+            self.pool.workers + 1,
+            defer_s=settings.replace_after_idle_s,
+            keep_bytes=settings.keep_compressed_mb * 1024 * 1024,
+            exists=self.local.has_instance,
         )
         self.known_modalities = set(settings.dicom_modalities)
         self.rules.known_modalities = self.known_modalities
@@ -88,7 +94,9 @@ class EdgeApp:
         # no password of its own; directly with the peer's credentials otherwise.
         peer = settings.peer
         auth: Any = BearerAuth(credentials) if credentials and not peer.username else peer.auth
-        self.central = CentralApi(peer.base_url, auth, verify=verify)
+        self.central = CentralApi(
+            peer.base_url, auth, verify=verify, keepalive_s=settings.central_keepalive_s
+        )
         self.records = RecordStore(
             data / "study-records.sqlite", archive.seal_record, archive.open_record
         )
@@ -101,6 +109,7 @@ class EdgeApp:
             self.central.verify,
             cache=self.queue,
             readers=self.pool.workers + 1,  # one more: each read also waits for Orthanc
+            confirmed=self.in_place.confirmed,  # its local copies may now be replaced
         )
         self.sender: RecordSender | None = None
         if credentials is not None and settings.indexer is not None:
@@ -150,8 +159,9 @@ class EdgeApp:
 
     def read_for_forwarding(self, instance_id: str) -> bytes:
         """The instance as it goes to central: compressed as the rules say. The arrival
-        usually compressed it already and replaced the local copy (imgcloud.in_place);
-        one still being compressed is waited for, one never compressed is compressed now.
+        usually compressed it already (imgcloud.in_place: its bytes kept in memory until
+        the local copy is replaced, once no C-STORE has come for a while); one still being
+        compressed is waited for, one never compressed or not kept is compressed now.
         Every read to forward comes here, so nothing the rules say to compress leaves
         uncompressed, except an instance the codec refuses (kept and sent as received)."""
         return self.in_place.read(instance_id)
@@ -162,6 +172,7 @@ class EdgeApp:
         copy stays (OverwriteInstances is on for the plugin's own compressed copy only:
         without this a resend would replace an archived instance, and central's copy after
         it). `held(uid)` is the held instance's Orthanc ID, or None."""
+        self.in_place.cstore()  # the modality is sending: local replaces wait
         existing = held(sop_instance_uid) if sop_instance_uid else None
         if existing is None:
             return 0
@@ -171,8 +182,9 @@ class EdgeApp:
     def send_one(self, item: tuple[str, bytes | None]) -> int:
         instance_id, data = item
         if data is None:
-            # the bytes hashed were these: the local copy, compressed or kept, as it is now
-            data = self.local.read_instance(instance_id)
+            # the bytes hashed were these: read as forwarding reads (the local copy may be
+            # the received one still, its compressed bytes kept or encoded again)
+            data = self.read_for_forwarding(instance_id)
         self.limiter.acquire(len(data))
         self.central.store(data)
         return len(data)
@@ -214,11 +226,17 @@ class EdgeApp:
         self.worker.notify()
 
     def study_stable(self, study_id: str) -> None:
+        status = self.queue.status(study_id)
+        if status is not None and status.state == "delivered":
+            # delivered while stable, and no arrival since (one would have queued it): our
+            # own replacements of its local copies made it unstable again, nothing new
+            return
         self.queue.enqueue(study_id)
         self.worker.notify()
 
     def _background(self) -> list[Worker]:
-        return [self.worker, self.retriever, *(s for s in (self.sender, self.audit_sender) if s)]
+        senders = (s for s in (self.sender, self.audit_sender) if s)
+        return [self.worker, self.retriever, *senders, self.in_place.replacer]
 
     def start(self) -> None:
         """Start the workers: they resume whatever a restart or crash left queued."""
@@ -243,6 +261,7 @@ class EdgeApp:
             "compression": current.compression,
             "rules_version": current.version,
             "forwarding_now": current.may_forward(dt.datetime.now()),
+            "replaces_pending": self.in_place.pending(),
             **self.queue.counters(),
             **self.audit.counters(),
         }

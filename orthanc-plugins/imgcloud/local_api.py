@@ -91,6 +91,14 @@ class LocalOrthanc(OrthancRest):
         if status != "Success":
             raise LocalOrthancError(f"the compressed copy was not stored (Orthanc: {status})")
 
+    def has_instance(self, instance_id: str) -> bool:
+        """Whether this edge still holds an instance (a replace must not store again one
+        that was deleted meanwhile)."""
+        answer = self._call(
+            "GET", f"/instances/{instance_id}", "find an instance", expect=(200, 404)
+        )
+        return answer.status_code == 200
+
     def find_resource(self, uid: str) -> str | None:
         """The Orthanc ID of a series or instance by its UID."""
         if not uid:

@@ -87,6 +87,12 @@ class _EdgeSection(_Section):
     compression: str = Field("jpeg-ls-lossless", alias="Compression")
     # encoder processes (imgcloud.compression_pool); 0: one per core this Orthanc may use
     compression_workers: int = Field(0, alias="CompressionWorkers", ge=0, le=64)
+    # imgcloud.in_place: the local copy is replaced once no C-STORE came for this long (0: at
+    # once), and up to this much compressed data is kept for forwarding meanwhile
+    replace_after_idle_s: float = Field(2.0, alias="ReplaceAfterIdleSeconds", ge=0, le=600)
+    keep_compressed_mb: int = Field(256, alias="KeepCompressedMB", ge=0, le=4096)
+    # how long an idle connection to central is kept for the next upload
+    central_keepalive_s: float = Field(0.5, alias="CentralKeepAliveSeconds", gt=0, le=60)
     indexer: Any = Field(None, alias="Indexer")
 
 
@@ -111,6 +117,9 @@ class EdgeSettings(BaseModel):
     storage: Annotated[StorageSettings, SkipValidation]
     compression: Annotated[CompressionPolicy, SkipValidation]
     compression_workers: int
+    replace_after_idle_s: float = 2.0
+    keep_compressed_mb: int = 256
+    central_keepalive_s: float = 0.5
     peer: PeerSettings
     indexer: IndexerSettings | None
     dicom_aet: str
@@ -147,6 +156,9 @@ class EdgeSettings(BaseModel):
             storage=storage,
             compression=CompressionPolicy.from_name(orthanc.imaging_cloud.compression),
             compression_workers=orthanc.imaging_cloud.compression_workers,
+            replace_after_idle_s=orthanc.imaging_cloud.replace_after_idle_s,
+            keep_compressed_mb=orthanc.imaging_cloud.keep_compressed_mb,
+            central_keepalive_s=orthanc.imaging_cloud.central_keepalive_s,
             peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}"),
             indexer=_indexer(orthanc.imaging_cloud.indexer),
             dicom_aet=orthanc.dicom_aet,
