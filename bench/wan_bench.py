@@ -22,6 +22,11 @@ backlog drain against the peer store and against the compressed-bytes floor, the
 utilisation while sending, and CPU per instance of every process group in each phase.
 
     sudo .venv/bin/python -m bench.wan_bench [--rate-mbit 100[,0]] [--layout both] [--json]
+        [--variant NAME='{"ReplaceAfterIdleSeconds": 0}' ...] [--repeat N]
+
+Each --variant is a fresh edge with these ImagingCloud settings over the default ones, run
+in turn for each rate and layout (with --repeat, the variants alternate N times), each
+beside its own plain baseline: before/after figures from one invocation.
 
 Needs root (namespaces) and nothing else running on the stack's ports; it starts and stops
 its own stack in var/wan-bench. This module is the orchestrator, in the root namespace; what
@@ -117,7 +122,12 @@ def central_groups(ctx, relay: int, receiver: list[int], sink: int) -> dict[str,
 
 
 def run(
-    rates: list[int], slices: int, seed: int, layouts: list[str], edge_cpu: int
+    rates: list[int],
+    slices: int,
+    seed: int,
+    layouts: list[str],
+    edge_cpu: int,
+    variants: list[tuple[str, dict[str, Any]]],
 ) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise SystemExit("wan_bench needs root (network namespaces)")
@@ -215,7 +225,8 @@ def run(
         relay, sink, receiver, receiver_relay = (h.pid for h in helpers)
         groups = central_groups(ctx, relay, [receiver, receiver_relay], sink)
         result: dict[str, Any] = {"runs": []}
-        for index, (rate_mbit, layout) in enumerate(itertools.product(rates, layouts)):
+        plans = itertools.product(rates, layouts, variants)
+        for index, (rate_mbit, layout, (variant, edge_settings)) in enumerate(plans):
             link.set_rate(rate_mbit)
             edge_cpus, central_cpus = layout_cpus(layout, edge_cpu)
             threads = pin(namespace_pids(link.central_ns), central_cpus)
@@ -223,7 +234,7 @@ def run(
                 f"{f'{rate_mbit} Mbit/s' if rate_mbit else 'no tbf'}, layout {layout}: "
                 "edge side on CPUs "
                 f"{sorted(edge_cpus)}, central side ({threads} threads) on "
-                f"{sorted(central_cpus)}; measuring in {link.edge_ns}",
+                f"{sorted(central_cpus)}; edge {variant}; measuring in {link.edge_ns}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -243,6 +254,7 @@ def run(
                 "central_password": stack["CENTRAL_ORTHANC_PASSWORD"],
                 "receiver_password": receiver_password,
                 "stack_dir": str(stack_dir),
+                "edge_settings": edge_settings,
             }
             done = subprocess.run(
                 [*link.prefix(link.edge_ns), PYTHON, "-m", "bench.wan_bench", "--drive"],
@@ -253,7 +265,8 @@ def run(
                 raise SystemExit(f"the edge-side run ({layout}) failed:\n{done.stderr[-3000:]}")
             one = json.loads(done.stdout)
             one["edge_cpus"], one["central_cpus"] = sorted(edge_cpus), sorted(central_cpus)
-            result["runs"].append(one | {"layout": layout, "rate_mbit": rate_mbit})
+            one |= {"layout": layout, "rate_mbit": rate_mbit}
+            result["runs"].append(one | {"variant": variant, "edge_settings": edge_settings})
         return result
     finally:
         stop_processes(helpers, wait_s=20)
@@ -265,6 +278,15 @@ def run(
         link.destroy()
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """NAME=JSON: a name for the report and ImagingCloud settings for the edge."""
+    name, _, settings = text.partition("=")
+    parsed = json.loads(settings or "{}")
+    if not name or not isinstance(parsed, dict):
+        raise SystemExit(f"--variant {text!r}: NAME=JSON, the JSON an object")
+    return name, parsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.wan_bench", description=__doc__)
     parser.add_argument(
@@ -274,6 +296,13 @@ def main() -> None:
     parser.add_argument("--edge-cpu", type=int, default=0, help="the edge side's CPU (fair)")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--seed", type=int, default=8100)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=JSON",
+        help="an edge with these ImagingCloud settings (repeatable; default: as configured)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="alternate the variants N times")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", metavar="JSON", help="print the report of a saved result")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
@@ -286,7 +315,8 @@ def main() -> None:
         return
     layouts = ["fair", "shared"] if args.layout == "both" else [args.layout]
     rates = [int(r) for r in args.rate_mbit.split(",")]
-    result = run(rates, args.slices, args.seed, layouts, args.edge_cpu)
+    variants = [parse_variant(v) for v in args.variant or ["default={}"]] * args.repeat
+    result = run(rates, args.slices, args.seed, layouts, args.edge_cpu, variants)
     (REPO_ROOT / "var" / "wan-bench" / "result.json").write_text(json.dumps(result))
     print(json.dumps(result, indent=1) if args.json else report(result))
 

@@ -153,6 +153,18 @@ def wait_delivered(edge: httpx.Client, uid: str, timeout_s: float = 900) -> dict
     raise TimeoutError(f"the edge did not deliver within {timeout_s} s")
 
 
+def wait_settled(edge: httpx.Client, timeout_s: float = 300) -> float:
+    """Until the edge has replaced every local copy it compressed (imgcloud.in_place:
+    deferred while C-STOREs come); returns how long that took."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while time.monotonic() < deadline:
+        if edge.get("/imaging-cloud/status").json().get("replaces_pending", 0) == 0:
+            return round(time.monotonic() - started, 2)
+        time.sleep(0.1)
+    raise TimeoutError(f"the edge still replaces local copies after {timeout_s} s")
+
+
 def stop_processes(procs: list[subprocess.Popen], wait_s: float) -> None:
     """Terminate them all, then wait `wait_s` for each, killing one that does not end."""
     for proc in procs:
@@ -200,6 +212,7 @@ def orthanc_configs(
                     "KeyRingFile": str(keyring),
                     "Filesystem": {"Root": str(home / "edge" / "objects")},
                 },
+                **plan.get("edge_settings", {}),  # the variant's (bench.wan_bench --variant)
             },
         },
     )
@@ -307,7 +320,10 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
             _, cstore = meter.phase(lambda: storescu(home / "live", EDGE_DICOM, "EDGE_BENCH"))
             t1_wall = time.time()
             delivered, after = meter.phase(lambda: wait_delivered(edge, uid))
+            # the local copies replaced after it (their CPU is the live study's too)
+            _, settle = meter.phase(lambda: wait_settled(edge))
         result["ours_cstore"], result["ours_after_cstore"] = cstore, after
+        result["ours_settle"] = settle
         result["ours_live"] = {
             "bytes_sent_mb": round(delivered["bytes_sent"] / 1e6, 2),
             "queued_after_s": round(delivered["queued_at"] - t0_wall, 2),
@@ -329,7 +345,9 @@ def drive(plan: dict[str, Any]) -> dict[str, Any]:
                 return wait_delivered(edge, backlog.exam.study_instance_uid)
 
             delivered, drained = meter.phase(drain)
+            _, settle = meter.phase(lambda: wait_settled(edge))
         result["backlog_cstore"], result["backlog_drain"] = cstore, drained
+        result["backlog_settle"] = settle
         result["backlog_bytes_sent_mb"] = round(delivered["bytes_sent"] / 1e6, 2)
         with httpx.Client(
             base_url=f"https://{central_ip}:{RELAY_PORT}",
@@ -364,6 +382,7 @@ def lossless_ratios(
                 sent = send(sample, host="127.0.0.1", port=EDGE_DICOM, called_aet="EDGE_BENCH")
                 assert sent.ok, sent.failed
                 wait_delivered(edge, study.exam.study_instance_uid, timeout_s=120)
+                wait_settled(edge)  # the local copies replaced by the compressed ones
             original = compressed = 0
             for ds in sample:
                 original += len(dicom_bytes(ds))

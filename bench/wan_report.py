@@ -4,11 +4,13 @@ result the edge side returned (or a saved one, `python -m bench.wan_bench --repo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bench.netns import utilisation
 
 CONNECTIONS = "TLS connections to central"  # counted by the relay, with the CPU figures
+EDGE_ORTHANC = "edge Orthanc (receive, store, hash, TLS upload)"  # bench.wan_edge_side
 
 
 def _ratio(a: float, b: float) -> str:
@@ -30,6 +32,8 @@ def report_run(r: dict[str, Any]) -> list[str]:
     p_cs, p_fw = r["plain_cstore"], r["plain_forward"]
     o_cs, o_after = r["ours_cstore"], r["ours_after_cstore"]
     b_cs, drain = r["backlog_cstore"], r["backlog_drain"]
+    # the local copies replaced after delivery (deferred, imgcloud.in_place); none before
+    o_settle, b_settle = r.get("ours_settle"), r.get("backlog_settle")
     plain_e2e = p_cs["wall_s"] + p_fw["wall_s"]
     ours_e2e = o_cs["wall_s"] + o_after["wall_s"]
     p_link = utilisation(p_cs["samples"] + p_fw["samples"], link_bps)
@@ -49,8 +53,10 @@ def report_run(r: dict[str, Any]) -> list[str]:
     def row(label: str, plain: float, ours: float, target: str) -> str:
         return f"{label:<{w}}{plain:>9.2f}{ours:>9.2f}{_ratio(plain, ours):>9}  {target}"
 
+    settings = json.dumps(r.get("edge_settings") or {})
+    variant = f"edge {r['variant']} {settings}: " if "variant" in r else ""
     lines = [
-        f"== {tbf}, layout {name}: {where}",
+        f"== {variant}{tbf}, layout {name}: {where}",
         f"link: one plain TCP stream put {r['probed_mbit_s']} Mbit/s on the wire; "
         f"rates below are against {r['link_mbit_s']} Mbit/s",
         f"{'':<{w}}{'plain':>9}{'ours':>9}{'plain/ours':>11}  target",
@@ -74,12 +80,20 @@ def report_run(r: dict[str, Any]) -> list[str]:
         f"began, delivered and confirmed {r['ours_live']['delivered_after_cstore_s']} s after "
         "the last (StableAge 1 s)",
     ]
+    if o_settle is not None and b_settle is not None:
+        lines.append(
+            "local copies replaced by the compressed ones: live "
+            f"{o_settle['wall_s']:.2f} s after delivery, backlog {b_settle['wall_s']:.2f} s "
+            "after the drain (their CPU is in 'ours live' and 'backlog replace')"
+        )
     columns = {
         "plain live": _per_instance([p_cs, p_fw], n),
-        "ours live": _per_instance([o_cs, o_after], n),
+        "ours live": _per_instance([o_cs, o_after, *([o_settle] if o_settle else [])], n),
         "backlog C-STORE": _per_instance([b_cs], n),
         "backlog drain": _per_instance([drain], n),
     }
+    if b_settle is not None:
+        columns["backlog replace"] = _per_instance([b_settle], n)
     lines.append(f"{'CPU ms per instance':<{w}}" + "".join(f"{c:>16}" for c in columns))
     connections = {c: col.pop(CONNECTIONS) * n / 1000 for c, col in columns.items()}
     for group in columns["plain live"]:
@@ -93,20 +107,28 @@ def report_run(r: dict[str, Any]) -> list[str]:
     # The backlog study's whole cost at the edge: its C-STORE (compressed in the background
     # as it arrives) and its drain; receiving it costs about what plain Orthanc's C-STORE
     # cost the plain sender.
-    whole = _per_instance([b_cs, drain], n)
+    whole = _per_instance([b_cs, drain, *([b_settle] if b_settle else [])], n)
     receive = _per_instance([p_cs], n)["plain Orthanc sender"]
     per_mb = r["backlog_bytes_sent_mb"] / n
     hash_ms = 1000 * per_mb / r["sha256_mb_s"]
-    edge_orthanc = whole["edge Orthanc (receive, store, hash, TLS upload)"]
+    edge_orthanc = whole[EDGE_ORTHANC]
     compress = whole["edge compression workers (CharLS)"]
+    phases = "C-STORE + drain + replace" if b_settle else "C-STORE + drain"
     lines.append(
-        f"edge CPU per instance of the backlog study (C-STORE + drain) "
+        f"edge CPU per instance of the backlog study ({phases}) "
         f"{edge_orthanc + compress:.1f} ms: compress (CharLS workers) {compress:.1f}; "
         f"receive and store as plain Orthanc does (its C-STORE above) {receive:.1f}; hash "
         f"(SHA-256 of {per_mb * 1000:.0f} kB at {r['sha256_mb_s']:.0f} MB/s, computed) "
         f"{hash_ms:.1f}; the rest of the edge Orthanc (encryption at rest, plugin callbacks, "
         f"reads for the encoder, storing the compressed copy, TLS upload) "
-        f"{edge_orthanc - receive - hash_ms:.1f}; TLS upload alone not separable "
+        f"{edge_orthanc - receive - hash_ms:.1f}"
+        + (
+            f", of which storing the compressed copy after the drain "
+            f"{columns['backlog replace'][EDGE_ORTHANC]:.1f}"
+            if b_settle
+            else ""
+        )
+        + "; TLS upload alone not separable "
         f"(central's TLS endpoint, the other end, {whole['central: TLS relay']:.1f})"
     )
     return lines

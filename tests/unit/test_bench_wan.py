@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.netns import utilisation
-from bench.wan_bench import ALL_CPUS, layout_cpus, pin
+from bench.wan_bench import ALL_CPUS, layout_cpus, parse_variant, pin
 from bench.wan_report import CONNECTIONS, report
 
 MB = 1_000_000
@@ -126,3 +126,49 @@ def test_without_tbf_the_busy_window_follows_the_senders_peak() -> None:
     assert got["busy_s"] == pytest.approx(1.0)
     assert got["mean_mbit_s"] == pytest.approx(80.0, abs=0.5)
     assert got["utilisation"] == pytest.approx(0.016, abs=0.001)
+
+
+def test_a_variant_is_named_in_its_heading_and_its_replaces_are_priced() -> None:
+    assert parse_variant('after={"ReplaceAfterIdleSeconds": 2}') == (
+        "after",
+        {"ReplaceAfterIdleSeconds": 2},
+    )
+    for bad in ("={}", "x=[1]"):
+        with pytest.raises(SystemExit):
+            parse_variant(bad)
+    link = 12.5 * MB
+    edge = "edge Orthanc (receive, store, hash, TLS upload)"
+    workers = "edge compression workers (CharLS)"
+    cpu = {edge: 0.0, workers: 0.0, "central: TLS relay": 0.0, CONNECTIONS: 0.0}
+    cpu["plain Orthanc sender"] = 0.0
+    drain = phase(8.0, cpu | {edge: 3.0}, [link] * 30)
+    one = {
+        "slices": 300,
+        "study_mb": 157.7,
+        "probed_mbit_s": 98.6,
+        "link_mbit_s": 100,
+        "sha256_mb_s": 500.0,
+        "edge_cpus": [0],
+        "central_cpus": [1],
+        "plain_cstore": phase(15.0, cpu, [0.0] * 5),
+        "plain_forward": phase(14.0, cpu, [link] * 20),
+        "ours_cstore": phase(12.0, cpu, [0.5 * link] * 5),
+        "ours_after_cstore": phase(3.0, cpu, [link] * 5),
+        "ours_settle": phase(4.5, cpu | {edge: 1.5}, [0.0]),
+        "ours_live": {"bytes_sent_mb": 42.0, "queued_after_s": 0.1, "delivered_after_cstore_s": 2},
+        "backlog_cstore": phase(10.0, cpu, [0.0]),
+        "backlog_drain": drain,
+        "backlog_settle": phase(4.0, cpu | {edge: 1.2}, [0.0]),
+        "backlog_bytes_sent_mb": 40.0,
+        "variant": "after",
+        "edge_settings": {"ReplaceAfterIdleSeconds": 2},
+    }
+    text = report({"runs": [one | {"layout": "fair", "rate_mbit": 100}]})
+    assert '== edge after {"ReplaceAfterIdleSeconds": 2}: tbf 100 Mbit/s' in text
+    assert "live 4.50 s after delivery, backlog 4.00 s after the drain" in text
+    # the replaces' CPU: 1.2 s over 300 instances after the drain, in the backlog's stages
+    stages = next(line for line in text.splitlines() if line.startswith("edge CPU"))
+    assert "(C-STORE + drain + replace) 14.0 ms" in stages
+    assert "storing the compressed copy after the drain 4.0" in stages
+    cpu_line = next(line for line in text.splitlines() if line.startswith("  edge Orthanc"))
+    assert cpu_line.split()[-5:] == ["0.0", "5.0", "0.0", "10.0", "4.0"]
