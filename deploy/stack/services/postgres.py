@@ -14,6 +14,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from ..context import StackContext
 from ..errors import PrerequisiteMissing, StackError
 from .base import Service
 
@@ -26,6 +27,19 @@ DATABASES = {
     "indexer": ("indexer", "db_indexer"),
     "keycloak": ("keycloak", "db_keycloak"),
     "seaweedfs": ("seaweedfs", "db_seaweedfs"),  # the filer's entries (postgres2 store)
+}
+# Server settings of every PostgreSQL of the stack (the small stack's one, and each HA node,
+# whose Patroni writes them to its postgresql.conf).
+SERVER_SETTINGS = {
+    "max_connections": "200",
+    "shared_buffers": "128MB",
+    "log_min_messages": "warning",
+    # No values in the log: an error's DETAIL ("Key (mrn)=(...) already exists"), the
+    # failing statement's text and its bound parameters stay out.
+    "log_error_verbosity": "terse",
+    "log_min_error_statement": "panic",
+    "log_parameter_max_length_on_error": "0",
+    "log_parameter_max_length": "0",
 }
 
 
@@ -40,6 +54,89 @@ def private_database(database: str, role: str) -> list[sql.Composed]:
         sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db),
         sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, owner),
     ]
+
+
+def connect_superuser(ctx: StackContext, dbname: str = "postgres") -> psycopg.Connection:
+    """The superuser, on the stack's `postgres` port (the small stack's PostgreSQL, or the
+    HA topology's proxy front, i.e. its primary)."""
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=ctx.ports["postgres"],
+        user="postgres",
+        password=ctx.secrets["postgres_superuser"],
+        dbname=dbname,
+        connect_timeout=3,
+        autocommit=True,
+    )
+
+
+def provision_databases(ctx: StackContext) -> None:
+    """Create each component's role and database, open to that role only (idempotent)."""
+    with connect_superuser(ctx) as conn:
+        for database, (role, secret) in DATABASES.items():
+            password = ctx.secrets[secret]
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+            ).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(role)
+                    )
+                )
+            for statement in private_database(database, role):
+                conn.execute(statement)
+
+
+def migrate_central_tables(ctx: StackContext, service: str, log: Path) -> None:
+    """Central's plugin tables to the Alembic head, once, before any central Orthanc
+    starts (they only check the revision). As the role owning orthanc_central, so the
+    tables keep that owner; concurrent runs wait on each other (an advisory lock).
+    Failures are `service`'s, with alembic's output in `log`."""
+    role, secret = DATABASES["orthanc_central"]
+    password = quote(ctx.secrets[secret], safe="")
+    url = (
+        f"postgresql+psycopg://{role}:{password}@127.0.0.1:{ctx.ports['postgres']}/orthanc_central"
+    )
+    root = ctx.settings.repo_root
+    argv = [
+        str(ctx.settings.venv_bin / "alembic"),
+        "-c",
+        str(root / CENTRAL_MIGRATIONS),
+        "upgrade",
+        "head",
+    ]
+    with open(log, "ab") as out:
+        try:
+            subprocess.run(
+                argv,
+                check=True,
+                timeout=MIGRATE_TIMEOUT_S,
+                cwd=root,
+                env=os.environ | {"IMGCLOUD_CENTRAL_DATABASE_URL": url},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise StackError(
+                service,
+                f"migrating central's plugin tables (alembic -c {CENTRAL_MIGRATIONS} "
+                f"upgrade head) failed with exit status {exc.returncode}",
+                log,
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(
+                service,
+                f"migrating central's plugin tables took over {MIGRATE_TIMEOUT_S} s "
+                "(another migration holding its lock?)",
+                log,
+            ) from exc
 
 
 class Postgres(Service):
@@ -122,7 +219,7 @@ class Postgres(Service):
             pwfile.unlink(missing_ok=True)
 
     def argv(self) -> list[str]:
-        return [
+        argv = [
             str(PG_BIN / "postgres"),
             "-D",
             str(self.data_dir),
@@ -132,34 +229,13 @@ class Postgres(Service):
             f"port={self.ctx.ports['postgres']}",
             "-c",
             f"unix_socket_directories={self.socket_dir}",
-            "-c",
-            "max_connections=200",
-            "-c",
-            "shared_buffers=128MB",
-            "-c",
-            "log_min_messages=warning",
-            # No values in the log: an error's DETAIL ("Key (mrn)=(...) already exists"),
-            # the failing statement's text and its bound parameters stay out.
-            "-c",
-            "log_error_verbosity=terse",
-            "-c",
-            "log_min_error_statement=panic",
-            "-c",
-            "log_parameter_max_length_on_error=0",
-            "-c",
-            "log_parameter_max_length=0",
         ]
+        for key, value in SERVER_SETTINGS.items():
+            argv += ["-c", f"{key}={value}"]
+        return argv
 
     def _connect(self, dbname: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(
-            host="127.0.0.1",
-            port=self.ctx.ports["postgres"],
-            user="postgres",
-            password=self.ctx.secrets["postgres_superuser"],
-            dbname=dbname,
-            connect_timeout=3,
-            autocommit=True,
-        )
+        return connect_superuser(self.ctx, dbname)
 
     def health(self) -> str | None:
         try:
@@ -176,69 +252,8 @@ class Postgres(Service):
 
     def provision(self) -> None:
         """Create each component's role and database, open to that role only (idempotent)."""
-        with self._connect() as conn:
-            for database, (role, secret) in DATABASES.items():
-                password = self.ctx.secrets[secret]
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)
-                ).fetchone()
-                verb = "ALTER" if exists else "CREATE"
-                conn.execute(
-                    sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
-                        sql.Identifier(role), sql.Literal(password)
-                    )
-                )
-                if not conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
-                ).fetchone():
-                    conn.execute(
-                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                            sql.Identifier(database), sql.Identifier(role)
-                        )
-                    )
-                for statement in private_database(database, role):
-                    conn.execute(statement)
+        provision_databases(self.ctx)
 
     def migrate_central(self) -> None:
-        """Central's plugin tables to the Alembic head, once, before any central Orthanc
-        starts (they only check the revision). As the role owning orthanc_central, so the
-        tables keep that owner; concurrent runs wait on each other (an advisory lock)."""
-        role, secret = DATABASES["orthanc_central"]
-        password = quote(self.ctx.secrets[secret], safe="")
-        url = (
-            f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.ctx.ports['postgres']}"
-            "/orthanc_central"
-        )
-        root = self.ctx.settings.repo_root
-        argv = [
-            str(self.ctx.settings.venv_bin / "alembic"),
-            "-c",
-            str(root / CENTRAL_MIGRATIONS),
-            "upgrade",
-            "head",
-        ]
-        with open(self.log, "ab") as log:
-            try:
-                subprocess.run(
-                    argv,
-                    check=True,
-                    timeout=MIGRATE_TIMEOUT_S,
-                    cwd=root,
-                    env=os.environ | {"IMGCLOUD_CENTRAL_DATABASE_URL": url},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            except subprocess.CalledProcessError as exc:
-                raise StackError(
-                    self.name,
-                    f"migrating central's plugin tables (alembic -c {CENTRAL_MIGRATIONS} "
-                    f"upgrade head) failed with exit status {exc.returncode}",
-                    self.log,
-                ) from exc
-            except subprocess.TimeoutExpired as exc:
-                raise StackError(
-                    self.name,
-                    f"migrating central's plugin tables took over {MIGRATE_TIMEOUT_S} s "
-                    "(another migration holding its lock?)",
-                    self.log,
-                ) from exc
+        """Central's plugin tables to the Alembic head (migrate_central_tables)."""
+        migrate_central_tables(self.ctx, self.name, self.log)
