@@ -16,7 +16,7 @@ from deploy.stack.launcher import start_groups
 from deploy.stack.ports import port_names
 from deploy.stack.secrets_store import SECRET_NAMES
 from deploy.stack.services.etcd import Etcd, etcd_argv
-from deploy.stack.services.ha_proxy import HAPROXY_BIN, HaProxy
+from deploy.stack.services.ha_proxy import HAPROXY_BIN, Backend, Front, HaProxy
 from deploy.stack.services.patroni import (
     LOOP_WAIT_S,
     RETRY_TIMEOUT_S,
@@ -257,3 +257,20 @@ def test_there_are_two_postgres_nodes_and_three_etcd_members(ctx: StackContext) 
     for node in (0, 4):
         with pytest.raises(ValueError):
             Etcd(ctx, node)
+
+
+def test_further_fronts_join_the_same_proxy(ctx: StackContext) -> None:
+    central = Front(
+        name="central_lb",
+        port=ctx.ports["central_lb"],
+        backends=(Backend("central_1", ctx.ports["central_http"]),),
+        check=("option httpchk GET /",),
+        balance="roundrobin",
+        idle_timeout="5m",
+        rise=2,
+    )
+    proxy = HaProxy(ctx, s3_front=False, extra_fronts=[central])
+    sections = listen_sections(proxy.config())
+    assert list(sections) == ["postgres", "central_lb", "stats"]
+    assert f"server central_1 127.0.0.1:{ctx.ports['central_http']} check" in sections["central_lb"]
+    assert proxy.ports == ("postgres", "central_lb", "ha_proxy_stats")
