@@ -38,6 +38,7 @@ from .services.orthanc import (
 from .services.postgres import Postgres
 from .services.seaweedfs import SeaweedFS
 from .settings import StackSettings
+from .topology import ha_replacements
 
 # Start order; stop is the reverse.
 SERVICE_CLASSES: tuple[type[Service], ...] = (
@@ -73,13 +74,17 @@ def load_context(settings: StackSettings) -> StackContext:
 
 def services(ctx: StackContext) -> list[Service]:
     """Every service of the stack in start order; CentralOrthanc and Indexer stand for
-    every node of theirs the settings name."""
+    every node of theirs the settings name, and in the HA topology PostgreSQL, SeaweedFS
+    and Keycloak for their clusters (topology.py)."""
     result: list[Service] = []
+    clusters = ha_replacements() if ctx.settings.ha else {}
     for cls in SERVICE_CLASSES:
         if cls is CentralOrthanc:
             result += central_nodes(ctx)
         elif cls is Indexer:
             result += indexer_nodes(ctx)
+        elif cls in clusters:
+            result += clusters[cls](ctx)
         else:
             result.append(cls(ctx))
     return result

@@ -34,15 +34,19 @@ class Indexer(Service):
     def env(self) -> dict[str, str]:
         dsn = self.ctx.pg_dsn("indexer", "indexer", "db_indexer")
         realm_path = f"/realms/{REALM}"
+        # The HA topology's local proxy fronts every central and Keycloak node: the
+        # indexer's searches and key fetch then name no one node (docs/ha.md).
+        if self.ctx.settings.ha:
+            central, keycloak = self.ctx.http("central_lb"), self.ctx.http("keycloak_lb") + "/auth"
+        else:
+            central, keycloak = self.ctx.http("central_http"), self.ctx.keycloak_internal_url
         return {
             "INDEXER_DATABASE_URL": dsn.replace("postgresql://", "postgresql+psycopg://", 1),
             "INDEXER_GATEWAY_URL": self.ctx.gateway_url,
             "INDEXER_PII_KEY_FILE": str(self.pii_key_file),
             "INDEXER_OIDC_ISSUER": self.ctx.keycloak_public_url + realm_path,
-            "INDEXER_OIDC_JWKS_URL": (
-                self.ctx.keycloak_internal_url + realm_path + "/protocol/openid-connect/certs"
-            ),
-            "INDEXER_CENTRAL_URL": f"http://127.0.0.1:{self.ctx.ports['central_http']}",
+            "INDEXER_OIDC_JWKS_URL": keycloak + realm_path + "/protocol/openid-connect/certs",
+            "INDEXER_CENTRAL_URL": central,
             "INDEXER_CENTRAL_BASIC_AUTH": "central-admin:" + self.ctx.secrets["central_orthanc"],
             "INDEXER_PLATFORM_KEY": self.ctx.secrets["indexer_platform_key"],
             # the gateway's X-Gateway-Secret: only its requests' forwarded address counts
