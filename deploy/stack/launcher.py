@@ -19,7 +19,7 @@ from .context import (
 from .errors import PortInUse, StackError
 from .modes import tighten
 from .pki import ensure_pki, issue_leaf
-from .ports import allocate, port_is_free
+from .ports import HA_PORT_NAMES, allocate, port_is_free
 from .processes import stop
 from .sandbox import platform_for
 from .secrets_store import ensure_secrets
@@ -259,6 +259,9 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
             f"CENTRAL_{node.node}_ORTHANC_USER": node.credentials[0],
             f"CENTRAL_{node.node}_ORTHANC_PASSWORD": node.credentials[1],
         }
+    env["TOPOLOGY"] = ctx.settings.topology
+    if ctx.settings.ha:  # each node's own address (the clients' ones above are the proxy's)
+        env |= {f"HA_{name.upper()}_PORT": str(p[name]) for name in HA_PORT_NAMES}
     modality_cert, modality_key = issue_leaf(ctx.pki["ca_cert"].parent, "demo-modality", "DEMO_CT")
     env |= {"MODALITY_TLS_CERT": str(modality_cert), "MODALITY_TLS_KEY": str(modality_key)}
     # the hospital PACS stand-ins' certificate (server and client), for the demo and tests
