@@ -134,6 +134,92 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):
     )
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner reads (created 0600 before any content goes in)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(text)
+
+
+def s3_identities(secrets: dict[str, str]) -> str:
+    """The S3 gateway's identities (`-s3.config`): the stack's one key pair, every action."""
+    identities = {
+        "identities": [
+            {
+                "name": "imaging-cloud",
+                "credentials": [
+                    {
+                        "accessKey": secrets["s3_access_key"],
+                        "secretKey": secrets["s3_secret_key"],
+                    }
+                ],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    return json.dumps(identities)
+
+
+def private_tmp_argv(tmp: Path, argv: list[str]) -> list[str]:
+    """argv run in a mount namespace of its own where /tmp is `tmp`: SeaweedFS puts
+    plaintext local sockets at fixed paths in /tmp (seaweedfs-<component>-grpc-<port>.sock),
+    whatever TMPDIR says."""
+    return [
+        UNSHARE,
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        'mount --bind "$0" /tmp && exec "$@"',
+        str(tmp),
+        *argv,
+    ]
+
+
+def s3_health(client) -> str | None:
+    """None when the S3 API answers an authenticated, signed request and the probe object,
+    once written (provision_buckets), reads back."""
+    try:
+        client.list_buckets()
+    except (BotoCoreError, ClientError) as exc:
+        return f"S3 list_buckets: {type(exc).__name__}"
+    try:
+        client.get_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "NoSuchBucket"):
+            return f"S3 GetObject of the probe: {exc.response.get('Error', {}).get('Code')}"
+    except BotoCoreError as exc:
+        return f"S3 GetObject of the probe: {type(exc).__name__}"
+    return None
+
+
+def provision_buckets(client) -> None:
+    """The archive's bucket and the probe's (idempotent), and the probe object."""
+    for bucket in (S3_BUCKET, PROBE_BUCKET):
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError:
+            client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY, Body=b"readable")
+
+
+def run_weed_shell(argv: list[str], command: str, *, cwd: Path, name: str) -> str:
+    """Run one `weed shell` command; its output (stdout and stderr together)."""
+    try:
+        result = subprocess.run(
+            argv,
+            input=command + "\n",
+            capture_output=True,
+            text=True,
+            timeout=SHELL_TIMEOUT_S,
+            check=False,
+            cwd=cwd,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceUnhealthy(name, f"weed shell timed out: {command}") from exc
+    return result.stdout + result.stderr
+
+
 class SeaweedFS(Service):
     name = "seaweedfs"
     ports = SEAWEEDFS_PORTS
@@ -171,28 +257,11 @@ class SeaweedFS(Service):
             (self.home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
             (self.home / sub).chmod(0o700)
         cert, key = issue_leaf(self.ctx.pki["ca_cert"].parent, "seaweedfs", GRPC_COMMON_NAME)
-        security = self.config_dir / "security.toml"
-        security.touch(mode=0o600, exist_ok=True)
-        security.write_text(
-            security_toml(self.ctx.secrets, str(self.ctx.pki["ca_cert"]), str(cert), str(key))
+        write_private(
+            self.config_dir / "security.toml",
+            security_toml(self.ctx.secrets, str(self.ctx.pki["ca_cert"]), str(cert), str(key)),
         )
-        identities = {
-            "identities": [
-                {
-                    "name": "imaging-cloud",
-                    "credentials": [
-                        {
-                            "accessKey": self.ctx.secrets["s3_access_key"],
-                            "secretKey": self.ctx.secrets["s3_secret_key"],
-                        }
-                    ],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        config = self.home / "s3.json"
-        config.touch(mode=0o600, exist_ok=True)
-        config.write_text(json.dumps(identities))
+        write_private(self.home / "s3.json", s3_identities(self.ctx.secrets))
         legacy = legacy_store(self.data_dir)
         if self.filer_store == POSTGRES2 and legacy is not None:
             # A stack made before postgres2 keeps its leveldb2 store: the automatic move
@@ -207,32 +276,19 @@ class SeaweedFS(Service):
         return self.home / "data"
 
     def write_filer_toml(self, store: str, leveldb_dir: Path | None = None) -> None:
-        toml = self.config_dir / "filer.toml"
-        toml.touch(mode=0o600, exist_ok=True)
-        toml.write_text(
+        write_private(
+            self.config_dir / "filer.toml",
             filer_toml(
                 store,
                 password=self.ctx.secrets["db_seaweedfs"],
                 port=self.ctx.ports["postgres"],
                 leveldb_dir=str(leveldb_dir or self.data_dir / "filerldb2"),
-            )
+            ),
         )
 
     def argv(self) -> list[str]:
-        # `weed server` puts plaintext gRPC sockets for its own components at fixed paths in
-        # /tmp (seaweedfs-<component>-grpc-<port>.sock), whatever TMPDIR says. It runs in
-        # a mount namespace of its own where /tmp is the stack's private seaweedfs/tmp/.
-        return [
-            UNSHARE,
-            "--mount",
-            "--propagation",
-            "private",
-            "/bin/sh",
-            "-c",
-            'mount --bind "$0" /tmp && exec "$@"',
-            str(self.home / "tmp"),
-            *self.weed_argv(),
-        ]
+        # /tmp is the stack's private seaweedfs/tmp/ (private_tmp_argv).
+        return private_tmp_argv(self.home / "tmp", self.weed_argv())
 
     def weed_argv(self) -> list[str]:
         p = self.ctx.ports
@@ -275,28 +331,10 @@ class SeaweedFS(Service):
     def health(self) -> str | None:
         """Healthy when the S3 API answers an authenticated, signed request and the probe
         object, once written (after_healthy), reads back."""
-        client = self._client()
-        try:
-            client.list_buckets()
-        except (BotoCoreError, ClientError) as exc:
-            return f"S3 list_buckets: {type(exc).__name__}"
-        try:
-            client.get_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "NoSuchBucket"):
-                return f"S3 GetObject of the probe: {exc.response.get('Error', {}).get('Code')}"
-        except BotoCoreError as exc:
-            return f"S3 GetObject of the probe: {type(exc).__name__}"
-        return None
+        return s3_health(self._client())
 
     def after_healthy(self) -> None:
-        client = self._client()
-        for bucket in (S3_BUCKET, PROBE_BUCKET):
-            try:
-                client.head_bucket(Bucket=bucket)
-            except ClientError:
-                client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY, Body=b"readable")
+        provision_buckets(self._client())
         self.configure_fsync(True)
 
     def shell_argv(self) -> list[str]:
@@ -312,19 +350,7 @@ class SeaweedFS(Service):
 
     def shell(self, command: str) -> str:
         """Run one `weed shell` command; its output (stdout and stderr together)."""
-        try:
-            result = subprocess.run(
-                self.shell_argv(),
-                input=command + "\n",
-                capture_output=True,
-                text=True,
-                timeout=SHELL_TIMEOUT_S,
-                check=False,
-                cwd=self.home,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ServiceUnhealthy(self.name, f"weed shell timed out: {command}") from exc
-        return result.stdout + result.stderr
+        return run_weed_shell(self.shell_argv(), command, cwd=self.home, name=self.name)
 
     def configure_fsync(self, fsync: bool) -> None:
         """Set the bucket's fsync rule (idempotent: fs.configure replaces the rule for the
