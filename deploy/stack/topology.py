@@ -20,6 +20,7 @@ from .services.keycloak_cluster import keycloak_ha_services, node_ports
 from .services.patroni import postgres_ha_services
 from .services.postgres import Postgres
 from .services.seaweedfs import SeaweedFS
+from .services.seaweedfs_cluster import seaweedfs_ha_services
 
 LB_IDLE_TIMEOUT = "5m"
 
@@ -63,13 +64,6 @@ def _postgres(ctx: StackContext) -> list[Service]:
     return postgres_ha_services(ctx, extra_fronts=(central_front(ctx), keycloak_front(ctx)))
 
 
-def _seaweedfs(ctx: StackContext) -> list[Service]:
-    # imported when used: the cluster module imports the small stack's seaweedfs helpers
-    from .services.seaweedfs_cluster import seaweedfs_ha_services
-
-    return seaweedfs_ha_services(ctx)
-
-
 def ha_replacements() -> dict[type[Service], Callable[[StackContext], list[Service]]]:
     """The small topology's service class -> the HA topology's services for it."""
-    return {Postgres: _postgres, SeaweedFS: _seaweedfs, Keycloak: keycloak_ha_services}
+    return {Postgres: _postgres, SeaweedFS: seaweedfs_ha_services, Keycloak: keycloak_ha_services}
