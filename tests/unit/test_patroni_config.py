@@ -146,7 +146,7 @@ def test_the_postgres_front_follows_patronis_primary(ctx: StackContext) -> None:
     section = listen_sections(HaProxy(ctx).config())["postgres"]
     assert f"bind 127.0.0.1:{ctx.ports['postgres']}" in section
     assert "mode tcp" in section
-    assert "option httpchk GET /primary" in section
+    assert "option httpchk OPTIONS /primary" in section
     assert "http-check expect status 200" in section
     defaults = next(line for line in section if line.startswith("default-server"))
     assert "on-marked-down shutdown-sessions" in defaults
