@@ -10,11 +10,11 @@ import pytest
 from deploy.stack.context import StackContext
 from deploy.stack.errors import StackError
 from deploy.stack.launcher import start_groups
-from deploy.stack.ports import allocate
+from deploy.stack.ports import allocate, listening_range
 from deploy.stack.secrets_store import ensure_secrets
 from deploy.stack.services.keycloak import Keycloak
 from deploy.stack.services.keycloak_cluster import (
-    FD_PORTS_FILE,
+    EXTRA_PORTS_FILE,
     KeycloakNode,
     keycloak_ha_services,
     keycloak_node_urls,
@@ -77,26 +77,34 @@ def test_every_node_binds_loopback_with_the_cluster_cache_on(tmp_path: Path) -> 
         assert node.health_url == f"http://127.0.0.1:{mgmt}/auth/health/ready"
 
 
-def test_failure_detection_listens_on_a_port_of_its_own(tmp_path: Path) -> None:
+def test_failure_detection_and_narayana_listen_on_ports_of_their_own(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     svcs = nodes(ctx)
     used: list[int] = []
+    offsets = set()
     for node in svcs:
         java = node.env()["JAVA_OPTS_APPEND"].split()
         assert "-Djgroups.port_range=0" in java  # the transport never slides to another port
         (offset,) = [
             int(o.split("=")[1]) for o in java if o.startswith("-Djgroups.fd.port-offset=")
         ]
+        offsets.add(offset)
         # JGroups' FD_SOCK2 listens at (transport port + offset) mod 65536
         assert (node.cluster_port + offset) % 65536 == node.fd_port
-        used += [ctx.ports[name] for name in node.ports] + [node.fd_port]
-    assert len(used) == len(set(used)) == 8
+        assert node.fd_port in listening_range()
+        assert f"-DCoreEnvironmentBean.socketProcessIdPort={node.txid_port}" in java
+        used += [ctx.ports[name] for name in node.ports] + [node.fd_port, node.txid_port]
+        assert node.listening_ports() == set(used[-5:])
+    # one offset for the cluster: each member finds its peer's FD_SOCK2 with its own
+    assert len(offsets) == 1
+    assert len(used) == len(set(used)) == 10
     stack_ports = set(ctx.ports.values())
-    assert not {n.fd_port for n in svcs} & stack_ports
-    # recorded once per state directory: a restart of a node gets the same port
-    recorded = (tmp_path / FD_PORTS_FILE).read_text()
-    assert [n.fd_port for n in nodes(ctx)] == [n.fd_port for n in svcs]
-    assert (tmp_path / FD_PORTS_FILE).read_text() == recorded
+    assert not {p for n in svcs for p in (n.fd_port, n.txid_port)} & stack_ports
+    # recorded once per state directory: a restart of a node gets the same ports
+    recorded = (tmp_path / EXTRA_PORTS_FILE).read_text()
+    again = nodes(ctx)
+    assert [(n.fd_port, n.txid_port) for n in again] == [(n.fd_port, n.txid_port) for n in svcs]
+    assert (tmp_path / EXTRA_PORTS_FILE).read_text() == recorded
 
 
 def test_node_2_has_its_own_admin_url_and_the_same_secrets(tmp_path: Path) -> None:

@@ -16,16 +16,18 @@ node 1, when it first turns healthy (both nodes read it from the shared database
 from __future__ import annotations
 
 import json
+import random
 
 from ..context import StackContext
-from ..ports import pick_free
+from ..errors import StackError
+from ..ports import listening_range, pick_free, port_is_free
 from .base import Service
 from .keycloak import Keycloak
 
 NODES = (1, 2)
-# Failure-detection ports of the nodes, picked once per state directory (free, none of the
-# stack's ports) when ports.json does not name them (keycloak_fd_1, keycloak_fd_2).
-FD_PORTS_FILE = "keycloak-fd-ports.json"
+# Recorded once per state directory (keycloak-extra-ports.json), none of them a port of
+# ports.json: JGroups' failure-detection offset and each node's Narayana process-id port.
+EXTRA_PORTS_FILE = "keycloak-extra-ports.json"
 # Cluster membership changes (joins, leaves, a node suspected) are logged; the rest at WARN.
 CLUSTER_LOG_LEVEL = "WARN,org.infinispan.CLUSTER:info,org.jgroups:warn"
 
@@ -41,19 +43,52 @@ def node_ports(node: int) -> tuple[str, str, str]:
     return (prefix, f"{prefix}_mgmt", f"keycloak_cluster_{node}")
 
 
-def failure_detection_port(ctx: StackContext, node: int) -> int:
-    """Where node `node`'s JGroups FD_SOCK2 listens: ports.json's keycloak_fd_<node> if the
-    stack has one, else a free port recorded in the state directory on first use."""
-    name = f"keycloak_fd_{node}"
-    if name in ctx.ports:
-        return ctx.ports[name]
-    path = ctx.state / FD_PORTS_FILE
-    recorded: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+def _recorded(ctx: StackContext) -> dict[str, int]:
+    path = ctx.state / EXTRA_PORTS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record(ctx: StackContext, values: dict[str, int]) -> None:
+    (ctx.state / EXTRA_PORTS_FILE).write_text(json.dumps(values, indent=1))
+
+
+def _usable(port: int, avoid: set[int]) -> bool:
+    return port in listening_range() and port not in avoid and port_is_free(port)
+
+
+def fd_offset(ctx: StackContext) -> int:
+    """JGroups' FD_SOCK2 offset, one for the whole cluster: every member computes where a
+    peer's failure detection listens from the peer's transport port plus its own offset.
+    Picked once so that both nodes' FD ports (transport port + offset) are free ports of the
+    listening range, none of them a port of the stack."""
+    recorded = _recorded(ctx)
+    if "fd_offset" in recorded:
+        return recorded["fd_offset"]
+    transports = [ctx.ports[node_ports(n)[2]] for n in NODES]
+    avoid = set(ctx.ports.values()) | set(recorded.values())
+    candidates = list(listening_range())
+    random.SystemRandom().shuffle(candidates)
+    for target in candidates[:2000]:
+        offset = target - transports[0]
+        ports = [t + offset for t in transports]
+        if offset and all(_usable(p, avoid) for p in ports):
+            _record(ctx, recorded | {"fd_offset": offset})
+            return offset
+    raise StackError("keycloak", "no free ports for JGroups failure detection")
+
+
+def txid_port(ctx: StackContext, node: int) -> int:
+    """Node `node`'s Narayana process-id port: Narayana holds a loopback socket open to
+    make its transaction ids unique per process (else on a kernel-chosen port)."""
+    name = f"keycloak_txid_{node}"
+    recorded = _recorded(ctx)
     if name not in recorded:
-        wanted = [f"keycloak_fd_{n}" for n in NODES if f"keycloak_fd_{n}" not in recorded]
-        picked = pick_free(len(wanted), [*ctx.ports.values(), *recorded.values()])
-        recorded.update(zip(wanted, picked, strict=True))
-        path.write_text(json.dumps(recorded, indent=1))
+        wanted = [f"keycloak_txid_{n}" for n in NODES if f"keycloak_txid_{n}" not in recorded]
+        avoid = [*ctx.ports.values(), *recorded.values()]
+        avoid += [ctx.ports[node_ports(n)[2]] + fd_offset(ctx) for n in NODES]
+        recorded = _recorded(ctx)  # fd_offset may have just recorded itself
+        recorded.update(zip(wanted, pick_free(len(wanted), avoid), strict=True))
+        _record(ctx, recorded)
     return recorded[name]
 
 
@@ -74,7 +109,16 @@ class KeycloakNode(Keycloak):
 
     @property
     def fd_port(self) -> int:
-        return failure_detection_port(self.ctx, self.node)
+        return (self.cluster_port + fd_offset(self.ctx)) % 65536
+
+    @property
+    def txid_port(self) -> int:
+        return txid_port(self.ctx, self.node)
+
+    def listening_ports(self) -> set[int]:
+        """Every port the node's JVM listens on (all of them on 127.0.0.1)."""
+        own = {self.ctx.ports[name] for name in self.ports}
+        return own | {self.fd_port, self.txid_port}
 
     def cache_options(self) -> list[str]:
         return [
@@ -87,13 +131,15 @@ class KeycloakNode(Keycloak):
         ]
 
     def env(self) -> dict[str, str]:
-        # FD_SOCK2 listens at (transport port + offset) mod 65536: the offset puts it on
-        # fd_port. port_range=0: the transport binds its own port or fails, never the next
-        # free one (which could be another service's).
-        offset = self.fd_port - self.cluster_port
-        return super().env() | {
-            "JAVA_OPTS_APPEND": f"-Djgroups.port_range=0 -Djgroups.fd.port-offset={offset}"
-        }
+        java = [
+            # The transport binds its own port or fails, never the next free one (which
+            # could be another service's).
+            "-Djgroups.port_range=0",
+            # FD_SOCK2 listens at (transport port + offset) mod 65536, as its peers expect.
+            f"-Djgroups.fd.port-offset={fd_offset(self.ctx)}",
+            f"-DCoreEnvironmentBean.socketProcessIdPort={self.txid_port}",
+        ]
+        return super().env() | {"JAVA_OPTS_APPEND": " ".join(java)}
 
     def after_healthy(self) -> None:
         if self.node == 1:  # once, through node 1: the realm lives in the shared database
