@@ -31,7 +31,7 @@ from psycopg import sql
 
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context, start_groups
-from deploy.stack.processes import exited, stop
+from deploy.stack.processes import stop
 from deploy.stack.services.base import Service
 from deploy.stack.services.etcd import ETCD_BIN, Etcd
 from deploy.stack.services.ha_proxy import HAPROXY_BIN
@@ -134,34 +134,7 @@ def ha_pg() -> Iterator[tuple[StackContext, list[Service]]]:
             for svc in reversed(svcs):
                 stop(settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=svc.stop_timeout_s)
             for node in (s for s in svcs if isinstance(s, PatroniNode)):
-                kill_postgres(node)
-
-
-def kill_postgres(node: PatroniNode) -> None:
-    """SIGKILL the node's PostgreSQL and its backends: the process group Patroni started
-    it in (a session of its own, led by a helper that has exited)."""
-    pid = node.postmaster_pid()
-    if pid is None or exited(pid):
-        return
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    assert group not in (os.getpgrp(), 0, 1)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    eventually(lambda: exited(pid), what=f"{node.name}'s PostgreSQL gone", timeout=10)
-
-
-def kill_node(node: PatroniNode) -> None:
-    """Power loss on one node: Patroni and PostgreSQL SIGKILLed at once."""
-    patroni = node.pid()
-    assert patroni is not None
-    os.kill(patroni, signal.SIGKILL)
-    kill_postgres(node)
-    eventually(lambda: exited(patroni), what=f"{node.name}'s Patroni gone", timeout=10)
+                node.stop_postgres_left_behind()
 
 
 def role(node: PatroniNode) -> str | None:
@@ -236,7 +209,8 @@ def test_primary_killed_then_an_etcd_member_killed_under_writes(
     with writing(ctx, first_id=1) as writer:
         eventually(lambda: len(writer.acknowledged) >= 200, what="writes before", timeout=30)
         killed_at = time.monotonic()
-        kill_node(primary)
+        primary.kill()
+        assert primary.pid() is None and primary.postmaster_pid() is None
         eventually(lambda: is_primary(standby), what="the standby promoted", timeout=90)
         promoted_s = time.monotonic() - killed_at
         eventually(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import httpx
 from ..context import StackContext
 from ..errors import PrerequisiteMissing
 from ..ha_secrets import ha_secrets
+from ..processes import exited
 from .base import Service, http_health
 from .etcd import MEMBERS, etcd_members
 from .ha_proxy import Front, HaProxy
@@ -134,8 +137,10 @@ def patroni_config(ctx: StackContext, node: int, node_dir: Path) -> dict[str, An
 
 class PatroniNode(Service):
     """One PostgreSQL node under Patroni, which starts, stops, promotes and rewinds its
-    PostgreSQL. Patroni starts PostgreSQL in a session of its own (it outlives a Patroni
-    crash, and a restarted Patroni adopts it): see postmaster_pid."""
+    PostgreSQL. Patroni starts PostgreSQL in a session of its own: it outlives a Patroni
+    crash (a restarted Patroni adopts it), and stopping Patroni's process group does not
+    reach it. So `kill` SIGKILLs both, and stop_postgres_left_behind stops one whose
+    Patroni is gone (the launcher's `down` should call it after stopping the node)."""
 
     name = "patroni-1"
     ports = ("patroni_1_api", "pg_node_1")
@@ -221,12 +226,53 @@ class PatroniNode(Service):
         return response.json() if response.status_code in (200, 503) else None
 
     def postmaster_pid(self) -> int | None:
-        """The pid in this node's postmaster.pid (PostgreSQL may be running without
-        Patroni after Patroni's crash), None without one."""
+        """The pid of this node's running PostgreSQL (its postmaster.pid, checked against
+        the process's command line: a stale file's pid may be anyone's), else None."""
         try:
-            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError):
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
             return None
+        return pid if str(self.data_dir).encode() in argv and not exited(pid) else None
+
+    def signal_postgres(self, sig: int, timeout_s: float = 10.0) -> bool:
+        """Send `sig` to this node's PostgreSQL and its backends (the process group Patroni
+        started it in) and wait up to timeout_s for it to end; SIGKILL if it does not.
+        True if one was running. For a PostgreSQL a killed Patroni left behind."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return False
+        try:
+            group = os.getpgid(pid)
+            if group in (0, 1, os.getpgrp()):
+                os.kill(pid, sig)
+            else:
+                os.killpg(group, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not exited(pid):
+            time.sleep(0.1)
+        if not exited(pid):
+            os.killpg(group, signal.SIGKILL)
+        return True
+
+    def stop_postgres_left_behind(self) -> bool:
+        """A fast shutdown (SIGINT) of a PostgreSQL whose Patroni is gone; True if one ran."""
+        if self.pid() is not None:
+            return False  # Patroni runs and stops its PostgreSQL itself
+        return self.signal_postgres(signal.SIGINT, timeout_s=self.stop_timeout_s)
+
+    def kill(self) -> None:
+        """Power loss on this node (resilience drills): Patroni and PostgreSQL SIGKILLed."""
+        pid = self.pid()
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)  # its own session (processes.spawn)
+        self.signal_postgres(signal.SIGKILL)
+        if pid is not None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not exited(pid):
+                time.sleep(0.1)
 
 
 def patroni_nodes(ctx: StackContext) -> list[PatroniNode]:
