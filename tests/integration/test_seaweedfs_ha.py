@@ -163,6 +163,15 @@ def wait_recovered(load: Load, since: float, what: str) -> float:
     raise AssertionError(f"{what}: no {STEADY_WRITES} writes in a row within {RECOVERY_BOUND_S} s")
 
 
+def new_leader_after(ctx: StackContext, old: int, since: float) -> float:
+    """Seconds from `since` until a master other than `old` says it leads."""
+    while time.monotonic() < since + RECOVERY_BOUND_S:
+        if raft_leader(ctx) not in (None, old):
+            return time.monotonic() - since
+        time.sleep(0.2)
+    raise AssertionError(f"no new leader within {RECOVERY_BOUND_S} s")
+
+
 def unreadable(node: WeedS3Node, objects: dict[str, str], tries: int = 3) -> list[str]:
     """Keys that do not read back with their body through `node` (each tried `tries`
     times, a second apart: a read may meet the dead server's copy first)."""
@@ -229,9 +238,9 @@ def leader_master(svcs: list[Service]) -> WeedMaster:
 
 def test_no_acknowledged_object_is_lost_and_writes_go_on_after_each_kill(cluster) -> None:
     ctx, svcs = cluster
-    for node in MASTER_NODES:  # -disableHttp: /dir/assign would hand out write JWTs
-        response = httpx.get(f"{ctx.http(port_name('master', node))}/dir/assign", timeout=3)
-        assert '"fid"' not in response.text and response.status_code != 200, node
+    for n in MASTER_NODES:  # -disableHttp: /dir/assign would hand out write JWTs
+        response = httpx.get(f"{ctx.http(port_name('master', n))}/dir/assign", timeout=3)
+        assert '"fid"' not in response.text and response.status_code != 200, n
     s3_1, s3_2 = (by_name(svcs, WeedS3Node, n) for n in (1, 2))
     assert isinstance(s3_1, WeedS3Node) and isinstance(s3_2, WeedS3Node)
     load = Load(ctx, [s3_1, s3_2])
@@ -258,10 +267,11 @@ def test_no_acknowledged_object_is_lost_and_writes_go_on_after_each_kill(cluster
         before = load.snapshot()
         killed = time.monotonic()
         kill9(old)
+        elected = new_leader_after(ctx, old.node, killed)
         recovery["leader master"] = wait_recovered(load, killed, f"leader {old.name} killed")
         new = leader_master(svcs)
         assert new.node != old.node
-        print(f"  new leader {new.name}; {old.name} back in {restart(old):.1f} s")
+        print(f"  {new.name} leads after {elected:.1f} s; {old.name} back in {restart(old):.1f} s")
         assert unreadable(s3_2, before) == []
 
         # 3. an S3 node: the client goes to the other (as the proxy in front of them does)

@@ -55,6 +55,9 @@ S3_NODES = (1, 2)
 # Seconds a volume server keeps running after SIGTERM with its heartbeats stopped, so the
 # master sends no new writes to it (SeaweedFS's default is 10; loopback needs less).
 PRE_STOP_S = 3
+# How long followers wait for the leader's heartbeat (every 300 ms) before they elect
+# another: SeaweedFS's default of 10 s meant 10-20 s without a leader; loopback needs less.
+ELECTION_TIMEOUT = "3s"
 # postgres2 keeps every entry outside a bucket's own table in this one (SeaweedFS's name).
 FILER_TABLE = "filemeta"
 
@@ -212,6 +215,7 @@ class WeedMaster(WeedNode):
             f"-mdir={self.home}",
             f"-peers={masters(self.ctx)}",
             f"-defaultReplication={REPLICATION}",
+            f"-electionTimeout={ELECTION_TIMEOUT}",
             "-volumeSizeLimitMB=512",
             "-telemetry=false",
         ]
