@@ -4,9 +4,10 @@ Both nodes run the install's one build (in Keycloak 26 the cache options are run
 options, so `--cache=ispn` needs no other build than the small stack's `--cache=local`),
 share the stack's `keycloak` database and find each other through it (JGroups JDBC_PING2,
 Keycloak's default `jdbc-ping` stack: no multicast). Every listening socket is on
-127.0.0.1: the HTTP and management ports, the JGroups transport (TCP, mutual TLS with
-certificates Keycloak keeps in the database) and JGroups' failure detection (FD_SOCK2),
-which otherwise listens at the transport port plus 50000 (wrapped below 65536).
+127.0.0.1: the HTTP and management ports, the JGroups transport (TCP, with Keycloak's
+default mutual TLS on self-generated, rotated certificates), JGroups' failure detection
+(FD_SOCK2, which otherwise listens at the transport port plus 50000, wrapped below 65536)
+and Narayana's process-id socket (otherwise a kernel-chosen port).
 
 Node 1 keeps the small stack's service name and ports ("keycloak", "keycloak_mgmt"), so
 every client that reads KEYCLOAK_URL is unchanged; the realm is provisioned once, through
