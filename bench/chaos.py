@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         before = resources(ctx)
         work = Workload(stack, seed=int(time.time()) % 100_000)
+        work.prepare()
         work.start()
         time.sleep(args.warmup)
         only = {c for c in args.only.split(",") if c}

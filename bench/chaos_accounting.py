@@ -136,28 +136,30 @@ def _upload_rate(
 @dataclass
 class Resources:
     cpu_s: dict[str, float]
-    rss_mb: dict[str, float]
+    pss_mb: dict[str, float]
     at: float
 
     def report(self, before: Resources) -> str:
         span = self.at - before.at
-        lines = [f"per service over the run ({span:.0f} s): CPU s (share of one core), RSS now"]
-        for name in sorted(self.rss_mb, key=lambda n: -self.rss_mb[n]):
-            cpu = self.cpu_s[name] - before.cpu_s.get(name, 0.0)
+        lines = [f"per service over the run ({span:.0f} s): CPU s (share of one core), PSS now"]
+        for name in sorted(self.pss_mb, key=lambda n: -self.pss_mb[n]):
+            cpu = max(0.0, self.cpu_s[name] - before.cpu_s.get(name, 0.0))  # 0: restarted
             share = 100 * cpu / span
-            lines.append(f"  {name:<20} {cpu:8.1f} s ({share:5.1f} %)  {self.rss_mb[name]:8.0f} MB")
+            lines.append(f"  {name:<20} {cpu:8.1f} s ({share:5.1f} %)  {self.pss_mb[name]:8.0f} MB")
         total_cpu = sum(self.cpu_s.values()) - sum(before.cpu_s.values())
         lines.append(
             f"  {'total':<20} {total_cpu:8.1f} s ({100 * total_cpu / span:5.1f} %)  "
-            f"{sum(self.rss_mb.values()):8.0f} MB"
+            f"{sum(self.pss_mb.values()):8.0f} MB"
         )
         return "\n".join(lines)
 
 
-def _rss_kb(pid: int) -> int:
+def _pss_kb(pid: int) -> int:
+    """The process's proportional set size: shared pages (PostgreSQL's shared buffers, the
+    JVM's mapped files) divided among the processes sharing them, so a sum is the memory."""
     try:
-        for line in (PROC / str(pid) / "status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -167,12 +169,18 @@ def _rss_kb(pid: int) -> int:
 def resources(ctx: StackContext) -> Resources:
     stats = all_stats()
     cpu: dict[str, float] = {}
-    rss: dict[str, float] = {}
+    pss: dict[str, float] = {}
+    groups = []
     for svc in services(ctx):
         pid = svc.pid()
-        if pid is None:
-            continue
-        members = Group(svc.name, roots=frozenset({pid})).members(stats)
-        cpu[svc.name] = sum(m.cpu_ticks for m in members) / CLOCK_TICKS
-        rss[svc.name] = sum(_rss_kb(m.pid) for m in members) / 1024
-    return Resources(cpu, rss, time.monotonic())
+        if pid is not None:
+            groups.append(Group(svc.name, roots=frozenset({pid})))
+        # Patroni's PostgreSQL runs in a session of its own (the postmaster daemonizes)
+        postmaster = getattr(svc, "postmaster_pid", lambda: None)()
+        if postmaster is not None:
+            groups.append(Group(f"{svc.name}/postgres", roots=frozenset({postmaster})))
+    for group in groups:
+        members = group.members(stats)
+        cpu[group.name] = sum(m.cpu_ticks for m in members) / CLOCK_TICKS
+        pss[group.name] = sum(_pss_kb(m.pid) for m in members) / 1024
+    return Resources(cpu, pss, time.monotonic())

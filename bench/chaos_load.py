@@ -7,8 +7,9 @@ every operation timestamped with its outcome so that a kill's effect can be read
 - `archive`: a hospital gateway's upload of one instance through the gateway (indexer's
   ingest check, a central node, the bucket, the index), as the edges' forwarding does:
   the write path end to end, one request at a time.
-- `viewer`: QIDO-RS of the studies, then WADO-RS metadata of one at random (gateway,
-  Keycloak token, indexer's decision, a central node, the bucket).
+- `viewer`: QIDO-RS of the studies, then WADO-RS metadata of one of the studies `prepare`
+  sent through the edge, at random (gateway, Keycloak token, indexer's decision, a central
+  node, the bucket).
 - `records`: the indexer's writes (an exam record, then its report), each acknowledged
   one read back at the end (acknowledged then missing).
 Tokens are taken again every `token_every_s` (a Keycloak node may be the one killed).
@@ -116,7 +117,7 @@ class Workload:
         self.tokens = Tokens(stack, every_s=60.0)
         self.loops = {n: Loop(n) for n in ("ingest", "archive", "viewer", "records")}
         self.sent_studies: list[SampleStudy] = []
-        self.readable: list[str] = []  # Study Instance UIDs known to be at central
+        self.readable: list[str] = []  # the viewer's studies (prepare)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._n = 0
@@ -126,6 +127,25 @@ class Workload:
         with self._n_lock:
             self._n += 1
             return self.seed * 10_000 + self._n
+
+    def prepare(self, studies: int = 3, timeout_s: float = 180.0) -> None:
+        """Studies for the viewer: sent through hospital A's edge (which records their
+        arrival, so A's radiologist may read them) and readable through the gateway."""
+        uids = []
+        for _ in range(studies):
+            study = make_study(self.next_seed(), "MR", instances=2, institution_code=INSTITUTION)
+            result = self.stack.send_to_edge("A", study.instances())
+            if not result.ok:
+                raise RuntimeError(f"the viewer's studies: C-STORE statuses {result.failed}")
+            uids.append(study.exam.study_instance_uid)
+        deadline = time.monotonic() + timeout_s
+        with self.stack.gateway(self.tokens.get("RADIOLOGIST_A")) as viewer:
+            for uid in uids:
+                while viewer.get(f"/dicom-web/studies/{uid}/metadata").status_code != 200:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the viewer's studies not readable in {timeout_s} s")
+                    time.sleep(1.0)
+        self.readable = uids
 
     def start(self) -> None:
         bodies: dict[str, Callable[[], str | None]] = {
@@ -180,7 +200,6 @@ class Workload:
             if exc.response.status_code == 401:
                 self.tokens.forget("gateway")
             raise
-        self.readable.append(study.exam.study_instance_uid)
         return str(ds.SOPInstanceUID)
 
     def view_one(self) -> str | None:
