@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -60,8 +59,6 @@ class EdgeApp:
         transcode: Transcode,
     ) -> None:
         self.settings = settings
-        if settings.gil_switch_ms:  # the whole plugin's interpreter: set once, at load
-            sys.setswitchinterval(settings.gil_switch_ms / 1000)
         self.storage = storage
         self.institution = str(settings.plugin.institution)
         self.transcode = transcode

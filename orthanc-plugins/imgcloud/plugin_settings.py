@@ -93,9 +93,6 @@ class _EdgeSection(_Section):
     keep_compressed_mb: int = Field(256, alias="KeepCompressedMB", ge=0, le=4096)
     # how long an idle connection to central is kept for the next upload
     central_keepalive_s: float = Field(0.5, alias="CentralKeepAliveSeconds", gt=0, le=60)
-    # Python's GIL switch interval in the plugin (0: Python's own, 5 ms): how long a thread
-    # in a C-STORE's path (our filter, the storage area) may wait for one busy elsewhere
-    gil_switch_ms: float = Field(0, alias="GilSwitchIntervalMs", ge=0, le=100)
     indexer: Any = Field(None, alias="Indexer")
 
 
@@ -123,7 +120,6 @@ class EdgeSettings(BaseModel):
     replace_after_idle_s: float = 2.0
     keep_compressed_mb: int = 256
     central_keepalive_s: float = 0.5
-    gil_switch_ms: float = 0.0
     peer: PeerSettings
     indexer: IndexerSettings | None
     dicom_aet: str
@@ -163,7 +159,6 @@ class EdgeSettings(BaseModel):
             replace_after_idle_s=orthanc.imaging_cloud.replace_after_idle_s,
             keep_compressed_mb=orthanc.imaging_cloud.keep_compressed_mb,
             central_keepalive_s=orthanc.imaging_cloud.central_keepalive_s,
-            gil_switch_ms=orthanc.imaging_cloud.gil_switch_ms,
             peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}"),
             indexer=_indexer(orthanc.imaging_cloud.indexer),
             dicom_aet=orthanc.dicom_aet,

@@ -6,7 +6,6 @@ own replacements cause."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,14 +131,3 @@ def test_central_keeps_idle_connections_as_long_as_it_is_told() -> None:
         assert api.client._transport._pool._keepalive_expiry == 4.0  # type: ignore[attr-defined]
     finally:
         api.close()
-
-
-def test_the_gil_switch_interval_is_set_only_when_asked(tmp_path: Path) -> None:
-    before = sys.getswitchinterval()
-    try:
-        make_app(tmp_path).stop(join_s=1)
-        assert sys.getswitchinterval() == before
-        make_app(tmp_path, GilSwitchIntervalMs=0.5).stop(join_s=1)
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-    finally:
-        sys.setswitchinterval(before)
