@@ -303,7 +303,7 @@ def test_patroni_runs_synchronous_on_the_three_etcd_members() -> None:
         assert env["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == f"http://{name}:2380"
         members = dict(m.split("=") for m in env["ETCD_INITIAL_CLUSTER"].split(","))
         assert members == {n: f"http://{n}:2380" for n in nodes("etcd")}
-    subnet = load()["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    subnet = load()["networks"]["db"]["ipam"]["config"][0]["subnet"]
     assert all(subnet in rule for rule in conf["postgresql"]["pg_hba"] if rule.startswith("host"))
     for name in nodes("patroni"):
         env = services()[name]["environment"]
@@ -423,3 +423,18 @@ def test_every_user_of_postgresql_waits_for_the_roles_made_on_the_primary() -> N
         assert svcs[name]["depends_on"]["postgres-init"] == {
             "condition": "service_completed_successfully"
         }, name
+
+
+def test_etcd_and_the_database_plane_are_shared_with_no_other_container() -> None:
+    """etcd has no authentication and PostgreSQL's nodes take passwords only: their
+    networks are internal, and only Patroni's nodes (and HAProxy, for the database) join."""
+    nets = load()["networks"]
+    assert nets["dcs"]["internal"] is True and nets["db"]["internal"] is True
+    members: dict[str, set[str]] = {"dcs": set(), "db": set(), "default": set()}
+    for name, svc in services().items():
+        for net in svc.get("networks") or {"default": None}:
+            members[net].add(name)
+    assert members["dcs"] == set(nodes("etcd")) | set(nodes("patroni"))
+    assert members["db"] == set(nodes("patroni")) | {"haproxy"}
+    assert not (set(nodes("etcd")) | set(nodes("patroni"))) & members["default"]
+
