@@ -42,6 +42,15 @@ for svc in orthanc nginx; do
   pkill -x -f "/usr/sbin/Orthanc /etc/orthanc/" 2>/dev/null || true
   [ "$svc" = nginx ] && [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 done
+# Debian enables the etcd, haproxy and patroni units it installs: on the next boot an etcd
+# without authentication would listen on localhost. The stack runs its own; theirs stay off.
+if command -v systemctl >/dev/null 2>&1; then
+  for unit in etcd.service haproxy.service patroni.service; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    systemctl mask "$unit" >/dev/null 2>&1 || true
+  done
+fi
+pkill -x -f "/usr/bin/etcd" 2>/dev/null || true  # the packaged one, started without policy-rc.d
 
 # 2. Python virtualenv from the host's python3 (on a Debian 13 host, the interpreter that Orthanc's plugin embeds),
 #    so compiled wheels (cryptography, numpy) load inside Orthanc as well.
