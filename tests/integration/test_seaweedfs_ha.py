@@ -17,14 +17,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import boto3
 import httpx
 import pytest
+from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.stack.context import S3_BUCKET, StackContext
 from deploy.stack.launcher import load_context, start_groups
 from deploy.stack.processes import stop
-from deploy.stack.services.base import Service
+from deploy.stack.services.base import Service, http_health
 from deploy.stack.services.postgres import Postgres
 from deploy.stack.services.seaweedfs_cluster import (
     MASTER_NODES,
@@ -49,6 +51,25 @@ RECOVERY_BOUND_S = 60.0
 # Writes in a row that count as "writes work again".
 STEADY_WRITES = 10
 OBJECT_BYTES = 4096
+# The load's S3 client gives up on a request after this long (and sends the next), as a
+# client with retries does: a PUT in flight when the leader master dies hangs until then.
+LOAD_TIMEOUT_S = 3
+
+
+def load_client(node: WeedS3Node):
+    return boto3.client(
+        "s3",
+        endpoint_url=node.endpoint,
+        aws_access_key_id=node.ctx.secrets["s3_access_key"],
+        aws_secret_access_key=node.ctx.secrets["s3_secret_key"],
+        region_name="us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=LOAD_TIMEOUT_S,
+            read_timeout=LOAD_TIMEOUT_S,
+            retries={"max_attempts": 1},
+        ),
+    )
 
 
 @dataclass
@@ -65,13 +86,13 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
-        clients = {node.node: node.client() for node in self.targets}
+        clients = {node.node: load_client(node) for node in self.targets}
         seq = 0
         while not self.stopping.is_set():
             with self.lock:
                 targets = list(self.targets)
             node = targets[seq % len(targets)]
-            client = clients.setdefault(node.node, node.client())
+            client = clients.setdefault(node.node, load_client(node))
             key, body = f"ha/{seq:06d}-{secrets.token_hex(4)}", secrets.token_bytes(OBJECT_BYTES)
             seq += 1
             ok, error = self._put(client, key, body)
@@ -243,6 +264,8 @@ def test_no_acknowledged_object_is_lost_and_writes_go_on_after_each_kill(cluster
         assert '"fid"' not in response.text and response.status_code != 200, n
     s3_1, s3_2 = (by_name(svcs, WeedS3Node, n) for n in (1, 2))
     assert isinstance(s3_1, WeedS3Node) and isinstance(s3_2, WeedS3Node)
+    # what the proxy in front of the S3 nodes can check without credentials
+    assert [http_health(f"{n.endpoint}/healthz") for n in (s3_1, s3_2)] == [None, None]
     load = Load(ctx, [s3_1, s3_2])
     worker = threading.Thread(target=load.run, daemon=True)
     worker.start()
@@ -279,6 +302,8 @@ def test_no_acknowledged_object_is_lost_and_writes_go_on_after_each_kill(cluster
         killed = time.monotonic()
         kill9(s3_1)
         load.use([s3_2])
+        assert http_health(f"{s3_1.endpoint}/healthz") is not None
+        assert http_health(f"{s3_2.endpoint}/healthz") is None
         recovery["S3 node"] = wait_recovered(load, killed, "S3 node 1 killed")
         lost = unreadable(s3_2, before)
         print(f"  S3 node 1 down: {len(lost)} of {len(before)} objects unreadable through node 2")
