@@ -65,6 +65,7 @@ def test_every_node_binds_loopback_with_the_cluster_cache_on(tmp_path: Path) -> 
         assert opts["http-management-port"] == str(mgmt)
         assert opts["cache"] == "ispn"
         assert opts["cache-stack"] == "jdbc-ping"
+        assert opts["cache-embedded-mtls-enabled"] == "true"  # node-to-node traffic: TLS
         assert opts["cache-embedded-network-bind-address"] == "127.0.0.1"
         assert opts["cache-embedded-network-bind-port"] == str(cluster)
         assert opts["spi-cache-embedded--default--node-name"] == node.name

@@ -125,6 +125,9 @@ class KeycloakNode(Keycloak):
         return [
             "--cache=ispn",
             "--cache-stack=jdbc-ping",
+            # Mutual TLS between the nodes (Keycloak's default since 26.2, stated so that a
+            # changed default cannot turn it off; ephemeral keys shared via the database)
+            "--cache-embedded-mtls-enabled=true",
             "--cache-embedded-network-bind-address=127.0.0.1",
             f"--cache-embedded-network-bind-port={self.cluster_port}",
             # The name in the cluster's views and logs (else the host name and a number).
