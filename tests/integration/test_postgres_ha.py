@@ -14,8 +14,10 @@ the stack lock.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -162,6 +164,18 @@ def rows_on(ctx: StackContext, port_name: str) -> set[int]:
         return {row[0] for row in conn.execute("SELECT id FROM ha_writes").fetchall()}
 
 
+def patronictl_roles(node: PatroniNode) -> dict[str, str]:
+    """Each member's role as `patronictl list` prints it with this node's configuration."""
+    listed = subprocess.run(
+        ["/usr/bin/patronictl", "-c", str(node.config_file), "list", "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return {member["Member"]: member["Role"] for member in json.loads(listed.stdout)}
+
+
 def sync_standbys(ctx: StackContext) -> list[tuple[str, str]]:
     with connect_superuser(ctx) as conn:
         rows = conn.execute(
@@ -246,8 +260,14 @@ def test_primary_killed_then_an_etcd_member_killed_under_writes(
     primary.start()
     primary.wait_healthy(ctx.settings.start_timeout_s)
     eventually(lambda: role(primary) == "replica", what="the old primary a replica", timeout=90)
+    # Synchronous in PostgreSQL, and named in Patroni's /sync key (what makes it the one
+    # node that may be promoted), as the operator reads it with patronictl (docs/ha.md).
+    expected = {member_name(standby.node): "Leader", member_name(primary.node): "Sync Standby"}
     eventually(
-        lambda: sync_standbys(ctx) == [(member_name(primary.node), "sync")],
+        lambda: (
+            sync_standbys(ctx) == [(member_name(primary.node), "sync")]
+            and patronictl_roles(primary) == expected
+        ),
         what="the old primary the synchronous standby",
         timeout=REJOIN_BOUND_S,
     )
