@@ -32,7 +32,6 @@ from deploy.stack.launcher import (
     down,
     kill_service,
     load_context,
-    service,
     services,
     start_service,
     stop_service,
@@ -115,11 +114,7 @@ def kill_and_recover(
     name = target.resolve(ctx)
     say(f"kill -9 {target.label} ({name})")
     kill_at = time.monotonic()
-    own_kill = getattr(service(ctx, name), "kill", None)  # Patroni: its PostgreSQL too
-    if own_kill is not None:
-        own_kill()
-    else:
-        kill_service(ctx, name)
+    kill_service(ctx, name)  # a Patroni node: its PostgreSQL too
     time.sleep(hold_s)
     say(f"  starting {name} again")
     start_service(ctx, name)

@@ -185,8 +185,14 @@ def stop_service(ctx: StackContext, name: str) -> None:
 
 
 def kill_service(ctx: StackContext, name: str) -> None:
-    """SIGKILL one service, as a crash or power loss would (resilience drills in tests)."""
-    stop(ctx.settings.run_dir, service(ctx, name).name, sig=signal.SIGKILL, timeout_s=10)
+    """SIGKILL one service, as a crash or power loss would (resilience drills in tests); a
+    service with a kill of its own (a Patroni node: its PostgreSQL too) is killed by it."""
+    svc = service(ctx, name)
+    own_kill = getattr(svc, "kill", None)
+    if own_kill is not None:
+        own_kill()
+        return
+    stop(ctx.settings.run_dir, svc.name, sig=signal.SIGKILL, timeout_s=10)
 
 
 def start_service(ctx: StackContext, name: str) -> None:
@@ -203,6 +209,11 @@ def down(ctx: StackContext, say=print) -> None:
     for svc in reversed(services(ctx)):
         if stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=svc.stop_timeout_s):
             say(f"  {svc.name:<10} stopped")
+        # a Patroni node's PostgreSQL runs in a session of its own: one whose Patroni died
+        # would be left running
+        left_behind = getattr(svc, "stop_postgres_left_behind", None)
+        if left_behind is not None:
+            left_behind()
 
 
 def clean(settings: StackSettings) -> None:
