@@ -437,4 +437,3 @@ def test_etcd_and_the_database_plane_are_shared_with_no_other_container() -> Non
     assert members["dcs"] == set(nodes("etcd")) | set(nodes("patroni"))
     assert members["db"] == set(nodes("patroni")) | {"haproxy"}
     assert not (set(nodes("etcd")) | set(nodes("patroni"))) & members["default"]
-
