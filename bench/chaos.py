@@ -41,7 +41,7 @@ from deploy.stack.settings import REPO_ROOT, StackSettings
 
 from .chaos_accounting import account, node_throughput, resources
 from .chaos_load import Workload
-from .chaos_report import KillResult, budget_lines, effect, table
+from .chaos_report import KillResult, budget_lines, effect, losses_per_kill, table
 
 WORKLOADS = ["ingest", "archive", "viewer", "records"]
 
@@ -121,7 +121,7 @@ def kill_and_recover(
     time.sleep(settle_s)
     end = time.monotonic()
     effects = {w: effect(work.loops[w].between(kill_at, end), kill_at) for w in WORKLOADS}
-    return KillResult(f"{target.label} ({name})", target.component, effects)
+    return KillResult(f"{target.label} ({name})", target.component, effects, kill_at, end)
 
 
 def restart_gateway(ctx: StackContext, work: Workload, settle_s: float, say) -> KillResult:
@@ -132,7 +132,7 @@ def restart_gateway(ctx: StackContext, work: Workload, settle_s: float, say) -> 
     time.sleep(settle_s)
     end = time.monotonic()
     effects = {w: effect(work.loops[w].between(kill_at, end), kill_at) for w in WORKLOADS}
-    return KillResult("the gateway, restarted", "gateway", effects)
+    return KillResult("the gateway, restarted", "gateway", effects, kill_at, end)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table(results, WORKLOADS))
         print()
-        print(account(stack, work))
+        summary, bad = account(stack, work)
+        print(summary)
+        acked = {name: work.loops[name].acked for name in ("ingest", "archive", "records")}
+        print(losses_per_kill(results, acked, bad))
         print(budget_lines(results))
         print()
         print(node_throughput(stack))

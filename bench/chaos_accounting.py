@@ -23,22 +23,27 @@ from .cpu import CLOCK_TICKS, PROC, Group, all_stats
 ARRIVAL_TIMEOUT_S = 300.0  # for the edge's queue to drain after the last kill
 
 
-def account(stack: StackClient, work: Workload) -> str:
+def account(stack: StackClient, work: Workload) -> tuple[str, dict[str, set[str]]]:
+    """The final accounting as text, and per workload the acknowledged writes that are
+    missing or duplicated (for the per-kill figures)."""
     with stack.orthanc("CENTRAL_ORTHANC") as central:
-        ingest = _studies_at_central(central, work.loops["ingest"].written, per_study=2)
-        archive = _instances_at_central(central, work.loops["archive"].written)
-    records = _records_kept(stack, work.loops["records"].written)
-    return "\n".join(
+        ingest = _studies_at_central(central, list(work.loops["ingest"].acked), per_study=2)
+        archive = _instances_at_central(central, list(work.loops["archive"].acked))
+    records = _records_kept(stack, list(work.loops["records"].acked))
+    text = "\n".join(
         [
             "accounting (acknowledged operations only):",
-            f"  ingest:  {ingest}",
-            f"  archive: {archive}",
-            f"  records: {records}",
+            f"  ingest:  {ingest[0]}",
+            f"  archive: {archive[0]}",
+            f"  records: {records[0]}",
         ]
     )
+    return text, {"ingest": ingest[1], "archive": archive[1], "records": records[1]}
 
 
-def _studies_at_central(central: httpx.Client, study_uids: list[str], per_study: int) -> str:
+def _studies_at_central(
+    central: httpx.Client, study_uids: list[str], per_study: int
+) -> tuple[str, set[str]]:
     deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
     counts: dict[str, int] = {}
     pending = list(study_uids)
@@ -55,32 +60,35 @@ def _studies_at_central(central: httpx.Client, study_uids: list[str], per_study:
             time.sleep(2.0)
     lost = sum(max(0, per_study - counts.get(u, 0)) for u in study_uids)
     duplicated = sum(max(0, counts.get(u, 0) - per_study) for u in study_uids)
+    bad = {u for u in study_uids if counts.get(u, 0) != per_study}
     return (
         f"{len(study_uids)} studies ({len(study_uids) * per_study} instances) sent: "
         f"{lost} instances lost, {duplicated} duplicated"
-    )
+    ), bad
 
 
-def _instances_at_central(central: httpx.Client, sop_uids: list[str]) -> str:
+def _instances_at_central(central: httpx.Client, sop_uids: list[str]) -> tuple[str, set[str]]:
     lost = duplicated = 0
+    bad = set()
     for uid in sop_uids:
-        found = [
-            i for i in central.post("/tools/lookup", content=uid).json() if i["Type"] == "Instance"
-        ]
+        answer = central.post("/tools/lookup", content=uid).json()
+        found = [i for i in answer if i["Type"] == "Instance"]
         lost += not found
         duplicated += max(0, len(found) - 1)
-    return f"{len(sop_uids)} uploads acknowledged: {lost} missing, {duplicated} duplicated"
+        if len(found) != 1:
+            bad.add(uid)
+    return f"{len(sop_uids)} uploads acknowledged: {lost} missing, {duplicated} duplicated", bad
 
 
-def _records_kept(stack: StackClient, exam_nos: list[str]) -> str:
+def _records_kept(stack: StackClient, exam_nos: list[str]) -> tuple[str, set[str]]:
     token = Tokens(stack, every_s=60.0).get("ADMIN")
-    missing = 0
+    bad = set()
     with stack.gateway(token) as api:
         for exam_no in exam_nos:
             base = f"/api/v1/institutions/{INSTITUTION}/exams/{exam_no}"
             if api.get(base).status_code != 200 or api.get(f"{base}/report").status_code != 200:
-                missing += 1
-    return f"{len(exam_nos)} exam+report writes acknowledged: {missing} missing"
+                bad.add(exam_no)
+    return f"{len(exam_nos)} exam+report writes acknowledged: {len(bad)} missing", bad
 
 
 # --- one central node against two ---------------------------------------------------------

@@ -49,7 +49,7 @@ class Loop:
 
     name: str
     outcomes: list[Outcome] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)  # acknowledged writes (ids)
+    acked: dict[str, float] = field(default_factory=dict)  # acknowledged write -> when
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run_once(self, operation: Callable[[], str | None]) -> None:
@@ -65,7 +65,7 @@ class Loop:
         with self.lock:
             self.outcomes.append(Outcome(end, True, end - start))
             if written:
-                self.written.append(written)
+                self.acked[written] = end
 
     def between(self, start: float, end: float) -> list[Outcome]:
         with self.lock:

@@ -46,6 +46,8 @@ class KillResult:
     target: str  # what was killed ("PostgreSQL primary (pg-node-1)")
     component: str  # for the downtime sum ("postgresql")
     effects: Mapping[str, Effect]  # workload name -> what it saw
+    start: float = 0.0  # the kill (time.monotonic())
+    end: float = 0.0  # the end of its window (recovered and settled)
 
     @property
     def outage_s(self) -> float:
@@ -89,3 +91,21 @@ def budget_lines(results: list[KillResult], failures_a_year: float = 12.0) -> st
         f"{down * 60:.1f} min ({down:.3f} h, availability {availability(down):.4f} %), "
         f"{verdict} the {BUDGET_H} h budget of H1"
     )
+
+
+def losses_per_kill(
+    results: list[KillResult],
+    acked: Mapping[str, Mapping[str, float]],
+    bad: Mapping[str, set[str]],
+) -> str:
+    """Per kill, the writes acknowledged in its window that are lost, duplicated or
+    missing at the end (`acked`: workload -> id -> when; `bad`: workload -> ids)."""
+    lines = ["acknowledged in each kill's window, then lost/duplicated/missing:"]
+    for result in results:
+        cells = []
+        for name in sorted(acked):
+            window = [i for i, at in acked[name].items() if result.start <= at < result.end]
+            wrong = sum(1 for i in window if i in bad.get(name, set()))
+            cells.append(f"{name} {wrong}/{len(window)}")
+        lines.append(f"  {result.target[:34]:<34} " + ", ".join(cells))
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from bench.chaos_report import (
     availability,
     budget_lines,
     effect,
+    losses_per_kill,
     yearly_downtime_h,
 )
 
@@ -55,3 +56,13 @@ def test_the_budget_line_says_whether_h1_holds() -> None:
     assert "within" in budget_lines([result("central", 60.0)])
     assert "OVER" in budget_lines([result("central", BUDGET_H * 3600 / 12 + 1)])
     assert availability(1.6) == pytest.approx(99.9817, abs=1e-4)
+
+
+def test_each_kill_counts_the_writes_acknowledged_in_its_window() -> None:
+    first = KillResult("a central", "central", {}, start=10.0, end=20.0)
+    second = KillResult("an indexer", "indexer", {}, start=20.0, end=30.0)
+    acked = {"archive": {"a": 12.0, "b": 15.0, "c": 25.0}, "records": {"r": 29.0}}
+    text = losses_per_kill([first, second], acked, {"archive": {"b"}, "records": set()})
+    lines = text.splitlines()[1:]
+    assert "archive 1/2, records 0/0" in lines[0]  # b lost; c came after this window
+    assert "archive 0/1, records 0/1" in lines[1]
