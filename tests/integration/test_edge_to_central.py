@@ -24,6 +24,16 @@ SLICES = 12
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
+def local_copies_replaced(edge: httpx.Client) -> None:
+    """The edge replaces its received copies by the compressed ones once the modality is
+    idle and central confirmed them (ImagingCloud.ReplaceAfterIdleSeconds): wait for it."""
+    eventually(
+        lambda: edge.get("/imaging-cloud/status").json()["replaces_pending"] == 0,
+        what="the edge's local copies replaced by the compressed ones",
+        timeout=60,
+    )
+
+
 @pytest.fixture(scope="module")
 def sent_study(stack: StackClient):
     study = make_study(
@@ -67,6 +77,7 @@ def test_the_edge_keeps_the_copy_it_forwarded(stack: StackClient, sent_study) ->
     uid = sent_study.exam.study_instance_uid
     with stack.orthanc("CENTRAL_ORTHANC") as central, stack.orthanc("EDGE_A") as edge:
         central_id = wait_for_instances(central, uid, SLICES, timeout_s=120)
+        local_copies_replaced(edge)
         at_central = {
             i["MainDicomTags"]["SOPInstanceUID"]: central.get(f"/instances/{i['ID']}/file").content
             for i in central.get(f"/studies/{central_id}/instances").json()
@@ -93,6 +104,7 @@ def test_a_resend_with_other_content_cannot_replace_an_archived_instance(
     first = next(sent_study.instances())
     with stack.orthanc("CENTRAL_ORTHANC") as central, stack.orthanc("EDGE_A") as edge:
         wait_for_instances(central, uid, SLICES, timeout_s=120)
+        local_copies_replaced(edge)
 
         def copies() -> tuple[bytes, bytes]:
             found = []

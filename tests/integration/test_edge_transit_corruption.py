@@ -156,6 +156,11 @@ def test_corrupted_upload_is_detected_and_resent(
     )
     assert bad_link.corrupted == CORRUPTED  # the uploads did go through the bad link
     with stack.orthanc("EDGE_A") as edge:
+        eventually(  # the received copies are replaced by the forwarded ones once confirmed
+            lambda: edge.get("/imaging-cloud/status").json()["replaces_pending"] == 0,
+            what="the edge's local copies replaced by the compressed ones",
+            timeout=60,
+        )
         at_edge = file_hashes(edge, uid)
         edge_bytes = sum(
             len(edge.get(f"/instances/{i['ID']}/file").content)
