@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import secrets
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import boto3
 import httpx
@@ -54,6 +56,8 @@ OBJECT_BYTES = 4096
 # The load's S3 client gives up on a request after this long (and sends the next), as a
 # client with retries does: a PUT in flight when the leader master dies hangs until then.
 LOAD_TIMEOUT_S = 3
+# How long the load is watched after a killed master is back.
+REJOIN_WATCH_S = 15
 
 
 def load_client(node: WeedS3Node):
@@ -153,6 +157,13 @@ class Load:
                 streak = 0
         return None
 
+    def longest_gap(self, since: float, until: float) -> float:
+        """The longest time between acknowledged PUTs in (since, until]."""
+        with self.lock:
+            acked = [e[0] for e in self.events if since < e[0] <= until and e[1] == "put" and e[2]]
+        marks = [since, *acked, until]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
     def errors_since(self, since: float, until: float) -> dict[str, int]:
         with self.lock:
             failed = [e for e in self.events if since < e[0] <= until and not e[2]]
@@ -182,6 +193,20 @@ def wait_recovered(load: Load, since: float, what: str) -> float:
             return at - since
         time.sleep(0.5)
     raise AssertionError(f"{what}: no {STEADY_WRITES} writes in a row within {RECOVERY_BOUND_S} s")
+
+
+def rss_mb(svcs: list[Service]) -> str:
+    """Each kind's resident memory in MB, summed over its nodes, and the total."""
+    sizes: dict[str, float] = {}
+    for svc in svcs:
+        pid = svc.pid()
+        if pid is None or not isinstance(svc, WeedNode):
+            continue
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes[svc.kind] = sizes.get(svc.kind, 0.0) + int(line.split()[1]) / 1024
+    total = sum(sizes.values())
+    return ", ".join(f"{k} {v:.0f}" for k, v in sizes.items()) + f"; total {total:.0f}"
 
 
 def new_leader_after(ctx: StackContext, old: int, since: float) -> float:
@@ -295,6 +320,15 @@ def test_no_acknowledged_object_is_lost_and_writes_go_on_after_each_kill(cluster
         new = leader_master(svcs)
         assert new.node != old.node
         print(f"  {new.name} leads after {elected:.1f} s; {old.name} back in {restart(old):.1f} s")
+        # a master that rejoins may call an election of its own: do writes pause again?
+        rejoined = time.monotonic()
+        time.sleep(REJOIN_WATCH_S)
+        gap = load.longest_gap(rejoined, time.monotonic())
+        recovery["master rejoin (longest pause)"] = gap
+        errors = load.errors_since(rejoined, time.monotonic())
+        after = leader_master(svcs)
+        print(f"  {REJOIN_WATCH_S} s after the rejoin: {after.name} leads, the longest pause")
+        print(f"  between acknowledged writes {gap:.1f} s, errors {errors}")
         assert unreadable(s3_2, before) == []
 
         # 3. an S3 node: the client goes to the other (as the proxy in front of them does)
@@ -314,6 +348,7 @@ def test_no_acknowledged_object_is_lost_and_writes_go_on_after_each_kill(cluster
     finally:
         load.stopping.set()
         worker.join(timeout=30)
+    print(f"  memory (RSS) of the cluster's processes: {rss_mb(svcs)}")
     final = load.snapshot()
     with load.lock:
         puts = sum(1 for e in load.events if e[1] == "put")
