@@ -88,8 +88,10 @@ class _EdgeSection(_Section):
     # encoder processes (imgcloud.compression_pool); 0: one per core this Orthanc may use
     compression_workers: int = Field(0, alias="CompressionWorkers", ge=0, le=64)
     # imgcloud.in_place: the local copy is replaced once no C-STORE came for this long (0: at
-    # once), and up to this much compressed data is kept for forwarding meanwhile
-    replace_after_idle_s: float = Field(2.0, alias="ReplaceAfterIdleSeconds", ge=0, le=600)
+    # once, the default: deferring measured no faster C-STORE, docs/edge.md, and its review
+    # found races a resend or upload can hit), and up to this much compressed data is kept
+    # for forwarding meanwhile
+    replace_after_idle_s: float = Field(0.0, alias="ReplaceAfterIdleSeconds", ge=0, le=600)
     keep_compressed_mb: int = Field(256, alias="KeepCompressedMB", ge=0, le=4096)
     # how long an idle connection to central is kept for the next upload
     central_keepalive_s: float = Field(0.5, alias="CentralKeepAliveSeconds", gt=0, le=60)
@@ -117,7 +119,7 @@ class EdgeSettings(BaseModel):
     storage: Annotated[StorageSettings, SkipValidation]
     compression: Annotated[CompressionPolicy, SkipValidation]
     compression_workers: int
-    replace_after_idle_s: float = 2.0
+    replace_after_idle_s: float = 0.0
     keep_compressed_mb: int = 256
     central_keepalive_s: float = 0.5
     peer: PeerSettings

@@ -35,9 +35,9 @@ def app(tmp_path: Path) -> Iterator[EdgeApp]:
     edge.stop(join_s=1)
 
 
-def test_the_defaults_defer_the_replace_and_bound_what_is_kept(app: EdgeApp) -> None:
-    assert app.settings.replace_after_idle_s == 2.0
-    assert app.in_place.defer_s == 2.0
+def test_the_defaults_replace_at_once_and_bound_what_is_kept(app: EdgeApp) -> None:
+    assert app.settings.replace_after_idle_s == 0.0  # deferring is a setting, off by default
+    assert app.in_place.defer_s == 0.0
     assert app.in_place.keep_bytes == 256 * 1024 * 1024
     assert app.settings.central_keepalive_s == 0.5
     assert app.in_place.replacer in app._background()
