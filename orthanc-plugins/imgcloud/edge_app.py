@@ -182,9 +182,14 @@ class EdgeApp:
     def send_one(self, item: tuple[str, bytes | None]) -> int:
         instance_id, data = item
         if data is None:
-            # the bytes hashed were these: read as forwarding reads (the local copy may be
-            # the received one still, its compressed bytes kept or encoded again)
-            data = self.read_for_forwarding(instance_id)
+            if self.in_place.defer_s <= 0:
+                # replaced at once: the bytes hashed are the local copy as it is now
+                # (compressed, or as received where the encoder gave up), never encoded again
+                data = self.local.read_instance(instance_id)
+            else:
+                # deferred: the local copy may be the received one still; read as
+                # forwarding reads (kept bytes, or encoded again)
+                data = self.read_for_forwarding(instance_id)
         self.limiter.acquire(len(data))
         self.central.store(data)
         return len(data)

@@ -68,9 +68,10 @@ def test_a_c_store_holds_the_replaces_back(app: EdgeApp, monkeypatch) -> None:
     assert app.in_place._last_cstore == 250.0
 
 
-def test_a_send_without_held_bytes_reads_as_forwarding_does(app: EdgeApp, monkeypatch) -> None:
-    """The local copy may still be the received one: a resend sends the compressed bytes
-    (the ones hashed), not the local copy."""
+def test_a_deferring_edge_resends_what_forwarding_reads(tmp_path: Path, monkeypatch) -> None:
+    """Deferred, the local copy may still be the received one: a resend sends the
+    compressed bytes (the ones hashed), not the local copy."""
+    app = make_app(tmp_path, ReplaceAfterIdleSeconds=2)
 
     def received(_instance_id: str) -> bytes:
         raise AssertionError("read the local copy as received")
@@ -79,8 +80,25 @@ def test_a_send_without_held_bytes_reads_as_forwarding_does(app: EdgeApp, monkey
     monkeypatch.setattr(app.local, "read_instance", received)
     monkeypatch.setattr(app.in_place, "read", lambda _instance_id: b"JLS")
     monkeypatch.setattr(app.central, "store", uploaded.append)
-    assert app.send([("i1", None), ("i2", b"HELD")]) == len(b"JLS") + len(b"HELD")
+    try:
+        assert app.send([("i1", None), ("i2", b"HELD")]) == len(b"JLS") + len(b"HELD")
+    finally:
+        app.stop(join_s=1)
     assert sorted(uploaded) == [b"HELD", b"JLS"]
+
+
+def test_replacing_at_once_a_resend_reads_the_local_copy(app: EdgeApp, monkeypatch) -> None:
+    """By default the local copy was replaced before its hash was taken: a resend sends it
+    as it is, never encoded again (a second encoding may differ: the 120 s fallback)."""
+
+    def encoded_again(_instance_id: str) -> bytes:
+        raise AssertionError("encoded again")
+
+    uploaded: list[bytes] = []
+    monkeypatch.setattr(app.local, "read_instance", lambda _instance_id: b"LOCAL")
+    monkeypatch.setattr(app.in_place, "read", encoded_again)
+    monkeypatch.setattr(app.central, "store", uploaded.append)
+    assert app.send([("i1", None)]) == len(b"LOCAL") and uploaded == [b"LOCAL"]
 
 
 def test_central_s_confirmation_reaches_the_compressor(app: EdgeApp, monkeypatch) -> None:
