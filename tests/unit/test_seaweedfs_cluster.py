@@ -70,6 +70,7 @@ def test_the_masters_are_one_raft_of_three_with_replication(tmp_path: Path) -> N
         assert flag(args, "peers").split(",") == every_master(ctx)
         assert flag(args, "defaultReplication") == REPLICATION == "001"
         assert "-disableHttp" in args  # /dir/assign would hand out write JWTs
+        assert "-resumeState=false" in args  # rejoins as a follower
         assert f"127.0.0.1:{flag(args, 'port')}.{flag(args, 'port.grpc')}" in every_master(ctx)
         homes.add(flag(args, "mdir"))
     assert len(homes) == 3

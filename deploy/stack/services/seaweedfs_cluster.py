@@ -218,6 +218,11 @@ class WeedMaster(WeedNode):
             f"-electionTimeout={ELECTION_TIMEOUT}",
             "-volumeSizeLimitMB=512",
             "-telemetry=false",
+            # A master that came back with its saved raft state took the leadership again
+            # and no write was acknowledged in the 15 s watched; started without it, it
+            # joined as a follower with no pause (one run each). The volume ids come back
+            # in the volume servers' heartbeats.
+            "-resumeState=false",
         ]
 
     def health(self) -> str | None:
