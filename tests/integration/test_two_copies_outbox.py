@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -168,11 +169,13 @@ DELIVER = ("outbox", "deliver", "--every", "0.2")
 
 
 def test_serve_stops_its_loops_and_waits_for_them(
-    stack: StackClient, stack_settings: StackSettings, receiver: Receiver
+    stack: StackClient, stack_settings: StackSettings, receiver: Receiver, tmp_path: Path
 ) -> None:
-    # in uvicorn's place: a SIGTERM ends it cleanly, as it does uvicorn
+    # in uvicorn's place: a SIGTERM ends it cleanly, as it does uvicorn (once its handler
+    # is in place: the file says so; a SIGTERM before it would end it with -15)
+    ready = tmp_path / "child-ready"
     quits = "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
-    child = [sys.executable, "-c", quits + "signal.pause()"]
+    child = [sys.executable, "-c", quits + f"open({str(ready)!r}, 'w').close(); signal.pause()"]
     with psycopg.connect(dsn(stack_settings), autocommit=True) as db:
         sealers = count(db, CONNECTED, "imgcloud-audit-sealer")
         served = indexer_process(stack_settings, receiver.url, "serve", "--", *child)
@@ -181,8 +184,9 @@ def test_serve_stops_its_loops_and_waits_for_them(
                 lambda: (
                     count(db, CONNECTED, "imgcloud-audit-sealer") == sealers + 1
                     and count(db, CONNECTED, "imgcloud-outbox") == 1
+                    and ready.exists()
                 ),
-                what="serve started its sealer and deliverer",
+                what="serve started its sealer, its deliverer and its server",
             )
         finally:
             os.killpg(served.pid, signal.SIGTERM)  # as the launcher stops it
