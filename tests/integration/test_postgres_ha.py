@@ -32,7 +32,7 @@ from imgcloud.central_schema import VERSION_TABLE
 from psycopg import sql
 
 from deploy.stack.context import StackContext
-from deploy.stack.launcher import load_context, start_groups
+from deploy.stack.launcher import load_context
 from deploy.stack.processes import stop
 from deploy.stack.services.base import Service
 from deploy.stack.services.etcd import ETCD_BIN, Etcd
@@ -47,7 +47,7 @@ from deploy.stack.services.postgres import DATABASES, connect_superuser
 from deploy.stack.settings import StackSettings
 
 from ..support.eventually import eventually
-from ..support.scratch_stack import scratch_state
+from ..support.scratch_stack import scratch_state, start_all
 
 pytestmark = [
     pytest.mark.integration,
@@ -124,13 +124,7 @@ def ha_pg() -> Iterator[tuple[StackContext, list[Service]]]:
         ctx = load_context(settings)
         svcs = postgres_ha_services(ctx)
         try:
-            for group in start_groups(svcs):
-                for svc in group:
-                    svc.prepare()
-                    svc.start()
-                for svc in group:
-                    svc.wait_healthy(settings.start_timeout_s)
-                    svc.after_healthy()
+            start_all(svcs, settings.start_timeout_s)
             yield ctx, svcs
         finally:
             for svc in reversed(svcs):

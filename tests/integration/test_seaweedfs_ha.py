@@ -26,7 +26,7 @@ from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.stack.context import S3_BUCKET, StackContext
-from deploy.stack.launcher import load_context, start_groups
+from deploy.stack.launcher import load_context
 from deploy.stack.processes import stop
 from deploy.stack.services.base import Service, http_health
 from deploy.stack.services.postgres import Postgres
@@ -44,7 +44,7 @@ from deploy.stack.services.seaweedfs_cluster import (
 )
 from deploy.stack.settings import StackSettings
 
-from ..support.scratch_stack import scratch_state, start, stop_service
+from ..support.scratch_stack import scratch_state, start, start_all, stop_service
 
 pytestmark = pytest.mark.integration
 
@@ -248,13 +248,7 @@ def cluster() -> Iterator[tuple[StackContext, list[Service]]]:
         try:
             start(postgres)
             began = time.monotonic()
-            for group in start_groups(svcs):
-                for svc in group:
-                    svc.prepare()
-                    svc.start()
-                for svc in group:
-                    svc.wait_healthy(settings.start_timeout_s)
-                    svc.after_healthy()
+            start_all(svcs, settings.start_timeout_s)
             print(f"\n  cluster of {len(svcs)} healthy in {time.monotonic() - began:.1f} s")
             yield ctx, svcs
         finally:

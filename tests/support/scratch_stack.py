@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from deploy.stack.context import StackContext
-from deploy.stack.launcher import load_context
+from deploy.stack.launcher import load_context, start_groups
 from deploy.stack.processes import stop
 from deploy.stack.services.base import Service
 from deploy.stack.settings import REPO_ROOT, StackSettings
@@ -46,3 +46,15 @@ def start(svc: Service, *, then_provision: bool = True) -> None:
 def stop_service(svc: Service) -> bool:
     """Stop it (True if it stopped in time)."""
     return stop(svc.ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=60)
+
+
+def start_all(svcs: list[Service], timeout_s: float) -> None:
+    """Start services as `up` does: group by group, the nodes of a group together, then
+    each checked healthy and provisioned."""
+    for group in start_groups(svcs):
+        for svc in group:
+            svc.prepare()
+            svc.start()
+        for svc in group:
+            svc.wait_healthy(timeout_s)
+            svc.after_healthy()

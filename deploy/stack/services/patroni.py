@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..processes import exited
 from .base import Service, http_health
 from .etcd import MEMBERS, etcd_members
 from .ha_proxy import Front, HaProxy
-from .postgres import PG_BIN, SERVER_SETTINGS
+from .postgres import PG_BIN, SERVER_SETTINGS, require_postgres_can_write
 
 PATRONI_BIN = Path("/usr/bin/patroni")  # Debian 12's patroni (3.0.2)
 NODES = (1, 2)
@@ -187,19 +186,7 @@ class PatroniNode(Service):
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, pw.pw_uid, pw.pw_gid)
             path.chmod(0o700)
-        reachable = subprocess.run(
-            ["/usr/bin/test", "-w", str(self.node_dir)],
-            user="postgres",
-            group="postgres",
-            check=False,
-            timeout=10,
-        )
-        if reachable.returncode != 0:
-            raise PrerequisiteMissing(
-                self.name,
-                f"the 'postgres' user cannot reach {self.node_dir}: make its parent "
-                "directories traversable (chmod o+x) or set STACK_DIR elsewhere",
-            )
+        require_postgres_can_write(self.name, self.node_dir)
         config = json.dumps(patroni_config(self.ctx, self.node, self.node_dir), indent=1)
         self.config_file.touch(mode=0o600, exist_ok=True)
         os.chown(self.config_file, pw.pw_uid, pw.pw_gid)

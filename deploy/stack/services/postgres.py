@@ -43,6 +43,24 @@ SERVER_SETTINGS = {
 }
 
 
+def require_postgres_can_write(service: str, path: Path) -> None:
+    """PrerequisiteMissing unless the `postgres` system user can write `path` (its parent
+    directories traversable: a state directory under a private home is not)."""
+    reachable = subprocess.run(
+        ["/usr/bin/test", "-w", str(path)],
+        user="postgres",
+        group="postgres",
+        check=False,
+        timeout=10,
+    )
+    if reachable.returncode != 0:
+        raise PrerequisiteMissing(
+            service,
+            f"the 'postgres' user cannot reach {path}: make its parent directories "
+            "traversable (chmod o+x) or set STACK_DIR elsewhere",
+        )
+
+
 def private_database(database: str, role: str) -> list[sql.Composed]:
     """Statements leaving `database` to `role` alone. PostgreSQL gives PUBLIC (every role,
     present and future) CONNECT and TEMPORARY on a new database: without these the indexer's
@@ -170,19 +188,7 @@ class Postgres(Service):
         for path in (top, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, pw.pw_uid, pw.pw_gid)
-        reachable = subprocess.run(
-            ["/usr/bin/test", "-w", str(top)],
-            user="postgres",
-            group="postgres",
-            check=False,
-            timeout=10,
-        )
-        if reachable.returncode != 0:
-            raise PrerequisiteMissing(
-                self.name,
-                f"the 'postgres' user cannot reach {top}: make its parent directories "
-                "traversable (chmod o+x) or set STACK_DIR elsewhere",
-            )
+        require_postgres_can_write(self.name, top)
         if (self.data_dir / "PG_VERSION").exists():
             return
         if self.data_dir.exists():
