@@ -23,7 +23,7 @@ import boto3
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..context import S3_BUCKET
+from ..context import S3_BUCKET, StackContext
 from ..errors import PrerequisiteMissing, ServiceUnhealthy
 from ..pki import issue_leaf
 from ..ports import SEAWEEDFS_PORTS
@@ -132,6 +132,15 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):
             retries={"max_attempts": 1},
         ),
     )
+
+
+def require_weed(ctx: StackContext, service: str) -> None:
+    """PrerequisiteMissing unless the weed binary and unshare (its private /tmp) exist."""
+    weed = ctx.settings.venv_bin / "weed"
+    if not weed.exists():
+        raise PrerequisiteMissing(service, f"{weed} not found: run make install")
+    if not Path(UNSHARE).exists():
+        raise PrerequisiteMissing(service, f"{UNSHARE} not found (util-linux)")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -248,11 +257,7 @@ class SeaweedFS(Service):
         return self.home / "config"
 
     def prepare(self) -> None:
-        weed = self.ctx.settings.venv_bin / "weed"
-        if not weed.exists():
-            raise PrerequisiteMissing(self.name, f"{weed} not found: run make install")
-        if not Path(UNSHARE).exists():
-            raise PrerequisiteMissing(self.name, f"{UNSHARE} not found (util-linux)")
+        require_weed(self.ctx, self.name)
         for sub in ("", "data", "config", "tmp"):
             (self.home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
             (self.home / sub).chmod(0o700)

@@ -28,16 +28,16 @@ import httpx
 import psycopg
 
 from ..context import S3_BUCKET, StackContext
-from ..errors import PrerequisiteMissing, ServiceUnhealthy
+from ..errors import ServiceUnhealthy
 from ..pki import issue_leaf
 from .base import Service, http_health
 from .seaweedfs import (
     GRPC_COMMON_NAME,
-    UNSHARE,
     fsync_command,
     fsync_rule_applied,
     private_tmp_argv,
     provision_buckets,
+    require_weed,
     run_weed_shell,
     s3_client,
     s3_health,
@@ -178,11 +178,7 @@ class WeedNode(Service):
         return self.ctx.ports[self.port_name + "_grpc"]
 
     def prepare(self) -> None:
-        weed = self.ctx.settings.venv_bin / "weed"
-        if not weed.exists():
-            raise PrerequisiteMissing(self.name, f"{weed} not found: run make install")
-        if not Path(UNSHARE).exists():
-            raise PrerequisiteMissing(self.name, f"{UNSHARE} not found (util-linux)")
+        require_weed(self.ctx, self.name)
         for path in (cluster_home(self.ctx), self.home, self.home / "tmp"):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.chmod(0o700)
