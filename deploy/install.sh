@@ -42,10 +42,11 @@ for svc in orthanc nginx; do
   pkill -x -f "/usr/sbin/Orthanc /etc/orthanc/" 2>/dev/null || true
   [ "$svc" = nginx ] && [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 done
-# Debian enables the etcd, haproxy and patroni units it installs: on the next boot an etcd
+# Debian enables the etcd, haproxy, patroni and prometheus units it installs: on the next boot an etcd
 # without authentication would listen on localhost. The stack runs its own; theirs stay off.
 if command -v systemctl >/dev/null 2>&1; then
-  for unit in etcd.service haproxy.service patroni.service; do
+  for unit in etcd.service haproxy.service patroni.service prometheus.service \
+      prometheus-postgres-exporter.service prometheus-nginx-exporter.service; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
     systemctl mask "$unit" >/dev/null 2>&1 || true
   done
