@@ -263,6 +263,8 @@ def stack_env(ctx: StackContext) -> dict[str, str]:
         "DEMO_HOSPITAL_ADMIN_A_PASSWORD": s["demo_hospital_admin_a"],
         "DEMO_CLINICIAN_B_USER": "clinician.b",
         "DEMO_CLINICIAN_B_PASSWORD": s["demo_clinician_b"],
+        "DEMO_REGULATOR_USER": "regulator.demo",
+        "DEMO_REGULATOR_PASSWORD": s["demo_regulator"],
     }
     for node in central_nodes(ctx)[1:]:  # CENTRAL_k_ORTHANC_*: node k's own REST API
         env |= {

@@ -24,6 +24,7 @@ SECRET_NAMES = (
     "demo_auditor",
     "demo_hospital_admin_a",
     "demo_clinician_b",
+    "demo_regulator",
     "indexer_platform_key",
     "gateway_forward_secret",  # nginx -> indexer: its forwarded client address is believed
     "gateway_h0001",

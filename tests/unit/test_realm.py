@@ -36,6 +36,7 @@ def test_roles_and_token_lifetime() -> None:
         "clinician",
         "auditor",
         "gateway",
+        "regulator",
     }
     assert realm["accessTokenLifespan"] <= 300
 
@@ -48,6 +49,7 @@ def test_demo_users_take_passwords_from_the_stack_secrets() -> None:
         "demo_auditor": "pw-audit-1234567",
         "demo_hospital_admin_a": "pw-hadmin-123456",
         "demo_clinician_b": "pw-clin-12345678",
+        "demo_regulator": "pw-reg-123456789",
     }
     users = {u.username: u for u in load_demo_users(secrets)}
     assert users["auditor.demo"].roles == ("auditor",)
