@@ -17,14 +17,18 @@ from .api.routes import (
     audit,
     authz,
     break_glass,
+    console,
+    fleet,
     grants,
     health,
     images,
     ingest,
     lookup,
     qido,
+    recognition,
     records,
     sharing,
+    workspace,
 )
 from .config import get_settings
 from .db import session_factory
@@ -94,10 +98,14 @@ def create_app() -> FastAPI:
     app.include_router(grants.router, prefix="/api")
     app.include_router(break_glass.router, prefix="/api")
     app.include_router(sharing.router, prefix="/api")
+    app.include_router(fleet.router, prefix="/api")
+    app.include_router(recognition.router, prefix="/api")
     app.include_router(qido.router)
     app.include_router(sharing.landing)
     app.include_router(admin_console.router)
     app.include_router(ingest.router)
+    app.include_router(console.router)
+    app.include_router(workspace.router)
     audit_middleware.install(app)
     app.add_middleware(
         BodyLimit,

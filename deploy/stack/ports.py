@@ -45,6 +45,15 @@ PORT_NAMES = (
     # the stack); the edges' DicomModalities point there.
     "hospital_pacs_a",
     "hospital_pacs_b",
+    # HL7 v2 intake (#16): MLLP over TLS with each hospital's client certificate, and plain
+    # MLLP that only the tests and the demo use (loopback).
+    "hl7_mllp",
+    "hl7_mllp_plain",
+    # Monitoring (#15): Prometheus and the exporters of the components without metrics of
+    # their own (PostgreSQL, nginx).
+    "prometheus",
+    "postgres_exporter",
+    "nginx_exporter",
 )
 
 
