@@ -29,6 +29,9 @@ class Principal:
     username: str
     institution: str | None
     roles: frozenset[str]
+    # the OAuth client the token was issued to (`azp`): a hospital gateway's service
+    # account is `gateway-<institution>`, which names the gateway in the fleet registry
+    client_id: str = ""
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles & set(roles))
@@ -90,5 +93,6 @@ class TokenVerifier:
             username=str(claims.get("preferred_username") or claims["sub"]),
             institution=claims.get("institution"),
             roles=roles,
+            client_id=str(claims.get("azp") or ""),
         )
         return principal, float(claims["exp"])
