@@ -35,6 +35,7 @@ from .db import session_factory
 from .services.audit_writer import AuditWriter
 from .services.platform import BuiltInPlatform, HttpPlatform, MasterIndexPlatform, MasterIndexQueue
 from .services.qido import CentralQido
+from .web import session as web_session
 
 
 def platform_from_settings() -> MasterIndexPlatform:
@@ -89,6 +90,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install(app)
+    web_session.install(app)  # page requests without a session go to the login
     app.include_router(health.router, prefix="/api")
     app.include_router(records.router, prefix="/api")
     app.include_router(images.router, prefix="/api")

@@ -30,7 +30,7 @@ from ..security.auth import Principal
 from ..services.audit import event
 from .deps import get_pii
 
-AUDITED = ("/api/v1/", "/dicom-web/", "/s/", "/orthanc-login")
+AUDITED = ("/api/v1/", "/dicom-web/", "/s/", "/orthanc-login", "/console", "/workspace")
 SKIP = ("/api/v1/authz/",)  # the gateway's decisions are recorded by that route itself
 
 

@@ -346,3 +346,30 @@ def may_use_explorer(who: Principal) -> Decision:
     if _admin(who):
         return allow(WHOLE_ARCHIVE, WHOLE_ARCHIVE)
     return refuse("Orthanc Explorer is for platform administrators")
+
+
+# --- the platform's web pages ------------------------------------------------------------
+
+
+def may_use_console(who: Principal) -> Decision:
+    """The operator console: platform admins every gateway (WHOLE_ARCHIVE), hospital admins
+    their institution's (scope: the institution)."""
+    if _admin(who):
+        return allow("platform operator", WHOLE_ARCHIVE)
+    if who.has("hospital-admin") and who.institution:
+        return allow("hospital operator", who.institution)
+    return refuse("the operator console is for hospital and platform administrators")
+
+
+def may_use_workspace(who: Principal) -> Decision:
+    """The 互认 workspace: treating staff look up prior exams there; hospital admins and
+    regulators read its statistics. What each may do inside is decided per action."""
+    if who.has("clinician", "radiologist") and who.institution:
+        return allow("treating staff", who.institution)
+    if who.has("hospital-admin") and who.institution:
+        return allow("hospital statistics", who.institution)
+    if who.has("regulator"):
+        return allow("regulator", WHOLE_ARCHIVE)
+    return refuse(
+        "the 互认 workspace is for clinicians, radiologists, hospital admins and regulators"
+    )
