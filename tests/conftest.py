@@ -78,4 +78,5 @@ def tokens(stack: StackClient) -> dict[str, str]:
             stack["DEMO_HOSPITAL_ADMIN_A_USER"], stack["DEMO_HOSPITAL_ADMIN_A_PASSWORD"]
         ),
         "clin_b": token(stack["DEMO_CLINICIAN_B_USER"], stack["DEMO_CLINICIAN_B_PASSWORD"]),
+        "regulator": token(stack["DEMO_REGULATOR_USER"], stack["DEMO_REGULATOR_PASSWORD"]),
     }
