@@ -14,7 +14,7 @@ HOT update (no index writes, dead tuples pruned on the page).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -39,7 +39,7 @@ class FleetGateway(Base):
     heartbeat (one row, upserted)."""
 
     __tablename__ = "fleet_gateways"
-    __table_args__: ClassVar[dict[str, Any]] = {"postgresql_with": {"fillfactor": 50}}
+    __table_args__ = ({"postgresql_with": {"fillfactor": 50}},)
 
     gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the token's azp
     institution: Mapped[str] = mapped_column(String(16), index=True)  # the token's claim
