@@ -6,16 +6,36 @@ cloud, collect pushes from other hospitals, pull from the hospital PACS.
 The only edge module that imports `orthanc` (with glue_common). It registers Orthanc's
 callbacks and translates them; the edge itself is imgcloud.edge_app.EdgeApp, its REST
 API imgcloud.edge_routes, its settings imgcloud.plugin_settings.EdgeSettings.
+
+It is also the edge's stable loader (#15, imgcloud.upgrade.Boot): before anything else
+it imports, it asks the installed code which release to run (ImagingCloud.ReleaseDir's
+state.json: a verified release unpacked side by side, or the installed code) and puts
+that release first on sys.path; a release that fails to import is rolled back within the
+same load. After an upgrade, Orthanc's /tools/reset runs this script again in the same
+process, and so the new release is chosen.
 """
 
 import json
 
-import glue_common
 import orthanc  # type: ignore[import-not-found]
-from imgcloud import __version__
-from imgcloud.edge_app import EdgeApp
-from imgcloud.edge_routes import EdgeRoutes, method_name, refusal
-from imgcloud.plugin_settings import EdgeSettings
+from imgcloud.upgrade import Boot  # the installed code's loader, before any release
+
+
+def _release_modules():  # type: ignore[no-untyped-def]
+    """The modules of the chosen release (imported after the loader set sys.path)."""
+    import glue_common
+    from imgcloud import __version__
+    from imgcloud.edge_app import EdgeApp
+    from imgcloud.edge_routes import EdgeRoutes, method_name, refusal
+    from imgcloud.plugin_settings import EdgeSettings
+
+    return glue_common, __version__, EdgeApp, EdgeRoutes, method_name, refusal, EdgeSettings
+
+
+BOOT = Boot.from_configuration(json.loads(orthanc.GetConfiguration()), orthanc.LogWarning)
+glue_common, __version__, EdgeApp, EdgeRoutes, method_name, refusal, EdgeSettings = BOOT.load(
+    _release_modules
+)
 
 SETTINGS = glue_common.load("edge", EdgeSettings.from_orthanc)
 STORAGE, ARCHIVE = glue_common.register_storage("edge", SETTINGS.storage)

@@ -27,16 +27,19 @@ from .delivery import StudyDelivery
 from .dicom_audit import AuditOutbox, AuditSender
 from .dicom_scp import DicomScp
 from .edge_rules import RulesStore
+from .fleet_agent import ErrorCounter, FleetAgent, FleetClient, RulesPoller
 from .forward_queue import ForwardQueue
 from .forwarding import QueueWorker
 from .in_place import InPlaceCompressor
 from .indexer_client import IndexerClient, RecordSender
 from .local_api import LocalOrthanc
 from .plugin_settings import EdgeSettings
+from .release_bundle import load_public_key
 from .retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
 from .storage.archive import EncryptedArchive
 from .study_records import RecordStore, build_record
 from .tokens import BearerAuth, ClientCredentials
+from .upgrade import ReleaseStore, TrialCheck, Upgrader, running_release
 from .worker import Worker, stop_all
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,7 @@ class EdgeApp:
         self.audit_sender = (
             AuditSender(self.audit, self.sender.indexer) if self.sender is not None else None
         )
+        self._fleet(settings, credentials)
         self.scp = DicomScp(
             settings.dicom_scp_configuration(),
             self.local,
@@ -145,6 +149,69 @@ class EdgeApp:
             notify=self.audit_sender.notify if self.audit_sender else lambda: None,
             query_retrieve_aets=settings.plugin.query_retrieve_aets,
         )
+
+    def _fleet(self, settings: EdgeSettings, credentials: ClientCredentials | None) -> None:
+        """Heartbeat, rules from central, upgrades (#15): with the gateway account only."""
+        self.release = running_release(__file__)
+        self.errors = ErrorCounter()
+        self.fleet: FleetAgent | None = None
+        self.rules_poller: RulesPoller | None = None
+        self.trial: TrialCheck | None = None
+        self._versions: dict[str, Any] | None = None
+        if credentials is None or settings.indexer is None:
+            return
+        logging.getLogger("imgcloud").addHandler(self.errors)
+        client = FleetClient(
+            settings.indexer.api_url, BearerAuth(credentials), verify=settings.ca_bundle
+        )
+        store = ReleaseStore(settings.releases)
+        key = settings.release_public_key
+        public = load_public_key(key) if key else None
+        upgrader = Upgrader(store, client, public, self.release, self.restart)
+        self.fleet = FleetAgent(
+            client,
+            versions=self.versions,
+            queue=self.queue,
+            rules=self.rules,
+            storage_dir=settings.data_dir,
+            certificates=settings.certificate_files,
+            errors=self.errors,
+            releases=store,
+            upgrader=upgrader,
+            every_s=settings.fleet_heartbeat_s,
+        )
+        self.rules_poller = RulesPoller(client, self.rules)
+        checks = [self.local_answers, self.fleet.central_took_a_heartbeat]
+        self.trial = TrialCheck(
+            store, self.release, checks, self.restart, deadline_s=settings.upgrade_health_s
+        )
+
+    def restart(self) -> None:
+        """Orthanc stops its server and plugins and starts them again in this process
+        (POST /tools/reset): the loader in edge_plugin.py then chooses the release."""
+        self.local.client.post("/tools/reset", content=b"")
+
+    def local_answers(self) -> str | None:
+        """A trial release's health check: this Orthanc's REST API answers."""
+        answer = self.local.client.get("/system")
+        return None if answer.status_code == 200 else f"GET /system: HTTP {answer.status_code}"
+
+    def versions(self) -> dict[str, Any]:
+        """The heartbeat's versions: ours, Orthanc's, its plugins' (asked once)."""
+        if self._versions is None:
+            system = self.local.client.get("/system").json()
+            plugins = {}
+            for plugin in self.local.client.get("/plugins").json():
+                plugins[str(plugin)] = str(
+                    self.local.client.get(f"/plugins/{plugin}").json().get("Version", "")
+                )
+            plugins["imaging-cloud"] = __version__
+            self._versions = {
+                "software_version": self.release,
+                "orthanc_version": str(system.get("Version", "")),
+                "plugins": plugins,
+            }
+        return self._versions
 
     def encode(self, dicom: bytes, target: str) -> bytes:
         """JPEG-LS in the worker processes (CharLS), the other policies by Orthanc's DCMTK
@@ -241,7 +308,8 @@ class EdgeApp:
 
     def _background(self) -> list[Worker]:
         senders = (s for s in (self.sender, self.audit_sender) if s)
-        return [self.worker, self.retriever, *senders, self.in_place.replacer]
+        fleet = (w for w in (self.fleet, self.rules_poller, self.trial) if w)
+        return [self.worker, self.retriever, *senders, self.in_place.replacer, *fleet]
 
     def start(self) -> None:
         """Start the workers: they resume whatever a restart or crash left queued."""
@@ -252,6 +320,7 @@ class EdgeApp:
         """Tell every worker to stop, then wait for them all against one deadline: Orthanc's
         shutdown waits `join_s` at most, not that for each worker. False if any still runs."""
         stopped = stop_all(self._background(), join_s)
+        logging.getLogger("imgcloud").removeHandler(self.errors)
         self.in_place.close()
         self.pool.close()
         return stopped
@@ -262,6 +331,7 @@ class EdgeApp:
             "role": self.settings.plugin.role,
             "institution": self.institution,
             "version": __version__,
+            "release": self.release,
             "storage": self.storage,
             "compression": current.compression,
             "rules_version": current.version,

@@ -96,6 +96,15 @@ class _EdgeSection(_Section):
     # how long an idle connection to central is kept for the next upload
     central_keepalive_s: float = Field(0.5, alias="CentralKeepAliveSeconds", gt=0, le=60)
     indexer: Any = Field(None, alias="Indexer")
+    # the fleet (#15, imgcloud.fleet_agent / imgcloud.upgrade): heartbeat interval, the
+    # platform's release public key (no key: upgrades are refused), where releases are
+    # installed side by side (default: releases/ beside the queue), how long a new release
+    # has to prove healthy, and the certificates whose expiry the heartbeat reports
+    fleet_heartbeat_s: float = Field(30.0, alias="FleetHeartbeatSeconds", ge=1, le=3600)
+    release_public_key: Path | None = Field(None, alias="ReleasePublicKey")
+    release_dir: Path | None = Field(None, alias="ReleaseDir")
+    upgrade_health_s: float = Field(60.0, alias="UpgradeHealthCheckSeconds", ge=5, le=3600)
+    certificate_files: dict[str, Path] = Field(default_factory=dict, alias="CertificateFiles")
 
 
 class _EdgeOrthanc(_Section):
@@ -122,6 +131,11 @@ class EdgeSettings(BaseModel):
     replace_after_idle_s: float = 0.0
     keep_compressed_mb: int = 256
     central_keepalive_s: float = 0.5
+    fleet_heartbeat_s: float = 30.0
+    release_public_key: bytes | None = Field(None, repr=False)  # PEM, read at load
+    release_dir: Path | None = None
+    upgrade_health_s: float = 60.0
+    certificate_files: dict[str, Path] = Field(default_factory=dict)
     peer: PeerSettings
     indexer: IndexerSettings | None
     dicom_aet: str
@@ -153,6 +167,16 @@ class EdgeSettings(BaseModel):
                 "seals the patient data it records)"
             )
         peer_name = str(plugin.forward_peer)
+        section = orthanc.imaging_cloud
+        public_key = None
+        if section.release_public_key is not None:
+            try:
+                public_key = section.release_public_key.read_bytes()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"ImagingCloud.ReleasePublicKey: cannot read {section.release_public_key}: "
+                    f"{type(exc).__name__}"
+                ) from None
         return cls(
             plugin=plugin,
             storage=storage,
@@ -161,6 +185,11 @@ class EdgeSettings(BaseModel):
             replace_after_idle_s=orthanc.imaging_cloud.replace_after_idle_s,
             keep_compressed_mb=orthanc.imaging_cloud.keep_compressed_mb,
             central_keepalive_s=orthanc.imaging_cloud.central_keepalive_s,
+            fleet_heartbeat_s=section.fleet_heartbeat_s,
+            release_public_key=public_key,
+            release_dir=section.release_dir,
+            upgrade_health_s=section.upgrade_health_s,
+            certificate_files=section.certificate_files,
             peer=_validated(PeerSettings, orthanc.peers[peer_name], f"OrthancPeers.{peer_name}"),
             indexer=_indexer(orthanc.imaging_cloud.indexer),
             dicom_aet=orthanc.dicom_aet,
@@ -177,6 +206,11 @@ class EdgeSettings(BaseModel):
     @property
     def data_dir(self) -> Path:
         return self.queue_file.parent
+
+    @property
+    def releases(self) -> Path:
+        """Where upgrades install releases side by side (imgcloud.upgrade)."""
+        return self.release_dir or self.data_dir / "releases"
 
     def dicom_scp_configuration(self) -> dict[str, Any]:
         """The settings imgcloud.dicom_scp takes, under Orthanc's names."""
