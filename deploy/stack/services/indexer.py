@@ -34,6 +34,7 @@ class Indexer(Service):
     def env(self) -> dict[str, str]:
         dsn = self.ctx.pg_dsn("indexer", "indexer", "db_indexer")
         realm_path = f"/realms/{REALM}"
+        repo = self.ctx.settings.repo_root
         # The HA topology's local proxy fronts every central and Keycloak node: the
         # indexer's searches and key fetch then name no one node (docs/ha.md).
         if self.ctx.settings.ha:
@@ -51,7 +52,9 @@ class Indexer(Service):
             "INDEXER_PLATFORM_KEY": self.ctx.secrets["indexer_platform_key"],
             # the gateway's X-Gateway-Secret: only its requests' forwarded address counts
             "INDEXER_GATEWAY_FORWARD_SECRET": self.ctx.secrets["gateway_forward_secret"],
-            "PYTHONPATH": str(self.ctx.settings.repo_root),
+            # orthanc-plugins: the fleet validates rules with the edge's own schema and
+            # checks release bundles with its verifier (imgcloud.edge_rules, release_bundle)
+            "PYTHONPATH": os.pathsep.join(str(root) for root in (repo, repo / "orthanc-plugins")),
         }
 
     @property
