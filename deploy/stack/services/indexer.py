@@ -55,6 +55,8 @@ class Indexer(Service):
             # orthanc-plugins: the fleet validates rules with the edge's own schema and
             # checks release bundles with its verifier (imgcloud.edge_rules, release_bundle)
             "PYTHONPATH": os.pathsep.join(str(root) for root in (repo, repo / "orthanc-plugins")),
+            # prometheus-client's multiprocess mode: this node's workers' values (metrics.py)
+            "PROMETHEUS_MULTIPROC_DIR": str(self.ctx.state / "metrics" / self.name),
         }
 
     @property
