@@ -38,9 +38,11 @@ verified before use.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -84,6 +86,23 @@ def running_release(package_file: str) -> str:
     if payload.name == PAYLOAD and manifest.is_file():
         return str(json.loads(manifest.read_text())["release"])
     return installed_release()
+
+
+def missing_requirements(requirements: Sequence[str]) -> list[str]:
+    """The pinned `name==version` requirements this Python does not have (an edge cannot
+    install packages: the platform's environment must already hold a release's)."""
+    missing = []
+    for line in requirements:
+        pin = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)\s*$", line)
+        if pin is None:
+            continue  # markers or ranges: not checked here
+        try:
+            found = importlib.metadata.version(pin.group(1))
+        except importlib.metadata.PackageNotFoundError:
+            found = None
+        if found != pin.group(2):
+            missing.append(f"{pin.group(1)}=={pin.group(2)} (here: {found or 'none'})")
+    return missing
 
 
 class ReleaseStore:
@@ -275,6 +294,9 @@ class Upgrader:
             manifest = verify_bundle(data, self.public_key)
             if manifest.release != release:
                 raise BundleRefused(f"bundle holds release {manifest.release}, not {release}")
+            missing = missing_requirements(manifest.requirements)
+            if missing:
+                raise BundleRefused(f"requirements not installed: {', '.join(missing[:5])}")
             dest = self.store.root / release
             if dest.exists():  # an earlier, unfinished install of it: never run
                 shutil.rmtree(dest)

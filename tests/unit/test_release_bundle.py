@@ -144,3 +144,27 @@ def test_public_keys_round_trip_and_other_keys_are_refused() -> None:
     assert load_public_key(public_key_pem(KEY)) == PUBLIC
     with pytest.raises(BundleRefused):
         load_public_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+
+
+def test_the_release_cli_keeps_the_key_private_and_builds_what_verifies(tmp_path: Path) -> None:
+    from deploy.release import ensure_key_pair, main
+
+    private, public = ensure_key_pair(tmp_path)
+    assert ensure_key_pair(tmp_path) == (private, public)  # generated once
+    assert (
+        private.stat().st_mode & 0o777 == 0o600 and private.parent.stat().st_mode & 0o777 == 0o700
+    )
+    out = tmp_path / "b.tar"
+    src = source(tmp_path)
+    assert (
+        main(
+            ["--state-dir", str(tmp_path), "build", "2026.12.2", "-o", str(out), "--src", str(src)]
+        )
+        == 0
+    )
+    manifest = verify_bundle(out.read_bytes(), load_public_key(public.read_bytes()))
+    assert manifest.release == "2026.12.2" and any(
+        r.startswith("httpx==") for r in manifest.requirements
+    )
+    out.write_bytes(out.read_bytes().replace(b"import imgcloud", b"import imgcloux"))
+    assert main(["--state-dir", str(tmp_path), "verify", str(out)]) == 1

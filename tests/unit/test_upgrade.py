@@ -17,6 +17,7 @@ from imgcloud.forward_queue import ForwardQueue
 from imgcloud.release_bundle import build_bundle, generate_private_key, sha256_hex
 from imgcloud.upgrade import Boot, ReleaseStore, TrialCheck, Upgrader, running_release
 
+from deploy.release import pinned_requirements
 from tests.unit.test_fleet_agent import FakeCentral
 
 KEY = generate_private_key()
@@ -55,7 +56,9 @@ def upgrader(tmp_path: Path, central: FakeCentral, restarts: list[str], **kw: An
 def test_an_ordered_release_is_verified_installed_and_restarted_into(
     tmp_path: Path, central: FakeCentral
 ) -> None:
-    data = build_bundle(release_source(tmp_path, "new", "NAME = 'new'\n"), "2026.12.1", KEY)
+    pins = pinned_requirements(Path(__file__).parents[2] / "requirements.lock")
+    src = release_source(tmp_path, "new", "NAME = 'new'\n")
+    data = build_bundle(src, "2026.12.1", KEY, requirements=pins)  # as deploy.release does
     offer(central, "2026.12.1", data)
     restarts: list[str] = []
     up = upgrader(tmp_path, central, restarts)
@@ -72,13 +75,16 @@ def test_an_ordered_release_is_verified_installed_and_restarted_into(
     assert up.check() is None and restarts == ["restart"]  # installed already: nothing again
 
 
-@pytest.mark.parametrize("how", ["other key", "hash differs from the order", "no key configured"])
+@pytest.mark.parametrize(
+    "how", ["other key", "hash differs from the order", "no key configured", "requirements"]
+)
 def test_a_refused_bundle_leaves_nothing_on_disk_and_runs_nothing(
     tmp_path: Path, central: FakeCentral, how: str
 ) -> None:
     evil = release_source(tmp_path, "evil", "import sys; sys.EVIL_RAN = True\n")
     key = generate_private_key() if how == "other key" else KEY
-    data = build_bundle(evil, "2026.12.9", key)
+    needs = ["httpx==0.0.1"] if how == "requirements" else []
+    data = build_bundle(evil, "2026.12.9", key, requirements=needs)
     offer(central, "2026.12.9", data, digest="0" * 64 if "hash" in how else None)
     restarts: list[str] = []
     public = None if how == "no key configured" else KEY.public_key()
@@ -90,6 +96,8 @@ def test_a_refused_bundle_leaves_nothing_on_disk_and_runs_nothing(
     state = up.store.load()
     assert state["current"] is None and state["trial"] is None
     assert state["reports"][-1]["status"] == "refused"
+    if how == "requirements":
+        assert "httpx==0.0.1" in state["reports"][-1]["detail"]
     assert not hasattr(sys, "EVIL_RAN") and "fakeplugin" not in sys.modules
     before = len(central.upgrade_reports)
     assert up.check() is None  # the same order again: not fetched again

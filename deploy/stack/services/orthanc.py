@@ -15,6 +15,7 @@ from typing import Any
 
 from auth.provision import gateway_client_id
 
+from ...release import ensure_key_pair
 from ..context import INSTITUTION_A, INSTITUTION_B, REALM, StackContext
 from ..pki import issue_leaf
 from ..sandbox import PLUGIN_DIR
@@ -143,6 +144,12 @@ class EdgeOrthanc(OrthancService):
                 },
                 # Hospitals keep the static 300 s cap; the local stack recovers faster.
                 "ForwardRetryMaxSeconds": 20,
+                # the fleet (#15): the platform's release public key (a copy in this
+                # Orthanc's key folder; the private key stays in the state's release/),
+                # releases installed side by side in its home, the CA's expiry reported
+                "ReleasePublicKey": str(self._release_public_key()),
+                "ReleaseDir": str(self.home / "releases"),
+                "CertificateFiles": {"ca": str(self._gateway_ca_file())},
                 "Storage": {
                     "KeyRingFile": str(self.key_ring_file),
                     "Algorithm": self.cipher,
@@ -154,6 +161,10 @@ class EdgeOrthanc(OrthancService):
     def _gateway_secret_file(self) -> Path:
         secret = self.ctx.secrets[f"gateway_{self.institution.lower()}"]
         return self.write_private("gateway.json", json.dumps({"ClientSecret": secret}))
+
+    def _release_public_key(self) -> Path:
+        _, public = ensure_key_pair(self.ctx.state)
+        return self.write_private("release-public.pem", public.read_text())
 
     def _gateway_ca_file(self) -> Path:
         """The local CA's certificate, copied into the home: pki/ is root's own."""

@@ -1,0 +1,108 @@
+"""Edge releases (#15): the platform's release key pair, and signed bundles of the plugin
+code (imgcloud.release_bundle).
+
+    python -m deploy.release keygen                    # once per stack (or platform)
+    python -m deploy.release build 2026.12.1 -o FILE   # the current orthanc-plugins/, signed
+    python -m deploy.release verify FILE               # what an edge checks, before use
+
+The private key stays in the stack's state directory (release/release-key.pem, 0600, in a
+0700 folder), never on an edge; edges and central get the public key
+(release/release-public.pem). A bundle records the pinned requirements of
+requirements.lock: the environment the plugins' Python runs (the Orthanc root's venv is
+installed from it), which an edge checks before it installs a release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from imgcloud.release_bundle import (
+    BundleRefused,
+    build_bundle,
+    generate_private_key,
+    load_private_key,
+    load_public_key,
+    private_key_pem,
+    public_key_pem,
+    sha256_hex,
+    verify_bundle,
+)
+
+from .stack.settings import REPO_ROOT, StackSettings
+
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
+
+
+def key_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "release"
+
+
+def ensure_key_pair(state_dir: Path) -> tuple[Path, Path]:
+    """(private, public) key files under the state directory, generated once."""
+    folder = key_dir(state_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    private, public = folder / "release-key.pem", folder / "release-public.pem"
+    if not private.exists():
+        key = generate_private_key()
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(private_key_pem(key))
+    if not public.exists():
+        public.write_bytes(public_key_pem(load_private_key(private.read_bytes())))
+    return private, public
+
+
+def pinned_requirements(lock: Path) -> list[str]:
+    """The `name==version` lines of a uv/pip lock file."""
+    return [line for line in lock.read_text().splitlines() if PIN.match(line.strip())]
+
+
+def build(state_dir: Path, release: str, src: Path | None = None) -> bytes:
+    private, _ = ensure_key_pair(state_dir)
+    return build_bundle(
+        src or REPO_ROOT / "orthanc-plugins",
+        release,
+        load_private_key(private.read_bytes()),
+        requirements=pinned_requirements(REPO_ROOT / "requirements.lock"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.release", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, help="default: the stack's (STACK_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("keygen", help="generate the release key pair (once)")
+    building = commands.add_parser("build", help="build and sign a bundle of orthanc-plugins/")
+    building.add_argument("release")
+    building.add_argument("-o", "--out", type=Path, required=True)
+    building.add_argument("--src", type=Path, help="default: the repository's orthanc-plugins/")
+    checking = commands.add_parser("verify", help="verify a bundle with the public key")
+    checking.add_argument("bundle", type=Path)
+    args = parser.parse_args(argv)
+    state = args.state_dir or StackSettings.from_env().state_dir
+    if args.command == "keygen":
+        private, public = ensure_key_pair(state)
+        print(f"release key: {private}\npublic key:  {public}")
+        return 0
+    if args.command == "build":
+        data = build(state, args.release, args.src)
+        args.out.write_bytes(data)
+        print(f"{args.out}: release {args.release}, {len(data)} bytes, sha256 {sha256_hex(data)}")
+        return 0
+    _, public = ensure_key_pair(state)
+    try:
+        manifest = verify_bundle(args.bundle.read_bytes(), load_public_key(public.read_bytes()))
+    except BundleRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"release {manifest.release}: {len(manifest.files)} files, signature valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
