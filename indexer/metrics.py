@@ -239,9 +239,13 @@ def sample(state: Any) -> None:
 
 def route_template(scope: MutableMapping[str, Any]) -> str:
     """The matched route's path template (/api/v1/institutions/{code}/patients/{mrn}),
-    else UNMATCHED."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    else UNMATCHED. FastAPI keeps an included router's routes without its prefix
+    (scope["route"].path is /v1/...): the full template is its effective route's, in
+    scope["fastapi"]; the route's own path only where there is none (a route of the app)."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(context, "path_format", None)
+    if not isinstance(path, str):
+        path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else UNMATCHED
 
 
@@ -318,8 +322,21 @@ async def fleet_endpoint(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     """GET /metrics and /metrics/fleet (not in the OpenAPI schema), and the request
-    middleware. Called once from create_app."""
+    middleware. Called from create_app; a second call does nothing."""
+    if getattr(app.state, "metrics_installed", False):
+        return
+    app.state.metrics_installed = True
     forget_dead_workers()
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics/fleet", fleet_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestMetrics)  # type: ignore[arg-type]
+
+
+def instrumented_app() -> FastAPI:
+    """The indexer's app with its metrics, for `uvicorn --factory` (the monitoring test runs
+    the stack's indexer so until create_app installs them itself)."""
+    from .main import create_app
+
+    app = create_app()
+    install(app)
+    return app

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -33,10 +33,17 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @pytest.fixture()
 def client() -> TestClient:
     app = FastAPI()
+    router = APIRouter()
 
-    @app.get("/api/v1/institutions/{code}/patients/{mrn}")
+    @router.get("/v1/institutions/{code}/patients/{mrn}")
     def patient(code: str, mrn: str) -> dict[str, str]:
         return {"code": code}
+
+    @app.get("/healthz")
+    def health() -> dict[str, str]:
+        return {}
+
+    app.include_router(router, prefix="/api")  # as the indexer's routers are
 
     async def passthrough(request: Request, call_next):  # type: ignore[no-untyped-def]
         return await call_next(request)
@@ -55,6 +62,7 @@ def test_requests_are_counted_by_route_template(client: TestClient) -> None:
     before = samples(client.get("/metrics").text).get(key, 0.0)
     assert client.get("/api/v1/institutions/H0001/patients/MRN-4711").status_code == 200
     assert client.get("/no/such/MRN-4712").status_code == 404
+    assert client.get("/healthz").status_code == 200
     text = client.get("/metrics").text
     assert "MRN-4711" not in text and "MRN-4712" not in text and "/no/such" not in text
     found = samples(text)
@@ -77,6 +85,8 @@ def test_requests_are_counted_by_route_template(client: TestClient) -> None:
         ]
         >= 1
     )
+    health = (("method", "GET"), ("route", "/healthz"), ("status", "200"))
+    assert found[("imgcloud_indexer_requests_total", health)] >= 1
 
 
 def test_no_metrics_through_the_gateway(client: TestClient) -> None:
