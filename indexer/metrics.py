@@ -12,7 +12,8 @@
   so one node down loses nothing and two nodes do not double an alert
   (deploy/prometheus/alerts.yml).
 
-Fleet metrics (the fleet registry's engineer gives the rows: set_fleet_source):
+Fleet metrics (from the registry's table, fleet_gateways, and the latest heartbeat each
+gateway sent; another source may be set with set_fleet_source):
   imgcloud_gateways{state="ok|stale"}                          gateways in each state
   imgcloud_gateway_last_heartbeat_age_seconds{gateway,institution}
   imgcloud_gateway_queue_depth{gateway}                        studies not yet delivered
@@ -29,6 +30,7 @@ everything it passes to the indexer) is answered 404 here anyway.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import glob
 import logging
 import os
@@ -108,8 +110,9 @@ _fleet_source: FleetSource | None = None
 
 
 def set_fleet_source(source: FleetSource | None) -> None:
-    """Who gives the fleet's rows at scrape time (the fleet registry: a short, read-only
-    query with its own timeout, in a worker thread). None: /metrics/fleet has no gateways."""
+    """Who gives the fleet's rows at scrape time (by default the registry's table,
+    database_fleet_source: a short read-only query with its own timeout, in a worker
+    thread). None: /metrics/fleet has no gateways."""
     global _fleet_source
     _fleet_source = source
 
@@ -168,6 +171,69 @@ class FleetCollector(Collector):
         yield age
         yield from families.values()
         yield certs
+
+
+FLEET_QUERY_TIMEOUT = "3s"  # a scrape must not wait on a busy database
+
+
+def gateway_metrics(
+    gateway: str,
+    institution: str,
+    stale: bool,
+    last_heartbeat_at: dt.datetime | None,
+    heartbeat: dict[str, Any] | None,
+    now: dt.datetime,
+) -> GatewayMetrics:
+    """One fleet_gateways row as metrics: the latest heartbeat body's numbers (fleet
+    contract fields; one that is missing or not a number is left out)."""
+    body = heartbeat or {}
+
+    def number(key: str) -> float | None:
+        value = body.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    certs: dict[str, float] = {}
+    expiry = body.get("cert_expiry")
+    for name, text in expiry.items() if isinstance(expiry, dict) else ():
+        try:
+            moment = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if moment.tzinfo is not None:
+            certs[str(name)] = (moment - now).total_seconds()
+    depth, failing = number("queue_depth"), number("failing_deliveries")
+    return GatewayMetrics(
+        gateway=gateway,
+        institution=institution,
+        stale=stale,
+        heartbeat_age_s=(now - last_heartbeat_at).total_seconds() if last_heartbeat_at else None,
+        queue_depth=int(depth) if depth is not None else None,
+        oldest_undelivered_s=number("oldest_undelivered_age_s"),
+        failing_deliveries=int(failing) if failing is not None else None,
+        cert_expiry_s=certs,
+    )
+
+
+def database_fleet_source() -> list[GatewayMetrics]:
+    """The fleet registry's rows (models/fleet.py), read-only, bounded by
+    FLEET_QUERY_TIMEOUT; the database's clock is "now", as for the stale check."""
+    from sqlalchemy import text
+
+    from .db import session_factory
+
+    with session_factory()() as session:
+        session.execute(text(f"SET LOCAL statement_timeout = '{FLEET_QUERY_TIMEOUT}'"))
+        now = session.execute(text("SELECT now()")).scalar_one()
+        rows = session.execute(
+            text(
+                "SELECT gateway_id, institution, stale, last_heartbeat_at, heartbeat "
+                "FROM fleet_gateways ORDER BY gateway_id"
+            )
+        ).all()
+        session.rollback()
+    return [gateway_metrics(row[0], row[1], row[2], row[3], row[4], now) for row in rows]
 
 
 def node_registry() -> CollectorRegistry:
@@ -320,12 +386,15 @@ async def fleet_endpoint(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, fleet_source: FleetSource | None = database_fleet_source) -> None:
     """GET /metrics and /metrics/fleet (not in the OpenAPI schema), and the request
-    middleware. Called from create_app; a second call does nothing."""
+    middleware; the fleet's rows from `fleet_source` unless one was set already. Called
+    from create_app; a second call does nothing."""
     if getattr(app.state, "metrics_installed", False):
         return
     app.state.metrics_installed = True
+    if _fleet_source is None:
+        set_fleet_source(fleet_source)
     forget_dead_workers()
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics/fleet", fleet_endpoint, methods=["GET"], include_in_schema=False)

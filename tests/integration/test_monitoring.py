@@ -175,6 +175,16 @@ METRICS = {
         lambda v: v >= 2,  # min_size=2 per worker
     ),
     "fleet": ('max without (instance) (imgcloud_gateways{state="stale"})', lambda v: v >= 0),
+    # the registry's rows: both edges of the stack send heartbeats (every 30 s)
+    "fleet gateway": (
+        "max without (instance) "
+        '(imgcloud_gateway_last_heartbeat_age_seconds{gateway="gateway-h0001"})',
+        lambda v: 0 <= v < 90,
+    ),
+    "fleet queue": (
+        'max without (instance) (imgcloud_gateway_queue_depth{gateway="gateway-h0002"})',
+        lambda v: v >= 0,
+    ),
     "prometheus": ('prometheus_tsdb_head_series{job="prometheus"}', lambda v: v > 100),
 }
 

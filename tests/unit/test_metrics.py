@@ -4,6 +4,7 @@ rows; no answer to a request that came through the gateway; output promtool acce
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def client() -> TestClient:
         return await call_next(request)
 
     app.add_middleware(BaseHTTPMiddleware, dispatch=passthrough)  # as the indexer has
-    metrics.install(app)
+    metrics.set_fleet_source(None)
+    metrics.install(app, fleet_source=lambda: [])
     return TestClient(app)
 
 
@@ -184,3 +186,30 @@ sys.stdout.write(before + "\\n#after\\n" + generate_latest(metrics.node_registry
         lint = subprocess.run([str(PROMTOOL), "check", "metrics"], input=before, text=True,
                               capture_output=True, timeout=30, check=False)  # fmt: skip
         assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_a_registry_row_as_metrics() -> None:
+    now = dt.datetime(2026, 12, 8, 2, 0, tzinfo=dt.UTC)
+    heartbeat = {
+        "queue_depth": 4,
+        "oldest_undelivered_age_s": 35.5,
+        "failing_deliveries": 1,
+        "cert_expiry": {"dicom_tls": "2026-12-09T02:00:00Z", "broken": "not a date"},
+        "disk_free_bytes": 123,
+    }
+    row = metrics.gateway_metrics(
+        "gateway-h0001", "H0001", False, now - dt.timedelta(seconds=12), heartbeat, now
+    )
+    assert row == GatewayMetrics(
+        "gateway-h0001",
+        "H0001",
+        stale=False,
+        heartbeat_age_s=12.0,
+        queue_depth=4,
+        oldest_undelivered_s=35.5,
+        failing_deliveries=1,
+        cert_expiry_s={"dicom_tls": 86400.0},
+    )
+    # registered, no heartbeat yet; a field of the wrong type is left out
+    bare = metrics.gateway_metrics("gateway-h0002", "H0002", True, None, {"queue_depth": "4"}, now)
+    assert (bare.heartbeat_age_s, bare.queue_depth, bare.cert_expiry_s) == (None, None, {})
