@@ -113,7 +113,7 @@ async def heartbeat(pool: AsyncConnectionPool, edge: Edge, body: Heartbeat) -> d
         "interval_s": interval,
         "software_version": body.software_version,
         "release": body.release,
-        "heartbeat": Jsonb(body.model_dump(mode="json", exclude_none=True)),
+        "heartbeat": Jsonb(body.model_dump(mode="json", exclude_unset=True)),  # as sent
         "rules_version": body.rules_version,
     }
     async with pool.connection() as conn:
