@@ -250,9 +250,8 @@ async def run_phase(
             asyncio.create_task(load.poll(gid, i * 25.0 / len(ids), stop))
             for i, gid in enumerate(ids)
         ]
-    await asyncio.sleep(
-        args.warmup
-    )  # connections, first token verifications, the polls' first round
+    # connections, first token verifications, the polls' first round
+    await asyncio.sleep(args.warmup)
     phase = load.phase = Phase(name)
     before_cpu, before_db, started = usage(groups), db_state(dsn), time.monotonic()
     load.counting = True
@@ -263,6 +262,8 @@ async def run_phase(
     phase.window_s = time.monotonic() - started
     after_cpu, after_db = usage(groups), db_state(dsn)
     stop.set()
+    for task in tasks:  # a poll waits up to 25 s for its answer: not for that
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await load.http.aclose()
     phase.cpu = {k: v.cpu_s for k, v in delta(after_cpu, before_cpu).items()}
