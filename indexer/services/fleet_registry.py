@@ -39,6 +39,8 @@ Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
 GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 Kind = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")]
+# what Orthanc and its plugins say of themselves (a plugin may give no version: "")
+Loose = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+~ ()-]{0,64}$")]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
@@ -49,8 +51,8 @@ class Heartbeat(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     software_version: Version
-    orthanc_version: Version | None = None
-    plugins: dict[Kind, Version] = Field(default_factory=dict, max_length=32)
+    orthanc_version: Loose | None = None
+    plugins: dict[Kind, Loose] = Field(default_factory=dict, max_length=32)
     uptime_s: float | None = Field(default=None, ge=0, le=1e10)
     queue_depth: Count | None = None
     oldest_undelivered_age_s: float | None = Field(default=None, ge=0, le=1e10)

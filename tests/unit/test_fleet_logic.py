@@ -128,6 +128,13 @@ def test_the_contracts_heartbeat_is_taken() -> None:
     assert beat.queue_depth == 4 and beat.cert_expiry["dicom_tls"].year == 2027
 
 
+def test_what_orthanc_says_of_its_plugins_is_taken_as_it_is() -> None:
+    beat = fleet_registry.Heartbeat.model_validate(
+        FULL | {"orthanc_version": "mainline", "plugins": {"gdcm": "", "dicom-web": "1.18"}}
+    )
+    assert beat.plugins == {"gdcm": "", "dicom-web": "1.18"}
+
+
 def test_an_edge_one_release_behind_is_served() -> None:
     older = {k: v for k, v in FULL.items() if k in ("software_version", "queue_depth", "uptime_s")}
     beat = fleet_registry.Heartbeat.model_validate(older)
@@ -141,6 +148,7 @@ def test_an_edge_one_release_behind_is_served() -> None:
         {"queue_depth": -1},
         {"failure_reasons": {"bad key with spaces": 1}},
         {"software_version": ""},
+        {"plugins": {"python": "7.0\n<script>"}},
         {"last_delivery_at": "2026-12-08T02:00:00"},  # a time without its zone
     ],
 )
