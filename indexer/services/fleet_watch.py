@@ -86,9 +86,8 @@ class RulesWatch:
                 raise
             except Exception as exc:  # the database is away: waiters re-check meanwhile
                 log.warning("fleet rules watch: not listening (%s)", type(exc).__name__)
-            self.listening = False
-            self._wake(None)
-            await asyncio.sleep(RETRY_S)
+            self.listening = False  # new waits re-check every RECHECK_S; those waiting
+            await asyncio.sleep(RETRY_S)  # now are woken when it listens again
 
 
 _watch: RulesWatch | None = None
