@@ -17,7 +17,7 @@ import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, and_, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound
@@ -75,9 +75,15 @@ class FleetLoop(LeasedLoop):
             assert now is not None
             last = func.coalesce(FleetGateway.last_heartbeat_at, FleetGateway.first_seen)
             limit = func.make_interval(0, 0, 0, 0, 0, 0, FleetGateway.interval_s * self.missed)
-            rows = session.scalars(  # a superset: change() decides
+            overdue = last < func.now() - limit  # now(): the transaction's, as `now`
+            rows = session.scalars(  # those whose flag is wrong; change() decides
                 select(FleetGateway)
-                .where(or_(FleetGateway.stale, last < func.now() - limit))
+                .where(
+                    or_(
+                        and_(FleetGateway.stale, not_(overdue)),
+                        and_(not_(FleetGateway.stale), overdue),
+                    )
+                )
                 .order_by(FleetGateway.gateway_id)
                 .limit(self.batch)
                 .with_for_update(skip_locked=True)
