@@ -15,6 +15,7 @@ the caller's transaction, on the Registry's session, with the rows locked.
 from __future__ import annotations
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..models import Exam, ImageStudy, Patient, PlatformRequest, Report
 from ..models.hl7 import Hl7Merge
@@ -93,7 +94,13 @@ def cancel(reg: Registry, code: str, exam_no: str, where: str) -> str:
             where, APPLICATION_ERROR,
             "the exam has images or a report: it is not cancelled (an operator decides)",
         )  # fmt: skip
-    reg.session.execute(delete(PlatformRequest).where(PlatformRequest.exam_id == exam.id))
-    reg.session.delete(exam)
-    reg.session.flush()
+    try:
+        with reg.session.begin_nested():
+            reg.session.execute(delete(PlatformRequest).where(PlatformRequest.exam_id == exam.id))
+            reg.session.delete(exam)
+            reg.session.flush()
+    except IntegrityError:  # another record refers to it (a 互认 decision, say)
+        raise Hl7Error(
+            where, APPLICATION_ERROR, "other records refer to the exam: it is not cancelled"
+        ) from None
     return "updated"

@@ -276,8 +276,10 @@ def malformed(rng: random.Random, study: SampleStudy, n: int) -> bytes:
         field = rng.choice([f"|{study.patient.sex}|", f"|{study.patient.birth_date:%Y%m%d}|"])
         return compose.frame(valid.replace(field, "|" + rng.choice(["Q", "2x", "99999999"]) + "|"))
     if kind == 2:  # the header broken: type, version, processing ID, charset, separators
-        header = rng.choice(["ADT^A01", "|P|", "|2.5|", "UNICODE UTF-8", "^~\\&"])
-        swap = rng.choice(["ZZZ^Q99", "|T|", "|9.9|", "KOI8-R", "^^^^"])
+        header, swap = rng.choice(
+            [("ADT^A01", "ZZZ^Q99"), ("ADT^A01", "ADT^A99"), ("|P|", "|T|"), ("|2.5|", "|9.9|"),
+             ("UNICODE UTF-8", "KOI8-R"), ("^~\\&", "^^^^")]
+        )  # fmt: skip
         return compose.frame(valid.replace(header, swap, 1))
     if kind == 3:  # invalid bytes for the charset named
         body = valid.encode()
