@@ -43,6 +43,7 @@ from .errors import (
     APPLICATION_ERROR,
     DATA_TYPE_ERROR,
     DUPLICATE_KEY,
+    SEGMENT_SEQUENCE,
     UNKNOWN_KEY,
     UNSUPPORTED_EVENT,
     UNSUPPORTED_MESSAGE_TYPE,
@@ -94,6 +95,10 @@ class Intake:
             msg = Message(raw)
         except Rejected as exc:
             return self.refuse_unparsed(exc, sender)
+        except Exception as exc:  # a case the reader did not foresee: still an answer
+            log.error("hl7 message unreadable: %s", type(exc).__name__)
+            unread = Rejected("", SEGMENT_SEQUENCE, "the message could not be read")
+            return self.refuse_unparsed(unread, sender)
         reply = self._replier(msg)
         try:
             self._check(msg, sender)

@@ -184,6 +184,10 @@ class Listener:
             log.error("hl7 message from %s took too long: answered AE", sender.institution)
             late = Hl7Error("", APPLICATION_ERROR, "timed out: send the message again")
             return Result(ack("AE", errors=[late]).encode(), "AE")
+        except Exception as exc:  # the intake answers everything; this is its last resort
+            log.error("hl7 message from %s failed: %s", sender.institution, type(exc).__name__)
+            failed = Hl7Error("", APPLICATION_ERROR, "internal error: send the message again")
+            return Result(ack("AE", errors=[failed]).encode(), "AE")
 
     def _framing(self, rule: str, sender: Sender) -> Result:
         return self.intake.refuse_unparsed(Rejected("", SEGMENT_SEQUENCE, rule), sender)

@@ -193,6 +193,8 @@ def _charset(raw: bytes) -> tuple[str, str]:
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise Rejected("MSH^1", SEGMENT_SEQUENCE, "the message must begin with an MSH segment")
     header = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if len(header) < 8:
+        raise Rejected("MSH^1^2", REQUIRED_FIELD_MISSING, "MSH-1 and MSH-2 are required")
     separator = header[3:4]
     fields = header.split(separator)
     value = fields[17] if len(fields) > 17 else b""
