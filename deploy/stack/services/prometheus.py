@@ -7,7 +7,7 @@ What is trusted, and why:
 - Everything listens on 127.0.0.1 only, like the rest of the stack; nothing here is behind
   the gateway (the gateway proxies no /metrics).
 - The three processes run as Debian's `prometheus` system user with no supplementary
-  groups (setpriv --clear-groups: Popen's user= would keep root's group 0). Their home,
+  groups and no way to gain privileges (setpriv --clear-groups --no-new-privs). Their home,
   var/.../prometheus/, is that user's, 0700, like every other directory of the state.
 - The credentials Prometheus scrapes the Orthancs with (their HTTP users' passwords) are in
   files of their own (0600, the prometheus user), named by `basic_auth.password_file`:
