@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from .config import get_settings
 from .db import get_engine, session_factory
 from .services import audit, outbox
+from .services.fleet_stale import fleet_loop
 from .services.leased_loop import LeasedLoop
 from .services.registry import Registry
 
@@ -140,9 +141,15 @@ def _deliverer(every_s: float = 1.0) -> outbox.Deliverer | None:
 
 
 def background_loops() -> list[LeasedLoop]:
-    """This node's leased loops: the audit sealer, and with a webhook the deliverer."""
+    """This node's leased loops: the audit sealer, the fleet's staleness check (#15), and
+    with a webhook the deliverer."""
     deliverer = _deliverer()
-    return [audit.Sealer(get_engine(), every_s=1.0), *([deliverer] if deliverer else [])]
+    stale = fleet_loop(get_engine(), webhook=deliverer is not None)
+    return [
+        audit.Sealer(get_engine(), every_s=1.0),
+        stale,
+        *([deliverer] if deliverer else []),
+    ]
 
 
 def serve(uvicorn_argv: list[str], stop_within_s: float = STOP_WITHIN_S) -> int:

@@ -21,6 +21,7 @@ from .api.routes import (
     fleet,
     grants,
     health,
+    hl7,
     images,
     ingest,
     lookup,
@@ -102,6 +103,7 @@ def create_app() -> FastAPI:
     app.include_router(sharing.router, prefix="/api")
     app.include_router(fleet.router, prefix="/api")
     app.include_router(recognition.router, prefix="/api")
+    app.include_router(hl7.router, prefix="/api")
     app.include_router(qido.router)
     app.include_router(sharing.landing)
     app.include_router(admin_console.router)
