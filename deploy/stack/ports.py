@@ -54,6 +54,7 @@ PORT_NAMES = (
     "prometheus",
     "postgres_exporter",
     "nginx_exporter",
+    "gateway_status",  # the gateway's stub_status, for the nginx exporter (loopback)
 )
 
 

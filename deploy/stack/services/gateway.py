@@ -103,6 +103,7 @@ class Gateway(NginxService):
             (self.ctx.settings.repo_root / "deploy/gateway/nginx.conf.template").read_text(),
             {
                 "GATEWAY_LISTEN": f"127.0.0.1:{self.ctx.ports['gateway']}",
+                "GATEWAY_STATUS_LISTEN": f"127.0.0.1:{self.ctx.ports['gateway_status']}",
                 "GATEWAY_HOME": str(self.home),
                 "NGINX_USER": "www-data",
                 "SERVER_CERT": str(self.ctx.pki["server_cert"]),
