@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .compression import CompressionPolicy
 
@@ -34,9 +34,19 @@ class RulesRejected(ValueError):
 
 
 class TimeWindow(BaseModel):
+    """Hours of the edge's local clock. A time with a UTC offset is refused: compared with
+    the local (naive) time of day it would raise at every forwarding round."""
+
     model_config = ConfigDict(extra="forbid")
     start: dt.time
     end: dt.time
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: dt.time) -> dt.time:
+        if value.tzinfo is not None:
+            raise ValueError("a time of the edge's local clock, without a UTC offset (HH:MM)")
+        return value
 
     def contains(self, moment: dt.time) -> bool:
         if self.start <= self.end:
@@ -59,7 +69,7 @@ class PacsPull(BaseModel):
 
 class EdgeRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=2**31 - 1)  # central keeps it in a 32-bit column
     compression: Literal["jpeg-ls-lossless", "jpeg-lossless", "jpeg2000-lossless", "keep"] = (
         "jpeg-ls-lossless"
     )

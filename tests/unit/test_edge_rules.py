@@ -61,6 +61,12 @@ def test_replace_validates_persists_and_survives_a_restart(tmp_path: Path) -> No
         ('{"compression": "keep"}', "version: Field required"),
         ("not json", "Invalid JSON"),
         ('{"version": 1}', r"not newer than the rules in force \(version 1\)"),
+        # a window with a UTC offset would make every forwarding round raise (review M1)
+        (
+            '{"version": 2, "forward_windows": [{"start": "20:00:00+08:00", "end": "06:00"}]}',
+            "without a UTC offset",
+        ),
+        ('{"version": 3000000000}', "less than or equal to 2147483647"),
     ],
 )
 def test_invalid_documents_are_refused_and_the_last_good_stays(
