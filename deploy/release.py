@@ -4,6 +4,14 @@ code (imgcloud.release_bundle).
     python -m deploy.release keygen                    # once per stack (or platform)
     python -m deploy.release build 2026.12.1 -o FILE   # the current orthanc-plugins/, signed
     python -m deploy.release verify FILE               # what an edge checks, before use
+    python -m deploy.release supervise --marker M -- ORTHANC_ARGV...
+
+`supervise` is what the local stack starts for an edge: it runs Orthanc and starts it
+again when it exits while the marker file exists (the edge plugin writes it before it
+shuts Orthanc down into an upgrade or a rollback, and for a trial boot, so a release that
+kills Orthanc gets one more start, in which the loader rolls it back). Any other exit, or
+a signal to the supervisor (the launcher's stop and kill signal the whole process group),
+ends it with Orthanc's status. At most MAX_RESTARTS in RESTART_WINDOW_S.
 
 The private key stays in the stack's state directory (release/release-key.pem, 0600, in a
 0700 folder), never on an edge; edges and central get the public key
@@ -17,7 +25,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from imgcloud.release_bundle import (
@@ -34,6 +46,8 @@ from imgcloud.release_bundle import (
 
 from .stack.settings import REPO_ROOT, StackSettings
 
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300.0
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
 
 
@@ -72,6 +86,37 @@ def build(state_dir: Path, release: str, src: Path | None = None) -> bytes:
     )
 
 
+def supervise(
+    argv: Sequence[str], marker: Path, *, max_restarts: int = MAX_RESTARTS, say=print
+) -> int:
+    """Run argv; again while it exits with `marker` present (the marker is removed at each
+    restart). Returns the exit status to pass on (128 + signal for a signalled child)."""
+    stopping: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    marker.unlink(missing_ok=True)  # left by an earlier run: not a request to this one
+    restarts: list[float] = []
+    while True:
+        child = subprocess.Popen(list(argv))
+        status = child.wait()
+        if stopping or not marker.exists():
+            return status if status >= 0 else 128 - status
+        marker.unlink(missing_ok=True)
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(restarts) > max_restarts:
+            say(f"supervise: {len(restarts)} restarts within {RESTART_WINDOW_S:.0f} s: giving up")
+            return 1
+        say(f"supervise: exited with {status}, restart requested: starting again")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.release", description=__doc__)
     parser.add_argument("--state-dir", type=Path, help="default: the stack's (STACK_DIR)")
@@ -83,7 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     building.add_argument("--src", type=Path, help="default: the repository's orthanc-plugins/")
     checking = commands.add_parser("verify", help="verify a bundle with the public key")
     checking.add_argument("bundle", type=Path)
+    supervising = commands.add_parser("supervise", help="run an edge Orthanc, restart on request")
+    supervising.add_argument("--marker", type=Path, required=True)
+    supervising.add_argument("child", nargs=argparse.REMAINDER, help="-- ORTHANC_ARGV...")
     args = parser.parse_args(argv)
+    if args.command == "supervise":
+        child = args.child[1:] if args.child[:1] == ["--"] else args.child
+        if not child:
+            parser.error("supervise: the command to run goes after --")
+        return supervise(child, args.marker, say=lambda m: print(m, flush=True))
     state = args.state_dir or StackSettings.from_env().state_dir
     if args.command == "keygen":
         private, public = ensure_key_pair(state)

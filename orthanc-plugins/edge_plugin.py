@@ -11,8 +11,8 @@ It is also the edge's stable loader (#15, imgcloud.upgrade.Boot): before anythin
 it imports, it asks the installed code which release to run (ImagingCloud.ReleaseDir's
 state.json: a verified release unpacked side by side, or the installed code) and puts
 that release first on sys.path; a release that fails to import is rolled back within the
-same load. After an upgrade, Orthanc's /tools/reset runs this script again in the same
-process, and so the new release is chosen.
+same load. After an upgrade Orthanc is shut down and started again (imgcloud.upgrade),
+and this script chooses the new release.
 """
 
 import json

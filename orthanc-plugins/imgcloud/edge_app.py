@@ -158,13 +158,14 @@ class EdgeApp:
         self.rules_poller: RulesPoller | None = None
         self.trial: TrialCheck | None = None
         self._versions: dict[str, Any] | None = None
+        self.releases = ReleaseStore(settings.releases)
         if credentials is None or settings.indexer is None:
             return
         logging.getLogger("imgcloud").addHandler(self.errors)
         client = FleetClient(
             settings.indexer.api_url, BearerAuth(credentials), verify=settings.ca_bundle
         )
-        store = ReleaseStore(settings.releases)
+        store = self.releases
         key = settings.release_public_key
         public = load_public_key(key) if key else None
         upgrader = Upgrader(store, client, public, self.release, self.restart)
@@ -187,9 +188,10 @@ class EdgeApp:
         )
 
     def restart(self) -> None:
-        """Orthanc stops its server and plugins and starts them again in this process
-        (POST /tools/reset): the loader in edge_plugin.py then chooses the release."""
-        self.local.client.post("/tools/reset", content=b"")
+        """Ask to be started again, then shut Orthanc down cleanly (imgcloud.upgrade: the
+        supervisor starts it, and the loader in edge_plugin.py chooses the release)."""
+        self.releases.request_restart()
+        self.local.client.post("/tools/shutdown", content=b"")
 
     def local_answers(self) -> str | None:
         """A trial release's health check: this Orthanc's REST API answers."""

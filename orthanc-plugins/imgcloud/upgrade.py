@@ -15,10 +15,12 @@ Steps, and who does each:
    and SHA-256 against the order and its signature with the configured public key
    (`release_bundle.verify_bundle`, memory only), and only then unpacks it into
    releases/<release>/. It records current=<release>, previous=<what runs>, a trial, and
-   restarts Orthanc in-process (`/tools/reset`, which Orthanc 1.12 answers by stopping its
-   server and plugins and starting them again in the same process: the Python plugin
-   runs the loader again). A refused bundle is reported and remembered (not fetched again
-   for the same hash) and nothing of it is on disk.
+   restarts Orthanc: a restart marker, then a clean shutdown (/tools/shutdown), and the
+   supervisor starts it again (deploy.release supervise; in production the service
+   manager's restart policy). Not /tools/reset: Orthanc 1.12.7's Python plugin 5.0 dies
+   (SIGSEGV) finalizing the embedded Python with the edge loaded, at every stop, so an
+   in-process restart ends the process. A refused bundle is reported and remembered
+   (not fetched again for the same hash) and nothing of it is on disk.
 2. `Boot` (the stable loader, edge_plugin.py, from the installed code): at each plugin
    load chooses the release to import. A trial that already had its boot and never became
    healthy (Orthanc died, or was restarted before the check passed) is rolled back here.
@@ -66,6 +68,9 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
+# "start Orthanc again when it exits": read by whatever supervises it (deploy.release
+# supervise in the local stack; systemd's or compose's restart policy restarts anyway)
+RESTART_MARKER = "restart-requested"
 RELEASE_MODULES = ("imgcloud", "glue_common")  # what a release replaces in sys.modules
 MAX_REPORTS = 50
 
@@ -134,6 +139,13 @@ class ReleaseStore:
             os.fsync(out.fileno())
         os.replace(tmp, self.root / STATE)
 
+    def request_restart(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / RESTART_MARKER).write_text("")
+
+    def clear_restart(self) -> None:
+        (self.root / RESTART_MARKER).unlink(missing_ok=True)
+
     def payload(self, release: str | None) -> Path | None:
         """Where a release's code is (None: the installed code)."""
         if release is None:
@@ -197,6 +209,7 @@ class Boot:
                 self.store.roll_back(state, "not healthy after its first start")
             else:
                 trial["boots"] = 1
+                self.store.request_restart()  # if it kills Orthanc: one more start, rolled back
         chosen = self.store.payload(state["current"])
         if state["current"] is not None and chosen is None:
             self.store.roll_back(state, "its folder is missing")
@@ -368,6 +381,7 @@ class TrialCheck(Worker):
             state["trial"] = None
             self.store.report(state, self.running, "healthy", f"after {self._age():.0f} s")
             self.store.save(state)
+            self.store.clear_restart()
             self.outcome = "healthy"
             log.warning("release %s is healthy", self.running)
             self.ask_to_stop()

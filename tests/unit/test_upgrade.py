@@ -211,3 +211,49 @@ def test_a_study_being_sent_when_the_edge_restarts_goes_on_after_it(tmp_path: Pa
     new = ForwardQueue(path)
     assert new.next_due() == "s1"
     assert new.known("s1") == {"i1": ("1.2.1", "a" * 64, True), "i2": ("1.2.2", "b" * 64, False)}
+
+
+def supervisor(marker: Path) -> list[str]:
+    return [sys.executable, "-m", "deploy.release", "supervise", "--marker", str(marker), "--"]
+
+
+def test_the_supervisor_restarts_orthanc_only_when_asked(tmp_path: Path) -> None:
+    """deploy.release supervise: an exit with the marker present starts the command again
+    (the marker removed); an exit without it ends the supervisor with its status."""
+    import subprocess
+
+    runs, marker = tmp_path / "runs", tmp_path / "restart-requested"
+    script = (
+        "import pathlib, sys; r = pathlib.Path(sys.argv[1]); n = len(r.read_text()) "
+        "if r.exists() else 0; r.write_text('x' * (n + 1)); "
+        "n == 0 and pathlib.Path(sys.argv[2]).write_text(''); sys.exit(3 if n == 0 else 7)"
+    )
+    done = subprocess.run(
+        [*supervisor(marker), sys.executable, "-c", script, str(runs), str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert runs.read_text() == "xx" and not marker.exists()
+    assert done.returncode == 7 and "restart requested" in done.stdout
+
+
+def test_a_signal_to_the_supervisor_stops_orthanc_and_nothing_restarts(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    marker, started = tmp_path / "restart-requested", tmp_path / "started"
+    marker.write_text("")  # even with a restart requested: a stop is a stop
+    script = (
+        "import pathlib, sys, time; p = pathlib.Path(sys.argv[1]); "
+        "p.write_text(p.read_text() + 'x' if p.exists() else 'x'); time.sleep(60)"
+    )
+    proc = subprocess.Popen([*supervisor(marker), sys.executable, "-c", script, str(started)])
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the supervisor alone: it passes it on
+    assert proc.wait(30) == 128 + signal.SIGTERM
+    assert started.read_text() == "x"

@@ -162,6 +162,20 @@ class EdgeOrthanc(OrthancService):
         secret = self.ctx.secrets[f"gateway_{self.institution.lower()}"]
         return self.write_private("gateway.json", json.dumps({"ClientSecret": secret}))
 
+    @property
+    def restart_marker(self) -> Path:
+        """Written by the edge plugin (imgcloud.upgrade.RESTART_MARKER) when Orthanc is to
+        be started again after it exits: an upgrade, a rollback, a trial boot."""
+        return self.home / "releases" / "restart-requested"
+
+    def argv(self) -> list[str]:
+        """Orthanc under deploy.release's supervisor (the recorded process; same process
+        group, so the launcher's stop and kill reach both): it starts Orthanc again only
+        when the plugin asked for it, for the one-click upgrade (#15)."""
+        python = str(self.ctx.settings.venv_bin / "python")
+        supervisor = [python, "-m", "deploy.release", "supervise"]
+        return [*supervisor, "--marker", str(self.restart_marker), "--", *super().argv()]
+
     def _release_public_key(self) -> Path:
         _, public = ensure_key_pair(self.ctx.state)
         return self.write_private("release-public.pem", public.read_text())
