@@ -37,6 +37,7 @@ class RulesWatch:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.listening = False
+        self.generation = 0  # counts the listening connections made
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -55,12 +56,19 @@ class RulesWatch:
             if not waiting:
                 del self._waiters[gateway_id]
 
-    async def wait(self, event: asyncio.Event, timeout_s: float) -> None:
-        """Until woken or `timeout_s` (shorter while not listening); then clear."""
+    def listening_as(self) -> int | None:
+        """Which listening connection is up (None: none): a wait that ends unwoken with the
+        same one still up saw every announcement made since it registered."""
+        return self.generation if self.listening else None
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Until woken (True) or `timeout_s` (shorter while not listening); then clear."""
         limit = timeout_s if self.listening else min(timeout_s, RECHECK_S)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), max(0.0, limit))
+        woken = event.is_set()
         event.clear()
+        return woken
 
     def _wake(self, gateway_id: str | None) -> None:
         targets = [self._waiters.get(gateway_id, set())] if gateway_id else self._waiters.values()
@@ -78,6 +86,7 @@ class RulesWatch:
                     application_name="imgcloud-fleet-watch",
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    self.generation += 1
                     self.listening = True
                     self._wake(None)  # anything stored while not listening: look again
                     async for note in conn.notifies():

@@ -81,13 +81,16 @@ async def rules_poll(
     deadline = time.monotonic() + min(wait, get_fleet_settings().long_poll_max_s)
     try:
         while True:
+            listening = watch.listening_as()  # before the check: see listening_as
             found = await rules.newer_rules(request.app.state.pool, edge, have)
             if found is not None:
                 return {"version": found[0], "document": found[1]}
             left = deadline - time.monotonic()
             if left <= 0:
                 return Response(status_code=204)
-            await watch.wait(event, left)
+            woken = await watch.wait(event, left)
+            if not woken and listening is not None and watch.listening_as() == listening:
+                return Response(status_code=204)  # nothing announced: no need to look
     finally:
         watch.unregister(edge.gateway_id, event)
 
