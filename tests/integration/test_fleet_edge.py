@@ -29,6 +29,7 @@ from imgcloud.upgrade import RESTART_MARKER, ReleaseStore, installed_release
 
 from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
 from deploy.stack.settings import REPO_ROOT, StackSettings
+from tests.integration.test_fleet_central import quick  # noqa: F401 - a fixture
 
 KEY = generate_private_key()
 USER = ("fleet-test", "fleet-test-password")
@@ -191,3 +192,144 @@ def test_a_release_that_cannot_be_imported_is_rolled_back_in_its_load(
     state = edge.releases.load()
     assert (state["current"], state["trial"]) == ("2026.12.1", None)
     assert "this release is broken" in state["reports"][-1]["detail"]
+
+
+# --- the stack's own edges against central's fleet routes ---------------------------
+# (a second indexer node with the stack's release public key takes the release upload:
+# test_fleet_central's `quick`, imported above; the stack's node keeps its defaults)
+
+GATEWAY_A = "gateway-h0001"
+HEARTBEAT_S = 30.0  # the edges' FleetHeartbeatSeconds (the default)
+
+
+def until(check: Any, timeout_s: float, every_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Any, tokens: dict[str, str]) -> Iterator[httpx.Client]:
+    with stack.gateway(tokens["admin"]) as client:
+        yield client
+
+
+def edge_status(stack: Any) -> dict[str, Any]:
+    try:
+        with stack.orthanc("EDGE_A") as edge_a:
+            answer = edge_a.get("/imaging-cloud/status")
+    except httpx.HTTPError:
+        return {}
+    return dict(answer.json()) if answer.status_code == 200 else {}
+
+
+def test_the_edge_heartbeats_what_it_runs(stack: Any, admin: httpx.Client) -> None:
+    def seen() -> dict[str, Any] | None:
+        gateway = admin.get(f"/api/v1/fleet/gateways/{GATEWAY_A}")
+        beat = gateway.json().get("heartbeat") if gateway.status_code == 200 else None
+        return gateway.json() if beat else None
+
+    gateway = until(seen, 2 * HEARTBEAT_S + 10)
+    assert gateway, "no heartbeat from edge A"
+    beat = gateway["heartbeat"]
+    assert beat["software_version"] == edge_status(stack)["release"]
+    assert beat["orthanc_version"].startswith("1.12") and "python" in beat["plugins"]
+    assert beat["cert_expiry"]["ca"] > "2026" and beat["disk_free_bytes"] > 0
+    assert not gateway["stale"]
+
+
+def test_a_rules_change_at_central_is_in_force_within_two_intervals(
+    stack: Any, admin: httpx.Client
+) -> None:
+    before = edge_status(stack)["rules_version"]
+    put_at = time.monotonic()
+    put = admin.put(
+        f"/api/v1/fleet/gateways/{GATEWAY_A}/rules",
+        json={"document": {"compression": "jpeg-ls-lossless", "push_poll_seconds": 11}},
+    )
+    assert put.status_code == 201, put.text
+    version = put.json()["version"]
+    assert version > before
+    applied = until(lambda: edge_status(stack).get("rules_version") == version, 2 * HEARTBEAT_S)
+    took = time.monotonic() - put_at
+    assert applied, f"version {version} not in force on edge A after {took:.0f} s"
+    print(f"rules version {version} in force on edge A {took:.2f} s after the PUT")
+    record = until(
+        lambda: admin.get(f"/api/v1/fleet/gateways/{GATEWAY_A}").json()["rules_applied"] == version,
+        2 * HEARTBEAT_S,
+    )
+    assert record, "central does not know the version applied"
+    # valid for central's schema, refused by the edge (an AE title it has no entry for)
+    pull = {"name": "nowhere", "source_aet": "NOT_CONFIGURED", "every_minutes": 5}
+    put = admin.put(
+        f"/api/v1/fleet/gateways/{GATEWAY_A}/rules", json={"document": {"pacs_pulls": [pull]}}
+    )
+    assert put.status_code == 201, put.text
+    refused = put.json()["version"]
+
+    def refusal() -> dict[str, Any] | None:
+        gateway = admin.get(f"/api/v1/fleet/gateways/{GATEWAY_A}").json()
+        return gateway if gateway["rules_refused"] == refused else None
+
+    gateway = until(refusal, 2 * HEARTBEAT_S)
+    assert gateway and "NOT_CONFIGURED" in gateway["rules_refused_reason"]
+    assert edge_status(stack)["rules_version"] == version  # the last good one stays
+
+
+def test_a_one_click_upgrade_while_a_study_forwards_loses_and_duplicates_nothing(
+    stack: Any,
+    admin: httpx.Client,
+    quick: str,  # noqa: F811 - the fixture
+    tokens: dict[str, str],
+) -> None:
+    import random
+
+    from deploy.release import build
+    from deploy.samples.studies import make_study
+    from deploy.stack.client import find_study, wait_for_instances
+
+    state = Path(stack["STACK_DIR"])
+    release = f"2026.12.{int(time.time())}-test"
+    bundle = build(state, release)
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    with httpx.Client(base_url=quick, headers=headers, timeout=60) as up:
+        stored = up.post("/api/v1/fleet/releases", content=bundle)
+        assert stored.status_code == 201, stored.text
+    before = edge_status(stack)["release"]
+    slices = 40
+    study = make_study(
+        random.randrange(100_000, 900_000),  # noqa: S311 - fresh per run
+        "CT",
+        instances=slices,
+        institution_code=stack["EDGE_A_INSTITUTION"],
+    )
+    sent = stack.send_to_edge("A", study.instances())
+    assert sent.ok and sent.sent == slices, sent.failed
+    order = {"release": release, "target": {"gateways": [GATEWAY_A]}}
+    started = admin.post("/api/v1/fleet/upgrades", json=order)
+    assert started.status_code == 201, started.text
+    campaign = started.json()["id"]
+    ordered_at = time.monotonic()
+
+    def finished() -> str | None:
+        watched = admin.get(f"/api/v1/fleet/upgrades/{campaign}").json()
+        status = watched["gateways"][0]["status"]
+        return status if status in ("healthy", "rolled_back", "refused") else None
+
+    outcome = until(finished, 2 * HEARTBEAT_S + 120, every_s=1.0)
+    took = time.monotonic() - ordered_at
+    print(f"upgrade {before} -> {release}: {outcome} {took:.0f} s after the order")
+    assert outcome == "healthy", outcome
+    assert edge_status(stack)["release"] == release
+    uid = study.exam.study_instance_uid
+    with stack.orthanc("CENTRAL_ORTHANC") as central:
+        study_id = wait_for_instances(central, uid, slices, timeout_s=120)
+        time.sleep(3)  # anything sent twice would be there by now
+        instances = central.get(f"/studies/{study_id}/instances").json()
+        assert find_study(central, uid) == study_id
+    sops = [i["MainDicomTags"]["SOPInstanceUID"] for i in instances]
+    assert len(sops) == slices == len(set(sops))
+    assert sorted(sops) == sorted(str(ds.SOPInstanceUID) for ds in study.instances())
