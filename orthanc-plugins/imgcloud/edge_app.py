@@ -184,7 +184,12 @@ class EdgeApp:
         self.rules_poller = RulesPoller(client, self.rules)
         checks = [self.local_answers, self.fleet.central_took_a_heartbeat]
         self.trial = TrialCheck(
-            store, self.release, checks, self.restart, deadline_s=settings.upgrade_health_s
+            store,
+            self.release,
+            checks,
+            self.restart,
+            deadline_s=settings.upgrade_health_s,
+            decided=self.fleet.notify,  # "healthy" reaches central now, not a beat later
         )
 
     def restart(self) -> None:

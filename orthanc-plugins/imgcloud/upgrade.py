@@ -353,8 +353,10 @@ class TrialCheck(Worker):
         deadline_s: float = 60.0,
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        decided: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(every_s=every_s)
+        self.decided = decided  # e.g. the fleet agent's notify: the report goes now
         self.store = store
         self.running = running
         self.checks = list(checks)
@@ -385,6 +387,7 @@ class TrialCheck(Worker):
             self.outcome = "healthy"
             log.warning("release %s is healthy", self.running)
             self.ask_to_stop()
+            self.decided()
         elif self._age() > self.deadline_s:
             self.store.roll_back(state, f"health check failed: {'; '.join(reasons)}"[:300])
             self.store.save(state)

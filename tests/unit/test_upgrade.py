@@ -165,9 +165,16 @@ def test_a_release_that_cannot_be_imported_is_rolled_back_in_the_same_load(
 def test_the_trial_check_ends_the_trial_when_healthy(tmp_path: Path, central: FakeCentral) -> None:
     store = installed(tmp_path, central, "r1", "NAME = 'r1'\n")
     restarts: list[str] = []
-    check = TrialCheck(store, "r1", [lambda: None], lambda: restarts.append("x"))
+    decided: list[str] = []
+    check = TrialCheck(
+        store,
+        "r1",
+        [lambda: None],
+        lambda: restarts.append("x"),
+        decided=lambda: decided.append("now"),
+    )
     check.work()
-    assert check.outcome == "healthy" and restarts == []
+    assert check.outcome == "healthy" and restarts == [] and decided == ["now"]
     state = store.load()
     assert state["trial"] is None and state["current"] == "r1"
     assert state["reports"][-1]["status"] == "healthy"
