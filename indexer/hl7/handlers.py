@@ -250,6 +250,8 @@ def dispatch(reg: Registry, msg: Message, code: str, offset: str) -> str:
         except NotFound:
             raise SequenceProblem("OBR^1^3", "no such exam here: order it first") from None
         return reg.put_report(code, exam_no, report)[0]
+    except Hl7Error:
+        raise  # ours already (an IndexerError too): as it is
     except InvalidRecord as exc:
         raise Hl7Error("", DATA_TYPE_ERROR, f"{exc.field}: {exc}") from None
     except Conflict as exc:

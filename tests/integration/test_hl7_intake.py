@@ -28,6 +28,7 @@ from deploy.stack.services.hl7 import Hl7Listener, sender_certificate
 from deploy.stack.settings import StackSettings
 from indexer.hl7 import compose
 
+from ..support.master_index import master_index_id
 from ..support.scratch_stack import start, stop_service
 from .fresh import fresh_seed
 
@@ -111,12 +112,14 @@ def test_golden_hl7_then_rest_and_rest_then_hl7_are_the_same_records(
 ) -> None:
     first = make_study(fresh_seed(), "CT", instances=1, institution_code=A)
     by_hl7(mllp, first)
+    master_index_id(admin, A, first.exam.exam_no)  # assigned asynchronously: wait for it
     seen = records(admin, first)
     assert seen["patient"]["name"] == first.patient.name_hanzi
     assert by_rest(admin, first) == ["unchanged", "unchanged", "unchanged"]
     assert records(admin, first) == seen
     second = make_study(fresh_seed(), "MR", instances=1, institution_code=A)
     assert by_rest(admin, second) == ["created", "created", "created"]
+    master_index_id(admin, A, second.exam.exam_no)
     seen = records(admin, second)
     by_hl7(mllp, second)
     assert records(admin, second) == seen  # nothing changed: not even updated_at
