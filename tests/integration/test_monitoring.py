@@ -3,9 +3,8 @@
 Prometheus's own view (/api/v1/targets), a real metric of each kind has a value, the rules
 are loaded, and the monitoring processes and files are as private as they claim.
 
-Until the lead wires them (report of #15), the test runs the gateway with the stub_status
-server added (prometheus.with_stub_status) and the indexer with its metrics installed
-(indexer.metrics.instrumented_app); both are put back afterwards.
+Until create_app installs them (report of #15), the test runs the indexer with its metrics
+(indexer.metrics.instrumented_app) and puts the stack's back afterwards.
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ import pytest
 from deploy.stack.client import StackClient
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context, stop_service
-from deploy.stack.ports import pick_free
 from deploy.stack.processes import stop
 from deploy.stack.services.base import Service
-from deploy.stack.services.gateway import Gateway
 from deploy.stack.services.indexer import Indexer
 from deploy.stack.services.prometheus import (
     MONITORING_ROLE,
@@ -36,19 +33,11 @@ from deploy.stack.services.prometheus import (
     Prometheus,
     monitoring_password,
     monitoring_services,
-    with_stub_status,
 )
 from deploy.stack.settings import StackSettings
 
 SCRAPE_S = 2
 WAIT_S = 90.0
-
-
-class GatewayWithStatus(Gateway):
-    status_port = 0
-
-    def render(self) -> str:
-        return with_stub_status(super().render(), f"127.0.0.1:{self.status_port}")
 
 
 class InstrumentedIndexer(Indexer):
@@ -60,8 +49,6 @@ class InstrumentedIndexer(Indexer):
 
 def restart(ctx: StackContext, name: str, svc: Service) -> None:
     stop_service(ctx, name)
-    if isinstance(svc, Gateway):
-        svc.prepare()  # its nginx.conf
     svc.start()
     svc.wait_healthy(ctx.settings.start_timeout_s)
 
@@ -74,25 +61,24 @@ def keycloak_has_metrics(ctx: StackContext) -> bool:
 @pytest.fixture(scope="module")
 def monitored(stack: StackClient) -> Iterator[tuple[StackContext, str]]:
     ctx = load_context(StackSettings.from_env(stack["STACK_DIR"]))
-    gateway = GatewayWithStatus(ctx)
-    gateway.status_port = pick_free(1, ctx.ports.values())[0]
-    restart(ctx, "gateway", gateway)
     restart(ctx, "indexer", InstrumentedIndexer(ctx))
-    svcs = monitoring_services(ctx, nginx_status_port=gateway.status_port)
+    svcs = monitoring_services(ctx)
     for svc in svcs:
         if isinstance(svc, Prometheus):
             svc.scrape_interval_s = SCRAPE_S
+    started: list[Service] = []  # a launcher that starts them already: left running
     try:
         for svc in svcs:
-            svc.prepare()
-            svc.start()
+            if svc.pid() is None:
+                svc.prepare()
+                svc.start()
+                started.append(svc)
             svc.wait_healthy(60)
         yield ctx, ctx.http("prometheus")
     finally:
-        for svc in reversed(svcs):
+        for svc in reversed(started):
             stop(ctx.settings.run_dir, svc.name, sig=svc.stop_signal, timeout_s=30)
         restart(ctx, "indexer", Indexer(ctx))
-        restart(ctx, "gateway", Gateway(ctx))
 
 
 def targets(url: str) -> list[dict[str, Any]]:
@@ -299,7 +285,7 @@ def test_monitoring_runs_as_its_own_user_without_groups(
 ) -> None:
     ctx, _ = monitored
     user = pwd.getpwnam(RUN_AS)
-    for svc in monitoring_services(ctx, nginx_status_port=1):
+    for svc in monitoring_services(ctx):
         pid = svc.pid()
         assert pid is not None, svc.name
         status = dict(

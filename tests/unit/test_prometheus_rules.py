@@ -18,7 +18,6 @@ from deploy.stack.services.prometheus import (
     monitoring_password,
     prometheus_config,
     scrape_jobs,
-    with_stub_status,
 )
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
@@ -119,12 +118,3 @@ def test_monitoring_password_is_derived_unless_given() -> None:
     assert derived == monitoring_password(dict(secrets))
     assert monitoring_password({"postgres_superuser": "other"}) != derived
     assert monitoring_password(secrets | {"db_monitoring": "given"}) == "given"
-
-
-def test_stub_status_goes_inside_the_http_block(tmp_path: Path) -> None:
-    conf = "events {}\nhttp {\n    server { listen 1; }\n}\n"
-    out = with_stub_status(conf, "127.0.0.1:9")
-    assert out.rstrip().endswith("}")
-    http = out[out.index("http {") :]
-    assert "listen 127.0.0.1:9;" in http and "stub_status;" in http
-    assert out.index("stub_status") < out.rstrip().rindex("}")

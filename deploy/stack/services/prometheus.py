@@ -1,7 +1,7 @@
 """Monitoring (#15): a real Prometheus (Debian's) that scrapes every service of the stack,
 and the exporters of the two components without metrics of their own: PostgreSQL
 (prometheus-postgres-exporter, as a least-privilege role in pg_monitor) and nginx
-(prometheus-nginx-exporter, reading the gateway's stub_status on a loopback port).
+(prometheus-nginx-exporter, reading the gateway's stub_status on its loopback listener).
 
 What is trusted, and why:
 - Everything listens on 127.0.0.1 only, like the rest of the stack; nothing here is behind
@@ -47,7 +47,7 @@ NGINX_EXPORTER = Path("/usr/bin/prometheus-nginx-exporter")
 SETPRIV = Path("/usr/bin/setpriv")
 RUN_AS = "prometheus"  # Debian's system user of the prometheus package
 MONITORING_ROLE = "monitoring"
-# The gateway's stub_status listener (loopback): a port name the lead adds to ports.py.
+# The gateway's stub_status listener (loopback; deploy/gateway/nginx.conf.template).
 GATEWAY_STATUS_PORT = "gateway_status"
 STUB_STATUS_PATH = "/stub_status"
 RULES = Path("deploy/prometheus/alerts.yml")  # in the repository
@@ -117,29 +117,6 @@ def provision_monitoring_role(ctx: StackContext) -> None:
             ).format(role, password)
         )
         conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(role))
-
-
-def stub_status_server(listen: str) -> str:
-    """The nginx server block the gateway needs for its exporter: stub_status (connection
-    and request counters, nothing about any request) at STUB_STATUS_PATH, on `listen`
-    (a loopback address:port), nothing else there."""
-    return (
-        "    server {\n"
-        f"        listen {listen};\n"
-        "        access_log off;\n"
-        f"        location = {STUB_STATUS_PATH} {{ stub_status; }}\n"
-        "        location / { return 404; }\n"
-        "    }\n"
-    )
-
-
-def with_stub_status(conf: str, listen: str) -> str:
-    """The gateway's nginx.conf with stub_status_server added at the end of its http block
-    (the last closing brace of the file)."""
-    end = conf.rstrip().rfind("}")
-    if end < 0:
-        raise ValueError("gateway nginx.conf: no closing brace of the http block")
-    return conf[:end] + stub_status_server(listen) + conf[end:]
 
 
 def _target(address: str, instance: str, **labels: str) -> dict[str, Any]:
@@ -373,16 +350,14 @@ class NginxExporter(Service):
         return http_health(f"{self.ctx.http('nginx_exporter')}/metrics", check=scraped)
 
 
-def monitoring_services(ctx: StackContext, nginx_status_port: int | None = None) -> list[Service]:
+def monitoring_services(ctx: StackContext) -> list[Service]:
     """The exporters, then Prometheus, in start order (after the rest of the stack). nginx's
-    exporter needs the gateway's stub_status port (`gateway_status` in ports.json, or
-    given): without one it is left out, and so is its scrape job."""
-    port = nginx_status_port or ctx.ports.get(GATEWAY_STATUS_PORT)
-    result: list[Service] = [PostgresExporter(ctx)]
-    if port:
-        result.append(NginxExporter(ctx, port))
-    result.append(Prometheus(ctx, nginx=bool(port)))
-    return result
+    exporter reads the gateway's stub_status listener (port gateway_status)."""
+    return [
+        PostgresExporter(ctx),
+        NginxExporter(ctx, ctx.ports[GATEWAY_STATUS_PORT]),
+        Prometheus(ctx),
+    ]
 
 
 def remove_data(ctx: StackContext) -> None:
