@@ -40,7 +40,7 @@ from deploy.stack.launcher import load_context
 from deploy.stack.services.indexer import Indexer
 from deploy.stack.settings import REPO_ROOT, StackSettings
 from indexer.services import outbox
-from indexer.services.fleet_stale import fleet_loop
+from indexer.services.fleet_stale import FleetLoop, fleet_loop
 
 pytestmark = pytest.mark.integration
 
@@ -323,6 +323,18 @@ def test_a_template_with_overrides_gives_each_gateway_its_version(
 # --- stale alerts --------------------------------------------------------------------
 
 
+def take_the_lease(ctx: StackContext, loop: FleetLoop) -> None:
+    """The stack's own node holds the staleness lease (its loop has no webhook: the stack
+    sets none). End its lease connection, as a node's death would: this test's loop, which
+    looks every 0.3 s, takes the lease before that node's loop looks again (every 5 s)."""
+    with db(ctx) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'imgcloud-fleet'"
+        )
+    assert eventually(lambda: loop.working, timeout_s=10), "the lease did not move to the test"
+
+
 class Webhook(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
 
@@ -347,6 +359,7 @@ def test_a_stale_gateway_raises_an_alert_that_clears_when_heartbeats_return(
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     engine = create_engine(Indexer(ctx).env()["INDEXER_DATABASE_URL"])
     loop = fleet_loop(engine, every_s=0.3, webhook=True)
+    loop.application_name = "imgcloud-fleet-test"  # told apart from the stack's nodes'
     deliverer = outbox.Deliverer(engine, f"http://127.0.0.1:{hook.server_port}/", every_s=0.2)
     caplog.set_level(logging.WARNING, logger="indexer.alerts")
     with httpx.Client(
@@ -355,6 +368,7 @@ def test_a_stale_gateway_raises_an_alert_that_clears_when_heartbeats_return(
         try:
             loop.start()
             deliverer.start()
+            take_the_lease(ctx, loop)
             answer = lost.post("/api/v1/fleet/heartbeat", json=BEAT)
             assert answer.json()["interval_s"] == 1.0
             started = time.monotonic()
