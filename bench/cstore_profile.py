@@ -4,14 +4,17 @@ one after the other on one core, each fresh; wall time and CPU per instance of e
 Orthanc (and of the edge's CharLS workers), optionally a py-spy profile of the edge.
 
     flock /tmp/imgcloud-stack.lock .venv/bin/python -m bench.cstore_profile \
-        [--slices 300] [--cpu 0] [--variant NAME=JSON ...] [--pyspy /tmp/pyspy/bin/py-spy]
+        [--slices 300] [--cpu 0] [--variant NAME=JSON ...] [--pieces filter,storage,...]
+        [--pyspy /tmp/pyspy/bin/py-spy] [--attach "strace -f -c -o {home}/s.txt -p {pid}"]
 
 A variant is a fresh edge with these `ImagingCloud` settings merged in (e.g.
-`keep={"Compression": "keep"}`). No central, no network namespace: the edge's peer is a
-closed local port and its rules switch forwarding off before the study comes, as the WAN
-bench's backlog phase does. py-spy samples only threads holding a Python frame (the
-plugin's callbacks, the storage area, the workers): its split is of the Python part, the
-rest of the Orthanc process's CPU is Orthanc's own C++ (DCMTK, SQLite, HTTP).
+`keep={"Compression": "keep"}`); a piece is plain Orthanc plus one piece of ours (PIECES:
+the C-STORE filter, the encrypted storage area, a REST call per arrival...). No central,
+no network namespace: the edge's peer is a closed local port and its rules switch
+forwarding off before the study comes, as the WAN bench's backlog phase does. py-spy
+(--gil) samples only threads holding the GIL (the plugin's callbacks, the storage area,
+the workers): its split is of the Python part; the rest of the Orthanc process's CPU is
+Orthanc's own C++ (DCMTK, SQLite, HTTP).
 """
 
 from __future__ import annotations

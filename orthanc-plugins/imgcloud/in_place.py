@@ -18,12 +18,6 @@ to gain by waiting), or it has waited HOLD_S (forwarding is off or central is do
 edge that never falls idle replaces what has waited BUSY_S anyway. `defer_s` 0 replaces
 at once, as each compression ends.
 
-The compression threads and the replace loop run at a lower CPU priority than Orthanc's
-own threads (`BACKGROUND_NICE`, as the encoder processes do): the Orthanc work they cause
-runs in them (an SDK call runs Orthanc's REST handler in the calling thread: reading the
-instance, storing the compressed copy), so on a busy core the modality's C-STORE, in
-Orthanc's DICOM threads, goes first (bench/cstore_profile.py).
-
 A crash loses nothing: until the compressed copy is stored, the received one is the only
 copy, and the next read compresses it again (CharLS is deterministic: the same bytes, so
 the hash forwarding recorded still holds). What a crash leaves uncompressed after central
@@ -33,7 +27,6 @@ confirmed it stays so at the edge (forwarding does not read a confirmed instance
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -49,17 +42,6 @@ WAIT_S = 300.0  # for a compression in flight: longer than the encoder's own tim
 REMEMBERED = 10_000  # our own replacements whose NEW_INSTANCE has not come back yet
 HOLD_S = 60.0  # idle, unconfirmed and kept: replaced after this anyway
 BUSY_S = 600.0  # never idle: replaced after this anyway, during C-STOREs
-BACKGROUND_NICE = 10  # the compression threads' and the replace loop's (Linux: per thread)
-
-
-def lower_priority(nice: int = BACKGROUND_NICE) -> None:
-    """Lower the calling thread's CPU priority (Linux niceness is per thread; raising it
-    back would need CAP_SYS_NICE, so only threads of our own call it). Never fails: a
-    platform without per-thread priorities just keeps the default."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (OSError, AttributeError) as exc:
-        log.debug("thread priority unchanged: %s", exc)
 
 
 @dataclass
@@ -88,9 +70,7 @@ class InPlaceCompressor:
         self.defer_s = defer_s
         self.keep_bytes = keep_bytes
         self._clock = clock
-        self._pool = ThreadPoolExecutor(
-            threads, thread_name_prefix="imgcloud-compress", initializer=lower_priority
-        )
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imgcloud-compress")
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[bytes]] = {}
         self._own: set[str] = set()
@@ -240,10 +220,6 @@ class Replacer(Worker):
     def __init__(self, compressor: InPlaceCompressor) -> None:
         super().__init__(every_s=0.25)
         self.compressor = compressor
-        self._lowered: int | None = None  # the thread whose priority was lowered
 
     def work(self) -> bool:
-        if self._lowered != threading.get_native_id():  # once per (re)started loop thread
-            lower_priority()
-            self._lowered = threading.get_native_id()
         return self.compressor.replace_one()
