@@ -27,6 +27,7 @@ from .services.base import Service
 from .services.central import CentralOrthanc, central_nodes
 from .services.dicom_tls import DicomTlsA, DicomTlsB
 from .services.gateway import Gateway
+from .services.hl7 import hl7_services
 from .services.indexer import Indexer, indexer_nodes
 from .services.keycloak import Keycloak
 from .services.orthanc import (
@@ -36,6 +37,7 @@ from .services.orthanc import (
     EdgeOrthanc,
 )
 from .services.postgres import Postgres
+from .services.prometheus import monitoring_services
 from .services.seaweedfs import SeaweedFS
 from .settings import StackSettings
 from .topology import ha_replacements
@@ -75,19 +77,20 @@ def load_context(settings: StackSettings) -> StackContext:
 def services(ctx: StackContext) -> list[Service]:
     """Every service of the stack in start order; CentralOrthanc and Indexer stand for
     every node of theirs the settings name, and in the HA topology PostgreSQL, SeaweedFS
-    and Keycloak for their clusters (topology.py)."""
+    and Keycloak for their clusters (topology.py). The HL7 listener follows the indexer;
+    the monitoring (the exporters, Prometheus) comes last."""
     result: list[Service] = []
     clusters = ha_replacements() if ctx.settings.ha else {}
     for cls in SERVICE_CLASSES:
         if cls is CentralOrthanc:
             result += central_nodes(ctx)
-        elif cls is Indexer:
-            result += indexer_nodes(ctx)
+        elif cls is Indexer:  # and the HL7 listener, once the indexer has migrated
+            result += [*indexer_nodes(ctx), *hl7_services(ctx)]
         elif cls in clusters:
             result += clusters[cls](ctx)
         else:
             result.append(cls(ctx))
-    return result
+    return result + monitoring_services(ctx)  # Prometheus scrapes all of the above
 
 
 def start_groups(svcs: list[Service]) -> list[list[Service]]:
