@@ -56,7 +56,7 @@ def test_the_ha_topology_starts_each_cluster_as_one_group(tmp_path: Path) -> Non
     assert ["central", "central-2"] in groups and ["indexer", "indexer-2"] in groups
     assert sum(len(g) for g in groups if g[0].startswith("seaweedfs-volume")) == 3
     assert sum(len(g) for g in groups if g[0].startswith("seaweedfs-s3")) == 2
-    assert groups[-1] == ["gateway"]
+    assert groups[-4:] == [["gateway"], ["postgres-exporter"], ["nginx-exporter"], ["prometheus"]]
 
 
 def test_the_ha_proxy_fronts_every_central_and_keycloak_node(tmp_path: Path) -> None:
