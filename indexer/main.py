@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from . import __doc__ as description
+from . import metrics
 from .api import audit_middleware
 from .api.deps import get_pii
 from .api.errors import BodyLimit, install
@@ -116,6 +117,7 @@ def create_app() -> FastAPI:
         max_bytes=get_settings().max_body_bytes,
         unlimited=("/orthanc/instances",),  # DICOM files: central takes any size
     )
+    metrics.install(app)  # outermost: refused bodies (413) are counted too; not via the gateway
     return app
 
 

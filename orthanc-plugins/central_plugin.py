@@ -12,6 +12,7 @@ import glue_common
 import orthanc  # type: ignore[import-not-found]
 from imgcloud import __version__
 from imgcloud.central_app import CentralApp
+from imgcloud.metrics import MetricsPublisher, central_sample, orthanc_setter
 from imgcloud.plugin_settings import CentralSettings
 
 SETTINGS = glue_common.load("central", CentralSettings.from_orthanc)
@@ -91,8 +92,15 @@ def _http_filter(uri, **request):
     return True
 
 
+# the plugin's own values (object-store errors) in Orthanc's /tools/metrics-prometheus
+METRICS = MetricsPublisher(central_sample(), orthanc_setter(orthanc))
+
+
 def _on_change(change_type, level, resource_id):
-    if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+    if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        METRICS.start()
+    elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        METRICS.stop()
         APP.close()  # the registries' PostgreSQL pools, before Orthanc unloads the plugin
 
 

@@ -13,6 +13,7 @@ import orthanc  # type: ignore[import-not-found]
 from imgcloud import logs
 from imgcloud.errors import ConfigurationError, StorageError
 from imgcloud.local_api import InProcessTransport
+from imgcloud.metrics import OBJECT_STORE_ERRORS
 from imgcloud.routes import NotAllowed, Route
 from imgcloud.storage.archive import EncryptedArchive
 from imgcloud.storage.settings import StorageSettings
@@ -57,6 +58,7 @@ def register_storage(
             archive.create(uuid, int(content_type), bytes(data))
         except StorageError as exc:
             log.error("storage create failed: %s", exc)
+            OBJECT_STORE_ERRORS.add("create")
             raise
 
     def read(uuid, content_type):
@@ -64,6 +66,7 @@ def register_storage(
             return archive.read(uuid, int(content_type))
         except StorageError as exc:
             log.error("storage read failed: %s", exc)
+            OBJECT_STORE_ERRORS.add("read")
             raise
 
     def remove(uuid, content_type):
@@ -71,6 +74,7 @@ def register_storage(
             archive.remove(uuid, int(content_type))
         except StorageError as exc:
             log.error("storage remove failed: %s", exc)
+            OBJECT_STORE_ERRORS.add("remove")
             raise
 
     orthanc.RegisterStorageArea(create, read, remove)

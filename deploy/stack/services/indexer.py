@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -57,6 +58,8 @@ class Indexer(Service):
             "PYTHONPATH": os.pathsep.join(str(root) for root in (repo, repo / "orthanc-plugins")),
             # prometheus-client's multiprocess mode: this node's workers' values (metrics.py)
             "PROMETHEUS_MULTIPROC_DIR": str(self.ctx.state / "metrics" / self.name),
+            # release bundles are accepted only if signed with the platform's release key
+            "INDEXER_FLEET_RELEASE_PUBLIC_KEY": str(release_public_key(self.ctx)),
         }
 
     @property
@@ -90,6 +93,8 @@ class Indexer(Service):
         root = self.ctx.settings.repo_root
         bin_dir = self.ctx.settings.venv_bin
         self.ensure_pii_keys()
+        # prometheus-client's files of this node's previous workers: a fresh start counts anew
+        shutil.rmtree(self.ctx.state / "metrics" / self.name, ignore_errors=True)
         if self.node > 1:
             return  # node 1 migrated the database and registered the institutions
         self._run(
@@ -144,3 +149,10 @@ class Indexer(Service):
 def indexer_nodes(ctx: StackContext) -> list[Indexer]:
     """Every indexer node this stack's settings name, node 1 first."""
     return [Indexer(ctx, node) for node in range(1, ctx.settings.indexer_nodes + 1)]
+
+
+def release_public_key(ctx: StackContext) -> Path:
+    """The platform's release public key (the key pair is made once per stack)."""
+    from ...release import ensure_key_pair  # deploy.release: the release tooling
+
+    return ensure_key_pair(ctx.state)[1]
