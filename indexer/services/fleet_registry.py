@@ -17,6 +17,7 @@ each; operator paths are plain functions of a SQLAlchemy session.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -35,8 +36,11 @@ from .decision import Decision
 from .fleet_settings import get_fleet_settings
 from .fleet_stale import is_stale
 
+log = logging.getLogger(__name__)
 Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
-GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# a hospital gateway's service-account client, as auth/provision.py names them; no other
+# client (imgcloud-web, a stray role grant) names a gateway
+GATEWAY_ID = re.compile(r"^gateway-[a-z0-9][a-z0-9._-]{0,55}$")
 Kind = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")]
 # what Orthanc and its plugins say of themselves (a plugin may give no version: "")
@@ -90,11 +94,12 @@ INSERT INTO fleet_gateways AS g (gateway_id, institution, last_heartbeat_at, int
 VALUES (%(gateway_id)s, %(institution)s, now(), %(interval_s)s, 1, %(software_version)s,
     %(release)s, %(heartbeat)s, %(rules_version)s)
 ON CONFLICT (gateway_id) DO UPDATE SET
-    institution = EXCLUDED.institution, last_heartbeat_at = now(),
+    last_heartbeat_at = now(),
     interval_s = EXCLUDED.interval_s, heartbeats = g.heartbeats + 1,
     software_version = EXCLUDED.software_version, release = EXCLUDED.release,
     heartbeat = EXCLUDED.heartbeat,
     rules_applied = COALESCE(EXCLUDED.rules_applied, g.rules_applied)
+WHERE g.institution = EXCLUDED.institution  -- a gateway never moves to another institution
 RETURNING g.rules_latest, (SELECT u.release FROM fleet_upgrades u WHERE u.id = g.upgrade_id)
 """
 
@@ -120,7 +125,12 @@ async def heartbeat(pool: AsyncConnectionPool, edge: Edge, body: Heartbeat) -> d
     }
     async with pool.connection() as conn:
         row = await (await conn.execute(HEARTBEAT_SQL, params)).fetchone()
-    rules_latest, upgrade = row if row else (None, None)
+    if row is None:  # registered to another institution: a Keycloak mapping gone wrong
+        log.warning(
+            "heartbeat refused: gateway %s is registered to another institution", edge.gateway_id
+        )
+        raise Forbidden("this gateway is registered to another institution")
+    rules_latest, upgrade = row
     return {
         "rules_version": rules_latest,
         "upgrade": {"release": upgrade} if upgrade else None,
