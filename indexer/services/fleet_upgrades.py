@@ -178,7 +178,11 @@ def upgrade_status(session: Session, who: Principal, upgrade_id: int) -> Upgrade
     return UpgradeOut(
         id=campaign.id,
         release=campaign.release,
-        target=campaign.target,
+        # a hospital admin sees the campaign as it concerns their gateways: its target may
+        # name other institutions' gateways, which are not theirs to know (review L5)
+        target=campaign.target
+        if access.unconfined(scope)
+        else {"gateways": [item.gateway_id for item in gateways]},
         created_by=campaign.created_by,
         created_at=campaign.created_at,
         gateways=gateways,
