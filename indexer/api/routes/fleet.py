@@ -248,8 +248,9 @@ def alerts(
 
 @router.post("/alerts/{alert_id}/ack", response_model=stale.FleetAlertOut)
 def ack_alert(
-    alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Caller, session: DB
+    alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Caller, session: DB, request: Request
 ) -> stale.FleetAlertOut:
+    request.state.audit_resource = f"fleet-alert:{alert_id}"
     return stale.ack_alert(session, who, alert_id)
 
 
@@ -258,6 +259,7 @@ async def upload_release(request: Request, who: Caller, session: DB) -> dict[str
     """The signed bundle as the body (platform admins); refused unless its signature
     checks with the release key."""
     data = await request.body()
+    request.state.audit_resource = "fleet-release:(refused)"  # until it is known
     release = await run_in_threadpool(upgrades.upload_release, session, who, data)
     request.state.audit_resource = f"fleet-release:{release}"
     return {"release": release}
@@ -276,6 +278,7 @@ class UpgradeIn(Strict):
 @router.post("/upgrades", status_code=201)
 def start_upgrade(body: UpgradeIn, who: Caller, session: DB, request: Request) -> dict[str, int]:
     """Order a release for gateways named, a group or all (within the caller's scope)."""
+    request.state.audit_resource = f"fleet-release:{body.release}"  # a refusal names it
     campaign = upgrades.start_upgrade(session, who, body.release, body.target)
     request.state.audit_resource = f"fleet-upgrade:{campaign}"
     return {"id": campaign}
