@@ -209,9 +209,15 @@ class EdgeApp:
             system = self.local.client.get("/system").json()
             plugins = {}
             for plugin in self.local.client.get("/plugins").json():
-                plugins[str(plugin)] = str(
-                    self.local.client.get(f"/plugins/{plugin}").json().get("Version", "")
-                )
+                answer = self.local.client.get(f"/plugins/{plugin}")
+                if answer.status_code != 200 or not answer.headers.get(
+                    "content-type", "application/json"
+                ).startswith("application/json"):
+                    continue  # "explorer.js" is listed too: Orthanc Explorer's extensions
+                try:
+                    plugins[str(plugin)] = str(answer.json().get("Version", ""))
+                except ValueError:
+                    continue
             plugins["imaging-cloud"] = __version__
             self._versions = {
                 "software_version": self.release,

@@ -231,6 +231,13 @@ class FleetAgent(Worker):
         self.last_ok: float | None = None  # when central last took a heartbeat
         self.last_answer: dict[str, Any] = {}
 
+    def pause_s(self) -> float:
+        """After a failure, again within seconds (central or the gateway may start after
+        this edge), doubling up to the interval; else the interval."""
+        if not self.failures:
+            return self.every_s
+        return min(self.every_s, 2.0 * 2.0 ** (self.failures - 1))
+
     def body(self, error_counts: dict[str, int]) -> dict[str, Any]:
         now = self.clock()
         versions = self.versions()

@@ -194,6 +194,8 @@ def test_a_heartbeat_central_did_not_take_keeps_its_counts(tmp_path: Path) -> No
         fleet.work()
     assert errors.take() == {"delivery": 1}
     assert fleet.central_took_a_heartbeat() is not None
+    fleet.failures = 1  # as the loop counts it: the next try comes soon, not an interval later
+    assert fleet.pause_s() == 2.0 and fleet.every_s == 30.0
 
 
 def test_certificate_expiry_is_reported_by_name(tmp_path: Path, central: FakeCentral) -> None:
