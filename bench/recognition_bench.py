@@ -3,7 +3,7 @@ PostgreSQL, and the statistics query's latency (p50, p99 of N runs) as the API r
 
 The decisions are written with COPY into a scratch schema (`recognition_bench`, a copy
 of the real tables' columns and indexes, dropped afterwards unless --keep), the rollup
-built from them with one GROUP BY (the state the per-decision upkeep of
+built from them with one GROUP BY per side (the state the per-decision upkeep of
 services/recognition.record reaches; the bench also records --writes decisions through
 record() itself and checks the rollup still counts every decision once). Then
 services/recognition_stats.statistics runs N times per variant: the regulator's whole
@@ -66,9 +66,11 @@ COLUMNS = (
 )
 ROLLUP_FROM_DECISIONS = f"""
 INSERT INTO {SCHEMA}.recognition_rollup
-SELECT period, exam_institution, deciding_institution, modality, outcome, count(*)
-FROM {SCHEMA}.recognition_decisions
-GROUP BY period, exam_institution, deciding_institution, modality, outcome
+SELECT period, 'exam', exam_institution, modality, outcome, count(*)
+FROM {SCHEMA}.recognition_decisions GROUP BY period, exam_institution, modality, outcome
+UNION ALL
+SELECT period, 'deciding', deciding_institution, modality, outcome, count(*)
+FROM {SCHEMA}.recognition_decisions GROUP BY period, deciding_institution, modality, outcome
 """  # noqa: S608 - constant names
 
 
@@ -82,6 +84,12 @@ def load(dsn: str, count: int) -> dict[str, float]:
                 f"CREATE TABLE {SCHEMA}.{table} (LIKE public.{table} "
                 "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
             )
+        # its own id sequence: the copied default would draw on the real table's
+        db.execute(f"CREATE SEQUENCE {SCHEMA}.decision_ids START {count + 1}")
+        db.execute(
+            f"ALTER TABLE {SCHEMA}.recognition_decisions ALTER COLUMN id"
+            f" SET DEFAULT nextval('{SCHEMA}.decision_ids')"
+        )
         data = rows(count)
         start = time.perf_counter()
         with db.cursor().copy(
@@ -131,8 +139,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(dsn: str, runs: int, writes: int) -> list[str]:
-    lines: list[str] = []
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def measure(dsn: str, runs: int, writes: int) -> None:
     pool = AsyncConnectionPool(
         dsn,
         min_size=2,
@@ -152,12 +163,12 @@ async def measure(dsn: str, runs: int, writes: int) -> list[str]:
                 answer = await recognition_stats.statistics(pool, query)
                 took.append((time.perf_counter() - start) * 1000)
             every += took
-            lines.append(
+            say(
                 f"{name:38s} p50 {pystats.median(took):7.1f} ms  p99 {percentile(took, 0.99):7.1f}"
                 f" ms  max {max(took):7.1f} ms  ({len(answer['rows'])} lines,"
                 f" {answer['totals']['decisions']} decisions)"
             )
-        lines.append(
+        say(
             f"{'all variants':38s} p50 {pystats.median(every):7.1f} ms  p99 "
             f"{percentile(every, 0.99):7.1f} ms  ({len(every)} runs)"
         )
@@ -170,21 +181,20 @@ async def measure(dsn: str, runs: int, writes: int) -> list[str]:
             await recognition.record(pool, exam, "H0002", "bench-user", decided, "bench")
             took.append((time.perf_counter() - start) * 1000)
         if took:
-            lines.append(
+            say(
                 f"{'record() (new and replaced)':38s} p50 {pystats.median(took):7.1f} ms  p99 "
                 f"{percentile(took, 0.99):7.1f} ms  ({len(took)} decisions)"
             )
         async with pool.connection() as conn:
             cursor = await conn.execute(
-                "SELECT (SELECT count(*) FROM recognition_decisions),"
+                "SELECT (SELECT count(*) FROM recognition_decisions) * 2,"
                 " (SELECT sum(decisions) FROM recognition_rollup)"
             )
             counted = await cursor.fetchone()
         assert counted is not None and counted[0] == counted[1], counted
-        lines.append(f"rollup check: {counted[0]} decisions, rollup sums to {counted[1]}")
+        say(f"rollup check: {counted[0] // 2} decisions, twice that {counted[1]} in the rollup")
     finally:
         await pool.close()
-    return lines
 
 
 def main() -> None:
@@ -210,8 +220,7 @@ def main() -> None:
         if fair:
             os.sched_setaffinity(0, cpus - db_cpu)
             pin(postgres_pids(ctx.state), db_cpu)  # backends forked later inherit it
-        for line in asyncio.run(measure(dsn, args.runs, args.writes)):
-            print(line)
+        asyncio.run(measure(dsn, args.runs, args.writes))
         print(f"layout: {layout}; {len(cpus)} CPUs")
     finally:
         if fair:

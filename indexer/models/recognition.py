@@ -4,10 +4,11 @@ read.
 
 One decision per prior exam and deciding institution: recording again replaces it (the
 audit trail keeps every recording). The rollup holds the count of current decisions per
-month, exam institution, deciding institution, modality and outcome ("recognised" or the
-reason code); services/recognition.py keeps it in the same transaction as the decision, so
-the statistics read a few thousand rows however many decisions there are.
-"""
+month, institution and side (each decision counts once for the exam's institution, side
+"exam", and once for the deciding one, side "deciding"), modality and outcome
+("recognised" or the reason code); services/recognition.py keeps it in the same
+transaction as the decision, so the statistics read a few thousand rows however many
+decisions there are."""
 
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ class RecognitionRollup(Base):
     __tablename__ = "recognition_rollup"
 
     period: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    exam_institution: Mapped[str] = mapped_column(String(16), primary_key=True)
-    deciding_institution: Mapped[str] = mapped_column(String(16), primary_key=True)
+    side: Mapped[str] = mapped_column(String(8), primary_key=True)  # "exam" or "deciding"
+    institution_code: Mapped[str] = mapped_column(String(16), primary_key=True)
     modality: Mapped[str] = mapped_column(String(16), primary_key=True)
     outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
     decisions: Mapped[int] = mapped_column(BigInteger)

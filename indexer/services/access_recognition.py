@@ -1,15 +1,14 @@
 """The 互认 workspace's access decisions (#16), in services/access.py's style: pure, a
-principal and the facts in, a `Decision` out. To be folded into access.py (they live here
-only so that their engineer did not edit a shared file while others did).
+principal and the facts in, a `Decision` out. To be folded into access.py (they live
+here only so that their engineer did not edit a shared file while others did).
 
 Who does what:
 - a treating clinician or radiologist of an institution finds a patient by the MRN at
-  their own hospital (scope: that institution), and records a decision on a prior exam of
-  another institution (scope: their institution, the deciding one);
-- a hospital admin reads the statistics of its own institution (decisions its clinicians
-  made and decisions on its exams); a regulator reads every institution's. The
-  statistics hold counts only, no patient data.
-"""
+  their own hospital (scope: that institution), and records a decision on a prior exam
+  of another institution (scope: their institution, the deciding one);
+- a hospital admin reads the statistics of its own institution (by "exam": the decisions
+  on its exams; by "deciding": those its clinicians made); a regulator reads every
+  institution's. The statistics hold counts only, no patient data."""
 
 from __future__ import annotations
 

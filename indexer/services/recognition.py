@@ -103,11 +103,12 @@ PREVIOUS_SQL = """
 SELECT period, exam_institution, deciding_institution, modality, outcome
 FROM recognition_decisions WHERE exam_id = %(exam_id)s AND deciding_institution = %(deciding)s
 """
+# A decision counts once on each side: for the exam's institution and for the deciding one.
 UNCOUNT_SQL = """
 UPDATE recognition_rollup SET decisions = decisions - 1
-WHERE period = %(period)s AND exam_institution = %(exam_institution)s
-  AND deciding_institution = %(deciding_institution)s AND modality = %(modality)s
-  AND outcome = %(outcome)s
+WHERE period = %(period)s AND modality = %(modality)s AND outcome = %(outcome)s
+  AND ((side = 'exam' AND institution_code = %(exam_institution)s)
+       OR (side = 'deciding' AND institution_code = %(deciding_institution)s))
 """
 PERIOD = "date_trunc('month', now() AT TIME ZONE 'Asia/Shanghai')::date"
 UPSERT_SQL = f"""
@@ -124,9 +125,10 @@ RETURNING id, period, decided_at
 """  # noqa: S608 - PERIOD is a constant expression; every value is a bound parameter
 COUNT_SQL = """
 INSERT INTO recognition_rollup AS r
-    (period, exam_institution, deciding_institution, modality, outcome, decisions)
-VALUES (%(period)s, %(exam_institution)s, %(deciding)s, %(modality)s, %(outcome)s, 1)
-ON CONFLICT (period, exam_institution, deciding_institution, modality, outcome)
+    (period, side, institution_code, modality, outcome, decisions)
+VALUES (%(period)s, 'exam', %(exam_institution)s, %(modality)s, %(outcome)s, 1),
+       (%(period)s, 'deciding', %(deciding)s, %(modality)s, %(outcome)s, 1)
+ON CONFLICT (period, side, institution_code, modality, outcome)
 DO UPDATE SET decisions = r.decisions + 1
 """
 

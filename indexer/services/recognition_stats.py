@@ -2,10 +2,9 @@
 not repeated (each recognised prior exam is an exam the patient did not have again), and
 the reasons for not recognising; as JSON and as CSV.
 
-They read the rollup (models/recognition.py), never the decisions: one GROUP BY over at
-most months x institutions x modalities x outcomes rows, whatever the number of
-decisions. The answer holds counts and institution names only, no patient data.
-"""
+They read the rollup (models/recognition.py), never the decisions: one side's rows, at
+most months x institutions x modalities x outcomes, whatever the number of decisions.
+The answer holds counts and institution names only, no patient data."""
 
 from __future__ import annotations
 
@@ -20,28 +19,25 @@ from psycopg_pool import AsyncConnectionPool
 
 from .recognition import REASONS, RECOGNISED
 
-BY = {"exam": "exam_institution", "deciding": "deciding_institution"}
+BY = ("exam", "deciding")  # whose institution a line is: the exam's, or the deciding one's
 
-# Constant text per grouping column (BY's values only); every value is a bound parameter.
-# `scope`: a hospital admin's institution, the decisions it made or that are on its exams.
-_STATS_SQL = """
+# Every value is a bound parameter. `side`: BY's; `scope`: a hospital admin's institution
+# (by "exam": the decisions on its exams; by "deciding": the decisions its clinicians made).
+STATS_SQL = """
 SELECT g.period, g.code, i.name, g.modality, g.outcome, g.n
 FROM (
-    SELECT r.period, r.{column} AS code, r.modality, r.outcome, sum(r.decisions)::bigint AS n
+    SELECT r.period, r.institution_code AS code, r.modality, r.outcome, r.decisions AS n
     FROM recognition_rollup r
-    WHERE r.decisions > 0
-      AND (%(scope)s::text IS NULL OR r.exam_institution = %(scope)s::text
-           OR r.deciding_institution = %(scope)s::text)
-      AND (%(institution)s::text IS NULL OR r.{column} = %(institution)s::text)
+    WHERE r.side = %(side)s AND r.decisions > 0
+      AND (%(scope)s::text IS NULL OR r.institution_code = %(scope)s::text)
+      AND (%(institution)s::text IS NULL OR r.institution_code = %(institution)s::text)
       AND (%(modality)s::text IS NULL OR r.modality = %(modality)s::text)
       AND (%(start)s::date IS NULL OR r.period >= %(start)s::date)
       AND (%(end)s::date IS NULL OR r.period <= %(end)s::date)
-    GROUP BY r.period, r.{column}, r.modality, r.outcome
 ) g
 LEFT JOIN institutions i ON i.institution_code = g.code
 ORDER BY g.period, g.code, g.modality, g.outcome
 """
-STATS_SQL = {by: _STATS_SQL.format(column=column) for by, column in BY.items()}
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,7 @@ class Query:
 
     def params(self) -> dict[str, Any]:
         return {
+            "side": self.by,
             "scope": self.scope,
             "institution": self.institution,
             "modality": self.modality,
@@ -128,7 +125,7 @@ def summarise(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
 
 async def statistics(pool: AsyncConnectionPool, query: Query) -> dict[str, Any]:
     async with pool.connection() as conn:
-        cursor = await conn.execute(STATS_SQL[query.by], query.params(), prepare=True)
+        cursor = await conn.execute(STATS_SQL, query.params(), prepare=True)
         rows = await cursor.fetchall()
     answer = summarise(rows)
     answer["by"] = query.by

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from deploy.stack.client import StackClient
+from indexer.services import recognition
 
 from ..integration.test_recognition import PriorExam, prior_ct_of_a
 from ..support.eventually import eventually
@@ -62,6 +63,7 @@ def test_clinician_b_finds_reads_views_and_recognises_a_ct_of_a(
     stack: StackClient, browser: Browser, prior: PriorExam
 ) -> None:
     study, logs = prior.study, Path(stack["STACK_DIR"]) / "logs"
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)).isoformat()
     before = this_month_a_ct(stack)
     page = new_page(browser, locale="zh-CN")
     log_in(page, stack, "CLINICIAN_B")
@@ -119,3 +121,34 @@ def test_clinician_b_finds_reads_views_and_recognises_a_ct_of_a(
         assert personal not in html
     regulator.screenshot(path=str(logs / "e2e-workspace-statistics.png"))
     regulator.context.close()
+    check_audit(stack, since, prior.master_index_id)
+
+
+def check_audit(stack: StackClient, since: str, master_index_id: str) -> None:
+    """The pages' lookups and the decision are in the audit trail, with the purpose."""
+    token = stack.password_token(stack["DEMO_AUDITOR_USER"], stack["DEMO_AUDITOR_PASSWORD"])
+    purpose = recognition.PURPOSES[0]  # the list's first, picked in the form
+
+    def recorded() -> dict[str, list[dict[str, object]]]:
+        with stack.gateway(token["access_token"]) as auditor:
+            answer = auditor.get("/api/v1/audit", params={"since": since, "limit": 10000})
+        assert answer.status_code == 200
+        by: dict[str, list[dict[str, object]]] = {}
+        for event in answer.json()["events"]:
+            if event["username"] == stack["DEMO_CLINICIAN_B_USER"]:
+                by.setdefault(event["action"], []).append(event)
+        assert {"api.workspace_search", "api.workspace_exam", "api.workspace_decision"} <= set(by)
+        return by
+
+    by = eventually(recorded, what="the workspace's requests in the audit trail", timeout=15)
+    searches = by["api.workspace_search"]
+    assert {e["outcome"] for e in searches} == {422, 200}  # without and with a purpose
+    found = [e for e in searches if e["outcome"] == 200]
+    assert found[-1]["purpose"] == purpose and str(found[-1]["resource"]).startswith("person:")
+    for action in ("api.workspace_exam", "api.workspace_decision"):
+        event = by[action][-1]
+        assert (event["resource"], event["purpose"], event["outcome"]) == (
+            f"master-index:{master_index_id}",
+            purpose,
+            200,
+        )

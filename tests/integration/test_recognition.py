@@ -177,9 +177,12 @@ def test_decisions_statistics_refusals_and_audit(
             "rate",
             "reasons",
         }
-    admin_a = clients["hadmin_a"].get(STATISTICS, params={"by": "deciding"})
+    admin_a = clients["hadmin_a"].get(STATISTICS)  # decisions on A's exams, A's only
     assert admin_a.status_code == 200, admin_a.text
-    assert B in {line["institution_code"] for line in admin_a.json()["rows"]}  # B decided on A's
+    assert {line["institution_code"] for line in admin_a.json()["rows"]} == {A}
+    assert a_ct_line(admin_a.json())["recognised"] == now["recognised"]
+    b_side = regulator.get(STATISTICS, params={"by": "deciding", "institution": B}).json()
+    assert b_side["totals"]["decisions"] >= 1  # and B's own side counts what B decided
     assert clients["hadmin_a"].get(STATISTICS, params={"institution": B}).status_code == 403
     assert clin_b.get(STATISTICS).status_code == 403
     csv_answer = regulator.get(STATISTICS + ".csv", params={"institution": A, "modality": "CT"})
@@ -207,11 +210,11 @@ def test_decisions_statistics_refusals_and_audit(
     assert {e["username"] for e in ok} == {stack["DEMO_CLINICIAN_B_USER"]}
     assert {e["purpose"] for e in ok} == {PURPOSE}
 
-    # the rollup counts each current decision exactly once
+    # the rollup counts each current decision exactly once on each side
     ctx = load_context(stack_settings)
     with psycopg.connect(ctx.pg_dsn("indexer", "indexer", "db_indexer")) as db:
         counted = db.execute(
-            "SELECT (SELECT count(*) FROM recognition_decisions),"
+            "SELECT (SELECT count(*) FROM recognition_decisions) * 2,"
             " (SELECT coalesce(sum(decisions), 0) FROM recognition_rollup)"
         ).fetchone()
         assert counted is not None and counted[0] == counted[1]
@@ -225,3 +228,38 @@ def test_the_workspace_pages_want_a_login(stack: StackClient) -> None:
             assert answer.headers["location"] == "/workspace/login"
         posted = anonymous.post("/workspace/search", data={"id_value": "x", "purpose_text": "xx"})
         assert posted.status_code == 303  # no session, nothing looked up
+
+
+def page_client(stack: StackClient, token: str) -> httpx.Client:
+    """The workspace's pages as a browser sends them: the session cookie (the access token
+    itself, services/web/session.py) and the page's own Origin."""
+    return httpx.Client(
+        base_url=stack["GATEWAY_URL"],
+        verify=False,  # noqa: S501 - the stack's own CA
+        timeout=30,
+        headers={"Cookie": f"imgcloud_web_workspace={token}", "Origin": stack["GATEWAY_URL"]},
+    )
+
+
+def test_the_page_finds_a_patient_by_the_own_hospitals_mrn(
+    stack: StackClient, prior: PriorExam, tokens: dict[str, str], clients: dict[str, httpx.Client]
+) -> None:
+    """B's MRN of the same person (same national ID) finds A's CT on B's page; the same
+    MRN means nothing at A, whose numbers are its own."""
+    study = prior.study
+    b_mrn = f"B{study.patient.mrn}"
+    with stack.gateway(tokens["admin"]) as admin:
+        b_patient = patient_record(study) | {"national_id": study.patient.national_id}
+        answer = admin.put(f"/api/v1/institutions/{B}/patients/{b_mrn}", json=b_patient)
+        assert answer.status_code == 200, answer.text
+    form = {"id_kind": "mrn", "id_value": b_mrn, "purpose_text": "会诊 consultation"}
+    with page_client(stack, tokens["clin_b"]) as page_b:
+        found = page_b.post("/workspace/search", data=form)
+        assert found.status_code == 200, found.text
+        assert 'data-institution="H0001"' in found.text and prior.master_index_id in found.text
+        assert b_mrn not in found.text  # the number is not shown back
+        silent = page_b.post("/workspace/search", data=form | {"purpose_text": ""})
+        assert silent.status_code == 422 and prior.master_index_id not in silent.text
+    with page_client(stack, tokens["rad_a"]) as page_a:
+        elsewhere = page_a.post("/workspace/search", data=form)
+        assert elsewhere.status_code == 200 and 'id="no-exams"' in elsewhere.text

@@ -165,10 +165,10 @@ def test_month_parsing() -> None:
         recognition_stats.month("2026-13")
 
 
-def test_the_statistics_sql_has_one_text_per_grouping() -> None:
-    assert "r.exam_institution AS code" in recognition_stats.STATS_SQL["exam"]
-    assert "r.deciding_institution AS code" in recognition_stats.STATS_SQL["deciding"]
-    assert all("recognition_decisions" not in sql for sql in recognition_stats.STATS_SQL.values())
+def test_the_statistics_read_one_side_of_the_rollup_only() -> None:
+    assert "recognition_decisions" not in recognition_stats.STATS_SQL
+    assert "r.side = %(side)s" in recognition_stats.STATS_SQL
+    assert recognition_stats.Query("H0001", "deciding").params()["side"] == "deciding"
 
 
 # --- access decisions --------------------------------------------------------------------

@@ -177,6 +177,7 @@ async def _exam_page(
 ) -> HTMLResponse:
     """One exam through the API's master-index lookup (the 互认 grant that the viewer
     then uses, audited with the purpose), its report apart from the images."""
+    request.state.audit_resource = f"master-index:{master_index_id}"  # as the API's path
     answer = await lookup.resolve_master_index(master_index_id, who, request, purpose)
     found = json.loads(bytes(answer.body))
     names = await recognition.institution_names(

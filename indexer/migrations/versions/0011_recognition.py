@@ -1,9 +1,10 @@
 """互认 recognition decisions and their rollup (#16)
 
 recognition_decisions: one current decision per prior exam and deciding institution.
-recognition_rollup: the count of current decisions per month, exam institution, deciding
-institution, modality and outcome, kept in the decision's own transaction; the statistics
-read it (p99 under 200 ms at 1 M decisions: bench/recognition_bench.py).
+recognition_rollup: the count of current decisions per month, institution and side (the
+exam's institution, "exam", and the deciding one, "deciding"), modality and outcome,
+kept in the decision's own transaction; the statistics read it (bench/recognition_bench.py
+times them at 1 M decisions).
 
 Revision ID: 0011
 Revises: 0010
@@ -53,15 +54,15 @@ def upgrade() -> None:
     op.create_table(
         "recognition_rollup",
         sa.Column("period", sa.Date(), nullable=False),
-        sa.Column("exam_institution", sa.String(length=16), nullable=False),
-        sa.Column("deciding_institution", sa.String(length=16), nullable=False),
+        sa.Column("side", sa.String(length=8), nullable=False),
+        sa.Column("institution_code", sa.String(length=16), nullable=False),
         sa.Column("modality", sa.String(length=16), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=False),
         sa.Column("decisions", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint(
             "period",
-            "exam_institution",
-            "deciding_institution",
+            "side",
+            "institution_code",
             "modality",
             "outcome",
             name=op.f("pk_recognition_rollup"),
