@@ -11,6 +11,7 @@ psql -v ON_ERROR_STOP=1 --username postgres <<'SQL'
 \getenv central DB_CENTRAL_PASSWORD
 \getenv indexer DB_INDEXER_PASSWORD
 \getenv keycloak DB_KEYCLOAK_PASSWORD
+\getenv monitoring DB_MONITORING_PASSWORD
 SELECT 'CREATE ROLE orthanc_central' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orthanc_central') \gexec
 ALTER ROLE orthanc_central LOGIN PASSWORD :'central';
 SELECT 'CREATE DATABASE orthanc_central OWNER orthanc_central' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'orthanc_central') \gexec
@@ -26,4 +27,8 @@ ALTER ROLE keycloak LOGIN PASSWORD :'keycloak';
 SELECT 'CREATE DATABASE keycloak OWNER keycloak' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'keycloak') \gexec
 REVOKE ALL ON DATABASE keycloak FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE keycloak TO keycloak;
+-- Prometheus's PostgreSQL exporter (#15): statistics only (pg_monitor), no database of ours
+SELECT 'CREATE ROLE monitoring' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'monitoring') \gexec
+ALTER ROLE monitoring LOGIN CONNECTION LIMIT 3 PASSWORD :'monitoring';
+GRANT pg_monitor TO monitoring;
 SQL

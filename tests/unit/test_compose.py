@@ -26,6 +26,10 @@ EXPECTED = {
     "edge-b-dicom-tls",
     "viewer",
     "gateway",
+    "hl7",
+    "postgres-exporter",
+    "nginx-exporter",
+    "prometheus",
 }
 
 
@@ -171,6 +175,7 @@ def test_the_init_scripts_leave_each_database_to_its_own_role() -> None:
         ":'central'",
         ":'indexer'",
         ":'keycloak'",
+        ":'monitoring'",
         ":'seaweedfs'",
     ]
 
@@ -202,7 +207,15 @@ def test_each_service_sees_only_its_own_secret_folder() -> None:
         for volume in service.get("volumes", []):
             if volume.endswith(":/run/secrets:ro"):
                 mounted[name] = volume.removesuffix(":/run/secrets:ro")
-    assert set(mounted) == {"indexer", "central", "central-2", "edge-a", "edge-b"}
+    assert set(mounted) == {
+        "indexer",
+        "central",
+        "central-2",
+        "edge-a",
+        "edge-b",
+        "hl7",
+        "prometheus",
+    }
     for name, source in mounted.items():
         assert source == f"${{KEYRING_DIR:?set KEYRING_DIR}}/{name}", name
 
