@@ -29,7 +29,7 @@ from imgcloud.upgrade import RESTART_MARKER, ReleaseStore, installed_release
 
 from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
 from deploy.stack.settings import REPO_ROOT, StackSettings
-from tests.integration.test_fleet_central import quick  # noqa: F401 - a fixture
+from tests.integration.test_fleet_central import ctx, quick  # noqa: F401 - fixtures
 
 KEY = generate_private_key()
 USER = ("fleet-test", "fleet-test-password")
