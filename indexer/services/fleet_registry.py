@@ -212,7 +212,9 @@ def out(row: FleetGateway, now: dt.datetime | None = None) -> GatewayOut:
         first_seen=row.first_seen,
         last_heartbeat_at=row.last_heartbeat_at,
         interval_s=row.interval_s,
-        stale=row.stale or is_stale(last, now, row.interval_s, missed),
+        # what the heartbeats say now; row.stale is the loop's alert state, which follows
+        # within a check interval (a gateway back seconds ago is not shown stale meanwhile)
+        stale=is_stale(last, now, row.interval_s, missed),
         upgrade_id=row.upgrade_id,
         heartbeat=row.heartbeat,
     )
