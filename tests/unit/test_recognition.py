@@ -1,6 +1,6 @@
 """互认 decisions and statistics (#16), the pure parts: the reason codes a decision takes,
 the rate arithmetic, the statistics' lines, the CSV's spreadsheet-safe cells, and the
-access decisions of services/access_recognition.py."""
+access decisions of services/access.py (互认)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from indexer.errors import InvalidRecord
 from indexer.security.auth import Principal
-from indexer.services import access_recognition as ar
+from indexer.services import access as ar
 from indexer.services import recognition, recognition_stats
 from indexer.services.decision import WHOLE_ARCHIVE
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from ...errors import InvalidRecord, NotFound
 from ...schemas import CODE, NO_NUL, Strict
 from ...security.auth import Principal
-from ...services import access, access_recognition, recognition, recognition_stats
+from ...services import access, recognition, recognition_stats
 from ..deps import authenticate
 
 router = APIRouter(prefix="/v1/recognition", tags=["recognition"])
@@ -53,7 +53,7 @@ async def record_decision(request: Request, who: Principal, body: DecisionIn) ->
     exam = await recognition.exam_facts(pool, body.master_index_id)
     if exam is None:
         raise NotFound("no exam with this master index ID")
-    decision = access.require(access_recognition.may_record_recognition(who, exam.institution_code))
+    decision = access.require(access.may_record_recognition(who, exam.institution_code))
     deciding = access.confined_to(decision)
     recorded = await recognition.record(pool, exam, deciding, who.subject, decided, body.purpose)
     return {"master_index_id": body.master_index_id, **recorded}
@@ -81,7 +81,7 @@ def stats_query(
     period_to: str | None,
 ) -> recognition_stats.Query:
     """The statistics the caller may read (the access decision's scope), as asked."""
-    decision = access.require(access_recognition.may_read_recognition_statistics(who, institution))
+    decision = access.require(access.may_read_recognition_statistics(who, institution))
     scope = None if access.unconfined(decision) else access.confined_to(decision)
     try:
         start, end = recognition_stats.month(period_from), recognition_stats.month(period_to)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from ...errors import IndexerError, InvalidRecord
 from ...schemas import PersonSearch
 from ...security.auth import Principal
-from ...services import access, access_recognition, recognition, recognition_stats
+from ...services import access, recognition, recognition_stats
 from ...web.pages import NO_STORE, render
 from ...web.session import WebLogin
 from ..audit_middleware import pseudonym
@@ -47,7 +47,7 @@ def _page(request: Request, template: str, who: Principal, **context: Any) -> HT
         reasons=recognition.REASONS,
         modalities=MODALITIES,
         can_search=bool(access.may_search_persons(who)),
-        can_read_statistics=bool(access_recognition.may_read_recognition_statistics(who, None)),
+        can_read_statistics=bool(access.may_read_recognition_statistics(who, None)),
         **context,
     )
 
@@ -155,7 +155,7 @@ async def _by_mrn(
     """By the patient's MRN at the caller's own institution (the decision's scope),
     audited like the API's person lookup: pseudonymised resource, the purpose."""
     access.require(access.may_search_persons(who))
-    code = access.confined_to(access.require(access_recognition.may_search_by_own_mrn(who)))
+    code = access.confined_to(access.require(access.may_search_by_own_mrn(who)))
     mrn = mrn.strip()
     if not mrn:
         raise InvalidRecord("id_value", "an MRN is required")
