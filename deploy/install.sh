@@ -93,7 +93,7 @@ if [ ! -x "$kc_home/bin/kc.sh" ]; then
   rmdir "$cache/keycloak-unpack"
 fi
 # Build-time options; the stamp records them so that changing them rebuilds.
-kc_build=(--db=postgres --http-relative-path=/auth --health-enabled=true --metrics-enabled=false --cache=local)
+kc_build=(--db=postgres --http-relative-path=/auth --health-enabled=true --metrics-enabled=true --cache=local)
 if [ "$(cat "$kc_home/.built" 2>/dev/null)" != "${kc_build[*]}" ]; then
   log "building Keycloak (${kc_build[*]})"
   "$kc_home/bin/kc.sh" build "${kc_build[@]}" >"$cache/keycloak-build.log" 2>&1 \

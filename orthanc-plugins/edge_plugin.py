@@ -49,6 +49,19 @@ def _transcode(dicom: bytes, transfer_syntax: str) -> bytes:
 APP = EdgeApp(SETTINGS, ARCHIVE, STORAGE, glue_common.in_process_transport(), _transcode)
 
 
+def _metrics_publisher():  # type: ignore[no-untyped-def]
+    """The queue's and certificates' values in Orthanc's /tools/metrics-prometheus (the
+    chosen release's imgcloud.metrics: the loader has imported that release's package)."""
+    from imgcloud.metrics import MetricsPublisher, edge_sample, orthanc_setter
+
+    return MetricsPublisher(
+        edge_sample(APP.queue, SETTINGS.certificate_files), orthanc_setter(orthanc)
+    )
+
+
+METRICS = _metrics_publisher()
+
+
 def _held(sop_instance_uid: str) -> str | None:
     try:
         return orthanc.LookupInstance(sop_instance_uid)
@@ -72,7 +85,9 @@ def _on_change(change_type, level, resource_id):
         APP.study_stable(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         APP.start()  # resumes whatever a restart or crash left queued or sending
+        METRICS.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        METRICS.stop()
         APP.stop()
 
 

@@ -179,9 +179,6 @@ def test_a_real_metric_of_each_kind(monitored: tuple[StackContext, str], kind: s
     assert good(found[0]), f"{expr} = {found[0]}"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="MetricsPublisher not wired into edge_plugin.py yet (report of #15)"
-)
 def test_the_edge_plugin_publishes_its_queue(monitored: tuple[StackContext, str]) -> None:
     _, url = monitored
     wait_for("imgcloud_edge_queue_depth", lambda: query(url, "imgcloud_edge_queue_depth"), 20)
