@@ -319,7 +319,7 @@ class RulesPoller(Worker):
         except RulesRejected as exc:
             self.refused = max(self.refused, version)
             log.warning("rules version %d from central refused: %s", version, exc)
-            self.central.report_rules(version, "refused", str(exc)[:1000])
+            self.central.report_rules(version, "refused", str(exc)[:500])  # central keeps 500
             return True
         log.warning("rules version %d from central applied", version)
         self.central.report_rules(version, "applied")

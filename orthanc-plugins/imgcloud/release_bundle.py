@@ -180,11 +180,16 @@ def _read_members(data: bytes) -> tuple[bytes, bytes, dict[str, bytes]]:
             members = tar.getmembers()
             if len(members) > MAX_MEMBERS:
                 raise BundleRefused(f"{len(members)} members: above {MAX_MEMBERS}")
+            # what the members claim to hold, before any is read: a sparse member's content
+            # is expanded to its stated size, so a tiny bundle could claim gigabytes
+            claimed = sum(m.size for m in members)
+            if claimed > MAX_BUNDLE_BYTES:
+                raise BundleRefused(f"members of {claimed} bytes: above {MAX_BUNDLE_BYTES}")
             for member in members:
                 relative = _payload_name(member.name)
                 if member.isdir() and relative is not None:
                     continue
-                if not member.isfile():
+                if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):  # no sparse files
                     raise BundleRefused(f"member {member.name!r}: not a regular file")
                 extracted = tar.extractfile(member)
                 content = extracted.read() if extracted is not None else b""

@@ -168,3 +168,20 @@ def test_the_release_cli_keeps_the_key_private_and_builds_what_verifies(tmp_path
     )
     out.write_bytes(out.read_bytes().replace(b"import imgcloud", b"import imgcloux"))
     assert main(["--state-dir", str(tmp_path), "verify", str(out)]) == 1
+
+
+def test_a_tiny_sparse_member_claiming_gigabytes_is_refused_before_any_read() -> None:
+    """A GNU sparse member is expanded to its stated size when read: 1.5 kB claiming
+    1.5 GB would exhaust memory before the signature is even checked (review L1)."""
+    info = tarfile.TarInfo("payload/x.py")
+    info.type = tarfile.GNUTYPE_SPARSE
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    real = 1_500_000_000
+    header[386:398] = b"%011o\0" % real  # one sparse chunk, at the very end
+    header[398:410] = b"%011o\0" % 0
+    header[483:495] = b"%011o\0" % real  # the member's real size
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    data = bytes(header) + b"\0" * 1024
+    with pytest.raises(BundleRefused, match="above"):
+        verify_bundle(data, KEY.public_key())
