@@ -204,7 +204,15 @@ def install(app: FastAPI) -> None:
                     status["code"],
                     getattr(request.state, "audit_purpose", None),
                     method=request.method,
-                    filters=filters_of(scope.get("query_string", b"").decode("latin-1")),
+                    filters=filters_of_pairs(
+                        parse_qsl(
+                            scope.get("query_string", b"").decode("latin-1"),
+                            keep_blank_values=True,
+                        )
+                        # what a route adds of its own (a decision's outcome, say): under the
+                        # same rules as a query's (personal values pseudonymised, bounded)
+                        + list((getattr(request.state, "audit_filters", None) or {}).items())
+                    ),
                 )
             )
 

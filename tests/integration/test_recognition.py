@@ -209,6 +209,8 @@ def test_decisions_statistics_refusals_and_audit(
     ok = [e for e in events if e["outcome"] == 200]
     assert {e["username"] for e in ok} == {stack["DEMO_CLINICIAN_B_USER"]}
     assert {e["purpose"] for e in ok} == {PURPOSE}
+    # each recording's outcome is kept, the replaced one's too (review M6)
+    assert {(e["filters"] or {}).get("outcome") for e in ok} >= {"too-old", "recognised"}
 
     # the rollup counts each current decision exactly once on each side
     ctx = load_context(stack_settings)

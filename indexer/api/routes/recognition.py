@@ -49,6 +49,8 @@ async def record_decision(request: Request, who: Principal, body: DecisionIn) ->
     request.state.audit_resource = f"master-index:{body.master_index_id}"
     request.state.audit_purpose = body.purpose
     decided = recognition.choice(body.recognised, body.reason, body.reason_text)
+    # each recording's outcome stays in the audit trail, also when a later one replaces it
+    request.state.audit_filters = {"outcome": decided.outcome}
     pool = request.app.state.pool
     exam = await recognition.exam_facts(pool, body.master_index_id)
     if exam is None:
