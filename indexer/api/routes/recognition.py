@@ -11,6 +11,7 @@ own institution) and regulators (every one); counts only, no patient data.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -18,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from ...errors import InvalidRecord, NotFound
-from ...schemas import CODE, NO_NUL, Strict
+from ...schemas import NO_NUL, Strict
 from ...security.auth import Principal
 from ...services import access, recognition, recognition_stats
 from ..deps import authenticate
@@ -74,59 +75,64 @@ async def reasons(who: Who) -> dict[str, dict[str, str]]:
     return {code: {"zh": zh, "en": en} for code, (zh, en) in recognition.REASONS.items()}
 
 
-def stats_query(
-    who: Principal,
-    by: str,
-    institution: str | None,
-    modality: str | None,
-    period_from: str | None,
-    period_to: str | None,
-) -> recognition_stats.Query:
-    """The statistics the caller may read (the access decision's scope), as asked."""
-    decision = access.require(access.may_read_recognition_statistics(who, institution))
-    scope = None if access.unconfined(decision) else access.confined_to(decision)
-    try:
-        start, end = recognition_stats.month(period_from), recognition_stats.month(period_to)
-    except ValueError:
-        raise InvalidRecord("from", "a month as YYYY-MM") from None
-    return recognition_stats.Query(scope, by, institution, modality, start, end)
-
-
-Code = Annotated[str | None, Query(pattern=CODE)]
-Modality = Annotated[str | None, Query(pattern=r"^[A-Z]{2,4}$")]
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")]
+# The statistics' filters, for the API and the workspace's form alike (a form sends an empty
+# field for "any": taken as not given).
+Code = Annotated[str | None, Query(pattern=r"^([A-Z0-9]{2,16})?$")]
+Modality = Annotated[str | None, Query(pattern=r"^([A-Z]{2,4})?$")]
+From = Annotated[str | None, Query(alias="from", pattern=r"^(\d{4}-\d{2})?$")]
+To = Annotated[str | None, Query(alias="to", pattern=r"^(\d{4}-\d{2})?$")]
 By = Annotated[Literal["exam", "deciding"], Query(description="whose institution groups")]
 
 
-@router.get("/statistics")
-async def statistics(
-    who: Who,
-    request: Request,
+@dataclass(frozen=True)
+class StatsAsked:
+    by: str
+    institution: str | None
+    modality: str | None
+    period_from: str | None
+    period_to: str | None
+
+
+def stats_asked(
     by: By = "exam",
     institution: Code = None,
     modality: Modality = None,
-    period_from: Annotated[str | None, Query(alias="from", pattern=r"^\d{4}-\d{2}$")] = None,
-    period_to: Annotated[str | None, Query(alias="to", pattern=r"^\d{4}-\d{2}$")] = None,
-) -> Response:
+    period_from: From = None,
+    period_to: To = None,
+) -> StatsAsked:
+    return StatsAsked(
+        by, institution or None, modality or None, period_from or None, period_to or None
+    )
+
+
+Asked = Annotated[StatsAsked, Depends(stats_asked)]
+
+
+def stats_query(who: Principal, asked: StatsAsked) -> recognition_stats.Query:
+    """The statistics the caller may read (the access decision's scope), as asked."""
+    decision = access.require(access.may_read_recognition_statistics(who, asked.institution))
+    scope = None if access.unconfined(decision) else access.confined_to(decision)
+    try:
+        start = recognition_stats.month(asked.period_from)
+        end = recognition_stats.month(asked.period_to)
+    except ValueError:
+        raise InvalidRecord("from", "a month as YYYY-MM") from None
+    return recognition_stats.Query(scope, asked.by, asked.institution, asked.modality, start, end)
+
+
+@router.get("/statistics")
+async def statistics(who: Who, request: Request, asked: Asked) -> Response:
     """Recognition rate by institution (`by`: the exams' or the deciding one), modality
     and month; exams not repeated; reasons for not recognising."""
-    query = stats_query(who, by, institution, modality, period_from, period_to)
+    query = stats_query(who, asked)
     answer = await recognition_stats.statistics(request.app.state.pool, query)
     return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
 
 
 @router.get("/statistics.csv")
-async def statistics_csv(
-    who: Who,
-    request: Request,
-    by: By = "exam",
-    institution: Code = None,
-    modality: Modality = None,
-    period_from: Annotated[str | None, Query(alias="from", pattern=r"^\d{4}-\d{2}$")] = None,
-    period_to: Annotated[str | None, Query(alias="to", pattern=r"^\d{4}-\d{2}$")] = None,
-) -> Response:
+async def statistics_csv(who: Who, request: Request, asked: Asked) -> Response:
     """The same statistics as CSV (spreadsheet-safe cells)."""
-    query = stats_query(who, by, institution, modality, period_from, period_to)
+    query = stats_query(who, asked)
     answer = await recognition_stats.statistics(request.app.state.pool, query)
     return Response(
         recognition_stats.to_csv(answer),

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
@@ -26,7 +26,7 @@ from ...web.pages import NO_STORE, render
 from ...web.session import WebLogin
 from ..audit_middleware import pseudonym
 from . import lookup
-from .recognition import DecisionIn, record_decision, stats_query
+from .recognition import Asked, DecisionIn, record_decision, stats_query
 
 AREA = "/workspace"
 LOGIN = WebLogin(AREA, access.may_use_workspace)
@@ -248,28 +248,11 @@ async def decide(
     )
 
 
-Month = Annotated[str | None, Query(alias="from", pattern=r"^(\d{4}-\d{2})?$")]
-Until = Annotated[str | None, Query(alias="to", pattern=r"^(\d{4}-\d{2})?$")]
-Code = Annotated[str | None, Query(pattern=r"^([A-Z0-9]{2,16})?$")]
-Modality = Annotated[str | None, Query(pattern=r"^([A-Z]{2,4})?$")]
-By = Annotated[str, Query(pattern=r"^(exam|deciding)$")]
-
-
 @router.get(AREA + "/statistics", name="workspace_statistics")
-async def statistics(
-    request: Request,
-    who: Who,
-    by: By = "exam",
-    institution: Code = None,
-    modality: Modality = None,
-    period_from: Month = None,
-    period_to: Until = None,
-) -> HTMLResponse:
+async def statistics(request: Request, who: Who, asked: Asked) -> HTMLResponse:
     """Recognition statistics (hospital admins: their own institution; regulators: all)."""
     try:
-        query = stats_query(
-            who, by, institution or None, modality or None, period_from or None, period_to or None
-        )
+        query = stats_query(who, asked)
         answer = await recognition_stats.statistics(request.app.state.pool, query)
     except IndexerError as exc:
         return _refused(request, who, exc)
@@ -284,19 +267,9 @@ async def statistics(
 
 
 @router.get(AREA + "/statistics.csv", name="workspace_statistics_csv")
-async def statistics_csv(
-    request: Request,
-    who: Who,
-    by: By = "exam",
-    institution: Code = None,
-    modality: Modality = None,
-    period_from: Month = None,
-    period_to: Until = None,
-) -> Response:
+async def statistics_csv(request: Request, who: Who, asked: Asked) -> Response:
     try:
-        query = stats_query(
-            who, by, institution or None, modality or None, period_from or None, period_to or None
-        )
+        query = stats_query(who, asked)
         answer = await recognition_stats.statistics(request.app.state.pool, query)
     except IndexerError as exc:
         return _refused(request, who, exc)
