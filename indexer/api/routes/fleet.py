@@ -8,13 +8,14 @@ Edge calls name no gateway: it is the token's client (fleet_registry.edge_of).""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, field_validator
 from sqlalchemy.orm import Session
 
 from ...config import get_settings
@@ -209,6 +210,14 @@ def put_template(
 class TemplateIn(Strict):
     template: str | None = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Stored as given (nulls included): as bounded as a rules document (review L8)."""
+        if len(json.dumps(value)) > rules.MAX_DOCUMENT_BYTES:
+            raise ValueError(f"longer than {rules.MAX_DOCUMENT_BYTES} bytes")
+        return value
 
 
 @router.put("/gateways/{gateway_id}/template", response_model=None)
