@@ -191,9 +191,12 @@ def test_management_port_listens_on_loopback_only(stack: StackClient) -> None:
     assert health.status_code == 200
 
 
-def test_management_port_serves_no_metrics(stack: StackClient) -> None:
-    """Keycloak is built without metrics (deploy/install.sh): nothing scrapes them yet, and
-    the management port would serve them to any local process."""
+def test_metrics_only_on_the_loopback_management_port(stack: StackClient) -> None:
+    """Keycloak is built with metrics for Prometheus (#15): the management port (loopback
+    only, above) serves them; the gateway does not (/auth/metrics is refused above), nor
+    does Keycloak's own HTTP port."""
     ports = json.loads((Path(stack["STACK_DIR"]) / "ports.json").read_text())
     metrics = httpx.get(f"http://127.0.0.1:{ports['keycloak_mgmt']}/auth/metrics", timeout=10)
-    assert metrics.status_code == 404
+    assert metrics.status_code == 200 and "jvm_" in metrics.text
+    main = httpx.get(f"http://127.0.0.1:{ports['keycloak']}/auth/metrics", timeout=10)
+    assert main.status_code == 404

@@ -59,7 +59,9 @@ def problems(
 
 
 @router.post("/problems/{problem_id}/retry", response_model=Problem)
-def retry_problem(problem_id: Annotated[int, Path(ge=1)], who: Caller, reg: Reg) -> Problem:
+def retry_problem(
+    problem_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Caller, reg: Reg
+) -> Problem:
     """Run a kept message again (its patient or exam registered since): outcome
     "resolved", or still "problem" with the reason."""
     row = reg.session.get(Hl7Message, problem_id, with_for_update=True)
