@@ -260,7 +260,7 @@ def unpack_verified(data: bytes, public_key: Ed25519PublicKey, dest_dir: Path) -
                 os.fsync(out.fileno())
         (staging / MANIFEST).write_bytes(manifest_bytes)
         (staging / SIGNATURE).write_bytes(signature)
-        staging.chmod(0o755)
+        staging.chmod(0o700)  # mkdtemp's own mode; the stack keeps every directory private
         os.replace(staging, dest_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -249,11 +249,17 @@ def test_rules_are_loaded(monitored: tuple[StackContext, str]) -> None:
     allowed = {("GatewayCertificateExpiresSoon", "indexer-fleet")}
     if not keycloak_has_metrics(ctx):
         allowed.add(("TargetDown", "keycloak"))
+    # Gateways other tests of the session registered and left (the fleet's own tests) are
+    # stale, rightly: only the stack's own two edges must be healthy.
+    own = {"gateway-h0001", "gateway-h0002"}
     firing = [
         a["labels"]
         for a in httpx.get(f"{url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
         if a["state"] == "firing"
         and (a["labels"]["alertname"], a["labels"].get("job")) not in allowed
+        and not (
+            a["labels"]["alertname"].startswith("Gateway") and a["labels"].get("gateway") not in own
+        )
     ]
     assert firing == []
 

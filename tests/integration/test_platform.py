@@ -74,8 +74,21 @@ def _orthanc_processes(stack_settings: StackSettings) -> dict[str, tuple[int, Or
         service = cls(ctx)
         pid = read_pid(stack_settings.run_dir, service.name)
         assert pid is not None, f"{service.name} is not running"
-        found[service.name] = (pid, service)
+        found[service.name] = (_the_orthanc(pid), service)
     return found
+
+
+def _the_orthanc(pid: int) -> int:
+    """The Orthanc process of a recorded one: itself, or (an edge, #15) the Orthanc that
+    its release supervisor (`deploy.release supervise`) started."""
+    pending = [pid]
+    while pending:
+        current = pending.pop(0)
+        if Path(f"/proc/{current}/exe").resolve().name == "Orthanc":
+            return current
+        for task in Path(f"/proc/{current}/task").iterdir():
+            pending += [int(c) for c in (task / "children").read_text().split()]
+    raise AssertionError(f"no Orthanc process under pid {pid}")
 
 
 def _status(pid: int, field: str) -> list[str]:

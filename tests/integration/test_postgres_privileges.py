@@ -136,6 +136,8 @@ def run_compose_init(pg: Postgres, passwords: dict[str, str]) -> None:
         "PGHOST": str(pg.socket_dir),
         "PGPORT": str(pg.ctx.ports["postgres"]),
         **{COMPOSE_PASSWORDS[db]: pw for db, pw in passwords.items()},
+        # the exporter's role (pg_monitor only), with a password SQL pasting would break
+        "DB_MONITORING_PASSWORD": secrets.token_urlsafe(12) + "'; -- \\ :'x'",
     }
     for name in COMPOSE_INIT:
         with open(REPO_ROOT / "deploy" / "compose" / name, "rb") as script:
