@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploy.stack.client import StackClient
-from deploy.stack.launcher import SERVICE_CLASSES, load_context, status, up
+from deploy.stack.launcher import load_context, services, status, up
 from deploy.stack.settings import StackSettings
 
 REQUIRED_KEYS = (
@@ -26,10 +26,11 @@ def test_stack_env_has_the_whole_contract(stack: StackClient) -> None:
 
 
 def test_every_service_is_running_and_healthy(stack_settings: StackSettings) -> None:
-    rows = status(load_context(stack_settings))
-    assert [r.name for r in rows] == [
-        cls(load_context(stack_settings)).name for cls in SERVICE_CLASSES
-    ]
+    ctx = load_context(stack_settings)
+    rows = status(ctx)
+    # every component's processes, the HL7 listener and the monitoring included
+    assert [r.name for r in rows] == [svc.name for svc in services(ctx)]
+    assert {"hl7", "prometheus"} <= {r.name for r in rows}
     unhealthy = {r.name: r.problem for r in rows if not r.healthy}
     assert unhealthy == {}
 
@@ -42,7 +43,7 @@ def test_second_up_leaves_a_healthy_stack_alone(stack_settings: StackSettings) -
     after = {r.name: r.pid for r in status(ctx)}
     assert after == before
     assert all("already running" in m for m in messages)
-    assert len(messages) == len(SERVICE_CLASSES)
+    assert len(messages) == len(services(ctx))
 
 
 def test_orthanc_uses_postgresql_index_at_central(stack: StackClient) -> None:
