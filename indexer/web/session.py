@@ -25,7 +25,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -106,30 +106,10 @@ class WebLogin:
         return who
 
     def _start(self, request: Request) -> Response:
-        settings = request.app.state.settings
-        state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .rstrip(b"=")
-            .decode()
-        )
-        query = urlencode(
-            {
-                "client_id": CLIENT_ID,
-                "response_type": "code",
-                "scope": "openid",
-                "redirect_uri": self.callback_url(request),
-                "state": state,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            }
-        )
-        response = RedirectResponse(
-            f"{settings.oidc_issuer}/protocol/openid-connect/auth?{query}", status_code=303
-        )
+        response, login = authorization_redirect(request, CLIENT_ID, self.callback_url(request))
         response.set_cookie(
             self.login_cookie,
-            f"{state}.{verifier}",
+            login,
             max_age=600,
             path=self.prefix + "/login",
             secure=True,
@@ -146,28 +126,14 @@ class WebLogin:
     ) -> Response:
         from ..api.deps import get_verifier
 
-        expected, _, verifier = (request.cookies.get(self.login_cookie) or "").partition(".")
-        if not code or not expected or not secrets.compare_digest(state, expected):
-            raise Unauthenticated("the login did not start here or took too long: start again")
-        settings = request.app.state.settings
-        token_url = settings.oidc_jwks_url.removesuffix("/certs") + "/token"
-        try:
-            answer = httpx.post(
-                token_url,
-                data={
-                    "grant_type": "authorization_code",
-                    "client_id": CLIENT_ID,
-                    "code": code,
-                    "redirect_uri": self.callback_url(request),
-                    "code_verifier": verifier,
-                },
-                timeout=settings.oidc_timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise Unauthenticated(f"Keycloak did not answer ({type(exc).__name__})") from None
-        if answer.status_code != 200:
-            raise Unauthenticated("Keycloak refused the login code")
-        body = answer.json()
+        body = exchange_code(
+            request,
+            CLIENT_ID,
+            self.callback_url(request),
+            code,
+            state,
+            request.cookies.get(self.login_cookie),
+        )
         token = str(body["access_token"])
         who = get_verifier().verify(token)
         request.state.principal = who
@@ -201,6 +167,67 @@ class WebLogin:
         )
         response.delete_cookie(self.cookie, path=self.prefix)
         return response
+
+
+def authorization_redirect(
+    request: Request, client_id: str, redirect_uri: str
+) -> tuple[RedirectResponse, str]:
+    """The redirect to Keycloak's login (authorization code with PKCE S256), and the value
+    the login cookie must keep until Keycloak sends the browser back: "state.verifier"."""
+    settings = request.app.state.settings
+    state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    query = urlencode(
+        {
+            "client_id": client_id,
+            "response_type": "code",
+            "scope": "openid",
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
+    response = RedirectResponse(
+        f"{settings.oidc_issuer}/protocol/openid-connect/auth?{query}", status_code=303
+    )
+    return response, f"{state}.{verifier}"
+
+
+def exchange_code(
+    request: Request,
+    client_id: str,
+    redirect_uri: str,
+    code: str,
+    state: str,
+    login: str | None,
+) -> dict[str, Any]:
+    """Keycloak's token answer for the code it sent back, once `state` is the one the
+    login cookie kept (compared in constant time); Unauthenticated otherwise."""
+    expected, _, verifier = (login or "").partition(".")
+    if not code or not expected or not secrets.compare_digest(state, expected):
+        raise Unauthenticated("the login did not start here or took too long: start again")
+    settings = request.app.state.settings
+    token_url = settings.oidc_jwks_url.removesuffix("/certs") + "/token"
+    try:
+        answer = httpx.post(
+            token_url,
+            data={
+                "grant_type": "authorization_code",
+                "client_id": client_id,
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            },
+            timeout=settings.oidc_timeout_s,
+        )
+    except httpx.HTTPError as exc:
+        raise Unauthenticated(f"Keycloak did not answer ({type(exc).__name__})") from None
+    if answer.status_code != 200:
+        raise Unauthenticated("Keycloak refused the login code")
+    return dict(answer.json())
 
 
 def _require_same_origin(request: Request) -> None:

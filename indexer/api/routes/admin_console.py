@@ -7,18 +7,13 @@ can make the browser use it; it lasts as long as the token (minutes): coming bac
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
 from typing import Annotated
-from urllib.parse import urlencode
 
-import httpx
 from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ...errors import Unauthenticated
 from ...services import access
+from ...web.session import authorization_redirect, exchange_code
 from ..deps import get_verifier
 
 router = APIRouter(include_in_schema=False)
@@ -34,28 +29,10 @@ def _callback(request: Request) -> str:
 
 @router.get("/orthanc-login")
 def start(request: Request) -> Response:
-    settings = request.app.state.settings
-    state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    )
-    query = urlencode(
-        {
-            "client_id": CLIENT_ID,
-            "response_type": "code",
-            "scope": "openid",
-            "redirect_uri": _callback(request),
-            "state": state,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        }
-    )
-    response = RedirectResponse(
-        f"{settings.oidc_issuer}/protocol/openid-connect/auth?{query}", status_code=303
-    )
+    response, started = authorization_redirect(request, CLIENT_ID, _callback(request))
     response.set_cookie(
         LOGIN_COOKIE,
-        f"{state}.{verifier}",
+        started,
         max_age=600,
         path="/orthanc-login",
         secure=True,
@@ -72,28 +49,8 @@ def finish(
     state: Annotated[str, Query(max_length=200)] = "",
     login: Annotated[str | None, Cookie(alias=LOGIN_COOKIE)] = None,
 ) -> Response:
-    expected, _, verifier = (login or "").partition(".")
-    if not code or not expected or not secrets.compare_digest(state, expected):
-        raise Unauthenticated("the login did not start here or took too long: start again")
-    settings = request.app.state.settings
-    token_url = settings.oidc_jwks_url.removesuffix("/certs") + "/token"
-    try:
-        answer = httpx.post(
-            token_url,
-            data={
-                "grant_type": "authorization_code",
-                "client_id": CLIENT_ID,
-                "code": code,
-                "redirect_uri": _callback(request),
-                "code_verifier": verifier,
-            },
-            timeout=settings.oidc_timeout_s,
-        )
-    except httpx.HTTPError as exc:
-        raise Unauthenticated(f"Keycloak did not answer ({type(exc).__name__})") from None
-    if answer.status_code != 200:
-        raise Unauthenticated("Keycloak refused the login code")
-    token = str(answer.json()["access_token"])
+    body = exchange_code(request, CLIENT_ID, _callback(request), code, state, login)
+    token = str(body["access_token"])
     who = get_verifier().verify(token)
     request.state.principal = who
     access.require(access.may_use_explorer(who))
@@ -101,7 +58,7 @@ def finish(
     response.set_cookie(
         ADMIN_COOKIE,
         token,
-        max_age=int(answer.json().get("expires_in", 300)),
+        max_age=int(body.get("expires_in", 300)),
         path="/orthanc/",
         secure=True,
         httponly=True,
