@@ -12,9 +12,12 @@ client, so central keeps one registry row per gateway, verifies (and caches) 500
 writes one audit record per call, as it would for 500 hospitals. The clients are httpx
 async clients in this one process, over keep-alive HTTPS connections to nginx.
 
-Two windows: heartbeats alone (every `interval` s, spread evenly), then heartbeats plus a
-rules long poll per gateway (wait=25, asked again at once), with a few rules changes pushed
-meanwhile (how soon the waiting poll answers). Reported per window: heartbeat latency
+Two windows, the two ways an edge takes its rules (central chooses, heartbeat answer's
+`rules_long_poll`): "rules on the heartbeat" (central's default), a heartbeat every
+`interval` s (spread evenly) and a rules fetch (wait=0) when its answer names a newer
+version; then "rules long poll" (INDEXER_FLEET_RULES_LONG_POLL=true), the heartbeats plus a
+rules long poll per gateway (wait=25, asked again at once). A few rules changes are pushed
+in each window (how soon the gateway has each). Reported per window: heartbeat latency
 p50/p99 (client side, through nginx), CPU of the indexer (all its processes: `serve` with
 its audit sealer, uvicorn and its workers; /proc/PID/stat), PostgreSQL, nginx, Keycloak
 and this process as % of one core, the indexer's CPU per heartbeat, and PostgreSQL rows
@@ -132,8 +135,9 @@ class Phase:
 
 
 class Load:
-    """N simulated gateways: a heartbeat every `interval_s` (spread evenly), and with
-    `polls` a rules long poll each, always waiting (wait=25, asked again at once)."""
+    """N simulated gateways: a heartbeat every `interval_s` (spread evenly) that fetches the
+    rules when its answer names a newer version, or, with `long_poll`, a rules long poll
+    each, always waiting (wait=25, asked again at once)."""
 
     def __init__(
         self, base_url: str, ca: ssl.SSLContext, tokens: dict[str, str], interval_s: float
@@ -148,6 +152,7 @@ class Load:
         self.phase = Phase("")
         self.have: dict[str, int] = dict.fromkeys(tokens, 0)
         self.put_at: dict[str, float] = {}
+        self.long_poll = False
 
     async def beat(self, gid: str, offset_s: float, stop: asyncio.Event) -> None:
         await asyncio.sleep(offset_s)
@@ -164,6 +169,8 @@ class Load:
                 self.phase.heartbeats += 1
                 self.phase.errors += not ok
                 self.phase.latencies_ms.append(took * 1000)
+            if ok and not self.long_poll and (answer.json()["rules_version"] or 0) > self.have[gid]:
+                await self.fetch(gid, headers, 0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, self.interval_s - took))
 
@@ -171,24 +178,32 @@ class Load:
         await asyncio.sleep(offset_s)
         headers = {"Authorization": f"Bearer {self.tokens[gid]}"}
         while not stop.is_set():
-            try:
-                answer = await self.http.get(
-                    "/api/v1/fleet/rules",
-                    params={"have": self.have[gid], "wait": 25},
-                    headers=headers,
-                )
-                ok = answer.status_code in (200, 204)
-            except httpx.HTTPError:
-                ok = False
-            if ok and answer.status_code == 200:
-                self.have[gid] = int(answer.json()["version"])
-                if gid in self.put_at:
-                    self.phase.wake_ms.append((time.perf_counter() - self.put_at.pop(gid)) * 1000)
-            if self.counting:
-                self.phase.polls += 1
-                self.phase.errors += not ok
-            if not ok:
+            if not await self.fetch(gid, headers, 25):
                 await asyncio.sleep(1.0)
+
+    async def fetch(self, gid: str, headers: dict[str, str], wait: int) -> bool:
+        """GET /fleet/rules above what the gateway has: True if central answered."""
+        try:
+            answer = await self.http.get(
+                "/api/v1/fleet/rules",
+                params={"have": self.have[gid], "wait": wait},
+                headers=headers,
+            )
+            ok = answer.status_code in (200, 204)
+        except httpx.HTTPError:
+            ok = False
+        if ok and answer.status_code == 200:
+            self.have[gid] = int(answer.json()["version"])
+            if gid in self.put_at:
+                self.phase.wake_ms.append((time.perf_counter() - self.put_at.pop(gid)) * 1000)
+        if self.counting:
+            self.phase.polls += 1
+            self.phase.errors += not ok
+        return ok
+
+
+ON_HEARTBEAT = "rules on the heartbeat (central's default)"
+LONG_POLL = "rules long poll (INDEXER_FLEET_RULES_LONG_POLL=true)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -241,11 +256,12 @@ async def run_phase(
     dsn: str,
 ) -> Phase:
     load = Load(stack["GATEWAY_URL"], stack.ca_context(), tokens, args.interval)
+    load.long_poll = name == LONG_POLL
     stop = asyncio.Event()
     ids = sorted(tokens)
     spread = args.interval / len(ids)
     tasks = [asyncio.create_task(load.beat(gid, i * spread, stop)) for i, gid in enumerate(ids)]
-    if name == "heartbeats+polls":
+    if load.long_poll:
         tasks += [
             asyncio.create_task(load.poll(gid, i * 25.0 / len(ids), stop))
             for i, gid in enumerate(ids)
@@ -255,7 +271,7 @@ async def run_phase(
     phase = load.phase = Phase(name)
     before_cpu, before_db, started = usage(groups), db_state(dsn), time.monotonic()
     load.counting = True
-    if name == "heartbeats+polls" and args.admin_token:
+    if args.admin_token:
         await push_changes(load, stack, args, ids)
     await asyncio.sleep(max(0.0, args.window - (time.monotonic() - started)))
     load.counting = False
@@ -280,7 +296,7 @@ async def run_phase(
 async def push_changes(
     load: Load, stack: StackClient, args: argparse.Namespace, ids: list[str]
 ) -> None:
-    """A few rules changes during the window: how soon the waiting poll has each."""
+    """A few rules changes during the window: how soon the gateway has each."""
     headers = {"Authorization": f"Bearer {args.admin_token}"}
     async with httpx.AsyncClient(
         base_url=stack["GATEWAY_URL"], verify=stack.ca_context(), headers=headers, timeout=30
@@ -305,7 +321,7 @@ def report(phase: Phase, gateways: int, interval_s: float) -> str:
         f"== {phase.name}: {gateways} gateways, heartbeat every {interval_s:.0f} s, "
         f"{phase.window_s:.0f} s measured",
         f"heartbeats {phase.heartbeats} ({phase.heartbeats / phase.window_s:.1f}/s), "
-        f"long polls answered {phase.polls}, errors {phase.errors}",
+        f"rules requests answered {phase.polls}, errors {phase.errors}",
         f"heartbeat latency through the gateway: p50 {percentile(lat, 0.5):.1f} ms, "
         f"p99 {percentile(lat, 0.99):.1f} ms, max {max(lat, default=0):.1f} ms",
         "CPU, % of one core: " + ", ".join(f"{k} {v:.2f} %" for k, v in core.items()),
@@ -318,7 +334,7 @@ def report(phase: Phase, gateways: int, interval_s: float) -> str:
     ]
     if phase.wake_ms:
         lines.append(
-            f"rules change to the waiting poll's answer: {len(phase.wake_ms)} changes, "
+            f"rules change to the gateway's having it: {len(phase.wake_ms)} changes, "
             f"p50 {percentile(phase.wake_ms, 0.5):.0f} ms, max {max(phase.wake_ms):.0f} ms"
         )
     return "\n".join(lines)
@@ -361,7 +377,7 @@ def main() -> int:
         )
     try:
         phases = []
-        for name in ("heartbeats", "heartbeats+polls"):
+        for name in (ON_HEARTBEAT, LONG_POLL):
             tokens = get_tokens(stack, made)
             admin = stack.password_token(stack["DEMO_ADMIN_USER"], stack["DEMO_ADMIN_PASSWORD"])
             args.admin_token = admin["access_token"]

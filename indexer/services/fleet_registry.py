@@ -112,8 +112,10 @@ ON CONFLICT (gateway_id) DO NOTHING
 
 async def heartbeat(pool: AsyncConnectionPool, edge: Edge, body: Heartbeat) -> dict[str, Any]:
     """Store the edge's latest state (its one row, upserted) and answer what it should
-    know: the newest rules version central holds for it, an ordered upgrade, the interval."""
-    interval = get_fleet_settings().heartbeat_interval_s
+    know: the newest rules version central holds for it (and whether to keep a long poll
+    for rules waiting), an ordered upgrade, the interval."""
+    settings = get_fleet_settings()
+    interval = settings.heartbeat_interval_s
     params = {
         "gateway_id": edge.gateway_id,
         "institution": edge.institution,
@@ -135,6 +137,7 @@ async def heartbeat(pool: AsyncConnectionPool, edge: Edge, body: Heartbeat) -> d
         "rules_version": rules_latest,
         "upgrade": {"release": upgrade} if upgrade else None,
         "interval_s": interval,
+        "rules_long_poll": settings.rules_long_poll,
     }
 
 

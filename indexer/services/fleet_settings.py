@@ -24,6 +24,11 @@ class FleetSettings(BaseSettings):
     stale_check_every_s: float = Field(default=5.0, gt=0, le=600)
     # the longest rules long poll (`wait`) an edge may ask for
     long_poll_max_s: float = Field(default=25.0, ge=0, le=60)
+    # what the heartbeat answer asks of edges: False (default), fetch the rules when the
+    # answer names a newer version (in force within one interval, nothing between
+    # heartbeats); True, keep a long poll waiting (in force at once, a request per gateway
+    # every `long_poll_max_s`: bench/fleet_bench.py measures both)
+    rules_long_poll: bool = False
     # Ed25519 public key (PEM) that release bundles must be signed with; empty: uploads
     # are refused (central never stores a bundle whose signature it did not check)
     release_public_key: Path | None = None

@@ -182,6 +182,7 @@ class EdgeApp:
             every_s=settings.fleet_heartbeat_s,
         )
         self.rules_poller = RulesPoller(client, self.rules)
+        self.fleet.rules_poller = self.rules_poller  # each answer says if rules changed
         checks = [self.local_answers, self.fleet.central_took_a_heartbeat]
         self.trial = TrialCheck(
             store,

@@ -9,10 +9,14 @@ which gateway calls: never a field the edge sends).
   uptime, the forwarding queue, failures by kind, disk free, certificate expiry and
   error counts by kind; no study, patient or free text. Then the queued upgrade reports,
   and the upgrade order if central names one.
-- `RulesPoller`: long-polls GET /fleet/rules?have=<version>&wait=25 and applies what comes
-  through the edge's own RulesStore (the local PUT's validation and persistence, so an
-  invalid document leaves the last good one in force), then reports applied or refused.
-  A change is in force as soon as central holds it (the poll is waiting for it).
+- `RulesPoller`: fetches GET /fleet/rules?have=<version> and applies what comes through
+  the edge's own RulesStore (the local PUT's validation and persistence, so an invalid
+  document leaves the last good one in force), then reports applied or refused. Central
+  chooses how, in the heartbeat answer (`rules_long_poll`): by default the answer names
+  the newest version central holds and the poller fetches only when that is above its
+  own (in force within one heartbeat interval; an idle fleet costs central nothing but
+  its heartbeats); or a long poll (wait=25, asked again at once) that is answered as soon
+  as central holds a change, for one waiting request per gateway at all times.
 """
 
 from __future__ import annotations
@@ -230,6 +234,7 @@ class FleetAgent(Worker):
         self.started_at = clock()
         self.last_ok: float | None = None  # when central last took a heartbeat
         self.last_answer: dict[str, Any] = {}
+        self.rules_poller: RulesPoller | None = None  # told what each answer says of rules
 
     def pause_s(self) -> float:
         """After a failure, again within seconds (central or the gateway may start after
@@ -265,6 +270,8 @@ class FleetAgent(Worker):
         interval = answer.get("interval_s")
         if isinstance(interval, int | float) and 5 <= interval <= 3600:
             self.every_s = float(interval)  # central may slow a large fleet down
+        if self.rules_poller is not None:
+            self.rules_poller.on_heartbeat(answer)
         self.send_reports()
         if answer.get("upgrade") and self.upgrader is not None:
             self.upgrader.check()
@@ -291,26 +298,46 @@ class FleetAgent(Worker):
 
 
 class RulesPoller(Worker):
-    """Long-polls central for the rules document and applies it locally."""
+    """Fetches the rules document from central and applies it locally: when a heartbeat
+    answer names a newer version than this edge holds, or, if central asks for it, by a
+    long poll that is always waiting. Before the first heartbeat answer it asks once
+    without waiting (a version published while this edge was down is taken at start)."""
 
     name = "imgcloud-fleet-rules"
 
     def __init__(
         self, central: FleetClient, rules: RulesStore, *, wait_s: int = LONG_POLL_S
     ) -> None:
-        super().__init__(every_s=1.0, backoff_max_s=60.0)
+        # woken by the heartbeat (notify); the long interval only bounds a missed wake-up
+        super().__init__(every_s=300.0, backoff_max_s=60.0)
         self.central = central
         self.rules = rules
         self.wait_s = wait_s
         self.refused = 0  # the newest version refused here: asked past, not again
+        self.long_poll = False  # as the last heartbeat answer said
+        self.offered: int | None = None  # the newest version central named; None: unknown
 
     def have(self) -> int:
         return max(self.rules.current.version, self.refused)
 
+    def on_heartbeat(self, answer: Mapping[str, Any]) -> None:
+        """What a heartbeat answer says of rules: how to fetch, and the newest version."""
+        self.long_poll = answer.get("rules_long_poll") is True
+        version = answer.get("rules_version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            self.offered = version
+        if self.long_poll or (self.offered or 0) > self.have():
+            self.notify()
+
     def work(self) -> bool:
-        offered = self.central.rules(self.have(), self.wait_s)
+        if not self.long_poll and self.offered is not None and self.offered <= self.have():
+            return False  # nothing newer at central: wait for a heartbeat to say otherwise
+        offered = self.central.rules(self.have(), self.wait_s if self.long_poll else 0)
         if offered is None:
-            return not self._stop.is_set()  # nothing newer: poll again at once
+            if self.long_poll:
+                return not self._stop.is_set()  # nothing newer: poll again at once
+            self.offered = self.have()  # central holds nothing newer after all
+            return False
         version = int(offered.get("version", 0))
         document = dict(offered.get("document") or {})
         document["version"] = version  # central's numbering is the one in force

@@ -43,6 +43,8 @@ class FakeCentral:
         self.upgrade_reports: list[dict[str, Any]] = []
         self.rules: dict[str, Any] | None = None  # {"version", "document"}
         self.order: dict[str, Any] | None = None
+        self.long_poll = False  # what the heartbeat answer tells edges (rules_long_poll)
+        self.polls: list[tuple[int, int]] = []  # (have, wait) of every rules request
         self.bundles: dict[str, bytes] = {}
         self.changed = threading.Condition()
         central = self
@@ -63,6 +65,7 @@ class FakeCentral:
                 query = parse_qs(url.query)
                 if url.path == "/api/v1/fleet/rules":
                     have, wait = int(query["have"][0]), int(query["wait"][0])
+                    central.polls.append((have, wait))
                     with central.changed:
                         central.changed.wait_for(
                             lambda: central.rules is not None and central.rules["version"] > have,
@@ -93,9 +96,8 @@ class FakeCentral:
                     central.heartbeats.append(body)
                     version = central.rules["version"] if central.rules else None
                     upgrade = {"release": central.order["release"]} if central.order else None
-                    return self.answer(
-                        200, {"rules_version": version, "upgrade": upgrade, "interval_s": 30}
-                    )
+                    answer = {"rules_version": version, "upgrade": upgrade, "interval_s": 30}
+                    return self.answer(200, {**answer, "rules_long_poll": central.long_poll})
                 if self.path == "/api/v1/fleet/rules/report":
                     central.rules_reports.append(body)
                     return self.answer(204)
@@ -226,10 +228,14 @@ def test_queued_upgrade_reports_go_with_the_heartbeat(tmp_path: Path, central: F
     assert store.take_reports() == []
 
 
-def poller(tmp_path: Path, central: FakeCentral, wait_s: int = 2) -> RulesPoller:
+def poller(
+    tmp_path: Path, central: FakeCentral, wait_s: int = 2, long_poll: bool = True
+) -> RulesPoller:
     rules = RulesStore(tmp_path / "rules.json", known_modalities={"HOSP_PACS"})
     rules.known_modalities = {"HOSP_PACS"}
-    return RulesPoller(FleetClient(central.api_url, None), rules, wait_s=wait_s)
+    polling = RulesPoller(FleetClient(central.api_url, None), rules, wait_s=wait_s)
+    polling.on_heartbeat({"rules_long_poll": long_poll, "rules_version": None})
+    return polling
 
 
 def until(condition: Any, timeout_s: float = 5.0) -> bool:
@@ -283,3 +289,44 @@ def test_an_invalid_document_is_refused_with_its_reason_and_the_last_good_stays(
     central.publish(5, {"compression": "keep"})
     rules.work()
     assert rules.rules.current.version == 5
+
+
+def test_by_default_rules_are_fetched_only_when_a_heartbeat_names_a_newer_version(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    beat = agent(tmp_path / "a", central)
+    rules = poller(tmp_path, central, wait_s=3, long_poll=False)
+    beat.rules_poller = rules
+    # before any heartbeat answered: one request without waiting, nothing newer
+    rules.offered = None
+    assert rules.work() is False and central.polls == [(0, 0)]
+    assert beat.work() is False  # the answer names no version: nothing is fetched
+    assert rules.work() is False and central.polls == [(0, 0)]
+    central.publish(3, {"compression": "keep"})
+    assert beat.work() is False  # the answer names version 3, above ours
+    assert rules.work() is True and rules.rules.current.version == 3
+    assert central.polls[-1] == (0, 0)  # fetched at once, never a waiting request
+    assert rules.work() is False and len(central.polls) == 2  # in force: no more asking
+    assert central.rules_reports == [{"version": 3, "status": "applied", "reason": ""}]
+
+
+def test_the_heartbeat_wakes_the_poller_and_central_may_ask_for_a_long_poll(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    beat = agent(tmp_path / "a", central)
+    rules = poller(tmp_path, central, wait_s=3, long_poll=False)
+    beat.rules_poller = rules
+    rules.start()
+    try:
+        central.publish(2, {"compression": "keep"})
+        beat.work()  # the heartbeat thread's round: its answer names version 2
+        assert until(lambda: rules.rules.current.version == 2)
+        central.long_poll = True
+        beat.work()  # now central asks for a long poll: it is waiting at once
+        assert until(lambda: central.polls and central.polls[-1] == (2, 3))
+        published = time.monotonic()
+        central.publish(5, {"compression": "jpeg-lossless"})
+        assert until(lambda: rules.rules.current.version == 5)
+        assert time.monotonic() - published < 1.0  # answered by the waiting poll
+    finally:
+        assert rules.stop(join_s=6)
