@@ -77,6 +77,15 @@ HA_PORT_NAMES = (
     "weed_filer_2",
     "weed_filer_2_grpc",
     *(f"weed_s3_node_{n}{grpc}" for n in (1, 2) for grpc in ("", "_grpc")),
+    # each SeaweedFS node's Prometheus metrics (the small stack's one server: weed_metrics)
+    *(
+        f"weed_{kind}{'' if n == 1 else f'_{n}'}_metrics"
+        for kind in ("master", "volume")
+        for n in (1, 2, 3)
+    ),
+    "weed_filer_metrics",
+    "weed_filer_2_metrics",
+    *(f"weed_s3_node_{n}_metrics" for n in (1, 2)),
     "keycloak_2",
     "keycloak_2_mgmt",
     "keycloak_cluster_1",

@@ -118,3 +118,19 @@ def test_monitoring_password_is_derived_unless_given() -> None:
     assert derived == monitoring_password(dict(secrets))
     assert monitoring_password({"postgres_superuser": "other"}) != derived
     assert monitoring_password(secrets | {"db_monitoring": "given"}) == "given"
+
+
+def test_the_redundant_topology_scrapes_every_seaweedfs_node(tmp_path: Path) -> None:
+    ctx = context(tmp_path, topology="ha", central_nodes=2, indexer_nodes=2)
+    path = rendered(tmp_path, ctx)
+    result = promtool("check", "config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(path.read_text())["scrape_configs"]}
+    weed = {c["labels"]["instance"]: c["targets"] for c in jobs["seaweedfs"]["static_configs"]}
+    assert sorted(weed) == sorted(
+        [f"seaweedfs-master-{n}" for n in (1, 2, 3)]
+        + [f"seaweedfs-volume-{n}" for n in (1, 2, 3)]
+        + ["seaweedfs-filer-1", "seaweedfs-filer-2", "seaweedfs-s3-1", "seaweedfs-s3-2"]
+    )
+    assert weed["seaweedfs-s3-2"] == [f"127.0.0.1:{ctx.ports['weed_s3_node_2_metrics']}"]
+    assert len({t for targets in weed.values() for t in targets}) == 10  # a port each

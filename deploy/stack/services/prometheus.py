@@ -40,6 +40,7 @@ from .indexer import indexer_nodes
 from .orthanc import EdgeA, EdgeB
 from .orthanc_base import OrthancService
 from .postgres import connect_superuser
+from .seaweedfs_cluster import seaweedfs_nodes
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 POSTGRES_EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
@@ -176,13 +177,12 @@ def scrape_jobs(
         )
         entry["static_configs"].append(_target(local(p[svc.http_port]), svc.name, **labels))
     jobs += by_job.values()
-    if not ctx.settings.ha:  # the HA topology's SeaweedFS nodes: not scraped yet
-        jobs.append(
-            {
-                "job_name": "seaweedfs",
-                "static_configs": [_target(local(p["weed_metrics"]), "seaweedfs")],
-            }
-        )
+    weed = (
+        [_target(local(p[n.metrics_port_name]), n.name) for n in seaweedfs_nodes(ctx)]
+        if ctx.settings.ha
+        else [_target(local(p["weed_metrics"]), "seaweedfs")]
+    )
+    jobs.append({"job_name": "seaweedfs", "static_configs": weed})
     if keycloak_metrics:
         mgmt = ["keycloak_mgmt", "keycloak_2_mgmt"] if ctx.settings.ha else ["keycloak_mgmt"]
         jobs.append(

@@ -174,6 +174,10 @@ class WeedNode(Service):
         return self.ctx.ports[self.port_name]
 
     @property
+    def metrics_port_name(self) -> str:
+        return self.port_name + "_metrics"
+
+    @property
     def grpc_port(self) -> int:
         return self.ctx.ports[self.port_name + "_grpc"]
 
@@ -194,6 +198,9 @@ class WeedNode(Service):
             "-ip.bind=127.0.0.1",
             f"-port={self.port}",
             f"-port.grpc={self.grpc_port}",
+            # its Prometheus metrics, on loopback (deploy/stack/services/prometheus.py)
+            f"-metricsPort={self.ctx.ports[self.metrics_port_name]}",
+            "-metricsIp=127.0.0.1",
             *self.weed_args(),
         ]
         return private_tmp_argv(self.home / "tmp", weed)
@@ -354,6 +361,11 @@ class WeedS3Node(WeedNode):
 def seaweedfs_ha_services(ctx: StackContext) -> list[Service]:
     """The cluster's services in start order: the masters (one group: a raft needs a
     quorum to elect), the volume servers, the filers, the S3 nodes."""
+    return list(seaweedfs_nodes(ctx))
+
+
+def seaweedfs_nodes(ctx: StackContext) -> list[WeedNode]:
+    """Every node of the cluster, in start order (seaweedfs_ha_services)."""
     return [
         *(WeedMaster(ctx, n) for n in MASTER_NODES),
         *(WeedVolume(ctx, n) for n in VOLUME_NODES),
