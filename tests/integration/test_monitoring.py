@@ -246,7 +246,7 @@ def test_rules_are_loaded(monitored: tuple[StackContext, str]) -> None:
     answer = httpx.get(f"{url}/api/v1/rules", timeout=5).json()
     names = {rule["name"] for group in answer["data"]["groups"] for rule in group["rules"]}
     assert {"GatewayStale", "ObjectStoreErrors", "EdgeCertificateExpiresSoon"} <= names
-    assert len(names) == 11
+    assert len(names) == 12
     # Nothing else begins to fire while this module keeps the stack healthy: Keycloak's
     # target is down while its build has no metrics (TargetDown after 2 minutes: the rule
     # working), and the fleet test's certificate may still be in the registry.

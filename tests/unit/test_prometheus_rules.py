@@ -57,7 +57,7 @@ def rendered(tmp_path: Path, ctx: StackContext, nginx: bool = True) -> Path:
 def test_rules_are_valid() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_rules_unit_tests_pass() -> None:
