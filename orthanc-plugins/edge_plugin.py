@@ -72,15 +72,23 @@ def _held(sop_instance_uid: str) -> str | None:
 def _on_cstore(received):
     """Every C-STORE (modality, PACS) before Orthanc stores it: a DIMSE status, 0 to store
     (imgcloud.edge_app.EdgeApp.cstore_status). Uploads over REST need Orthanc's own
-    credentials and are not filtered."""
+    credentials and are not filtered. What it stores, the edge expects: its IDs from its
+    tags, its file for the encoder (EdgeApp.expect), so that no REST call follows."""
     tags = json.loads(received.GetInstanceSimplifiedJson())
-    return APP.cstore_status(str(tags.get("SOPInstanceUID") or ""), _held)
+    status = APP.cstore_status(str(tags.get("SOPInstanceUID") or ""), _held)
+    if status == 0:
+        APP.expect(tags, received.GetInstanceSize(), received.GetInstanceData)
+    return status
+
+
+def _study_of(instance_id):
+    """An instance's study ID, asked of Orthanc (one the C-STORE filter did not see)."""
+    return json.loads(orthanc.RestApiGet(f"/instances/{instance_id}/study"))["ID"]
 
 
 def _on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.NEW_INSTANCE:
-        study = json.loads(orthanc.RestApiGet(f"/instances/{resource_id}/study"))
-        APP.instance_arrived(resource_id, study["ID"])
+        APP.instance_arrived(resource_id, _study_of)
     elif change_type == orthanc.ChangeType.STABLE_STUDY:
         APP.study_stable(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:

@@ -33,6 +33,7 @@ from .forwarding import QueueWorker
 from .in_place import InPlaceCompressor
 from .indexer_client import IndexerClient, RecordSender
 from .local_api import LocalOrthanc
+from .orthanc_ids import Arrivals, InstanceIds
 from .plugin_settings import EdgeSettings
 from .release_bundle import load_public_key
 from .retrieval import JobQueue, PullSchedule, RetrievalWorker, Retriever
@@ -80,6 +81,8 @@ class EdgeApp:
             keep_bytes=settings.keep_compressed_mb * 1024 * 1024,
             exists=self.local.has_instance,
         )
+        # what the C-STORE filter learnt of each instance, for its NEW_INSTANCE change
+        self.arrivals = Arrivals()
         self.known_modalities = set(settings.dicom_modalities)
         self.rules.known_modalities = self.known_modalities
         self.limiter = RateLimiter(
@@ -260,6 +263,15 @@ class EdgeApp:
         log.warning("a C-STORE of instance %s, held already, was discarded", existing)
         return DUPLICATE_STATUS
 
+    def expect(self, tags: dict[str, Any], size: int, read: Callable[[], bytes]) -> None:
+        """The C-STORE filter let an instance through (status 0): Orthanc is about to store
+        it. Its instance and study IDs are computed from its tags, and its file (`read()`,
+        `size` bytes, within imgcloud.orthanc_ids' budget) is kept for the encoder, so
+        that its NEW_INSTANCE change needs no REST call (instance_arrived)."""
+        ids = InstanceIds.from_tags(tags)
+        if ids is not None:
+            self.arrivals.expect(ids, size, read)
+
     def send_one(self, item: tuple[str, bytes | None]) -> int:
         instance_id, data = item
         if data is None:
@@ -300,13 +312,19 @@ class EdgeApp:
             for pull in self.rules.current.pacs_pulls
         ]
 
-    def instance_arrived(self, instance_id: str, study_id: str) -> None:
+    def instance_arrived(self, instance_id: str, study_of: Callable[[str], str]) -> None:
         """Stream: the study is queued (durably) at its first instance and goes to central
         while the modality is still sending; each arrival marks it to go again, and is
         compressed in the background. Our own compressed copy coming back is not an
-        arrival: what forwarding hashed is what was stored."""
-        if not self.in_place.arrived(instance_id):
+        arrival: what forwarding hashed is what was stored.
+
+        The study and the received file come from the C-STORE filter (`expect`);
+        `study_of(instance_id)` asks Orthanc only for an instance the filter did not see
+        (a REST upload, a retrieval, one received before a restart)."""
+        arrival = self.arrivals.take(instance_id)
+        if not self.in_place.arrived(instance_id, arrival.received if arrival else None):
             return
+        study_id = arrival.study if arrival is not None else study_of(instance_id)
         self.queue.forget_instance(instance_id)
         self.queue.enqueue(study_id)
         self.worker.notify()

@@ -86,6 +86,9 @@ class ForwardQueue(SqliteStore):
         self.clock = clock
 
     def enqueue(self, study_id: str) -> None:
+        """Queue a study, or mark it to go again. A study already queued and due, or
+        being sent and marked already, is left as it is: each arriving instance calls
+        this, and a write that changes nothing would still cost a synced commit."""
         now = self.clock()
         self.run(
             """INSERT INTO studies (study_id, state, queued_at, updated_at)
@@ -94,7 +97,9 @@ class ForwardQueue(SqliteStore):
                  dirty = CASE WHEN state = 'sending' THEN 1 ELSE dirty END,
                  state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END,
                  not_before = CASE WHEN state = 'failed' THEN not_before ELSE 0 END,
-                 updated_at = excluded.updated_at""",
+                 updated_at = excluded.updated_at
+               WHERE NOT (state = 'queued' AND not_before = 0)
+                 AND NOT (state = 'sending' AND dirty = 1)""",
             (study_id, now, now),
         )
 
