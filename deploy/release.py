@@ -3,6 +3,7 @@ code (imgcloud.release_bundle).
 
     python -m deploy.release keygen                    # once per stack (or platform)
     python -m deploy.release build 2026.12.1 -o FILE   # the current orthanc-plugins/, signed
+    python -m deploy.release build 2026.12.1 -o FILE --sequence N
     python -m deploy.release verify FILE               # what an edge checks, before use
     python -m deploy.release supervise --marker M -- ORTHANC_ARGV...
 
@@ -18,6 +19,12 @@ The private key stays in the stack's state directory (release/release-key.pem, 0
 (release/release-public.pem). A bundle records the pinned requirements of
 requirements.lock: the environment the plugins' Python runs (the Orthanc root's venv is
 installed from it), which an edge checks before it installs a release.
+
+Every bundle carries a release number, `sequence`, inside the signed manifest (review M3:
+an edge refuses one below the highest it ran healthy). `build` takes it (`--sequence`)
+or derives it: the clock in milliseconds, and always above the last one built with this
+key (release/last-sequence), so numbers increase from build to build even within a
+millisecond or after the clock went back. A given one must be above the last too.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgcloud.release_bundle import (
+    MAX_SEQUENCE,
     BundleRefused,
     build_bundle,
+    clock_sequence,
     generate_private_key,
     load_private_key,
     load_public_key,
@@ -76,14 +85,38 @@ def pinned_requirements(lock: Path) -> list[str]:
     return [line for line in lock.read_text().splitlines() if PIN.match(line.strip())]
 
 
-def build(state_dir: Path, release: str, src: Path | None = None) -> bytes:
+class SequenceError(ValueError):
+    """A release number that does not go above the last one built."""
+
+
+def next_sequence(state_dir: Path, given: int | None = None) -> int:
+    """The sequence of the next build: `given`, or derived from the clock; either way
+    above the last one built with this state directory's key."""
+    last_file = key_dir(state_dir) / "last-sequence"
+    last = int(last_file.read_text()) if last_file.exists() else 0
+    if given is None:
+        return max(clock_sequence(), last + 1)
+    if not last < given <= MAX_SEQUENCE:
+        raise SequenceError(f"sequence {given}: must be above {last}, the last one built")
+    return given
+
+
+def build(
+    state_dir: Path, release: str, src: Path | None = None, sequence: int | None = None
+) -> bytes:
+    """A signed bundle of `src` (default: orthanc-plugins/), numbered above every earlier
+    build (the number is recorded once the bundle is built)."""
     private, _ = ensure_key_pair(state_dir)
-    return build_bundle(
+    number = next_sequence(state_dir, sequence)
+    data = build_bundle(
         src or REPO_ROOT / "orthanc-plugins",
         release,
         load_private_key(private.read_bytes()),
+        sequence=number,
         requirements=pinned_requirements(REPO_ROOT / "requirements.lock"),
     )
+    (key_dir(state_dir) / "last-sequence").write_text(f"{number}\n")
+    return data
 
 
 def supervise(
@@ -126,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     building.add_argument("release")
     building.add_argument("-o", "--out", type=Path, required=True)
     building.add_argument("--src", type=Path, help="default: the repository's orthanc-plugins/")
+    building.add_argument(
+        "--sequence", type=int, help="the release number (default: from the clock, above the last)"
+    )
     checking = commands.add_parser("verify", help="verify a bundle with the public key")
     checking.add_argument("bundle", type=Path)
     supervising = commands.add_parser("supervise", help="run an edge Orthanc, restart on request")
@@ -143,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"release key: {private}\npublic key:  {public}")
         return 0
     if args.command == "build":
-        data = build(state, args.release, args.src)
+        try:
+            data = build(state, args.release, args.src, args.sequence)
+        except SequenceError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
         args.out.write_bytes(data)
         print(f"{args.out}: release {args.release}, {len(data)} bytes, sha256 {sha256_hex(data)}")
         return 0
@@ -153,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     except BundleRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    print(f"release {manifest.release}: {len(manifest.files)} files, signature valid")
+    print(
+        f"release {manifest.release} (sequence {manifest.sequence}): "
+        f"{len(manifest.files)} files, signature valid"
+    )
     return 0
 
 

@@ -11,11 +11,18 @@ operator's scope (hospital admins: their institution's gateways). Each gateway c
 out its newest campaign (`fleet_gateways.upgrade_id`, answered in its heartbeat); the
 edge reports downloading / installed / healthy / rolled_back / refused, and the last
 three end its part. A newer campaign supersedes an unfinished older one for a gateway.
+A report about a release of an earlier campaign of the gateway (e.g. a release found
+tampered at a later boot, review M4) updates that campaign's row.
+
+Every release carries a number in its signed manifest (`sequence`, review M3): edges
+refuse one below the highest they ran healthy, and central refuses (422) to order a
+release numbered below what a targeted gateway runs, or one without a number.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from imgcloud import release_bundle
@@ -105,6 +112,7 @@ def start_upgrade(session: Session, who: Principal, release: str, target: Target
         raise NotFound("no such gateway")
     if not rows:
         raise InvalidRecord("target", "no gateway matches")
+    _no_downgrade(session, release, rows)
     campaign = FleetUpgrade(
         release=release, target=target.model_dump(exclude_none=True), created_by=who.username
     )
@@ -124,6 +132,39 @@ def start_upgrade(session: Session, who: Principal, release: str, target: Target
         row.upgrade_id = campaign.id
     session.commit()
     return campaign.id
+
+
+def _sequence(manifest: dict[str, Any] | None) -> int | None:
+    value = (manifest or {}).get("sequence")
+    return value if isinstance(value, int) else None
+
+
+def _no_downgrade(session: Session, release: str, rows: Sequence[FleetGateway]) -> None:
+    """422 if `release` has no sequence (its edges would refuse it) or is numbered below
+    the release a targeted gateway runs (by its last heartbeat; a release central does
+    not hold, such as an edge's installed code, is not compared)."""
+    manifests: dict[str, dict[str, Any]] = dict(
+        session.execute(
+            select(FleetRelease.release, FleetRelease.manifest).where(
+                FleetRelease.release.in_({release, *(r.release for r in rows if r.release)})
+            )
+        ).tuples()
+    )
+    ordered = _sequence(manifests.get(release))
+    if ordered is None:
+        raise InvalidRecord("release", f"release {release} has no sequence: edges refuse it")
+    ahead = [
+        f"{row.gateway_id} runs {row.release}"
+        for row in rows
+        if row.release and (_sequence(manifests.get(row.release)) or 0) > ordered
+    ]
+    if ahead:
+        raise InvalidRecord(
+            "release",
+            f"release {release} (sequence {ordered}) is older than what gateways run "
+            f"({', '.join(ahead[:5])}{', ...' if len(ahead) > 5 else ''}): "
+            "an edge refuses a downgrade",
+        )
 
 
 class TargetOut(BaseModel):
@@ -226,19 +267,33 @@ def bundle(session: Session, release: str) -> bytes:
 def report(
     session: Session, edge: Edge, release: str, status: Reported, detail: str | None
 ) -> None:
-    """The edge's progress on its current campaign (which must be for `release`)."""
+    """The edge's progress on its current campaign for `release`; or, when that is not
+    its current campaign, a later word on the newest earlier campaign of this gateway for
+    `release` (e.g. found tampered at a boot long after it was healthy), whose row it
+    updates. 404 when the gateway never had `release` ordered."""
     gateway = session.get(FleetGateway, edge.gateway_id, with_for_update=True)
-    campaign = (
-        session.get(FleetUpgrade, gateway.upgrade_id) if gateway and gateway.upgrade_id else None
-    )
-    if gateway is None or campaign is None or campaign.release != release:
+    if gateway is None:
+        raise NotFound("no upgrade to this release is ordered for this gateway")
+    current = session.get(FleetUpgrade, gateway.upgrade_id) if gateway.upgrade_id else None
+    if current is not None and current.release == release:
+        campaign_id: int | None = current.id
+        if status in FINAL:
+            gateway.upgrade_id = None
+    else:
+        campaign_id = session.scalar(
+            select(FleetUpgrade.id)
+            .join(FleetUpgradeTarget, FleetUpgradeTarget.upgrade_id == FleetUpgrade.id)
+            .where(FleetUpgradeTarget.gateway_id == edge.gateway_id)
+            .where(FleetUpgrade.release == release)
+            .order_by(FleetUpgrade.id.desc())
+            .limit(1)
+        )
+    if campaign_id is None:
         raise NotFound("no upgrade to this release is ordered for this gateway")
     session.execute(
         update(FleetUpgradeTarget)
-        .where(FleetUpgradeTarget.upgrade_id == campaign.id)
+        .where(FleetUpgradeTarget.upgrade_id == campaign_id)
         .where(FleetUpgradeTarget.gateway_id == edge.gateway_id)
         .values(status=status, detail=detail, updated_at=dt.datetime.now(dt.UTC))
     )
-    if status in FINAL:
-        gateway.upgrade_id = None
     session.commit()

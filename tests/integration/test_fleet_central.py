@@ -14,11 +14,13 @@ Run it under the stack lock.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -477,6 +479,74 @@ def test_a_signed_release_is_ordered_downloaded_and_reported(
     assert hadmin_a.get(f"/api/v1/fleet/upgrades/{campaign}").status_code == 404
     assert edge[SOLO_ID].get("/api/v1/fleet/upgrade").status_code == 204  # done: nothing ordered
     assert edge[SOLO_ID].post("/api/v1/fleet/heartbeat", json=BEAT).json()["upgrade"] is None
+
+
+def test_central_orders_no_release_older_than_a_gateway_runs(
+    quick: str,
+    tokens: dict[str, str],
+    ctx: StackContext,
+    admin: httpx.Client,
+    edge: dict[str, httpx.Client],
+    tmp_path: Path,
+) -> None:
+    """Review M3 at central: a release numbered below the one a gateway runs, or built
+    without a number, is not ordered (422); a late report on an earlier campaign (a
+    release found tampered at a later boot, M4) reaches that campaign's row."""
+    private, _ = ensure_key_pair(ctx.state)
+    key = release_bundle.load_private_key(private.read_bytes())
+    (tmp_path / "imgcloud").mkdir()
+    (tmp_path / "imgcloud" / "__init__.py").write_text('__version__ = "9.8"\n')
+    now, tag = release_bundle.clock_sequence(), str(int(time.time()))
+    newer, older = f"9.8.{tag}-new", f"9.8.{tag}-old"
+    files = {
+        newer: release_bundle.build_bundle(tmp_path, newer, key, sequence=now),
+        older: release_bundle.build_bundle(tmp_path, older, key, sequence=now - 1000),
+    }
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    with httpx.Client(base_url=quick, headers=headers, timeout=30) as up:
+        for data in files.values():
+            assert up.post("/api/v1/fleet/releases", content=data).status_code == 201
+        # signed by the platform's key, but built before sequences: refused at upload
+        with tarfile.open(fileobj=io.BytesIO(files[older])) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        manifest = json.loads(members["manifest.json"])
+        del manifest["sequence"]
+        manifest["release"] = f"9.8.{tag}-unnumbered"
+        unnumbered = json.dumps(manifest).encode()
+        members |= {"manifest.json": unnumbered, "manifest.sig": key.sign(unnumbered)}
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        refused = up.post("/api/v1/fleet/releases", content=out.getvalue())
+        assert refused.status_code == 422 and "no release sequence" in refused.text
+    beat = BEAT | {"software_version": newer, "release": newer}
+    assert edge[SOLO_ID].post("/api/v1/fleet/heartbeat", json=beat).status_code == 200
+    try:
+        order = {"release": older, "target": {"gateways": [SOLO_ID]}}
+        downgrade = admin.post("/api/v1/fleet/upgrades", json=order)
+        assert downgrade.status_code == 422, downgrade.text
+        assert SOLO_ID in downgrade.text and "downgrade" in downgrade.text
+        assert edge[SOLO_ID].get("/api/v1/fleet/upgrade").status_code == 204  # nothing ordered
+        # the same release as it runs is no downgrade; it ends healthy
+        started = admin.post("/api/v1/fleet/upgrades", json=order | {"release": newer})
+        assert started.status_code == 201, started.text
+        campaign = started.json()["id"]
+        report = {"release": newer, "status": "healthy", "detail": "after 3 s"}
+        assert edge[SOLO_ID].post("/api/v1/fleet/upgrade/report", json=report).status_code == 204
+        # a later boot finds it changed at rest: the report still lands, on that campaign
+        late = {"release": newer, "status": "refused", "detail": "tampered at rest: x"}
+        assert edge[SOLO_ID].post("/api/v1/fleet/upgrade/report", json=late).status_code == 204
+        watched = admin.get(f"/api/v1/fleet/upgrades/{campaign}").json()
+        assert [(g["status"], g["detail"]) for g in watched["gateways"]] == [
+            ("refused", "tampered at rest: x")
+        ]
+        never = {"release": older, "status": "refused", "detail": "x"}
+        assert edge[SOLO_ID].post("/api/v1/fleet/upgrade/report", json=never).status_code == 404
+    finally:  # the gateway runs no release central holds again, as before this test
+        assert edge[SOLO_ID].post("/api/v1/fleet/heartbeat", json=BEAT).status_code == 200
 
 
 # --- the audit trail -----------------------------------------------------------------

@@ -23,7 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-from imgcloud.release_bundle import build_bundle, generate_private_key, unpack_verified
+from imgcloud.release_bundle import (
+    build_bundle,
+    generate_private_key,
+    public_key_pem,
+    unpack_verified,
+)
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 from imgcloud.upgrade import RESTART_MARKER, ReleaseStore, installed_release
 
@@ -49,6 +54,8 @@ class Edge:
         self.port = free_port()
         ring = keys / "keyring.json"
         write_key_ring(KeyRing.generate("k1"), ring)
+        public = keys / "release-public.pem"  # the loader verifies a release with it
+        public.write_bytes(public_key_pem(KEY))
         static = json.loads((REPO_ROOT / "edge-orthanc/orthanc.json").read_text())
         static.pop("DicomWeb", None)
         static.pop("ImagingCloud", None)
@@ -74,6 +81,7 @@ class Edge:
                         "ForwardPeer": "central",
                         "QueueFile": str(home / "forward-queue.sqlite"),
                         "ReleaseDir": str(home / "releases"),
+                        "ReleasePublicKey": str(public),
                         "Storage": {
                             "Backend": "filesystem",
                             "KeyRingFile": str(ring),
@@ -194,6 +202,42 @@ def test_a_release_that_cannot_be_imported_is_rolled_back_in_its_load(
     assert "this release is broken" in state["reports"][-1]["detail"]
 
 
+def test_a_release_changed_at_rest_is_rolled_back_at_boot_and_none_of_it_runs(
+    edge: Edge, tmp_path: Path
+) -> None:
+    """Review M4: the loader verifies the release at every boot, before it imports it."""
+    settings = StackSettings.from_env()
+    install(edge, "2026.12.1", REPO_ROOT / "orthanc-plugins", trial=False)
+    changed = edge.releases.root / "2026.12.1/payload/imgcloud/edge_app.py"
+    for folder in (changed.parent, changed.parents[1], changed.parents[2]):
+        folder.chmod(0o700)  # read-only as unpacked; its owner can change that
+    changed.chmod(0o600)
+    with open(changed, "a") as out:
+        out.write("\nraise SystemExit('the changed code ran')\n")
+    edge.start(settings)
+    assert edge.status()["release"] == installed_release()  # the installed code answers
+    state = edge.releases.load()
+    assert state["current"] is None and state["refused"]["2026.12.1"] == "tampered"
+    report = state["reports"][-1]
+    assert report["status"] == "refused" and "edge_app.py" in report["detail"]
+    assert report["detail"].startswith("tampered at rest")
+    log = (edge.home.parent / "orthanc.log").read_text(errors="replace")
+    assert "fails its check at boot" in log and "the changed code ran" not in log
+
+
+def test_a_verified_release_runs_and_writes_no_bytecode_into_its_tree(
+    edge: Edge, tmp_path: Path
+) -> None:
+    settings = StackSettings.from_env()
+    install(edge, "2026.12.1", REPO_ROOT / "orthanc-plugins", trial=False)
+    edge.start(settings)
+    assert edge.status()["release"] == "2026.12.1"
+    assert not list((edge.releases.root / "2026.12.1").rglob("__pycache__"))
+    edge.restart()  # and the next boot finds it as signed
+    assert edge.status()["release"] == "2026.12.1"
+    assert edge.releases.load()["current"] == "2026.12.1"
+
+
 # --- the stack's own edges against central's fleet routes ---------------------------
 # (a second indexer node with the stack's release public key takes the release upload:
 # test_fleet_central's `quick`, imported above; the stack's node keeps its defaults)
@@ -294,6 +338,11 @@ def test_a_one_click_upgrade_while_a_study_forwards_loses_and_duplicates_nothing
     from deploy.samples.studies import make_study
     from deploy.stack.client import find_study, wait_for_instances
 
+    registered = until(  # by its first heartbeat (when this test runs alone)
+        lambda: admin.get(f"/api/v1/fleet/gateways/{GATEWAY_A}").status_code == 200,
+        2 * HEARTBEAT_S + 10,
+    )
+    assert registered, "edge A never heartbeated"
     state = Path(stack["STACK_DIR"])
     release = f"2026.12.{int(time.time())}-test"
     bundle = build(state, release)

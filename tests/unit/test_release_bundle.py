@@ -65,13 +65,24 @@ def test_a_bundle_verifies_and_unpacks_to_its_source(tmp_path: Path) -> None:
     assert (dest / "payload" / "imgcloud" / "__init__.py").read_text() == '__version__ = "9.9"\n'
     assert json.loads((dest / "manifest.json").read_text())["release"] == "2026.12.1"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["2026.12.1"]  # no staging left
+    # read-only at rest (and private): files 0400, folders 0500
+    modes = {p.relative_to(dest).as_posix(): p.stat().st_mode & 0o777 for p in dest.rglob("*")}
+    assert modes == {
+        "manifest.json": 0o400,
+        "manifest.sig": 0o400,
+        "payload": 0o500,
+        "payload/edge_plugin.py": 0o400,
+        "payload/imgcloud": 0o500,
+        "payload/imgcloud/__init__.py": 0o400,
+    }
+    assert dest.stat().st_mode & 0o777 == 0o500
     with pytest.raises(BundleRefused, match="exists already"):
         unpack_verified(data, PUBLIC, dest)
 
 
 def test_the_same_code_gives_the_same_manifest(tmp_path: Path) -> None:
-    one = members(build_bundle(source(tmp_path), "r1", KEY))
-    two = members(build_bundle(source(tmp_path), "r1", KEY))
+    one = members(build_bundle(source(tmp_path), "r1", KEY, sequence=7))
+    two = members(build_bundle(source(tmp_path), "r1", KEY, sequence=7))
     assert one["manifest.json"] == two["manifest.json"]
     assert json.loads(one["manifest.json"])["files"]["edge_plugin.py"] == sha256_hex(
         b"import imgcloud\n"
@@ -166,8 +177,31 @@ def test_the_release_cli_keeps_the_key_private_and_builds_what_verifies(tmp_path
     assert manifest.release == "2026.12.2" and any(
         r.startswith("httpx==") for r in manifest.requirements
     )
+    # numbered above every earlier build: derived from the clock, or given and higher
+    again = tmp_path / "c.tar"
+    build = ["--state-dir", str(tmp_path), "build", "2026.12.3", "-o", str(again)]
+    assert main([*build, "--src", str(src)]) == 0
+    later = verify_bundle(again.read_bytes(), load_public_key(public.read_bytes()))
+    assert later.sequence > manifest.sequence
+    assert main([*build, "--src", str(src), "--sequence", str(later.sequence)]) == 1
+    assert main([*build, "--src", str(src), "--sequence", str(later.sequence + 5)]) == 0
+    key = load_public_key(public.read_bytes())
+    assert verify_bundle(again.read_bytes(), key).sequence == later.sequence + 5
     out.write_bytes(out.read_bytes().replace(b"import imgcloud", b"import imgcloux"))
     assert main(["--state-dir", str(tmp_path), "verify", str(out)]) == 1
+
+
+def test_a_signed_manifest_without_a_sequence_is_refused(tmp_path: Path) -> None:
+    """A bundle built before sequences (review M3): signed, and still refused."""
+    files = members(build_bundle(source(tmp_path), "2026.12.1", KEY, sequence=3))
+    manifest = json.loads(files["manifest.json"])
+    del manifest["sequence"]
+    old = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    data = rebuilt(dict(files, **{"manifest.json": old, "manifest.sig": KEY.sign(old)}))
+    with pytest.raises(BundleRefused, match="no release sequence"):
+        verify_bundle(data, PUBLIC)
+    with pytest.raises(Exception, match="sequence"):
+        build_bundle(source(tmp_path), "2026.12.1", KEY, sequence=0)
 
 
 def test_a_tiny_sparse_member_claiming_gigabytes_is_refused_before_any_read() -> None:

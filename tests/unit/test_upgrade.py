@@ -126,8 +126,8 @@ def clean_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def boot(store: ReleaseStore, monkeypatch: pytest.MonkeyPatch) -> Boot:
-    monkeypatch.setattr("imgcloud.upgrade.RELEASE_MODULES", ("fakeplugin",))
-    return Boot(store, lambda message: None)
+    monkeypatch.setattr("imgcloud.boot.RELEASE_MODULES", ("fakeplugin",))
+    return Boot(store, lambda message: None, KEY.public_key())
 
 
 def test_the_loader_imports_the_current_release_and_rolls_back_a_second_unhealthy_boot(
