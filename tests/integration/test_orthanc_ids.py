@@ -57,21 +57,26 @@ orthanc.RegisterIncomingCStoreInstanceFilter(on_cstore)
 orthanc.RegisterOnChangeCallback(on_change)
 """
 
-# PatientID (LO) as the modality sends it: None = no such element. Odd lengths go on the
-# wire padded with a space; non-ASCII ones under ISO_IR 192.
-PATIENT_IDS: list[str | None] = ["P1234", "AB", "  lead", "trail  ", "", None, "患者0001", "a|b"]
+# (PatientID (LO) as the modality sends it, None = no such element; its character set).
+# Odd lengths go on the wire padded with a space.
+PATIENT_IDS: list[tuple[str | None, str | None]] = [
+    ("P1234", None), ("AB", None), ("  lead", None), ("trail  ", None), ("", None),
+    (None, None), ("a|b", None), ("患者0001", "ISO_IR 192"), ("患者0002", "GB18030"),
+    ("Müller", "ISO_IR 100"),
+]  # fmt: skip
 
 
 def datasets(seed: int) -> list[Dataset]:
     out = []
-    for index, patient_id in enumerate(PATIENT_IDS):
+    for index, (patient_id, charset) in enumerate(PATIENT_IDS):
         ds = next(make_study(seed + index, "CT", instances=1).instances())
+        if charset is not None:
+            ds.SpecificCharacterSet = charset  # pydicom encodes the values with it
+            ds.PatientName = "Ids^Test"  # in every character set
         if patient_id is None:
             del ds.PatientID
         else:
             ds.PatientID = patient_id
-        if patient_id and not patient_id.isascii():
-            ds.SpecificCharacterSet = "ISO_IR 192"
         uid = generate_uid()
         while len(uid) % 2 == 0:
             uid = generate_uid()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from imgcloud.edge_app import EdgeApp
+from imgcloud.forward_queue import ForwardQueue
 from imgcloud.orthanc_ids import InstanceIds
 
 from tests.unit.test_edge_deferred_replace import make_app
@@ -194,3 +195,34 @@ def test_what_is_kept_for_forwarding_is_bounded(wired: tuple[EdgeApp, Edge]) -> 
     assert list(app.in_place._recent) == ["b", "c"]  # the oldest went first
     assert app.read_for_forwarding("a") == b"JLS-RAW-read-back"  # read back
     assert edge.reads == ["a"]
+
+
+def test_each_arrival_of_a_queued_study_writes_nothing(tmp_path: Path) -> None:
+    """Every arriving instance enqueues its study: once queued and due (or being sent and
+    marked to go again), a further arrival changes no row, so no synced commit."""
+    queue = ForwardQueue(tmp_path / "queue.sqlite")
+
+    def writes() -> int:
+        return queue._db.total_changes
+
+    queue.enqueue("s")
+    before = writes()
+    queue.enqueue("s")
+    assert writes() == before
+    queue.mark_sending("s")
+    queue.enqueue("s")  # arrived while sending: marked to go again
+    before = writes()
+    queue.enqueue("s")
+    assert writes() == before
+    queue.mark_delivered("s", 3, 100)
+    status = queue.status("s")
+    assert status is not None and status.state == "queued"  # dirty: goes again at once
+    queue.mark_delivered("s", 3, 0)
+    queue.enqueue("s")  # delivered, then a new instance: queued again
+    status = queue.status("s")
+    assert status is not None and status.state == "queued"
+    queue.mark_failed("s", "central down")
+    queue.enqueue("s")  # failed: queued, its backoff kept
+    status = queue.status("s")
+    assert status is not None and status.state == "queued"
+    assert queue.next_due() is None  # still backing off
