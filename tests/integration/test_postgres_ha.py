@@ -44,10 +44,11 @@ from deploy.stack.services.patroni import (
     postgres_ha_services,
 )
 from deploy.stack.services.postgres import DATABASES, connect_superuser
+from deploy.stack.services.prometheus import PostgresExporter
 from deploy.stack.settings import StackSettings
 
 from ..support.eventually import eventually
-from ..support.scratch_stack import scratch_state, start_all
+from ..support.scratch_stack import scratch_state, start, start_all, stop_service
 
 pytestmark = [
     pytest.mark.integration,
@@ -59,6 +60,7 @@ pytestmark = [
 
 FAILOVER_BOUND_S = 60.0
 REJOIN_BOUND_S = 120.0
+LAG_METRIC = "pg_stat_replication_pg_wal_lsn_diff"  # the replication-lag rule's input
 
 
 @dataclass
@@ -310,3 +312,28 @@ def etcd_leader(members: list[Etcd]) -> Etcd:
         if body["leader"] == body["header"]["member_id"]:
             return member
     raise AssertionError("no etcd member says it leads")
+
+
+def test_the_exporter_reports_the_standby_s_lag_for_the_alert(
+    ha_pg: tuple[StackContext, list[Service]],
+) -> None:
+    """The input of the PostgresReplicationLag rule (deploy/prometheus/alerts.yml), as
+    Debian's postgres exporter reports it through the proxy's front: one series per
+    standby, named by its cluster member, in bytes."""
+    ctx, svcs = ha_pg
+    nodes = [s for s in svcs if isinstance(s, PatroniNode)]
+    eventually(lambda: sync_standbys(ctx), what="a synchronous standby", timeout=REJOIN_BOUND_S)
+    exporter = PostgresExporter(ctx)
+    start(exporter)
+    try:
+
+        def lag_series() -> list[str]:
+            text = httpx.get(f"{ctx.http('postgres_exporter')}/metrics", timeout=5).text
+            return [ln for ln in text.splitlines() if ln.startswith(LAG_METRIC + "{")]
+
+        series = eventually(lag_series, what=f"{LAG_METRIC} from the exporter")
+        standby = next(n for n in nodes if not is_primary(n))
+        assert any(f'application_name="{member_name(standby.node)}"' in s for s in series), series
+        assert all(float(s.rsplit(" ", 1)[1]) >= 0 for s in series)
+    finally:
+        stop_service(exporter)
