@@ -143,13 +143,11 @@ def _no_downgrade(session: Session, release: str, rows: Sequence[FleetGateway]) 
     """422 if `release` has no sequence (its edges would refuse it) or is numbered below
     the release a targeted gateway runs (by its last heartbeat; a release central does
     not hold, such as an edge's installed code, is not compared)."""
-    manifests: dict[str, dict[str, Any]] = dict(
-        session.execute(
-            select(FleetRelease.release, FleetRelease.manifest).where(
-                FleetRelease.release.in_({release, *(r.release for r in rows if r.release)})
-            )
-        ).tuples()
+    names = {release, *(row.release for row in rows if row.release)}
+    found = session.execute(
+        select(FleetRelease.release, FleetRelease.manifest).where(FleetRelease.release.in_(names))
     )
+    manifests: dict[str, dict[str, Any]] = {name: manifest for name, manifest in found}
     ordered = _sequence(manifests.get(release))
     if ordered is None:
         raise InvalidRecord("release", f"release {release} has no sequence: edges refuse it")
