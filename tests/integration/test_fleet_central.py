@@ -165,7 +165,12 @@ def test_the_first_heartbeat_registers_the_gateway(
     assert admin.get(f"/api/v1/fleet/gateways/{SOLO_ID}").status_code == 404
     answer = edge[SOLO_ID].post("/api/v1/fleet/heartbeat", json=BEAT)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"rules_version": None, "upgrade": None, "interval_s": 30.0}
+    assert answer.json() == {
+        "rules_version": None,
+        "upgrade": None,
+        "interval_s": 30.0,
+        "rules_long_poll": False,  # central's default: rules are fetched on the heartbeat
+    }
     row = admin.get(f"/api/v1/fleet/gateways/{SOLO_ID}").json()
     assert row["institution"] == SOLO and row["keycloak_client"] == SOLO_ID
     assert row["software_version"] == "2026.12.0-test" and row["release"] == "2026.12.0"
