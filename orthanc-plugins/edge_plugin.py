@@ -77,7 +77,10 @@ def _on_cstore(received):
     tags = json.loads(received.GetInstanceSimplifiedJson())
     status = APP.cstore_status(str(tags.get("SOPInstanceUID") or ""), _held)
     if status == 0:
-        APP.expect(tags, received.GetInstanceSize(), received.GetInstanceData)
+        try:
+            APP.expect(tags, received.GetInstanceSize(), received.GetInstanceData)
+        except Exception:  # only an optimisation: the C-STORE must not fail for it
+            orthanc.LogWarning("imaging-cloud: the C-STORE's IDs were not kept; asked later")
     return status
 
 

@@ -16,9 +16,13 @@ the change callback finds the study here.
 
 What is trusted: nothing is decided on these values but which study to queue and which
 bytes to compress. An entry is keyed by the instance identifier Orthanc will announce, so
-an entry that does not match (an Orthanc that normalised a tag differently, a filter that
-saw an instance Orthanc then did not store) is never found and only ages out; the change
-callback then asks Orthanc (`Arrivals.take` returns None), as it does for everything that
+an entry that does not match (an Orthanc that normalised a tag differently) is never
+found. The filter runs before Orthanc stores: an instance whose store then failed leaves
+an entry that would match a later arrival of the same instance by another way (a REST
+upload, a retrieval, a push) and give it the failed C-STORE's bytes. So an entry is
+taken only within MAX_AGE_S of its C-STORE (its change comes within milliseconds), and is
+dropped after. Without one the change
+callback asks Orthanc (`Arrivals.take` returns None), as it does for everything that
 did not come through the filter (REST uploads, the plugin's own copies, retrievals) and
 for everything after a restart (this map lives in memory only: nothing is lost with it,
 the queue is durable and is written when NEW_INSTANCE comes).
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ from typing import Any
 
 ENTRIES = 4096  # instances between their C-STORE and their NEW_INSTANCE (a few at a time)
 RECEIVED_BYTES = 32 * 1024 * 1024  # received files held for the encoder, all entries together
+MAX_AGE_S = 10.0  # an entry older than this is not used (see above: a store that failed)
 
 
 def orthanc_hash(*identifiers: str) -> str:
@@ -65,6 +71,7 @@ class InstanceIds:
 class Arrival:
     study: str
     received: bytes | None  # the file as the modality sent it, None if not held
+    at: float = 0.0  # time.monotonic() of the C-STORE
 
 
 class Arrivals:
@@ -73,9 +80,17 @@ class Arrivals:
     in bytes: the oldest entries go first, and a file over the budget is not held (its
     encoder reads it back from Orthanc)."""
 
-    def __init__(self, entries: int = ENTRIES, received_bytes: int = RECEIVED_BYTES) -> None:
+    def __init__(
+        self,
+        entries: int = ENTRIES,
+        received_bytes: int = RECEIVED_BYTES,
+        max_age_s: float = MAX_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.entries = entries
         self.received_bytes = received_bytes
+        self.max_age_s = max_age_s
+        self.clock = clock
         self._lock = threading.Lock()
         self._map: OrderedDict[str, Arrival] = OrderedDict()
         self._held = 0  # bytes of the received files in the map
@@ -101,16 +116,26 @@ class Arrivals:
             with self._lock:
                 self._held -= reserved
                 self._drop(ids.instance)
-                self._map[ids.instance] = Arrival(ids.study, data)
+                self._map[ids.instance] = Arrival(ids.study, data, self.clock())
                 if data is not None:
                     self._held += len(data)
-                while len(self._map) > self.entries or self._held > self.received_bytes:
+                while self._map and (
+                    len(self._map) > self.entries or self._held > self.received_bytes
+                ):
                     self._drop(next(iter(self._map)))
 
     def take(self, instance_id: str) -> Arrival | None:
-        """What the filter learnt of this instance, once; None if it did not see it."""
+        """What the filter learnt of this instance, once; None if it did not see it within
+        `max_age_s` (older entries, this one's and any before it, are dropped)."""
         with self._lock:
-            return self._drop(instance_id)
+            arrival = self._drop(instance_id)
+            limit = self.clock() - self.max_age_s
+            while self._map:  # oldest first: entries go in C-STORE order
+                oldest = next(iter(self._map))
+                if self._map[oldest].at >= limit:
+                    break
+                self._drop(oldest)
+        return arrival if arrival is not None and arrival.at >= limit else None
 
     def __len__(self) -> int:
         with self._lock:

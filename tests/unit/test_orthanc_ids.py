@@ -154,3 +154,22 @@ def test_filters_at_once_stay_within_the_budget() -> None:
     assert arrivals.held_bytes == sum(
         len(e.received or b"") for e in (arrivals.take(f"i{n}") for n in range(800)) if e
     )
+
+
+def test_an_entry_older_than_its_age_limit_is_not_used_and_goes() -> None:
+    """A C-STORE whose store failed leaves an entry: a later arrival of the same instance
+    by another way (a REST upload, a retrieval) must not get its bytes."""
+    now = [100.0]
+    arrivals = Arrivals(max_age_s=10.0, clock=lambda: now[0])
+    arrivals.expect(ids(1), 3, lambda: b"old")  # its store failed: no change came
+    now[0] = 105.0
+    arrivals.expect(ids(2), 3, lambda: b"new")
+    now[0] = 111.0  # i1 is 11 s old, i2 6 s
+    assert arrivals.take("i1") is None  # too old: the change callback asks Orthanc
+    assert len(arrivals) == 1 and arrivals.held_bytes == 3
+    second = arrivals.take("i2")
+    assert second is not None and second.received == b"new"
+    arrivals.expect(ids(3), 3, lambda: b"abc")
+    now[0] = 200.0
+    assert arrivals.take("i9") is None and len(arrivals) == 0  # old ones go with any take
+    assert arrivals.held_bytes == 0
