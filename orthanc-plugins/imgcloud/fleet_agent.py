@@ -45,6 +45,7 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 LONG_POLL_S = 25  # the contract's maximum `wait`
+MAX_V = 2**31 - 1  # the largest rules version, at central and here
 KIND = re.compile(r"[^a-z0-9-]+")
 
 
@@ -284,9 +285,16 @@ class FleetAgent(Worker):
         sent = 0
         try:
             for report in reports:
-                self.central.report_upgrade(
-                    report["release"], report["status"], report.get("detail", "")
-                )
+                try:
+                    self.central.report_upgrade(
+                        report["release"], report["status"], report.get("detail", "")
+                    )
+                except FleetError as exc:
+                    if exc.status not in (400, 404, 409, 422):
+                        raise  # unreachable, or not now: the report waits for the next beat
+                    # central will never take it (an upgrade it no longer knows): sending it
+                    # again would hold every later report back
+                    log.warning("upgrade report for %s dropped: %s", report["release"], exc)
                 sent += 1
         finally:
             if sent:
@@ -306,16 +314,24 @@ class RulesPoller(Worker):
     name = "imgcloud-fleet-rules"
 
     def __init__(
-        self, central: FleetClient, rules: RulesStore, *, wait_s: int = LONG_POLL_S
+        self,
+        central: FleetClient,
+        rules: RulesStore,
+        *,
+        wait_s: int = LONG_POLL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # woken by the heartbeat (notify); the long interval only bounds a missed wake-up
+        # woken by the heartbeat (notify); every `every_s` it also asks without waiting, so
+        # rules still arrive while heartbeats are refused or lost
         super().__init__(every_s=300.0, backoff_max_s=60.0)
         self.central = central
         self.rules = rules
         self.wait_s = wait_s
+        self.clock = clock
         self.refused = 0  # the newest version refused here: asked past, not again
         self.long_poll = False  # as the last heartbeat answer said
         self.offered: int | None = None  # the newest version central named; None: unknown
+        self.asked_at: float | None = None  # when central was last asked
 
     def have(self) -> int:
         return max(self.rules.current.version, self.refused)
@@ -324,30 +340,37 @@ class RulesPoller(Worker):
         """What a heartbeat answer says of rules: how to fetch, and the newest version."""
         self.long_poll = answer.get("rules_long_poll") is True
         version = answer.get("rules_version")
-        if isinstance(version, int) and not isinstance(version, bool):
+        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= MAX_V:
             self.offered = version
         if self.long_poll or (self.offered or 0) > self.have():
             self.notify()
 
     def work(self) -> bool:
-        if not self.long_poll and self.offered is not None and self.offered <= self.have():
+        now = self.clock()
+        due = self.asked_at is None or now - self.asked_at >= self.every_s
+        if not self.long_poll and not due and (self.offered or 0) <= self.have():
             return False  # nothing newer at central: wait for a heartbeat to say otherwise
-        offered = self.central.rules(self.have(), self.wait_s if self.long_poll else 0)
+        offered_before, wait = self.offered, self.wait_s if self.long_poll else 0
+        self.asked_at = now
+        offered = self.central.rules(self.have(), wait)
         if offered is None:
-            if self.long_poll:
-                return not self._stop.is_set()  # nothing newer: poll again at once
-            self.offered = self.have()  # central holds nothing newer after all
-            return False
+            if self.offered == offered_before:
+                self.offered = self.have()  # central holds nothing newer after all
+            if self.long_poll and self.clock() - now >= max(1.0, wait / 2):
+                return not self._stop.is_set()  # the poll waited: poll again at once
+            return False  # answered early (or not a long poll): until the next heartbeat
         version = int(offered.get("version", 0))
         document = dict(offered.get("document") or {})
         document["version"] = version  # central's numbering is the one in force
         try:
             self.rules.replace(json.dumps(document))
         except RulesRejected as exc:
-            self.refused = max(self.refused, version)
+            if self.rules.current.version < version <= MAX_V:
+                self.refused = max(self.refused, version)
             log.warning("rules version %d from central refused: %s", version, exc)
-            self.central.report_rules(version, "refused", str(exc)[:500])  # central keeps 500
-            return True
+            if 1 <= version <= MAX_V:
+                self.central.report_rules(version, "refused", str(exc)[:500])  # keeps 500
+            return False  # not again at once: at the next heartbeat, or the next round
         log.warning("rules version %d from central applied", version)
         self.central.report_rules(version, "applied")
         return True

@@ -102,6 +102,8 @@ class FakeCentral:
                     central.rules_reports.append(body)
                     return self.answer(204)
                 if self.path == "/api/v1/fleet/upgrade/report":
+                    if body["release"] == "unknown-to-central":
+                        return self.answer(404, {"detail": "no such upgrade"})
                     central.upgrade_reports.append(body)
                     return self.answer(204)
                 return self.answer(404)
@@ -228,6 +230,19 @@ def test_queued_upgrade_reports_go_with_the_heartbeat(tmp_path: Path, central: F
     assert store.take_reports() == []
 
 
+def test_a_report_central_will_never_take_does_not_hold_the_others_back(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    store = ReleaseStore(tmp_path / "releases")
+    state = store.load()
+    store.report(state, "unknown-to-central", "refused", "tampered at rest")
+    store.report(state, "2026.12.1", "healthy")
+    store.save(state)
+    agent(tmp_path, central, releases=store).work()
+    assert [r["release"] for r in central.upgrade_reports] == ["2026.12.1"]
+    assert store.take_reports() == []
+
+
 def poller(
     tmp_path: Path, central: FakeCentral, wait_s: int = 2, long_poll: bool = True
 ) -> RulesPoller:
@@ -277,7 +292,7 @@ def test_an_invalid_document_is_refused_with_its_reason_and_the_last_good_stays(
     central.publish(
         3, {"pacs_pulls": [{"name": "p", "source_aet": "OTHER_PACS", "every_minutes": 5}]}
     )
-    assert rules.work() is True
+    assert rules.work() is False  # refused: not asked again at once, at the next heartbeat
     assert rules.rules.current.version == 2 and rules.rules.current.compression == "jpeg-lossless"
     refused = central.rules_reports[-1]
     assert (refused["version"], refused["status"]) == (3, "refused")
@@ -330,3 +345,37 @@ def test_the_heartbeat_wakes_the_poller_and_central_may_ask_for_a_long_poll(
         assert time.monotonic() - published < 1.0  # answered by the waiting poll
     finally:
         assert rules.stop(join_s=6)
+
+
+def test_a_misbehaving_central_cannot_make_the_poller_spin_or_stick(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    """Review findings M2, M3, L1, L2 of the rules poller."""
+    now = [1000.0]
+    rules = poller(tmp_path, central, wait_s=3, long_poll=False)
+    rules.clock = lambda: now[0]
+    # a heartbeat names a version /rules then refuses to give: one fetch, then waits
+    rules.on_heartbeat({"rules_version": 10, "rules_long_poll": False})
+    central.publish(2, {"pacs_pulls": [{"name": "p", "source_aet": "NOPE", "every_minutes": 5}]})
+    # each round ends the loop's run (False: it sleeps until the next heartbeat or the
+    # timer), so a central that names a version it will not give costs a request a beat
+    assert rules.work() is False and len(central.polls) == 1
+    assert rules.work() is False and len(central.polls) == 2
+    assert central.rules_reports[-1]["status"] == "refused"
+    # a version beyond the contract's range never becomes "refused" (it would stick)
+    rules.on_heartbeat({"rules_version": 2**40, "rules_long_poll": False})
+    assert rules.offered == 2 and rules.have() == 2  # ignored; central had nothing above 2
+    # with heartbeats lost, the timer round still asks central (every `every_s`)
+    now[0] += rules.every_s
+    central.publish(4, {"compression": "keep"})
+    assert rules.work() is True and rules.rules.current.version == 4
+    # a long poll answered 204 at once (wait capped to 0) does not poll again at once
+    rules.long_poll = True
+    started = time.monotonic()
+    rules.clock = time.monotonic
+    central.polls.clear()
+    with central.changed:
+        central.rules = None  # nothing newer: the fake answers 204 only after `wait`
+    rules.wait_s = 0
+    assert rules.work() is False and len(central.polls) == 1
+    assert time.monotonic() - started < 1.0
