@@ -58,6 +58,22 @@ class Settings(BaseSettings):
     bulk_max_records: int = 5000
     # 等保2.0 asks for at least six months of audit records.
     audit_retention_days: int = Field(default=180, ge=180)
+    # The gateway fleet (#15, docs/fleet.md). The heartbeat interval central tells each
+    # edge; a gateway is stale after `fleet_stale_after_missed` of them are missed (the
+    # interval it was told, per gateway); the staleness loop looks this often.
+    fleet_heartbeat_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    fleet_stale_after_missed: int = Field(default=3, ge=1, le=100)
+    fleet_stale_check_every_s: float = Field(default=5.0, gt=0, le=600)
+    # The longest rules long poll (`wait`) an edge may ask for, and whether the heartbeat
+    # answer asks edges to keep one waiting: False (default), they fetch the rules when the
+    # answer names a newer version (in force within one interval, nothing between
+    # heartbeats); True, in force at once for a request per gateway every long_poll_max_s.
+    fleet_long_poll_max_s: float = Field(default=25.0, ge=1, le=60)
+    fleet_rules_long_poll: bool = False
+    # Ed25519 public key (PEM) release bundles must be signed with; empty: uploads are
+    # refused (central never stores a bundle whose signature it did not check).
+    fleet_release_public_key: Path | None = None
+    fleet_release_max_bytes: int = Field(default=15 * 1024 * 1024, ge=1024)
 
 
 @lru_cache(maxsize=1)

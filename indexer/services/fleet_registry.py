@@ -28,12 +28,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from ..config import get_settings
 from ..errors import Forbidden, NotFound
 from ..models.fleet import FleetGateway
 from ..security.auth import Principal
 from . import access
 from .decision import Decision
-from .fleet_settings import get_fleet_settings
 from .fleet_stale import is_stale
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ async def heartbeat(pool: AsyncConnectionPool, edge: Edge, body: Heartbeat) -> d
     """Store the edge's latest state (its one row, upserted) and answer what it should
     know: the newest rules version central holds for it (and whether to keep a long poll
     for rules waiting), an ordered upgrade, the interval."""
-    settings = get_fleet_settings()
-    interval = settings.heartbeat_interval_s
+    settings = get_settings()
+    interval = settings.fleet_heartbeat_interval_s
     params = {
         "gateway_id": edge.gateway_id,
         "institution": edge.institution,
@@ -137,13 +137,13 @@ async def heartbeat(pool: AsyncConnectionPool, edge: Edge, body: Heartbeat) -> d
         "rules_version": rules_latest,
         "upgrade": {"release": upgrade} if upgrade else None,
         "interval_s": interval,
-        "rules_long_poll": settings.rules_long_poll,
+        "rules_long_poll": settings.fleet_rules_long_poll,
     }
 
 
 async def register(pool: AsyncConnectionPool, edge: Edge) -> None:
     """Register the gateway if this is its first call (any edge call does it)."""
-    params = {**edge.__dict__, "interval_s": get_fleet_settings().heartbeat_interval_s}
+    params = {**edge.__dict__, "interval_s": get_settings().fleet_heartbeat_interval_s}
     async with pool.connection() as conn:
         await conn.execute(REGISTER_SQL, params)
 
@@ -199,7 +199,7 @@ def gateway_row(
 def out(row: FleetGateway, now: dt.datetime | None = None) -> GatewayOut:
     now = now or dt.datetime.now(dt.UTC)
     last = row.last_heartbeat_at or row.first_seen
-    missed = get_fleet_settings().stale_after_missed
+    missed = get_settings().fleet_stale_after_missed
     return GatewayOut(
         gateway_id=row.gateway_id,
         institution=row.institution,

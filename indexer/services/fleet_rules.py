@@ -28,12 +28,12 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..config import get_settings
 from ..errors import Forbidden, IndexerError, NotFound
 from ..models.fleet import FleetGateway, FleetRules, FleetTemplate
 from ..security.auth import Principal
 from . import access
 from .fleet_registry import Edge, gateway_row, operator_scope
-from .fleet_settings import get_fleet_settings
 from .fleet_watch import announce
 
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -261,7 +261,7 @@ async def newer_rules(
     params = {
         "gateway_id": edge.gateway_id,
         "institution": edge.institution,
-        "interval_s": get_fleet_settings().heartbeat_interval_s,
+        "interval_s": get_settings().fleet_heartbeat_interval_s,
         "have": have,
     }
     async with pool.connection() as conn:

@@ -20,11 +20,11 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, and_, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..config import get_settings
 from ..errors import NotFound
 from ..models.fleet import FleetAlert, FleetGateway
 from ..security.auth import Principal
 from . import access, outbox
-from .fleet_settings import get_fleet_settings
 from .leased_loop import LeasedLoop
 
 log = logging.getLogger("indexer.alerts")
@@ -144,11 +144,11 @@ class FleetLoop(LeasedLoop):
 def fleet_loop(engine: Engine, every_s: float | None = None, webhook: bool = False) -> FleetLoop:
     """The staleness loop (start() it, or run_forever() on a thread of the caller's);
     `webhook`: queue the alerts' notifications (INDEXER_ALERT_WEBHOOK_URL is set)."""
-    settings = get_fleet_settings()
+    settings = get_settings()
     return FleetLoop(
         engine,
-        every_s=every_s if every_s is not None else settings.stale_check_every_s,
-        missed=settings.stale_after_missed,
+        every_s=every_s if every_s is not None else settings.fleet_stale_check_every_s,
+        missed=settings.fleet_stale_after_missed,
         webhook=webhook,
     )
 

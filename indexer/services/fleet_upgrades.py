@@ -31,12 +31,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..config import get_settings
 from ..errors import Conflict, Forbidden, IndexerError, InvalidRecord, NotFound
 from ..models.fleet import FleetGateway, FleetRelease, FleetUpgrade, FleetUpgradeTarget
 from ..security.auth import Principal
 from . import access
 from .fleet_registry import GATEWAY_ID, Edge, operator_scope, visible
-from .fleet_settings import get_fleet_settings
 
 FINAL = frozenset({"healthy", "rolled_back", "refused"})
 Reported = Literal["downloading", "installed", "healthy", "rolled_back", "refused"]
@@ -52,12 +52,12 @@ def upload_release(session: Session, who: Principal, data: bytes) -> str:
     """Check a signed bundle and store it (platform admins): its release name."""
     if not access.unconfined(operator_scope(who)):
         raise Forbidden("releases are uploaded by platform administrators")
-    settings = get_fleet_settings()
-    if settings.release_public_key is None:
+    settings = get_settings()
+    if settings.fleet_release_public_key is None:
         raise ReleaseUnverifiable("no release public key is configured at central")
-    if len(data) > settings.release_max_bytes:
-        raise InvalidRecord("body", f"a bundle is at most {settings.release_max_bytes} bytes")
-    key = release_bundle.load_public_key(settings.release_public_key.read_bytes())
+    if len(data) > settings.fleet_release_max_bytes:
+        raise InvalidRecord("body", f"a bundle is at most {settings.fleet_release_max_bytes} bytes")
+    key = release_bundle.load_public_key(settings.fleet_release_public_key.read_bytes())
     try:
         manifest = release_bundle.verify_bundle(data, key)
     except release_bundle.BundleRefused as exc:

@@ -26,7 +26,6 @@ from ...services import fleet_registry as registry
 from ...services import fleet_rules as rules
 from ...services import fleet_stale as stale
 from ...services import fleet_upgrades as upgrades
-from ...services.fleet_settings import get_fleet_settings
 from ...services.fleet_watch import rules_watch
 from ..deps import Caller, authenticate
 
@@ -79,7 +78,7 @@ async def rules_poll(
     dsn = get_settings().database_url.get_secret_value().replace("+psycopg", "", 1)
     watch = rules_watch(dsn)
     event = watch.register(edge.gateway_id)
-    deadline = time.monotonic() + min(wait, get_fleet_settings().long_poll_max_s)
+    deadline = time.monotonic() + min(wait, get_settings().fleet_long_poll_max_s)
     try:
         while True:
             listening = watch.listening_as()  # before the check: see listening_as
