@@ -21,6 +21,7 @@ installed code. Not trusted: anything under ReleaseDir, state.json included.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,10 +70,21 @@ class Boot:
 
     def choose(self) -> Path | None:
         """The payload folder to import (None: the installed code); counts a trial's boot,
-        rolls back a trial that already had one, and any release that fails its check."""
+        rolls back a trial that already had one, and any release that fails its check.
+        Whatever goes wrong here (a state it cannot read or write, a full disk) runs the
+        installed code: Orthanc always starts."""
+        try:
+            return self._choose()
+        except Exception as exc:
+            self.logger(f"imaging-cloud: release choice failed ({exc!r}): the installed code")
+            self.chosen = None
+            return None
+
+    def _choose(self) -> Path | None:
         if not (self.store.root / STATE).exists():
             return None
         state = self.store.load()
+        before = json.dumps(state, sort_keys=True)
         if state["current"] is not None and self.public_key is None:
             # a configuration problem, not a verdict on the release: the installed code
             # runs until the key is back, and state.json is left as it is
@@ -86,7 +98,8 @@ class Boot:
                 trial["boots"] = 1
                 self.store.request_restart()  # if it kills Orthanc: one more start, rolled back
         chosen = self._verified(state)
-        self.store.save(state)
+        if json.dumps(state, sort_keys=True) != before:
+            self.store.save(state)  # fails: the installed code runs (choose), not unrecorded
         self.chosen = chosen
         return chosen
 
@@ -141,10 +154,15 @@ class Boot:
         except Exception as exc:
             if payload is None:
                 raise
-            state = self.store.load()
-            self.store.roll_back(state, f"import failed: {type(exc).__name__}: {exc}"[:300])
-            self.chosen = self._verified(state)
-            self.store.save(state)
+            why = f"import failed: {type(exc).__name__}: {exc}"[:300]
+            try:
+                state = self.store.load()
+                self.store.roll_back(state, why)
+                self.chosen = self._verified(state)
+                self.store.save(state)
+            except Exception as failed:  # the installed code, whatever the state says
+                self.logger(f"imaging-cloud: rolling back failed ({failed!r})")
+                self.chosen = None
             self.logger(f"imaging-cloud: release at {payload} failed to load, rolled back")
             self.activate(self.chosen)
             if self.chosen is None:  # the installed code again: forget the release's modules

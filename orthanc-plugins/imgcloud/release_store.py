@@ -13,7 +13,11 @@ number (the signed manifest's `sequence`) this edge ran healthy: the upgrader re
 release below it (review M3). `refused` maps a release to why it is not installed again:
 the refused bundle's SHA-256, "rolled back" or "tampered".
 
-Written by this edge's process only (one writer), in the edge's own home. It is not a
+Written by this edge's process only, in the edge's own home; its threads (the upgrader,
+the trial check, the fleet agent's reports) change it through `update`, one at a time
+under one lock, each from the state as it is then (never a copy read before a download).
+A state.json that is not what this code writes (unreadable, wrong types, a release name
+that is not one) is set aside as state.json.invalid and the installed code runs. It is not a
 security boundary against the edge's own uid: whoever can write here can also change
 what `current` names; the code itself is re-verified at each boot (imgcloud.boot).
 """
@@ -23,11 +27,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__
-from .release_bundle import MANIFEST, PAYLOAD
+from .release_bundle import MANIFEST, PAYLOAD, RELEASE
 
 log = logging.getLogger("imgcloud.upgrade")
 STATE = "state.json"
@@ -35,6 +42,39 @@ STATE = "state.json"
 # supervise in the local stack; systemd's or compose's restart policy restarts anyway)
 RESTART_MARKER = "restart-requested"
 MAX_REPORTS = 50
+MAX_SEQUENCE = 2**63 - 1
+_LOCK = threading.RLock()  # one edge per process: every ReleaseStore shares it
+T = TypeVar("T")
+
+
+def _release_name(value: object) -> bool:
+    return value is None or (isinstance(value, str) and re.match(RELEASE, value) is not None)
+
+
+def valid_state(state: object) -> bool:
+    """Whether `state` has the shape this code writes (names that are release names)."""
+    if not isinstance(state, dict):
+        return False
+    trial = state.get("trial")
+    sequence = state.get("highest_sequence", 0)
+    return (
+        _release_name(state.get("current"))
+        and _release_name(state.get("previous"))
+        and (
+            trial is None
+            or (
+                isinstance(trial, dict)
+                and _release_name(trial.get("release"))
+                and isinstance(trial.get("boots", 0), int)
+            )
+        )
+        and isinstance(sequence, int)
+        and not isinstance(sequence, bool)
+        and 0 <= sequence <= MAX_SEQUENCE
+        and isinstance(state.get("reports", []), list)
+        and all(isinstance(r, dict) for r in state.get("reports", []))
+        and isinstance(state.get("refused", {}), dict)
+    )
 
 
 def installed_release() -> str:
@@ -58,9 +98,22 @@ class ReleaseStore:
         self.root = Path(root)
 
     def load(self) -> dict[str, Any]:
+        path = self.root / STATE
         try:
-            state = json.loads((self.root / STATE).read_text())
+            state = json.loads(path.read_text())
         except FileNotFoundError:
+            state = {}
+        except (OSError, ValueError) as exc:
+            state = None
+            log.error("release state unreadable (%s): the installed code runs", type(exc).__name__)
+        if not valid_state(state):
+            if state is not None:
+                log.error("release state is not valid: set aside, the installed code runs")
+            with _LOCK:
+                try:
+                    os.replace(path, path.with_name(STATE + ".invalid"))
+                except OSError:
+                    pass
             state = {}
         defaults: dict[str, Any] = {
             "current": None,
@@ -71,6 +124,14 @@ class ReleaseStore:
             "refused": {},
         }
         return defaults | state
+
+    def update(self, change: Callable[[dict[str, Any]], T]) -> T:
+        """Load, `change` and save the state in one step, one thread at a time."""
+        with _LOCK:
+            state = self.load()
+            result = change(state)
+            self.save(state)
+            return result
 
     def save(self, state: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -107,7 +168,8 @@ class ReleaseStore:
     @staticmethod
     def ran_healthy(state: dict[str, Any], sequence: int | None) -> None:
         """A release numbered `sequence` ran healthy: nothing below it is installed again."""
-        if sequence is not None:
+        if isinstance(sequence, int) and not isinstance(sequence, bool):
+            sequence = min(max(sequence, 0), MAX_SEQUENCE)
             state["highest_sequence"] = max(int(state.get("highest_sequence") or 0), sequence)
 
     def report(self, state: dict[str, Any], release: str, status: str, detail: str = "") -> None:
@@ -138,6 +200,8 @@ class ReleaseStore:
 
     def reported(self, count: int) -> None:
         """The first `count` queued reports reached central."""
-        state = self.load()
-        state["reports"] = state["reports"][count:]
-        self.save(state)
+
+        def drop(state: dict[str, Any]) -> None:
+            state["reports"] = state["reports"][count:]
+
+        self.update(drop)

@@ -155,21 +155,28 @@ class Upgrader:
         except BundleRefused as exc:
             self._refuse(state, release, digest, str(exc))
             return None
-        state = self.store.load()
-        state["previous"] = state["current"]
-        state["current"] = release
-        state["trial"] = {"release": release, "boots": 0, "installed_at": time.time()}
-        self.store.report(state, release, "installed", f"from {self.running}")
-        self.store.save(state)
+
+        def install(state: dict[str, Any]) -> None:
+            state["previous"] = state["current"]
+            state["current"] = release
+            state["trial"] = {"release": release, "boots": 0, "installed_at": time.time()}
+            self.store.report(state, release, "installed", f"from {self.running}")
+
+        self.store.update(install)
         log.warning("release %s installed beside %s: restarting into it", release, self.running)
         self.restart()
         return release
 
-    def _refuse(self, state: dict[str, Any], release: str, digest: str, why: str) -> None:
+    def _refuse(self, _read: dict[str, Any], release: str, digest: str, why: str) -> None:
+        """Remember and report the refusal, on the state as it is now (`_read`, loaded
+        before the download, may be older than what the trial check wrote since)."""
         log.error("release %s refused: %s", release, why)
-        state["refused"][release] = digest
-        self.store.report(state, release, "refused", why)
-        self.store.save(state)
+
+        def refuse(state: dict[str, Any]) -> None:
+            state["refused"][release] = digest
+            self.store.report(state, release, "refused", why)
+
+        self.store.update(refuse)
 
 
 Check = Callable[[], str | None]  # None when healthy, else why not
@@ -216,20 +223,23 @@ class TrialCheck(Worker):
             self.ask_to_stop()
             return False
         reasons = [r for r in (self._run(check) for check in self.checks) if r]
-        state = self.store.load()
         if not reasons:
-            state["trial"] = None
-            self.store.ran_healthy(state, self.store.sequence(self.running))
-            self.store.report(state, self.running, "healthy", f"after {self._age():.0f} s")
-            self.store.save(state)
+            sequence = self.store.sequence(self.running)
+
+            def healthy(state: dict[str, Any]) -> None:
+                state["trial"] = None
+                self.store.ran_healthy(state, sequence)
+                self.store.report(state, self.running, "healthy", f"after {self._age():.0f} s")
+
+            self.store.update(healthy)
             self.store.clear_restart()
             self.outcome = "healthy"
             log.warning("release %s is healthy", self.running)
             self.ask_to_stop()
             self.decided()
         elif self._age() > self.deadline_s:
-            self.store.roll_back(state, f"health check failed: {'; '.join(reasons)}"[:300])
-            self.store.save(state)
+            why = f"health check failed: {'; '.join(reasons)}"[:300]
+            self.store.update(lambda state: self.store.roll_back(state, why))
             self.outcome = "rolled_back"
             self.ask_to_stop()
             self.restart()

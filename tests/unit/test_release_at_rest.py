@@ -272,3 +272,60 @@ def test_a_read_only_release_can_be_removed(tmp_path: Path) -> None:
     dest = unpacked(tmp_path)
     remove_release(dest)
     assert not dest.exists()
+
+
+# --- review of M3/M4: one writer at a time, and Orthanc always starts ------------------
+
+
+def test_a_refusal_after_the_download_keeps_what_the_trial_check_wrote_meanwhile(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    """The upgrader read the state before a download; the trial check recorded the running
+    release healthy during it; the refusal must not write the older copy back."""
+    install(tmp_path, central, "r2", 2, "installed-0.1.0")
+    store = ReleaseStore(tmp_path / "releases")
+    up = upgrader(tmp_path, central, "r2")
+    read_before = store.load()  # as check() holds it while the bundle downloads
+    healthy(store, "r2")  # the trial check, on its own thread, meanwhile
+    up._refuse(read_before, "r3", "0" * 64, "size or SHA-256 differs from the order")
+    state = store.load()
+    assert state["trial"] is None and state["highest_sequence"] == 2
+    assert [r["status"] for r in state["reports"]][-2:] == ["healthy", "refused"]
+    assert state["refused"] == {"r3": "0" * 64}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        "[]",
+        '{"trial": "x"}',
+        '{"highest_sequence": "abc", "current": "r1"}',
+        '{"current": "../../elsewhere/r1"}',
+        '{"refused": []}',
+    ],
+)
+def test_a_state_file_not_as_written_runs_the_installed_code_and_is_set_aside(
+    tmp_path: Path, central: FakeCentral, clean_modules: None, text: str
+) -> None:
+    install(tmp_path, central, "r1", 1, "installed-0.1.0")
+    store = ReleaseStore(tmp_path / "releases")
+    (store.root / "state.json").write_text(text)
+    loader = Boot(store, lambda m: None, KEY.public_key())
+    assert loader.choose() is None
+    assert (store.root / "state.json.invalid").read_text() == text
+
+
+def test_a_state_that_cannot_be_saved_runs_the_installed_code(
+    tmp_path: Path, central: FakeCentral, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(tmp_path, central, "r1", 1, "installed-0.1.0")  # on trial: its boot is counted
+    store = ReleaseStore(tmp_path / "releases")
+
+    def disk_full(state: dict[str, Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "save", disk_full)
+    said: list[str] = []
+    assert Boot(store, said.append, KEY.public_key()).choose() is None
+    assert any("installed code" in line for line in said)
