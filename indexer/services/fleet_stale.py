@@ -141,16 +141,20 @@ class FleetLoop(LeasedLoop):
         )
 
 
-def fleet_loop(engine: Engine, every_s: float | None = None, webhook: bool = False) -> FleetLoop:
+def fleet_loop(
+    engine: Engine,
+    every_s: float | None = None,
+    webhook: bool = False,
+    missed: int | None = None,
+) -> FleetLoop:
     """The staleness loop (start() it, or run_forever() on a thread of the caller's);
-    `webhook`: queue the alerts' notifications (INDEXER_ALERT_WEBHOOK_URL is set)."""
-    settings = get_settings()
-    return FleetLoop(
-        engine,
-        every_s=every_s if every_s is not None else settings.fleet_stale_check_every_s,
-        missed=settings.fleet_stale_after_missed,
-        webhook=webhook,
-    )
+    `webhook`: queue the alerts' notifications (INDEXER_ALERT_WEBHOOK_URL is set).
+    `every_s` and `missed` default to the settings' (read only when one is not given)."""
+    if every_s is None or missed is None:
+        settings = get_settings()
+        every_s = settings.fleet_stale_check_every_s if every_s is None else every_s
+        missed = settings.fleet_stale_after_missed if missed is None else missed
+    return FleetLoop(engine, every_s=every_s, missed=missed, webhook=webhook)
 
 
 # --- operators -----------------------------------------------------------------------

@@ -52,7 +52,7 @@ def ctx(stack: StackClient) -> StackContext:
 @pytest.fixture(scope="module")
 def staleness(ctx: StackContext) -> Iterator[None]:
     engine = create_engine(Indexer(ctx).env()["INDEXER_DATABASE_URL"])
-    loop = fleet_loop(engine, every_s=1.0)
+    loop = fleet_loop(engine, every_s=1.0, missed=3)
     loop.start()
     yield
     loop.stop()

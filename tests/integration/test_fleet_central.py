@@ -365,7 +365,7 @@ def test_a_stale_gateway_raises_an_alert_that_clears_when_heartbeats_return(
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     engine = create_engine(Indexer(ctx).env()["INDEXER_DATABASE_URL"])
-    loop = fleet_loop(engine, every_s=0.3, webhook=True)
+    loop = fleet_loop(engine, every_s=0.3, webhook=True, missed=3)
     loop.application_name = "imgcloud-fleet-test"  # told apart from the stack's nodes'
     deliverer = outbox.Deliverer(engine, f"http://127.0.0.1:{hook.server_port}/", every_s=0.2)
     caplog.set_level(logging.WARNING, logger="indexer.alerts")
