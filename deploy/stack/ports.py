@@ -160,6 +160,12 @@ def pick_free(count: int, avoid: Iterable[int]) -> list[int]:
     return picked
 
 
+def free_port() -> int:
+    """One port nothing listens on, for a process a test or bench starts itself beside a
+    stack (pick_free: below the ephemeral range, where no outbound connection takes it)."""
+    return pick_free(1, ())[0]
+
+
 def _free_among(candidates: list[int], count: int) -> Iterator[int]:
     found = 0
     for port in candidates:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from deploy.release import ensure_key_pair
 from deploy.stack.client import StackClient
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context, start_service, stop_service
+from deploy.stack.ports import free_port
 from deploy.stack.services.indexer import Indexer
 from deploy.stack.settings import REPO_ROOT, StackSettings
 from indexer.services.fleet_stale import fleet_loop
@@ -59,16 +59,10 @@ def staleness(ctx: StackContext) -> Iterator[None]:
     engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def keyed_node(ctx: StackContext) -> Iterator[str]:
     """A second indexer node with the stack's release public key: its base URL."""
-    port = _free_port()
+    port = free_port()
     _, public = ensure_key_pair(ctx.state)
     env = os.environ | Indexer(ctx).env() | {"INDEXER_FLEET_RELEASE_PUBLIC_KEY": str(public)}
     log = open(ctx.state / "test-console-indexer.log", "ab")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.stack.pki import ensure_pki, issue_leaf
+from deploy.stack.ports import free_port
 from deploy.stack.services.dicom_tls import STREAM_MODULE, peer_subject_line
 from deploy.stack.services.gateway import NGINX, render_template
 from deploy.stack.services.orthanc import DicomPeer
@@ -39,12 +40,6 @@ Rdns = list[tuple[x509.ObjectIdentifier, str]]
 pytestmark = pytest.mark.skipif(
     not (NGINX.exists() and STREAM_MODULE.exists()), reason="nginx and its stream module"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def issue(pki: Path, name: str, rdns: Rdns) -> Path:

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import tarfile
 import threading
@@ -39,6 +38,7 @@ from deploy.release import ensure_key_pair
 from deploy.stack.client import StackClient
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context
+from deploy.stack.ports import free_port
 from deploy.stack.services.indexer import Indexer
 from deploy.stack.settings import REPO_ROOT, StackSettings
 from indexer.services import outbox
@@ -101,17 +101,11 @@ def hadmin_a(stack: StackClient, tokens: dict[str, str]) -> Iterator[httpx.Clien
         yield client
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def quick(ctx: StackContext) -> Iterator[str]:
     """A second indexer node (one worker) with a 1 s heartbeat interval and the stack's
     release public key: its base URL (loopback, no gateway)."""
-    port = _free_port()
+    port = free_port()
     _, public = ensure_key_pair(ctx.state)
     env = os.environ | Indexer(ctx).env()
     env |= {

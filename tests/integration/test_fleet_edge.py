@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,18 +31,13 @@ from imgcloud.release_bundle import (
 from imgcloud.storage.keyring import KeyRing, write_key_ring
 from imgcloud.upgrade import RESTART_MARKER, ReleaseStore, installed_release
 
+from deploy.stack.ports import free_port
 from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
 from deploy.stack.settings import REPO_ROOT, StackSettings
 from tests.integration.test_fleet_central import ctx, quick  # noqa: F401 - fixtures
 
 KEY = generate_private_key()
 USER = ("fleet-test", "fleet-test-password")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Edge:

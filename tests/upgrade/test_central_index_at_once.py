@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ import pytest
 from deploy.samples.studies import make_study
 from deploy.stack.context import StackContext
 from deploy.stack.launcher import load_context, start_service, stop_service
+from deploy.stack.ports import free_port
 from deploy.stack.sandbox import PLUGIN_DIR, orthanc_command
 from deploy.stack.settings import REPO_ROOT, StackSettings
 
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.integration
 HOST_ORTHANC = Path("/usr/sbin/Orthanc")
 HOST_PG_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 INSTANCES = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
